@@ -1,0 +1,318 @@
+"""Tests for the phone simulator, through a REAL adb server and adbutils.
+
+Each module gets its own adb server on a private port with a private HOME (never 5037),
+and simulated phones that the server reaches with ``adb connect``. Nothing is mocked:
+if these pass, the simulator speaks adb well enough for adb 36 and adbutils.
+Waits are on conditions with deadlines; there are no sleeps to win races.
+"""
+
+import base64
+import shlex
+import struct
+import threading
+import time
+import zlib
+
+import pytest
+
+from phonesim import (ADBKEYBOARD_IME, FASTINPUT_IME, AdbServer, App, PhoneSim, XmlApp,
+                      hierarchy_xml, node_at, tokenize, ui_node)
+
+# ---------------------------------------------------------------------------
+# Fixtures
+# ---------------------------------------------------------------------------
+
+FORM_PACKAGE = "com.example.form"
+
+
+def form_xml():
+    """A screen with a focused EditText and a Send button."""
+    return hierarchy_xml(ui_node(children=[
+        ui_node("android.widget.EditText", (40, 200, 1040, 320), resource_id=FORM_PACKAGE
+                + ":id/input", focused=True, clickable=True, hint="Add a description"),
+        ui_node("android.widget.Button", (800, 400, 1040, 520), text="Send",
+                resource_id=FORM_PACKAGE + ":id/send", clickable=True),
+    ]), package=FORM_PACKAGE)
+
+
+@pytest.fixture(scope="module")
+def adb():
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with PhoneSim() as phones:
+        yield phones
+
+
+@pytest.fixture(scope="module")
+def phones(sim, adb):
+    """Three connected phones: (SimDevice, adbutils device) pairs."""
+    devices = [
+        sim.add_device(model="Pixel 7", android="14", sdk=34, battery=81),
+        sim.add_device(model="Galaxy S21", manufacturer="samsung", android="13", sdk=33,
+                       ime="fastinput", apps=[lambda: XmlApp(form_xml())]),
+        sim.add_device(model="Redmi Note 8", manufacturer="Xiaomi", android="11", sdk=30,
+                       ime="adbkeyboard", apps={FORM_PACKAGE: lambda: XmlApp(form_xml())}),
+    ]
+    for device in devices:
+        adb.connect(device.address)
+    client = adb.client()
+    return [(device, client.device(device.address)) for device in devices]
+
+
+def run_in_thread(function):
+    """Start ``function`` in a daemon thread; return (thread, results list)."""
+    results = []
+
+    def target():
+        try:
+            results.append(function())
+        except Exception as exc:          # the hang ends with an adb error: keep it
+            results.append(exc)
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, results
+
+
+# ---------------------------------------------------------------------------
+# Connection and identity
+# ---------------------------------------------------------------------------
+
+def test_device_list_shows_three_devices_with_banner_models(phones, adb):
+    listed = {d.serial for d in adb.client().device_list()}
+    assert {device.address for device, _ in phones} <= listed
+    models = {info.serial: info.tags.get("model") for info in adb.client().list(extended=True)}
+    # adb replaces spaces in banner values with underscores in `devices -l`
+    assert models[phones[0][0].address] == "Pixel_7"
+    assert models[phones[1][0].address] == "Galaxy_S21"
+
+
+def test_getprop(phones):
+    device, d = phones[1]
+    assert d.shell("getprop ro.product.model") == "Galaxy S21"
+    assert d.shell(["getprop", "ro.build.version.sdk"]) == "33"
+    assert "[ro.product.manufacturer]: [samsung]" in d.shell("getprop")
+    device.props["ro.build.version.release"] = "15"
+    assert d.prop.get("ro.build.version.release") == "15"
+
+
+def test_exit_codes_and_sequencing(phones):
+    _, d = phones[0]
+    assert d.shell2("true").returncode == 0
+    missing = d.shell2("ls /nope")
+    assert missing.returncode == 1 and "No such file or directory" in missing.output
+    unknown = d.shell2("frobnicate --now")
+    assert unknown.returncode == 127
+    assert "/system/bin/sh: frobnicate: not found" in unknown.output
+    assert d.shell("echo a && false || echo b; echo $?") == "a\nb\n0"
+    assert d.shell("false; echo \"status $?\" '$?'") == "status 1 $?"
+
+
+def test_payload_arrives_as_one_literal_argument(phones):
+    device, d = phones[0]
+    device.clear_log()
+    assert d.shell(["echo", "a b; rm -rf /"]) == "a b; rm -rf /"
+    payload = "$(touch /tmp/pwned); rm -rf / `id` *"
+    assert d.shell(["echo", payload]) == payload
+    assert device.commands() == [["echo", "a b; rm -rf /"], ["echo", payload]]
+    assert not device.commands("rm") and not device.commands("touch")
+    assert all(record.service == "shell" for record in device.command_log)
+
+
+def test_tokenizer_agrees_with_shlex_on_plain_words():
+    for line in ["am start -n 'a b/.C'", 'echo "x \\"y\\" z" \\$HOME', "input text a%sb"]:
+        assert [w.expand(0) for w in tokenize(line)] == shlex.split(line)
+    assert tokenize("echo ';' ; true")[1].expand(0) == ";"
+
+
+# ---------------------------------------------------------------------------
+# Files (sync protocol)
+# ---------------------------------------------------------------------------
+
+def test_push_stat_list_pull_round_trip(phones):
+    device, d = phones[2]
+    payload = bytes(random_bytes(3 * 1024 * 1024))
+    d.sync.push(payload, "/sdcard/DCIM/Camera/clip.mp4")
+    info = d.sync.stat("/sdcard/DCIM/Camera/clip.mp4")
+    assert info.size == len(payload) and info.mode & 0o100000
+    names = [entry.path for entry in d.sync.list("/sdcard/DCIM/Camera")]
+    assert "clip.mp4" in names
+    assert d.sync.read_bytes("/sdcard/DCIM/Camera/clip.mp4") == payload
+    assert device.fs.read("/storage/emulated/0/DCIM/Camera/clip.mp4") == payload
+    assert d.shell("ls /sdcard/DCIM/Camera") == "clip.mp4"
+    assert d.sync.stat("/sdcard/none").mode == 0
+
+
+def test_push_into_missing_directory_with_trailing_slash_fails(phones):
+    _, d = phones[2]
+    with pytest.raises(Exception):
+        d.sync.push(b"x", "/sdcard/no_such_dir/")
+    d.sync.push(b"x", "/sdcard/made/by/push.txt")          # parents are created
+    assert d.shell("cat /sdcard/made/by/push.txt") == "x"
+
+
+def test_shell_file_commands(phones):
+    _, d = phones[0]
+    assert d.shell("mkdir /sdcard/a/b").startswith("mkdir: '/sdcard/a/b'")
+    d.shell("mkdir -p /sdcard/a/b && touch /sdcard/a/b/f && echo hi > /sdcard/a/b/g")
+    assert d.shell("ls /sdcard/a/b") == "f\ng"
+    assert d.shell("cat /sdcard/a/b/g") == "hi"
+    assert d.shell2("rm /sdcard/a").returncode == 1
+    assert d.shell2("rm -rf /sdcard/a && test -e /sdcard/a").returncode == 1
+
+
+def random_bytes(size):
+    """Deterministic incompressible-ish bytes (fast, no os.urandom needed)."""
+    block = b"".join(struct.pack("<I", zlib.crc32(struct.pack("<I", i))) for i in range(4096))
+    return (block * (size // len(block) + 1))[:size]
+
+
+# ---------------------------------------------------------------------------
+# Screen: screenshots, dumps, typing
+# ---------------------------------------------------------------------------
+
+def test_screencap_png_through_exec_out_and_screenshot(phones, adb):
+    device, d = phones[0]
+    device.clear_log()
+    result = adb.run("-s", device.address, "exec-out", "screencap", "-p")
+    assert result.returncode == 0
+    raw = d.shell(["screencap", "-p"], encoding=None)
+    assert raw.startswith(b"\x89PNG\r\n\x1a\n")
+    assert ("exec", ["screencap", "-p"]) in device.command_log   # adb 36 sent '-p' quoted
+    assert d.screenshot().size == (108, 240)
+
+
+def test_uiautomator_dump_then_cat(phones):
+    device, d = phones[0]
+    d.shell("input keyevent KEYCODE_HOME")
+    assert d.shell("uiautomator dump") == "UI hierchary dumped to: /sdcard/window_dump.xml"
+    xml = d.shell("cat /sdcard/window_dump.xml")
+    assert xml.startswith("<?xml version='1.0' encoding='UTF-8' standalone='yes' ?>"
+                          "<hierarchy rotation=\"0\">")
+    assert 'package="com.android.launcher3"' in xml
+
+
+def test_dump_faults(phones):
+    device, d = phones[0]
+    device.fail_dumps(1)
+    failed = d.shell2("uiautomator dump /sdcard/x.xml")
+    assert failed.returncode == 0                  # like Android: only the text says so
+    assert failed.output.strip() == "ERROR: could not get idle state."
+    assert d.shell2("test -e /sdcard/x.xml").returncode == 1
+    device.slow_dumps(0.5)
+    started = time.monotonic()
+    assert "dumped to" in d.shell("uiautomator dump /sdcard/x.xml")
+    assert time.monotonic() - started >= 0.5
+    device.slow_dumps(0)
+
+
+def test_input_text_into_focused_edittext(phones):
+    device, d = phones[1]
+    assert "Status: ok" in d.shell(["am", "start", "-W", "-n", FORM_PACKAGE + "/.Main"])
+    d.shell(["input", "text", "hello%sworld's"])
+    assert 'text="hello world\'s"' in d.shell("uiautomator dump /dev/tty")
+    d.shell("input keyevent 67")                     # DEL
+    d.shell("input tap 900 450")                     # the Send button
+    app = device.apps[FORM_PACKAGE]
+    assert app.focused_text() == "hello world'"
+    assert app.taps[-1].node["text"] == "Send"
+    cjk = d.shell2(["input", "text", "你好"])
+    assert cjk.returncode != 0 and "Exception" in cjk.output
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_ime_broadcast_types_unicode(phones, which):
+    device, d = phones[which]
+    text = "héllo 你好 🙂"
+    encoded = base64.b64encode(text.encode("utf-8")).decode()
+    ime = FASTINPUT_IME if which == 1 else ADBKEYBOARD_IME
+    action, key = ("ADB_SET_TEXT", "text") if which == 1 else ("ADB_INPUT_B64", "msg")
+    d.shell(["am", "start", "-S", "-n", FORM_PACKAGE + "/.Main"])
+    device.apps[FORM_PACKAGE].set_text("")
+    # not the current IME yet: the broadcast has no receiver, nothing is typed
+    d.shell(["am", "broadcast", "-a", action, "--es", key, encoded])
+    assert device.apps[FORM_PACKAGE].focused_text() == ""
+    assert ime in d.shell("ime list -a -s")
+    assert d.shell2(["ime", "set", ime]).returncode != 0         # must be enabled first
+    d.shell(["ime", "enable", ime])
+    d.shell(["ime", "set", ime])
+    assert d.shell("settings get secure default_input_method") == ime
+    out = d.shell(["am", "broadcast", "-a", action, "--es", key, encoded])
+    assert out.endswith("Broadcast completed: result=0")
+    assert device.apps[FORM_PACKAGE].focused_text() == text
+    # uiautomator writes characters outside the BMP as two dots
+    assert 'text="héllo 你好 .."' in d.shell("uiautomator dump /dev/tty")
+
+
+def test_apps_start_stop_urls_and_packages(phones):
+    device, d = phones[0]
+    tiktok = device.install(App("com.zhiliaoapp.musically", hosts=("tiktok.com",)))
+    assert "package:com.zhiliaoapp.musically" in d.shell("pm list packages -3 zhiliao")
+    assert d.shell("pm path com.zhiliaoapp.musically").startswith("package:/data/app/")
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@someone"])
+    assert device.foreground == tiktok.package
+    assert tiktok.urls == ["https://www.tiktok.com/@someone"]
+    assert "Events injected: 1" in d.shell("monkey -p com.zhiliaoapp.musically "
+                                           "-c android.intent.category.LAUNCHER 1")
+    d.shell("am force-stop com.zhiliaoapp.musically")
+    assert device.foreground is None
+    missing = d.shell2("am start -n com.nope/.Main")
+    assert "does not exist" in missing.output
+    assert "level: 81" in d.shell("dumpsys battery")
+    assert d.shell("wm size") == "Physical size: 1080x2400"
+    assert d.window_size() == (1080, 2400)
+
+
+def test_node_at_prefers_topmost_clickable():
+    root = ui_node(children=[ui_node("android.widget.Button", (0, 0, 100, 100), text="A",
+                                     clickable=True),
+                             ui_node("android.view.View", (0, 0, 100, 100))])
+    assert node_at(root, 50, 50).get("text") == "A"
+
+
+# ---------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------
+
+def test_unplug_then_replug(sim, adb):
+    device = sim.add_device(model="Cable")
+    adb.connect(device.address)
+    d = adb.client().device(device.address)
+    device.unplug()
+    assert adb.wait_state(device.address, ("offline", None), timeout=5) in ("offline", None)
+    with pytest.raises(Exception):
+        d.shell("echo hi")                         # fails fast, does not hang
+    device.replug()
+    # `adb connect` on an offline device only says "already connected"; adb retries
+    # every 3 s by itself. Disconnect + connect brings it back at once.
+    adb.disconnect(device.address)
+    adb.connect(device.address, timeout=5)
+    assert d.shell("echo back") == "back"
+
+
+def test_unauthorized_device(sim, adb):
+    device = sim.add_device(model="Locked")
+    device.set_unauthorized(True)
+    result = adb.run("connect", device.address)
+    assert "failed to authenticate" in result.stdout
+    assert adb.wait_state(device.address, "unauthorized", timeout=5) == "unauthorized"
+    device.set_unauthorized(False)                 # the user taps "Allow"
+    assert adb.wait_state(device.address, "device", timeout=5) == "device"
+
+
+def test_silent_device_hangs_until_unplugged(sim, adb):
+    device = sim.add_device(model="Frozen")
+    adb.connect(device.address)
+    d = adb.client().device(device.address)
+    device.go_silent()
+    thread, results = run_in_thread(lambda: d.shell("echo hi", timeout=1))
+    thread.join(1.5)
+    assert thread.is_alive() and not results       # timeout=1 did not help
+    device.wake()                                  # the swallowed request stays lost
+    device.unplug()                                # dropping the connection releases it
+    thread.join(5)
+    assert not thread.is_alive() and isinstance(results[0], Exception)

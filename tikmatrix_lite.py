@@ -1,0 +1,2946 @@
+#!/usr/bin/env python3
+"""TikMatrix Lite: a phone-farm task server for a small box full of Android phones.
+
+Copy this file and the ``scripts/`` folder onto a Raspberry Pi (or any Linux box),
+``pip install -r requirements.txt`` and run ``python tikmatrix_lite.py``. It serves the
+TikMatrix local task API on port 50809, so clients written for TikMatrix work against it
+unchanged, keeps tasks, devices and accounts in one sqlite file beside the program, and
+runs each task on its phone through a real adb server (``adbutils``), one task at a time
+per phone.
+
+The module reads top to bottom: configuration, errors, store, scripts, devices, phone
+helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
+except that the runner and scheduler are handed the objects they call.
+
+Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import datetime as _dt
+import hmac
+import importlib.util
+import ipaddress
+import json
+import logging
+import os
+import posixpath
+import random
+import re
+import shlex
+import socket
+import sqlite3
+import struct
+import sys
+import threading
+import time
+import traceback
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("tikmatrix_lite")
+
+HERE = Path(__file__).resolve().parent
+
+
+###############################################################################
+# Configuration ###############################################################
+###############################################################################
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 50809
+DEFAULT_ADB_SERVER = "127.0.0.1:5037"
+#: Client networks allowed when --allow-from is not given: loopback and private ranges.
+DEFAULT_ALLOW_FROM = (
+    "127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+    "169.254.0.0/16", "100.64.0.0/10", "fc00::/7", "fe80::/10",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A start-up setting is wrong; main() prints it as one line and exits non-zero."""
+
+
+@dataclass
+class Config:
+    """Everything the server needs to start, from flags, environment and defaults."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    db: Path = HERE / "tikmatrix_lite.db"
+    scripts: Path = HERE / "scripts"
+    #: adb servers as "host:port"; the first default one is started locally if silent.
+    adb_servers: List[str] = field(default_factory=lambda: [DEFAULT_ADB_SERVER])
+    api_key: Optional[str] = None
+    allow_from: List[Any] = field(
+        default_factory=lambda: [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM])
+    max_running: int = 0
+    log_level: str = "info"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Failure screenshots and UI dumps live in a folder beside the database."""
+        return self.db.parent / (self.db.stem + "-artifacts")
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {value} is outside 1-65535")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _network(text: str):
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a network (CIDR)") from None
+
+
+def _adb_address(text: str) -> str:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    _port(port)
+    return f"{host}:{int(port)}"
+
+
+def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog=prog,
+        description="TikMatrix Lite: the TikMatrix local task API for a box of Android "
+                    "phones. Every flag can also be set by the environment variable named "
+                    "in brackets; a flag wins over its variable.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    add("--host", help="address to listen on [TMLITE_HOST]", default=DEFAULT_HOST)
+    add("--port", type=_port, default=DEFAULT_PORT, help="port to listen on [TMLITE_PORT]")
+    add("--db", type=Path, default=HERE / "tikmatrix_lite.db",
+        help="sqlite file for tasks, devices and accounts; created on first start [TMLITE_DB]")
+    add("--scripts", type=Path, default=HERE / "scripts",
+        help="folder of automation scripts [TMLITE_SCRIPTS]")
+    add("--adb-server", dest="adb_servers", action="append", type=_adb_address,
+        metavar="HOST:PORT",
+        help="adb server to use; repeat for several hosts. A local server is started when "
+             f"none answers at {DEFAULT_ADB_SERVER} [TMLITE_ADB_SERVERS, comma list] "
+             f"(default: {DEFAULT_ADB_SERVER})")
+    add("--api-key", help="when set, every request must send it as 'Authorization: Bearer "
+                          "KEY' or 'X-API-Key: KEY' [TMLITE_API_KEY]")
+    add("--allow-from", action="append", type=_network, metavar="CIDR",
+        help="client network allowed; repeatable [TMLITE_ALLOW_FROM, comma list] "
+             "(default: loopback and private ranges)")
+    add("--max-running", type=_non_negative, default=0,
+        help="cap on tasks running at once across all devices, 0 for no cap "
+             "[TMLITE_MAX_RUNNING]")
+    add("--log-level", choices=LOG_LEVELS, default="info", help="[TMLITE_LOG_LEVEL]")
+    add("--version", action="version", version=f"TikMatrix Lite {__version__}")
+    return parser
+
+
+#: environment variable -> (flag, splits on commas)
+_ENV_FLAGS = {
+    "TMLITE_HOST": ("--host", False), "TMLITE_PORT": ("--port", False),
+    "TMLITE_DB": ("--db", False), "TMLITE_SCRIPTS": ("--scripts", False),
+    "TMLITE_ADB_SERVERS": ("--adb-server", True), "TMLITE_API_KEY": ("--api-key", False),
+    "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
+    "TMLITE_LOG_LEVEL": ("--log-level", False),
+}
+
+
+def parse_config(argv: Optional[Sequence[str]] = None,
+                 environ: Optional[Dict[str, str]] = None) -> Config:
+    """Flags win over environment variables, which win over defaults.
+
+    Environment values go through the same parser as flags, so a bad TMLITE_PORT is
+    reported exactly like a bad --port.
+    """
+    environ = os.environ if environ is None else environ
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from_env: List[str] = []
+    for name, (flag, is_list) in _ENV_FLAGS.items():
+        value = environ.get(name, "").strip()
+        for item in (value.split(",") if is_list else [value]):
+            if item.strip():
+                from_env += [flag, item.strip()]
+    env_args = build_arg_parser(prog="tikmatrix_lite (environment)").parse_args(from_env)
+    parser = build_arg_parser()
+    # scalar settings from the environment become the flags' defaults; the repeatable
+    # ones are merged by hand, since argparse would append flags to a default list
+    parser.set_defaults(**{k: v for k, v in vars(env_args).items()
+                           if k not in ("adb_servers", "allow_from")})
+    args = parser.parse_args(argv)
+    return Config(
+        host=args.host, port=args.port, db=args.db.expanduser().resolve(),
+        scripts=args.scripts.expanduser().resolve(),
+        adb_servers=args.adb_servers or env_args.adb_servers or [DEFAULT_ADB_SERVER],
+        api_key=args.api_key or None,
+        allow_from=args.allow_from or env_args.allow_from or
+        [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
+        max_running=args.max_running, log_level=args.log_level)
+
+
+def setup_logging(level: str) -> None:
+    """Readable, levelled log lines; waitress's queue-depth chatter only when it matters."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S", force=True)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+    logging.getLogger("adbutils").setLevel(logging.WARNING)
+
+
+###############################################################################
+# Errors ######################################################################
+###############################################################################
+
+class LiteError(Exception):
+    """An error with its API code (SPEC 2); the HTTP status is code // 100."""
+
+    code = 50001
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadRequest(LiteError):
+    """40001: a parameter is wrong. The message names the field and what is wrong."""
+
+    code = 40001
+
+    def __init__(self, field_name: str, reason: str):
+        super().__init__(f"{field_name}: {reason}" if field_name else reason)
+        self.field = field_name
+
+
+class MissingScriptName(LiteError):
+    code = 40002
+
+
+class ScriptNotSupported(LiteError):
+    code = 40003
+
+
+class Unauthorized(LiteError):
+    code = 40101
+
+
+class Forbidden(LiteError):
+    code = 40301
+
+
+class NotFound(LiteError):
+    code = 40401
+
+
+class MethodNotAllowed(LiteError):
+    code = 40501
+
+
+class BodyTooLarge(LiteError):
+    code = 41301
+
+
+class Unavailable(LiteError):
+    """50001 with a message the client may see (a missing device layer, a dead phone)."""
+
+    code = 50001
+
+
+class Stopped(Exception):
+    """Raised inside a script when its task is stopped by the user."""
+
+
+class DeviceLost(Exception):
+    """Raised inside a script when its phone disconnected or stopped answering."""
+
+
+class CommandTimeout(Exception):
+    """A device command did not finish within its timeout."""
+
+
+class ElementNotFound(Exception):
+    """A script step could not find what it looked for on the screen."""
+
+    def __init__(self, step: str, selector: Any, hint: str = ""):
+        self.step, self.selector = step, selector
+        text = f"{step}: element not found ({describe_selector(selector)})"
+        super().__init__(text + (f"; {hint}" if hint else ""))
+
+
+def describe_selector(selector: Any) -> str:
+    if isinstance(selector, dict):
+        if "any_of" in selector:
+            return " or ".join(describe_selector(s) for s in selector["any_of"])
+        return ", ".join(f"{k}={v!r}" for k, v in selector.items())
+    return repr(selector)
+
+
+###############################################################################
+# Time ########################################################################
+###############################################################################
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+def format_time(epoch: Optional[float]) -> Optional[str]:
+    """Epoch seconds -> the API's 'YYYY-MM-DD HH:MM:SS' in the box's local time."""
+    if epoch is None:
+        return None
+    return time.strftime(TIME_FORMAT, time.localtime(epoch))
+
+
+def next_occurrence(hhmm: str, now: float) -> float:
+    """'HH:MM' -> epoch of its next occurrence in local time: later today, else tomorrow."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", hhmm.strip())
+    if not match:
+        raise BadRequest("start_time", f"{hhmm!r} is not a time of day HH:MM (00:00-23:59)")
+    today = _dt.datetime.fromtimestamp(now)
+    candidate = today.replace(hour=int(match[1]), minute=int(match[2]), second=0, microsecond=0)
+    if candidate.timestamp() <= now:
+        candidate = (candidate.date() + _dt.timedelta(days=1))
+        candidate = _dt.datetime.combine(candidate, _dt.time(int(match[1]), int(match[2])))
+    return candidate.timestamp()
+
+
+def local_timezone_name() -> str:
+    return time.strftime("%Z") + " (UTC" + time.strftime("%z") + ")"
+
+
+###############################################################################
+# Store #######################################################################
+###############################################################################
+
+STATUS_TEXT = {0: "pending", 1: "running", 2: "completed", 3: "failed"}
+PENDING, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
+STOPPED_BY_USER = "stopped by user"
+INTERRUPTED = "interrupted by restart"
+DISCONNECTED = "device disconnected"
+
+#: Forward migrations; PRAGMA user_version counts how many have been applied.
+MIGRATIONS: List[str] = [
+    """
+    CREATE TABLE tasks (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        serial          TEXT    NOT NULL,
+        username        TEXT,
+        script_name     TEXT    NOT NULL,
+        script_config   TEXT    NOT NULL,
+        status          INTEGER NOT NULL DEFAULT 0 CHECK (status BETWEEN 0 AND 3),
+        source          TEXT    NOT NULL DEFAULT 'api',
+        priority        INTEGER NOT NULL DEFAULT 0,
+        start_time      REAL    NOT NULL,
+        rest_seconds    REAL    NOT NULL DEFAULT 0,
+        min_interval    INTEGER NOT NULL DEFAULT 0,
+        max_interval    INTEGER NOT NULL DEFAULT 0,
+        created_at      REAL    NOT NULL,
+        started_at      REAL,
+        end_time        REAL,
+        progress        INTEGER NOT NULL DEFAULT 0,
+        message         TEXT    NOT NULL DEFAULT '',
+        error           TEXT    NOT NULL DEFAULT '',
+        result          TEXT,
+        retry_count     INTEGER NOT NULL DEFAULT 0,
+        max_retry_count INTEGER NOT NULL DEFAULT 3,
+        auto_retry      INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX tasks_status ON tasks (status);
+    CREATE INDEX tasks_due ON tasks (serial, status, priority DESC, start_time, id);
+    CREATE INDEX tasks_script ON tasks (script_name);
+    CREATE INDEX tasks_source ON tasks (source);
+    CREATE INDEX tasks_username ON tasks (username);
+    CREATE INDEX tasks_created ON tasks (created_at);
+    -- the database itself refuses a second running task on one device
+    CREATE UNIQUE INDEX tasks_one_running_per_device ON tasks (serial) WHERE status = 1;
+
+    CREATE TABLE task_log (
+        id      INTEGER PRIMARY KEY,
+        task_id INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
+        at      REAL    NOT NULL,
+        line    TEXT    NOT NULL
+    );
+    CREATE INDEX task_log_task ON task_log (task_id, id);
+
+    CREATE TABLE devices (
+        serial          TEXT PRIMARY KEY,
+        state           TEXT NOT NULL DEFAULT 'disconnected',
+        model           TEXT NOT NULL DEFAULT '',
+        android_version TEXT NOT NULL DEFAULT '',
+        battery         INTEGER,
+        adb_server      TEXT NOT NULL DEFAULT '',
+        connection      TEXT NOT NULL DEFAULT 'usb',
+        first_seen      REAL NOT NULL,
+        last_seen       REAL,
+        last_task_end   REAL
+    );
+
+    CREATE TABLE accounts (
+        username   TEXT PRIMARY KEY COLLATE NOCASE,
+        serial     TEXT NOT NULL,
+        platform   TEXT NOT NULL CHECK (platform IN ('tiktok', 'instagram')),
+        package    TEXT NOT NULL,
+        enabled    INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX accounts_serial ON accounts (serial);
+    """,
+]
+
+TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
+                "source", "priority", "start_time", "rest_seconds", "min_interval",
+                "max_interval", "created_at", "started_at", "end_time", "progress",
+                "message", "error", "result", "retry_count", "max_retry_count", "auto_retry")
+
+
+@dataclass
+class NewTask:
+    """One task to insert; the API builds these and Store.create_tasks writes them."""
+
+    serial: str
+    script_name: str
+    script_config: Dict[str, Any]
+    username: Optional[str] = None
+    source: str = "api"
+    priority: int = 0
+    start_time: float = 0.0
+    rest_seconds: float = 0.0
+    min_interval: int = 0
+    max_interval: int = 0
+    max_retry_count: int = 3
+    auto_retry: bool = False
+
+
+class Store:
+    """Tasks, task logs, devices and accounts in one sqlite file.
+
+    WAL lets readers (one connection per thread) run beside the single writer; every
+    write goes through ``write()``, which holds one lock around BEGIN IMMEDIATE..COMMIT,
+    so nothing ever sees "database is locked". Each change of a task's status is a
+    compare-and-set (``WHERE id=? AND status=?``) whose row count says who won.
+    """
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.clock = clock
+        self._write_lock = threading.RLock()
+        self._local = threading.local()
+        self._all_connections: List[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self.migrate()
+
+    # -- connections ---------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # NORMAL is durable across a crash of the program in WAL mode and spares the SD card
+        conn.execute("PRAGMA synchronous=NORMAL")
+        with self._connections_lock:
+            self._all_connections.append(conn)
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
+        return self._reader().execute(sql, params).fetchall()
+
+    def query_one(self, sql: str, params: Sequence[Any] = ()) -> Optional[sqlite3.Row]:
+        return self._reader().execute(sql, params).fetchone()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on the writer connection: all of it is committed, or none."""
+        with self._write_lock:
+            conn = self._writer
+            if conn.in_transaction:          # nested use joins the outer transaction
+                yield conn
+                return
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._connections_lock:
+            for conn in self._all_connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all_connections.clear()
+
+    def migrate(self) -> int:
+        """Apply the migrations this file has not seen yet; returns the schema version."""
+        with self.write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > len(MIGRATIONS):
+                raise ConfigError(f"database {self.path} has schema version {version}, newer "
+                                  f"than this program ({len(MIGRATIONS)}): upgrade the program")
+            for number in range(version, len(MIGRATIONS)):
+                for statement in _split_sql(MIGRATIONS[number]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={number + 1}")
+        return len(MIGRATIONS)
+
+    def schema_version(self) -> int:
+        return self.query_one("PRAGMA user_version")[0]
+
+    # -- tasks: creation and reading ----------------------------------------
+    def create_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
+        """Insert all the tasks in one transaction, or none of them."""
+        now = self.clock()
+        ids = []
+        with self.write() as conn:
+            for t in tasks:
+                cur = conn.execute(
+                    "INSERT INTO tasks (serial, username, script_name, script_config, source,"
+                    " priority, start_time, rest_seconds, min_interval, max_interval,"
+                    " created_at, max_retry_count, auto_retry)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (t.serial, t.username, t.script_name, _dump_json(t.script_config),
+                     t.source, t.priority, t.start_time or now, t.rest_seconds,
+                     t.min_interval, t.max_interval, now, t.max_retry_count,
+                     int(t.auto_retry)))
+                ids.append(cur.lastrowid)
+        return ids
+
+    def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,))
+
+    def list_tasks(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
+                   script_name: Optional[str] = None, source: Optional[str] = None,
+                   username: Optional[str] = None, created_from: Optional[float] = None,
+                   created_to: Optional[float] = None, page: int = 1,
+                   page_size: int = 20) -> Tuple[List[sqlite3.Row], int]:
+        """Newest first, filtered and paginated; returns (rows, total matching)."""
+        where, params = [], []
+        if statuses:
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += list(statuses)
+        for column, value in (("serial", serial), ("script_name", script_name),
+                              ("source", source), ("username", username)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if created_from is not None:
+            where.append("created_at >= ?")
+            params.append(created_from)
+        if created_to is not None:
+            where.append("created_at <= ?")
+            params.append(created_to)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        total = self.query_one(f"SELECT COUNT(*) FROM tasks {clause}", params)[0]
+        rows = self.query(f"SELECT * FROM tasks {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                          params + [page_size, (page - 1) * page_size])
+        return rows, total
+
+    def task_log(self, task_id: int) -> List[sqlite3.Row]:
+        return self.query("SELECT at, line FROM task_log WHERE task_id=? ORDER BY id",
+                          (task_id,))
+
+    def stats(self) -> Dict[str, int]:
+        counts = dict(self.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+        out = {"total": sum(counts.values())}
+        for status, name in STATUS_TEXT.items():
+            out[name] = counts.get(status, 0)
+        return out
+
+    # -- tasks: what runners write ------------------------------------------
+    def add_log(self, task_id: int, line: str) -> None:
+        with self.write() as conn:
+            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                         (task_id, self.clock(), line))
+
+    def set_progress(self, task_id: int, percent: int, message: str) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE tasks SET progress=?, message=? WHERE id=? AND status=1",
+                         (percent, message, task_id))
+
+    # -- tasks: the lifecycle, each step a compare-and-set -------------------
+    def claim_next(self, serial: str, now: float) -> Optional[sqlite3.Row]:
+        """Mark the device's best due task running and return it (None if none is due).
+
+        Due means the start time has come and the device has rested the task's interval
+        since its previous task ended. Among due tasks: priority, then start time, then id.
+        """
+        with self.write() as conn:
+            row = conn.execute(
+                "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
+                " WHERE t.serial=? AND t.status=0 AND t.start_time <= ?"
+                " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
+                " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
+                (serial, now, now)).fetchone()
+            if row is None:
+                return None
+            try:
+                cur = conn.execute(
+                    "UPDATE tasks SET status=1, started_at=?, progress=0, message='', error=''"
+                    " WHERE id=? AND status=0", (now, row["id"]))
+            except sqlite3.IntegrityError:   # the device already has a running task
+                return None
+            if cur.rowcount != 1:
+                return None
+            return conn.execute("SELECT * FROM tasks WHERE id=?", (row["id"],)).fetchone()
+
+    def due_times(self) -> Dict[str, float]:
+        """serial -> when its earliest pending task becomes due (start time and rest)."""
+        rows = self.query(
+            "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
+            " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
+            " WHERE t.status=0 GROUP BY t.serial")
+        return {serial: due for serial, due in rows}
+
+    def running_count(self) -> int:
+        return self.query_one("SELECT COUNT(*) FROM tasks WHERE status=1")[0]
+
+    def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
+               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
+        """End a running task; returns 'completed', 'failed', 'retrying' or 'gone'.
+
+        A failed task with auto_retry goes back to pending after a random 5-60 s, until
+        its retry limit is reached; a stop by the user is never retried.
+        """
+        now = self.clock()
+        with self.write() as conn:
+            row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or row["status"] != RUNNING:
+                return "gone"
+            conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
+                         (now, now, row["serial"]))
+            if ok:
+                conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
+                             " result=? WHERE id=? AND status=1",
+                             (now, _dump_json(result), task_id))
+                return "completed"
+            if (allow_auto_retry and row["auto_retry"]
+                    and row["retry_count"] < row["max_retry_count"]):
+                delay = rng.uniform(5, 60)
+                conn.execute(
+                    "UPDATE tasks SET status=0, retry_count=retry_count+1, error='',"
+                    " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
+                    " message=? WHERE id=? AND status=1",
+                    (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (task_id, now, f"failed: {error}; auto-retry "
+                              f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
+                              f"{delay:.0f} s"))
+                return "retrying"
+            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?"
+                         " WHERE id=? AND status=1",
+                         (now, error or "failed", _dump_json(result), task_id))
+            return "failed"
+
+    def cancel_pending(self, task_id: int) -> bool:
+        """A pending task stopped by the user ends failed without ever running."""
+        with self.write() as conn:
+            cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?"
+                               " WHERE id=? AND status=0",
+                               (self.clock(), STOPPED_BY_USER, task_id))
+            return cur.rowcount == 1
+
+    def retry(self, task_id: int) -> bool:
+        """A failed task under its retry limit goes back to pending (compare-and-set)."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE tasks SET status=0, retry_count=retry_count+1, error='', progress=0,"
+                " message='', result=NULL, started_at=NULL, end_time=NULL,"
+                " start_time=MIN(start_time, ?)"
+                " WHERE id=? AND status=3 AND retry_count < max_retry_count",
+                (self.clock(), task_id))
+            return cur.rowcount == 1
+
+    def retry_all(self) -> List[int]:
+        with self.write() as conn:
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE status=3 AND retry_count < max_retry_count")]
+            for task_id in ids:
+                self.retry(task_id)
+            return ids
+
+    def delete_task(self, task_id: int) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM tasks WHERE id=?", (task_id,)).rowcount == 1
+
+    def clear(self, statuses: Sequence[int]) -> List[int]:
+        """Delete finished tasks (completed and/or failed) and return their ids."""
+        with self.write() as conn:
+            marks = ",".join("?" * len(statuses))
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM tasks WHERE status IN ({marks})", list(statuses))]
+            conn.execute(f"DELETE FROM tasks WHERE status IN ({marks})", list(statuses))
+            return ids
+
+    def recover_interrupted(self) -> List[int]:
+        """At start-up: tasks left running by a crash or kill end failed, retryable."""
+        with self.write() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM tasks WHERE status=1")]
+            conn.execute("UPDATE tasks SET status=3, end_time=?, error=? WHERE status=1",
+                         (self.clock(), INTERRUPTED))
+            for task_id in ids:
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (task_id, self.clock(), INTERRUPTED))
+            return ids
+
+    # -- devices --------------------------------------------------------------
+    def upsert_device(self, serial: str, **fields: Any) -> None:
+        """Create the device on first sight, then update the fields given."""
+        now = self.clock()
+        allowed = {"state", "model", "android_version", "battery", "adb_server",
+                   "connection", "last_seen"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"unknown device fields {sorted(unknown)}")
+        with self.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen) VALUES (?, ?)",
+                         (serial, now))
+            if fields:
+                sets = ", ".join(f"{k}=?" for k in fields)
+                conn.execute(f"UPDATE devices SET {sets} WHERE serial=?",
+                             list(fields.values()) + [serial])
+
+    def get_device(self, serial: str) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
+
+    def list_devices(self) -> List[sqlite3.Row]:
+        return self.query(
+            "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1)"
+            " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
+            " status=0) AS pending_count FROM devices d ORDER BY d.serial")
+
+    def mark_all_devices(self, state: str, adb_server: Optional[str] = None) -> None:
+        with self.write() as conn:
+            if adb_server is None:
+                conn.execute("UPDATE devices SET state=?", (state,))
+            else:
+                conn.execute("UPDATE devices SET state=? WHERE adb_server=?",
+                             (state, adb_server))
+
+    # -- accounts -------------------------------------------------------------
+    def list_accounts(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
+        if serial is None:
+            return self.query("SELECT * FROM accounts ORDER BY username")
+        return self.query("SELECT * FROM accounts WHERE serial=? ORDER BY created_at, username",
+                          (serial,))
+
+    def get_account(self, username: str) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM accounts WHERE username=?", (username,))
+
+    def save_account(self, username: str, serial: str, platform: str, package: str,
+                     enabled: bool, create: bool) -> bool:
+        """Insert (create=True) or replace an account; False if that clashes or is absent."""
+        with self.write() as conn:
+            if create:
+                try:
+                    conn.execute("INSERT INTO accounts (username, serial, platform, package,"
+                                 " enabled, created_at) VALUES (?,?,?,?,?,?)",
+                                 (username, serial, platform, package, int(enabled),
+                                  self.clock()))
+                except sqlite3.IntegrityError:
+                    return False
+                return True
+            cur = conn.execute("UPDATE accounts SET serial=?, platform=?, package=?, enabled=?"
+                               " WHERE username=?",
+                               (serial, platform, package, int(enabled), username))
+            return cur.rowcount == 1
+
+    def delete_account(self, username: str) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM accounts WHERE username=?",
+                                (username,)).rowcount == 1
+
+
+def _split_sql(script: str) -> List[str]:
+    """Split a migration into statements (they hold no semicolons inside strings)."""
+    lines = [l for l in script.splitlines() if not l.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _dump_json(value: Any) -> Optional[str]:
+    if value is None:
+        return None
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _load_json(text: Optional[str]) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def task_to_json(row: sqlite3.Row) -> Dict[str, Any]:
+    """A task row as the API shows it (SPEC 4.1)."""
+    return {
+        "id": row["id"], "serial": row["serial"], "username": row["username"],
+        "script_name": row["script_name"], "script_config": _load_json(row["script_config"]),
+        "status": row["status"], "status_text": STATUS_TEXT[row["status"]],
+        "source": row["source"], "priority": row["priority"],
+        "start_time": format_time(row["start_time"]),
+        "started_at": format_time(row["started_at"]), "end_time": format_time(row["end_time"]),
+        "created_at": format_time(row["created_at"]), "progress": row["progress"],
+        "message": row["message"], "error": row["error"], "result": _load_json(row["result"]),
+        "retry_count": row["retry_count"], "max_retry_count": row["max_retry_count"],
+        "auto_retry": bool(row["auto_retry"]), "min_interval": row["min_interval"],
+        "max_interval": row["max_interval"],
+    }
+
+
+###############################################################################
+# Scripts #####################################################################
+###############################################################################
+
+#: TikMatrix scripts that its API does not run yet: asking for them is a 40003.
+NOT_API_SCRIPTS = frozenset({"like", "message", "super_marketing", "profile", "scrape_user"})
+PARAM_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+               "list": (list,), "dict": (dict,)}
+PARAM_KEYS = {"type", "default", "choices", "min", "max", "required", "description",
+              "items", "max_length", "max_items"}
+PLATFORM_NAMES = ("tiktok", "instagram")
+
+
+class ScriptError(Exception):
+    """A script file that cannot be used; it is logged and left out."""
+
+
+@dataclass
+class Script:
+    """A loaded automation script: its declarations and its functions."""
+
+    name: str
+    path: Path
+    description: str
+    platforms: Tuple[str, ...]
+    params: Dict[str, Dict[str, Any]]
+    run: Callable[..., Any]
+    expand: Optional[Callable[[Dict[str, Any]], List[Dict[str, Any]]]] = None
+    validate: Optional[Callable[[Dict[str, Any]], None]] = None
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "description": self.description,
+                "platforms": list(self.platforms), "params": self.params,
+                "expands": self.expand is not None}
+
+    def check_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
+        """Validate a script_config against PARAMS; returns it with defaults filled in."""
+        out = dict(config)           # keys a script does not declare are kept as sent
+        for name, decl in self.params.items():
+            where = f"script_config.{name}"
+            if name not in config or config[name] is None:
+                if decl.get("required"):
+                    raise BadRequest(where, "is required")
+                if "default" in decl:
+                    out[name] = json.loads(json.dumps(decl["default"]))
+                continue
+            out[name] = check_param(where, config[name], decl)
+        if self.validate is not None:
+            try:
+                self.validate(out)
+            except ValueError as exc:
+                if len(exc.args) == 2:
+                    raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
+                raise BadRequest("script_config", str(exc))
+        return out
+
+    def expand_config(self, config: Dict[str, Any]) -> List[Dict[str, Any]]:
+        """One request config -> the configs of the tasks it makes (usually just itself)."""
+        if self.expand is None:
+            return [config]
+        try:
+            configs = list(self.expand(dict(config)))
+        except ValueError as exc:
+            if len(exc.args) == 2:
+                raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
+            raise BadRequest("script_config", str(exc))
+        if not configs or not all(isinstance(c, dict) for c in configs):
+            raise BadRequest("script_config", f"script {self.name} made no task from it")
+        return configs
+
+
+def check_param(where: str, value: Any, decl: Dict[str, Any]) -> Any:
+    """Check one value against its declaration; raise BadRequest naming the field."""
+    types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
+    if "bool" in types and isinstance(value, int) and not isinstance(value, bool) \
+            and value in (0, 1):
+        value = bool(value)                  # TikMatrix clients send 0/1 for switches
+    ok = any(isinstance(value, PARAM_TYPES[t]) and
+             not (t in ("int", "float") and isinstance(value, bool)) for t in types)
+    if not ok and "int" in types and isinstance(value, float) and value.is_integer():
+        value, ok = int(value), True
+    if not ok:
+        raise BadRequest(where, f"must be {' or '.join(types)}, got {_json_type(value)}")
+    if "choices" in decl and value not in decl["choices"]:
+        raise BadRequest(where, f"must be one of {', '.join(map(repr, decl['choices']))}, "
+                                f"got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in decl and value < decl["min"]:
+            raise BadRequest(where, f"must be at least {decl['min']}, got {value}")
+        if "max" in decl and value > decl["max"]:
+            raise BadRequest(where, f"must be at most {decl['max']}, got {value}")
+    if isinstance(value, str) and len(value) > decl.get("max_length", 100_000):
+        raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
+    if isinstance(value, list):
+        if len(value) > decl.get("max_items", 10_000):
+            raise BadRequest(where, f"has more than {decl.get('max_items', 10_000)} items")
+        item_type = decl.get("items")
+        for i, item in enumerate(value):
+            if item_type and not (isinstance(item, PARAM_TYPES[item_type])
+                                  and not isinstance(item, bool)):
+                raise BadRequest(f"{where}[{i}]", f"must be {item_type}, got {_json_type(item)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "integer", float: "number", str: "string",
+            list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _check_declarations(name: str, params: Any) -> Dict[str, Dict[str, Any]]:
+    if not isinstance(params, dict):
+        raise ScriptError(f"PARAMS must be a dict, not {type(params).__name__}")
+    for pname, decl in params.items():
+        if not isinstance(decl, dict) or "type" not in decl:
+            raise ScriptError(f"PARAMS[{pname!r}] must be a dict with a 'type'")
+        types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
+        bad = [t for t in types if t not in PARAM_TYPES]
+        if bad or set(decl) - PARAM_KEYS:
+            raise ScriptError(f"PARAMS[{pname!r}]: unknown type {bad} or keys "
+                              f"{sorted(set(decl) - PARAM_KEYS)}")
+        if "default" in decl and decl["default"] is not None:
+            try:
+                check_param(pname, decl["default"], decl)
+            except BadRequest as exc:
+                raise ScriptError(f"default of {exc.message}") from None
+    return params
+
+
+def load_script(path: Path) -> Script:
+    """Import one script file; ScriptError says what is wrong with it."""
+    name = path.stem
+    spec = importlib.util.spec_from_file_location(f"tmlite_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        raise ScriptError(f"syntax error at line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:
+        raise ScriptError(f"{type(exc).__name__} while loading: {exc}") from None
+    run = getattr(module, "run", None)
+    if not callable(run):
+        raise ScriptError("it has no run(phone, task) function")
+    platforms = tuple(getattr(module, "PLATFORMS", PLATFORM_NAMES))
+    if not set(platforms) <= set(PLATFORM_NAMES):
+        raise ScriptError(f"PLATFORMS must be among {PLATFORM_NAMES}")
+    return Script(name=name, path=path, run=run,
+                  description=str(getattr(module, "DESCRIPTION", (module.__doc__ or "")
+                                          .strip().split("\n")[0])),
+                  platforms=platforms,
+                  params=_check_declarations(name, getattr(module, "PARAMS", {})),
+                  expand=getattr(module, "expand", None),
+                  validate=getattr(module, "validate", None))
+
+
+def load_scripts(folder: Path) -> Dict[str, Script]:
+    """Every .py in the folder but _helpers; a broken script is logged and left out."""
+    scripts: Dict[str, Script] = {}
+    folder_text = str(folder)
+    if folder_text not in sys.path:          # lets scripts import their _helpers
+        sys.path.insert(0, folder_text)
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        try:
+            scripts[path.stem] = load_script(path)
+        except ScriptError as exc:
+            log.error("script %s left out: %s", path.name, exc)
+    log.info("loaded %d script(s) from %s: %s", len(scripts), folder,
+             ", ".join(sorted(scripts)) or "none")
+    return scripts
+
+
+###############################################################################
+# Devices #####################################################################
+###############################################################################
+
+#: How long a phone may take to accept a command before it counts as not answering.
+DEVICE_ANSWER_TIMEOUT = 5.0
+#: While a task runs, the phone is pinged this often; a silent phone fails the task.
+HEARTBEAT_INTERVAL = 3.0
+ADB_BACKOFF = (1, 2, 4, 8, 15, 30)
+
+
+class CancelToken:
+    """Lets one thread abort another's device I/O: a stop by the user or a lost phone.
+
+    Blocking reads on adb sockets cannot be interrupted by a flag, so the token keeps
+    the sockets in use and shuts them down when it is cancelled; the reader then wakes
+    at once, sees the reason and raises Stopped or DeviceLost.
+    """
+
+    def __init__(self):
+        self.reason: Optional[str] = None          # "stopped" or "lost"
+        self.event = threading.Event()
+        self._sockets: set = set()
+        self._lock = threading.Lock()
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            sockets = list(self._sockets)
+        self.event.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def check(self) -> None:
+        if self.reason == "stopped":
+            raise Stopped(STOPPED_BY_USER)
+        if self.reason == "lost":
+            raise DeviceLost(DISCONNECTED)
+
+    @contextlib.contextmanager
+    def guard(self, sock: socket.socket) -> Iterator[None]:
+        with self._lock:
+            self._sockets.add(sock)
+            cancelled = self.reason is not None
+        if cancelled:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._sockets.discard(sock)
+
+
+def _adb_client_class():
+    """adbutils' client, minus its habit of starting an adb server on any failed connect.
+
+    adbutils runs ``adb start-server`` (on the default port) whenever a connection to
+    the server fails; Lite decides itself when to start a local server, so its
+    connections just fail.
+    """
+    import adbutils
+    from adbutils._adb import AdbConnection
+
+    class _Connection(AdbConnection):
+        def _safe_connect(self):
+            return self._create_socket()
+
+    class Client(adbutils.AdbClient):
+        def make_connection(self, timeout: Optional[float] = None):
+            conn = _Connection(self.host, self.port)
+            if timeout:
+                conn.conn.settimeout(timeout)
+            return conn
+
+    return Client
+
+
+def connection_type(serial: str) -> str:
+    return "tcp" if re.search(r":\d+$", serial) or serial.startswith("emulator-") else "usb"
+
+
+class AdbServerLink:
+    """One adb server, watched with track-devices; reconnects with backoff.
+
+    The tracking connection blocks until the server reports a change, so watching
+    costs nothing while nothing happens. When the server goes away the devices it
+    reported become 'disconnected' and the link retries 1, 2, 4 ... 30 s apart,
+    starting a local server itself when it owns a loopback address.
+    """
+
+    def __init__(self, address: str, manager: "DeviceManager", may_start_server: bool):
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self.manager = manager
+        self.may_start_server = may_start_server
+        self.client = _adb_client_class()(host=self.host, port=self.port)
+        self.connected = threading.Event()
+        self.devices: Dict[str, str] = {}            # serial -> adb state
+        self.error = ""
+        self._socket: Optional[socket.socket] = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"adb-{address}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        sock = self._socket
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+
+    def _watch(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                conn = self._open_tracker()
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                if attempt == 0 and self.may_start_server and self._start_server():
+                    attempt += 1
+                    continue
+                delay = ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)]
+                if attempt == 0 or delay == ADB_BACKOFF[-1]:
+                    log.warning("adb server %s not answering (%s); retrying every %s s",
+                                self.address, self.error, delay)
+                attempt += 1
+                self._stopping.wait(delay)
+                continue
+            attempt = 0
+            self.error = ""
+            self.connected.set()
+            log.info("watching devices of adb server %s", self.address)
+            try:
+                with conn:
+                    self._socket = conn.conn
+                    while not self._stopping.is_set():
+                        self._report(conn.read_string_block())
+            except Exception as exc:
+                if not self._stopping.is_set():
+                    log.warning("lost adb server %s: %s", self.address, exc)
+            finally:
+                self._socket = None
+                self.connected.clear()
+                self._report("")                    # every device of it is gone
+                attempt = 1 if self.may_start_server else 0
+
+    def _open_tracker(self):
+        conn = self.client.make_connection(timeout=5)
+        try:
+            conn.send_command("host:track-devices")
+            conn.check_okay()
+        except Exception:
+            conn.close()
+            raise
+        conn.conn.settimeout(None)
+        return conn
+
+    def _start_server(self) -> bool:
+        """Start a local adb server on this address, with the one adb binary we use."""
+        import subprocess
+        try:
+            import adbutils
+            adb = adbutils.adb_path()
+            log.info("no adb server answers at %s: starting one (%s)", self.address, adb)
+            subprocess.run([adb, "-P", str(self.port), "start-server"], timeout=30,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, check=True)
+            return True
+        except Exception as exc:
+            log.error("could not start an adb server on %s: %s", self.address, exc)
+            return False
+
+    def _report(self, listing: str) -> None:
+        current = {}
+        for line in listing.splitlines():
+            serial, _, state = line.strip().partition("\t")
+            if serial and state:
+                current[serial] = state
+        for serial in set(self.devices) - set(current):
+            self.manager.on_state(serial, "disconnected", self)
+        for serial, state in current.items():
+            if self.devices.get(serial) != state:
+                self.manager.on_state(serial, state, self)
+        self.devices = current
+
+
+class DeviceManager:
+    """Knows every phone of every adb server, and does all device I/O with deadlines.
+
+    adbutils can wait for minutes on a phone that is connected but silent, so every
+    command here opens its stream with a short deadline, reads with the command's
+    timeout, and registers its socket with a CancelToken so that a stop or a lost phone
+    interrupts it at once.
+    """
+
+    def __init__(self, store: Store, servers: Sequence[str],
+                 on_online: Callable[[str], None] = lambda serial: None,
+                 on_offline: Callable[[str], None] = lambda serial: None,
+                 start_local_server: bool = True):
+        self.store = store
+        self.on_online, self.on_offline = on_online, on_offline
+        loopback = ("127.0.0.1", "localhost", "::1", "[::1]")
+        self.links = [AdbServerLink(a, self, start_local_server and
+                                    a.rpartition(":")[0] in loopback) for a in servers]
+        self._state: Dict[str, Tuple[str, AdbServerLink]] = {}
+        self._unresponsive: set = set()
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    # -- life cycle -----------------------------------------------------------
+    def start(self) -> None:
+        self.store.mark_all_devices("disconnected")
+        for link in self.links:
+            link.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for link in self.links:
+            link.stop()
+
+    # -- state ----------------------------------------------------------------
+    def on_state(self, serial: str, state: str, link: AdbServerLink) -> None:
+        """Called by a link when adb reports a change for one of its devices."""
+        with self._lock:
+            previous = self._state.get(serial, ("disconnected", link))[0]
+            self._state[serial] = (state, link)
+            self._unresponsive.discard(serial)
+        log.info("device %s: %s -> %s (adb server %s)", serial, previous, state, link.address)
+        self.store.upsert_device(serial, state=state, adb_server=link.address,
+                                 connection=connection_type(serial),
+                                 last_seen=self.store.clock())
+        if state == "device":
+            threading.Thread(target=self._identify, args=(serial,), daemon=True,
+                             name=f"identify-{serial}").start()
+        elif previous == "device":
+            self.on_offline(serial)
+
+    def _identify(self, serial: str) -> None:
+        """Read model, Android version and battery of a phone that just came online."""
+        try:
+            self.refresh(serial)
+        except Exception as exc:
+            log.warning("could not read the properties of %s: %s", serial, exc)
+        if self.is_online(serial):
+            self.on_online(serial)
+
+    def refresh(self, serial: str) -> None:
+        token = CancelToken()
+        out = self.run(serial, "shell:getprop ro.product.model; getprop "
+                       "ro.build.version.release; dumpsys battery | grep level",
+                       timeout=10, token=token).decode("utf-8", "replace").splitlines()
+        model = out[0].strip() if out else ""
+        version = out[1].strip() if len(out) > 1 else ""
+        level = re.search(r"level:\s*(\d+)", "\n".join(out[2:]))
+        self.store.upsert_device(serial, model=model, android_version=version,
+                                 battery=int(level[1]) if level else None,
+                                 last_seen=self.store.clock())
+
+    def state(self, serial: str) -> str:
+        with self._lock:
+            if serial in self._unresponsive:
+                return "offline"
+            return self._state.get(serial, ("disconnected", None))[0]
+
+    def is_online(self, serial: str) -> bool:
+        return self.state(serial) == "device"
+
+    def online_serials(self) -> List[str]:
+        with self._lock:
+            return [s for s, (state, _) in self._state.items()
+                    if state == "device" and s not in self._unresponsive]
+
+    def mark_unresponsive(self, serial: str) -> None:
+        """A phone adb still lists but that stopped answering: offline until it answers."""
+        with self._lock:
+            if serial in self._unresponsive or serial not in self._state:
+                return
+            self._unresponsive.add(serial)
+        log.warning("device %s is not answering; marking it offline", serial)
+        self.store.upsert_device(serial, state="offline")
+        threading.Thread(target=self._await_recovery, args=(serial,), daemon=True,
+                         name=f"recover-{serial}").start()
+
+    def _await_recovery(self, serial: str) -> None:
+        for attempt in range(10 ** 9):
+            if self._stopping.wait(ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)]):
+                return
+            with self._lock:
+                if serial not in self._unresponsive:
+                    return                          # adb reported it anew meanwhile
+            if self.ping(serial):
+                with self._lock:
+                    self._unresponsive.discard(serial)
+                log.info("device %s answers again", serial)
+                self.store.upsert_device(serial, state="device", last_seen=self.store.clock())
+                self.on_online(serial)
+                return
+
+    def link_of(self, serial: str) -> AdbServerLink:
+        with self._lock:
+            entry = self._state.get(serial)
+        if entry is None:
+            if len(self.links) == 1:
+                return self.links[0]
+            raise DeviceLost(f"device {serial} is not connected")
+        return entry[1]
+
+    # -- I/O with deadlines -----------------------------------------------------
+    @contextlib.contextmanager
+    def open_service(self, serial: str, service: str, token: CancelToken,
+                     answer_timeout: float = DEVICE_ANSWER_TIMEOUT):
+        """A stream to one service of the phone; DeviceLost if the phone does not answer."""
+        token.check()
+        link = self.link_of(serial)
+        try:
+            conn = link.client.make_connection(timeout=answer_timeout)
+        except Exception as exc:
+            raise DeviceLost(f"adb server {link.address} not answering: {exc}") from None
+        try:
+            with token.guard(conn.conn):
+                try:
+                    conn.send_command(f"host:transport:{serial}")
+                    conn.check_okay()
+                    conn.send_command(service)
+                    conn.check_okay()
+                except Exception as exc:
+                    token.check()
+                    raise DeviceLost(f"{DISCONNECTED} ({exc})") from None
+                yield conn.conn
+        finally:
+            conn.close()
+
+    def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
+            answer_timeout: float = DEVICE_ANSWER_TIMEOUT) -> bytes:
+        """Run a shell:/exec: service and return all it printed, within the timeout."""
+        deadline = time.monotonic() + timeout
+        chunks = []
+        with self.open_service(serial, service, token, answer_timeout) as sock:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(f"{service[:80]!r} took more than {timeout:g} s")
+                sock.settimeout(remaining)
+                try:
+                    chunk = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    token.check()
+                    raise DeviceLost(DISCONNECTED) from None
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        token.check()
+        return b"".join(chunks)
+
+    def push(self, serial: str, data: bytes, remote: str, *, token: CancelToken,
+             mode: int = 0o644, timeout: float = 120) -> None:
+        """SYNC SEND: write bytes to a file on the phone (SYNC.TXT)."""
+        deadline = time.monotonic() + timeout
+        with self.open_service(serial, "sync:", token) as sock:
+            def send(payload: bytes) -> None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise CommandTimeout(f"push to {remote} took more than {timeout:g} s")
+                sock.settimeout(remaining)
+                sock.sendall(payload)
+            try:
+                header = f"{remote},{mode}".encode()
+                send(b"SEND" + struct.pack("<I", len(header)) + header)
+                for offset in range(0, len(data), 64 * 1024):
+                    chunk = data[offset:offset + 64 * 1024]
+                    send(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
+                send(b"DONE" + struct.pack("<I", int(time.time())))
+                sock.settimeout(max(0.1, deadline - time.monotonic()))
+                reply = _recv_exact(sock, 8)
+                if reply[:4] == b"FAIL":
+                    message = _recv_exact(sock, struct.unpack("<I", reply[4:])[0])
+                    raise RuntimeError(f"push to {remote} failed: "
+                                       f"{message.decode('utf-8', 'replace')}")
+                if reply[:4] != b"OKAY":
+                    raise RuntimeError(f"push to {remote}: unexpected reply {reply[:4]!r}")
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"QUIT" + struct.pack("<I", 0))
+            except socket.timeout:
+                raise CommandTimeout(f"push to {remote} took more than {timeout:g} s") from None
+            except OSError:
+                token.check()
+                raise DeviceLost(DISCONNECTED) from None
+
+    def ping(self, serial: str, token: Optional[CancelToken] = None) -> bool:
+        try:
+            out = self.run(serial, "shell:echo tmlite-ok", timeout=DEVICE_ANSWER_TIMEOUT,
+                           token=token or CancelToken())
+            return b"tmlite-ok" in out
+        except (DeviceLost, CommandTimeout):
+            return False
+
+    def screenshot(self, serial: str, token: Optional[CancelToken] = None) -> bytes:
+        png = self.run(serial, "exec:screencap -p", timeout=20, token=token or CancelToken())
+        if not png.startswith(b"\x89PNG"):
+            raise RuntimeError("the phone did not return a PNG screenshot")
+        return png
+
+    # -- network phones ----------------------------------------------------------
+    def connect(self, address: str) -> str:
+        """adb connect through the first adb server that answers; returns adb's reply."""
+        return self._host_command(f"host:connect:{address}")
+
+    def disconnect(self, address: str) -> str:
+        return self._host_command(f"host:disconnect:{address}")
+
+    def _host_command(self, command: str) -> str:
+        errors = []
+        for link in self.links:
+            try:
+                with link.client.make_connection(timeout=15) as conn:
+                    conn.send_command(command)
+                    conn.check_okay()
+                    return conn.read_string_block()
+            except Exception as exc:
+                errors.append(f"{link.address}: {exc}")
+        raise Unavailable("no adb server answers: " + "; ".join(errors))
+
+    def status(self) -> List[Dict[str, Any]]:
+        return [{"address": l.address, "connected": l.connected.is_set(),
+                 "devices": len(l.devices), "error": l.error} for l in self.links]
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise OSError("connection closed")
+        data += chunk
+    return data
+
+
+###############################################################################
+# Phone helpers ###############################################################
+###############################################################################
+
+#: App packages by platform, in the order they are looked for on a phone.
+APP_PACKAGES = {
+    "tiktok": ("com.zhiliaoapp.musically", "com.ss.android.ugc.trill"),
+    "instagram": ("com.instagram.android",),
+}
+LAUNCH_ACTIVITIES = {
+    "com.zhiliaoapp.musically": "com.ss.android.ugc.aweme.splash.SplashActivity",
+    "com.ss.android.ugc.trill": "com.ss.android.ugc.aweme.splash.SplashActivity",
+}
+#: Buttons of pop-ups that appear at random and are dismissed while waiting.
+POPUP_BUTTONS = (
+    "Allow", "While using the app", "Only this time", "Not now", "Not Now", "Skip",
+    "Got it", "Dismiss", "Agree and continue", "Remind me later", "Continue anyway",
+    "Post anyway", "OK", "Close", "Maybe later", "No thanks", "Cancel",
+)
+FAST_INPUT_IME = "com.github.tikmatrix/.FastInputIME"
+ADB_KEYBOARD_IME = "com.android.adbkeyboard/.AdbIME"
+KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER",
+        "delete": "KEYCODE_DEL", "search": "KEYCODE_SEARCH", "menu": "KEYCODE_MENU",
+        "tab": "KEYCODE_TAB", "space": "KEYCODE_SPACE", "recent": "KEYCODE_APP_SWITCH",
+        "volume_up": "KEYCODE_VOLUME_UP", "volume_down": "KEYCODE_VOLUME_DOWN",
+        "power": "KEYCODE_POWER", "play_pause": "KEYCODE_MEDIA_PLAY_PAUSE"}
+SELECTOR_KEYS = {"text", "text_contains", "desc", "desc_contains", "resource_id",
+                 "class_name", "clickable", "any_of"}
+MEDIA_DIR = "/sdcard/DCIM/Camera"
+
+
+@dataclass
+class Node:
+    """One element of a uiautomator window dump."""
+
+    text: str
+    resource_id: str
+    desc: str
+    class_name: str
+    package: str
+    bounds: Tuple[int, int, int, int]
+    clickable: bool
+    enabled: bool
+    selected: bool
+    checked: bool
+    focused: bool
+
+    @property
+    def center(self) -> Tuple[int, int]:
+        left, top, right, bottom = self.bounds
+        return (left + right) // 2, (top + bottom) // 2
+
+    def matches(self, sel: Dict[str, Any]) -> bool:
+        if "any_of" in sel:
+            return any(self.matches(alt) for alt in sel["any_of"])
+        for key, want in sel.items():
+            if key == "text" and self.text.strip() != want:
+                return False
+            if key == "text_contains" and want.lower() not in self.text.lower():
+                return False
+            if key == "desc" and self.desc.strip() != want:
+                return False
+            if key == "desc_contains" and want.lower() not in self.desc.lower():
+                return False
+            if key == "resource_id" and not (self.resource_id == want or
+                                             self.resource_id.endswith(":id/" + want)):
+                return False
+            if key == "class_name" and not (self.class_name == want or
+                                            self.class_name.endswith("." + want)):
+                return False
+            if key == "clickable" and self.clickable != bool(want):
+                return False
+        return True
+
+
+class UiTree:
+    """A parsed window dump: the nodes in document order, and the XML it came from."""
+
+    def __init__(self, xml: str):
+        self.xml = xml
+        self.nodes: List[Node] = []
+        try:
+            root = ET.fromstring(xml.encode("utf-8"))
+        except ET.ParseError as exc:
+            raise RuntimeError(f"the window dump is not XML: {exc}") from None
+        for el in root.iter("node"):
+            nums = [int(n) for n in re.findall(r"-?\d+", el.get("bounds", ""))] + [0] * 4
+            self.nodes.append(Node(
+                text=el.get("text", ""), resource_id=el.get("resource-id", ""),
+                desc=el.get("content-desc", ""), class_name=el.get("class", ""),
+                package=el.get("package", ""), bounds=tuple(nums[:4]),
+                clickable=el.get("clickable") == "true", enabled=el.get("enabled") != "false",
+                selected=el.get("selected") == "true", checked=el.get("checked") == "true",
+                focused=el.get("focused") == "true"))
+
+    def find(self, **sel: Any) -> Optional[Node]:
+        return next(self.find_all(**sel), None)
+
+    def find_all(self, **sel: Any) -> Iterator[Node]:
+        check_selector(sel)
+        return (n for n in self.nodes if n.matches(sel) and n.bounds[2] > n.bounds[0])
+
+
+def check_selector(sel: Dict[str, Any]) -> None:
+    if not sel:
+        raise ValueError("a selector needs at least one of " + ", ".join(sorted(SELECTOR_KEYS)))
+    unknown = set(sel) - SELECTOR_KEYS
+    if unknown:
+        raise ValueError(f"unknown selector keys {sorted(unknown)}")
+    for alt in sel.get("any_of", ()):
+        check_selector(alt)
+
+
+def input_text_arg(text: str) -> str:
+    """ASCII text as Android's `input text` wants it: spaces as %s (quoted later)."""
+    return text.replace("%", "\\%").replace(" ", "%s")
+
+
+class Phone:
+    """What a script drives a phone with (SPEC 6). Every call checks the stop flag.
+
+    Arguments given as a list are quoted for the device shell, so text from users never
+    reaches it unquoted; a string command is passed as it is and is for constants only.
+    """
+
+    def __init__(self, devices: DeviceManager, serial: str, token: CancelToken,
+                 account: Optional[sqlite3.Row] = None, log: Callable[[str], None] = None):
+        self.devices = devices
+        self.serial = serial
+        self.token = token
+        self.account = account
+        self._log = log or (lambda line: None)
+        self.last_dump: Optional[str] = None
+        self._ime: Optional[str] = None           # the broadcast IME found, "" for none
+        self._ime_before: Optional[str] = None
+        self._sdk: Optional[int] = None
+
+    # -- shell ------------------------------------------------------------------
+    def shell(self, args: Any, timeout: float = 30) -> str:
+        command = " ".join(shlex.quote(str(a)) for a in args) \
+            if isinstance(args, (list, tuple)) else str(args)
+        out = self.devices.run(self.serial, "shell:" + command, timeout=timeout,
+                               token=self.token)
+        return out.decode("utf-8", "replace")
+
+    def push(self, local: Any, remote: str, timeout: float = 300) -> None:
+        data = Path(local).read_bytes()
+        self.devices.push(self.serial, data, remote, token=self.token, timeout=timeout)
+
+    def sdk(self) -> int:
+        if self._sdk is None:
+            text = self.shell(["getprop", "ro.build.version.sdk"]).strip()
+            self._sdk = int(text) if text.isdigit() else 0
+        return self._sdk
+
+    # -- the screen -----------------------------------------------------------------
+    def dump(self) -> UiTree:
+        """The current window hierarchy.
+
+        uiautomator cannot dump while a video plays ("could not get idle state"): the
+        screen is tapped in the middle to pause it, then dumped again.
+        """
+        path = "/sdcard/tmlite_window_dump.xml"
+        error = ""
+        for attempt in range(3):
+            out = self.shell(["uiautomator", "dump", path], timeout=30)
+            if "dumped to" in out:
+                xml = self.shell(["cat", path], timeout=30)
+                self.last_dump = xml
+                return UiTree(xml)
+            error = out.strip() or "no output"
+            if "idle" in error and attempt < 2:
+                size = self.screen_size()
+                self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
+        raise RuntimeError(f"uiautomator dump failed: {error}")
+
+    def screen_size(self) -> Tuple[int, int]:
+        match = re.search(r"(\d+)x(\d+)", self.shell(["wm", "size"]))
+        return (int(match[1]), int(match[2])) if match else (1080, 2400)
+
+    def find(self, **sel: Any) -> Optional[Node]:
+        return self.dump().find(**sel)
+
+    def wait(self, timeout: float = 10, step: str = "", dismiss_popups: bool = True,
+             **sel: Any) -> Node:
+        """Dump until the element shows, dismissing known pop-ups meanwhile."""
+        check_selector(sel)
+        deadline = time.monotonic() + timeout
+        while True:
+            tree = self.dump()
+            node = tree.find(**sel)
+            if node is not None:
+                return node
+            if dismiss_popups and self.dismiss_popup(tree):
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ElementNotFound(step or "wait", sel,
+                                      "the app must be in English")
+            self.sleep(min(0.5, remaining))
+
+    def dismiss_popup(self, tree: Optional[UiTree] = None) -> bool:
+        tree = tree or self.dump()
+        for label in POPUP_BUTTONS:
+            node = tree.find(text=label, clickable=True) or tree.find(desc=label,
+                                                                       clickable=True)
+            if node is not None:
+                self._log(f"dismissed a pop-up ({label})")
+                self.tap(node)
+                return True
+        return False
+
+    def exists(self, **sel: Any) -> bool:
+        return self.find(**sel) is not None
+
+    # -- input ----------------------------------------------------------------------
+    def tap(self, node: Optional[Node] = None, *, x: Optional[int] = None,
+            y: Optional[int] = None, timeout: float = 10, step: str = "", **sel: Any) -> Node:
+        """Tap a node, a point, or the element a selector finds (waiting for it)."""
+        if node is None and x is not None and y is not None:
+            self.shell(["input", "tap", str(int(x)), str(int(y))])
+            return None
+        if node is None:
+            node = self.wait(timeout=timeout, step=step or "tap", **sel)
+        cx, cy = node.center
+        self.shell(["input", "tap", str(cx), str(cy)])
+        return node
+
+    def type_text(self, text: str) -> None:
+        """Type any text into the focused field: through a broadcast IME if the phone has
+        one, else ASCII through `input text`."""
+        if not text:
+            return
+        ime = self._broadcast_ime()
+        encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
+        if ime == FAST_INPUT_IME:
+            self.shell(["am", "broadcast", "-a", "ADB_INPUT_TEXT", "--es", "text", encoded])
+        elif ime == ADB_KEYBOARD_IME:
+            self.shell(["am", "broadcast", "-a", "ADB_INPUT_B64", "--es", "msg", encoded])
+        elif all(32 <= ord(c) < 127 for c in text):
+            for line_no, line in enumerate(text.split("\n")):
+                if line_no:
+                    self.press("enter")
+                if line:
+                    self.shell(["input", "text", input_text_arg(line)])
+        else:
+            raise RuntimeError(
+                "cannot type non-ASCII text: this phone has no broadcast input method; "
+                f"install TikMatrix's FastInputIME ({FAST_INPUT_IME}) or ADBKeyBoard "
+                f"({ADB_KEYBOARD_IME})")
+
+    def _broadcast_ime(self) -> str:
+        if self._ime is None:
+            installed = self.shell(["ime", "list", "-s"]).split()
+            self._ime = next((i for i in (FAST_INPUT_IME, ADB_KEYBOARD_IME)
+                              if i in installed), "")
+            if self._ime:
+                self._ime_before = self.shell(
+                    ["settings", "get", "secure", "default_input_method"]).strip()
+                if self._ime_before != self._ime:
+                    self.shell(["ime", "enable", self._ime])
+                    self.shell(["ime", "set", self._ime])
+        return self._ime
+
+    def restore_keyboard(self) -> None:
+        """Give the phone back the keyboard it had before the task typed."""
+        if self._ime and self._ime_before and self._ime_before not in (self._ime, "null"):
+            self.shell(["ime", "set", self._ime_before])
+
+    def press(self, key: Any) -> None:
+        code = KEYS.get(str(key).lower(), str(key))
+        if not re.fullmatch(r"KEYCODE_[A-Z0-9_]+|\d+", code):
+            raise ValueError(f"unknown key {key!r}")
+        self.shell(["input", "keyevent", code])
+
+    def swipe(self, x1: Any = "up", y1: int = None, x2: int = None, y2: int = None,
+              duration_ms: int = 300) -> None:
+        """swipe(x1, y1, x2, y2) or swipe("up"/"down"/"left"/"right") across the screen."""
+        if isinstance(x1, str):
+            w, h = self.screen_size()
+            x1, y1, x2, y2 = {
+                "up": (w // 2, h * 3 // 4, w // 2, h // 4),
+                "down": (w // 2, h // 4, w // 2, h * 3 // 4),
+                "left": (w * 4 // 5, h // 2, w // 5, h // 2),
+                "right": (w // 5, h // 2, w * 4 // 5, h // 2)}[x1]
+        self.shell(["input", "swipe"] + [str(int(v)) for v in (x1, y1, x2, y2, duration_ms)])
+
+    # -- apps -----------------------------------------------------------------------
+    def open_url(self, url: str, package: Optional[str] = None) -> None:
+        args = ["am", "start", "-a", "android.intent.action.VIEW", "-d", url]
+        if package:
+            args += ["-p", package]
+        self.shell(args)
+
+    def start_app(self, package: str) -> None:
+        activity = LAUNCH_ACTIVITIES.get(package)
+        if activity:
+            self.shell(["am", "start", "-n", f"{package}/{activity}"])
+        else:
+            self.shell(["monkey", "-p", package, "-c", "android.intent.category.LAUNCHER",
+                        "1"])
+
+    def stop_app(self, package: str) -> None:
+        self.shell(["am", "force-stop", package])
+
+    def installed_packages(self) -> List[str]:
+        out = self.shell(["pm", "list", "packages"])
+        return [l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("package:")]
+
+    def app_package(self, platform: str) -> str:
+        """The package to drive: the account's own, else the first installed one."""
+        if self.account is not None and self.account["platform"] == platform:
+            return self.account["package"]
+        installed = set(self.installed_packages())
+        for package in APP_PACKAGES.get(platform, ()):
+            if package in installed:
+                return package
+        raise RuntimeError(f"{platform} is not installed on {self.serial} "
+                           f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
+
+    def screenshot(self) -> bytes:
+        return self.devices.screenshot(self.serial, self.token)
+
+    def push_media(self, local_path: Any) -> str:
+        """Push a photo or video where the gallery finds it first; returns its phone path."""
+        local = Path(local_path)
+        remote = posixpath.join(MEDIA_DIR, local.name)
+        self.shell(["mkdir", "-p", MEDIA_DIR])
+        self.push(local, remote)
+        self.shell(["touch", remote])
+        self.shell(["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
+                    "-d", "file://" + remote])
+        if self.sdk() >= 29:
+            self.shell(["content", "call", "--uri", "content://media", "--method",
+                        "scan_file", "--arg", remote])
+        return remote
+
+    def remove(self, remote: str) -> None:
+        self.shell(["rm", "-f", remote])
+        self.shell(["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
+                    "-d", "file://" + remote])
+
+    def sleep(self, seconds: float) -> None:
+        """Wait, but wake at once when the task is stopped or the phone is lost."""
+        self.token.check()
+        self.token.event.wait(max(0.0, seconds))
+        self.token.check()
+
+
+###############################################################################
+# Runner ######################################################################
+###############################################################################
+
+class TaskContext:
+    """What a script knows of its task (SPEC 6): config, progress, log, stop-aware sleep."""
+
+    def __init__(self, row: sqlite3.Row, store: Store, token: CancelToken):
+        self.id: int = row["id"]
+        self.serial: str = row["serial"]
+        self.username: Optional[str] = row["username"]
+        self.script_name: str = row["script_name"]
+        self.config: Dict[str, Any] = json.loads(row["script_config"])
+        self.retry_count: int = row["retry_count"]
+        #: per-task randomness (spintax picks, waits): seeded by the task id
+        self.random = random.Random(f"{row['id']}-{row['retry_count']}-{time.time()}")
+        self._store = store
+        self._token = token
+
+    @property
+    def stopped(self) -> bool:
+        return self._token.reason is not None
+
+    def progress(self, percent: Any, message: str = "") -> None:
+        self._token.check()
+        percent = max(0, min(100, int(percent)))
+        self._store.set_progress(self.id, percent, str(message)[:500])
+        if message:
+            self.log(f"{percent}% {message}")
+
+    def log(self, message: Any) -> None:
+        self._store.add_log(self.id, str(message)[:2000])
+
+    def sleep(self, seconds: float) -> None:
+        self._token.check()
+        self._token.event.wait(max(0.0, float(seconds)))
+        self._token.check()
+
+
+@dataclass
+class RunningTask:
+    task_id: int
+    serial: str
+    token: CancelToken
+    thread: Optional[threading.Thread] = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Runner:
+    """Runs tasks: one worker thread per busy phone, each running one script.
+
+    A heartbeat pings the phone while its task runs, because a phone that is connected
+    but silent would otherwise hold the task forever. The outcome goes to the store, a
+    failure with a screenshot and the last UI dump saved as artifacts.
+    """
+
+    def __init__(self, store: Store, devices: DeviceManager, scripts: Dict[str, Script],
+                 artifacts_dir: Path, on_finished: Callable[[str], None] = lambda s: None,
+                 heartbeat: float = HEARTBEAT_INTERVAL):
+        self.store = store
+        self.devices = devices
+        self.scripts = scripts
+        self.artifacts_dir = artifacts_dir
+        self.on_finished = on_finished
+        self.heartbeat = heartbeat
+        self._active: Dict[str, RunningTask] = {}
+        self._lock = threading.Lock()
+
+    def busy(self, serial: str) -> bool:
+        with self._lock:
+            return serial in self._active
+
+    def active_count(self) -> int:
+        with self._lock:
+            return len(self._active)
+
+    def start(self, row: sqlite3.Row) -> RunningTask:
+        """Run a claimed task on its own thread."""
+        running = RunningTask(row["id"], row["serial"], CancelToken())
+        with self._lock:
+            if row["serial"] in self._active:
+                raise RuntimeError(f"{row['serial']} is already running a task")
+            self._active[row["serial"]] = running
+        running.thread = threading.Thread(target=self._work, args=(row, running), daemon=True,
+                                          name=f"runner-{row['serial']}")
+        running.thread.start()
+        return running
+
+    def stop(self, task_id: int, wait: float = 0) -> bool:
+        """Interrupt a running task; True if this runner had it."""
+        with self._lock:
+            running = next((r for r in self._active.values() if r.task_id == task_id), None)
+        if running is None:
+            return False
+        running.token.cancel("stopped")
+        if wait:
+            running.done.wait(wait)
+        return True
+
+    def device_lost(self, serial: str) -> None:
+        with self._lock:
+            running = self._active.get(serial)
+        if running is not None:
+            running.token.cancel("lost")
+
+    def stop_all(self, wait: float = 5) -> None:
+        with self._lock:
+            runnings = list(self._active.values())
+        for running in runnings:
+            running.token.cancel("stopped")
+        for running in runnings:
+            running.done.wait(wait)
+
+    def _work(self, row: sqlite3.Row, running: RunningTask) -> None:
+        watchdog = threading.Thread(target=self._watch_phone, args=(running,), daemon=True,
+                                    name=f"heartbeat-{running.serial}")
+        watchdog.start()
+        try:
+            self.run_task(row, running.token)
+        finally:
+            running.done.set()
+            with self._lock:
+                self._active.pop(running.serial, None)
+            self.on_finished(running.serial)
+
+    def _watch_phone(self, running: RunningTask) -> None:
+        """Ping the phone between heartbeats; a silent phone fails its task."""
+        while not running.done.wait(self.heartbeat):
+            if not self.devices.ping(running.serial):
+                if running.done.is_set():
+                    return
+                log.warning("task %s: device %s stopped answering", running.task_id,
+                            running.serial)
+                running.token.cancel("lost")
+                self.devices.mark_unresponsive(running.serial)
+                return
+
+    def run_task(self, row: sqlite3.Row, token: CancelToken) -> str:
+        """Run one claimed task to its end in this thread; returns how it ended."""
+        task_id, serial = row["id"], row["serial"]
+        context = TaskContext(row, self.store, token)
+        account = self.store.get_account(row["username"]) if row["username"] else None
+        phone = Phone(self.devices, serial, token, account=account, log=context.log)
+        script = self.scripts.get(row["script_name"])
+        log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
+        context.log(f"started on {serial}")
+        result, error, save_artifacts = None, "", False
+        try:
+            if script is None:
+                raise RuntimeError(f"script {row['script_name']!r} is no longer loaded")
+            result = script.run(phone, context)
+            _dump_json(result)
+        except Stopped:
+            error = STOPPED_BY_USER
+        except DeviceLost as exc:
+            error = DISCONNECTED if token.reason == "lost" or not self.devices.ping(serial) \
+                else str(exc)
+        except CommandTimeout as exc:
+            error, save_artifacts = f"timed out: {exc}", True
+        except ElementNotFound as exc:
+            error, save_artifacts = str(exc), True
+        except Exception as exc:
+            error, save_artifacts = f"{exc}" or type(exc).__name__, True
+            log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
+        if token.reason == "stopped":
+            error = STOPPED_BY_USER
+        elif token.reason == "lost":
+            error = DISCONNECTED
+        if not error:
+            with contextlib.suppress(Exception):
+                phone.restore_keyboard()
+            outcome = self.store.finish(task_id, ok=True, result=result)
+            context.log("completed")
+        else:
+            if save_artifacts:
+                self.save_artifacts(task_id, phone)
+            context.log(f"failed: {error}")
+            outcome = self.store.finish(task_id, ok=False, error=error[:2000],
+                                        allow_auto_retry=error != STOPPED_BY_USER)
+        log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
+        return outcome
+
+    def save_artifacts(self, task_id: int, phone: Phone) -> None:
+        """A failure keeps the screen and the last UI dump, to see what the script saw."""
+        folder = self.artifacts_dir / str(task_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if phone.last_dump:
+                (folder / "ui_dump.xml").write_text(phone.last_dump, encoding="utf-8")
+            fresh = Phone(self.devices, phone.serial, CancelToken())
+            (folder / "screenshot.png").write_bytes(fresh.screenshot())
+        except Exception as exc:
+            log.warning("task %s: could not save all artifacts: %s", task_id, exc)
+
+
+def artifact_names(artifacts_dir: Path, task_id: int) -> List[str]:
+    folder = artifacts_dir / str(task_id)
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def remove_artifacts(artifacts_dir: Path, task_id: int) -> None:
+    folder = artifacts_dir / str(task_id)
+    if folder.is_dir():
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+
+
+###############################################################################
+# Scheduler ###################################################################
+###############################################################################
+
+class Scheduler:
+    """Starts due tasks on free, online phones; sleeps until something can change.
+
+    It waits on a condition that is notified by every event that may make a task
+    startable (a new or retried task, a phone coming online, a task ending) with a
+    timeout that ends at the next start time, so an idle server uses no CPU.
+    ``tick()`` does one round synchronously, which is what tests call.
+    """
+
+    def __init__(self, store: Store, devices: DeviceManager, runner: Runner,
+                 max_running: int = 0, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.devices = devices
+        self.runner = runner
+        self.max_running = max_running
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+
+    def wake(self, *_: Any) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def tick(self, now: Optional[float] = None) -> Tuple[List[int], Optional[float]]:
+        """Start what is due now; returns (started task ids, next time something is due)."""
+        now = self.clock() if now is None else now
+        started, next_due = [], None
+        running = self.runner.active_count()
+        for serial, due in sorted(self.store.due_times().items(), key=lambda kv: kv[1]):
+            if not self.devices.is_online(serial) or self.runner.busy(serial):
+                continue                     # woken again when it comes online or frees
+            if due > now:
+                next_due = due if next_due is None else min(next_due, due)
+                continue
+            if self.max_running and running >= self.max_running:
+                break                        # woken again when a task ends
+            row = self.store.claim_next(serial, now)
+            if row is None:                  # the earliest due is resting: look again later
+                continue
+            self.runner.start(row)
+            running += 1
+            started.append(row["id"])
+        return started, next_due
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                _, next_due = self.tick()
+            except Exception:
+                log.exception("scheduler round failed")
+                next_due = self.clock() + 5
+            with self._cond:
+                if self._stopping:
+                    return
+                if not self._dirty:
+                    timeout = None if next_due is None else max(0.0, next_due - self.clock())
+                    self._cond.wait(timeout)
+
+
+###############################################################################
+# The server: everything wired together #######################################
+###############################################################################
+
+class Lite:
+    """Store, scripts, devices, runner and scheduler of one server.
+
+    ``with_devices=False`` leaves out everything that touches adb: the HTTP API then
+    works fully on the store, tasks stay pending, and the live-phone endpoints answer
+    "device layer not available". Tests of the API use that.
+    """
+
+    def __init__(self, config: Config, *, with_devices: bool = True,
+                 clock: Callable[[], float] = time.time):
+        self.config = config
+        self.clock = clock
+        self.started_at = time.time()
+        if not config.scripts.is_dir():
+            raise ConfigError(f"scripts folder {config.scripts} does not exist")
+        try:
+            self.store = Store(config.db, clock)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open database {config.db}: {exc}") from None
+        self.scripts = load_scripts(config.scripts)
+        self.devices: Optional[DeviceManager] = None
+        self.runner: Optional[Runner] = None
+        self.scheduler: Optional[Scheduler] = None
+        if with_devices:
+            self.devices = DeviceManager(self.store, config.adb_servers)
+            self.runner = Runner(self.store, self.devices, self.scripts, config.artifacts_dir)
+            self.scheduler = Scheduler(self.store, self.devices, self.runner,
+                                       config.max_running, clock)
+            self.devices.on_online = self.scheduler.wake
+            self.devices.on_offline = self.runner.device_lost
+            self.runner.on_finished = self.scheduler.wake
+        self._started = False
+
+    def start(self) -> None:
+        """Recover from a crash, then start watching phones and scheduling tasks."""
+        interrupted = self.store.recover_interrupted()
+        if interrupted:
+            log.warning("%d task(s) were running when the server last stopped; marked "
+                        "failed (%s): %s", len(interrupted), INTERRUPTED, interrupted)
+        if self.devices is not None:
+            self.devices.start()
+            self.scheduler.start()
+        self._started = True
+
+    def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        if self.runner is not None:
+            self.runner.stop_all()
+        if self.devices is not None:
+            self.devices.stop()
+        self.store.close()
+
+    def wake(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.wake()
+
+    def need_devices(self) -> DeviceManager:
+        if self.devices is None:
+            raise Unavailable("device layer not available")
+        return self.devices
+
+    # -- task operations shared by single and batch endpoints ------------------
+    def stop_task(self, task_id: int) -> None:
+        """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
+        row = self.store.get_task(task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        if row["status"] == PENDING and self.store.cancel_pending(task_id):
+            return
+        row = self.store.get_task(task_id)          # it may have just started
+        if row is not None and row["status"] == RUNNING:
+            if self.runner is None or not self.runner.stop(task_id, wait=3):
+                self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
+                                  allow_auto_retry=False)
+            return
+        status = STATUS_TEXT[row["status"]] if row else "deleted"
+        raise BadRequest("task_id", f"task {task_id} is {status}: only pending or running "
+                                    f"tasks can be stopped")
+
+    def retry_task(self, task_id: int) -> None:
+        row = self.store.get_task(task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        if not self.store.retry(task_id):
+            row = self.store.get_task(task_id)
+            if row["status"] != FAILED:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only failed tasks can be retried")
+            raise BadRequest("task_id", f"task {task_id} reached its retry limit "
+                                        f"({row['retry_count']}/{row['max_retry_count']})")
+        self.wake()
+
+    def delete_task(self, task_id: int) -> None:
+        row = self.store.get_task(task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        if row["status"] == RUNNING and self.runner is not None:
+            self.runner.stop(task_id, wait=3)
+        self.store.delete_task(task_id)
+        remove_artifacts(self.config.artifacts_dir, task_id)
+
+
+###############################################################################
+# HTTP API ####################################################################
+###############################################################################
+
+API_PREFIX = "/api/v1"
+
+
+def _ok(data: Any) -> Dict[str, Any]:
+    return {"code": 0, "message": "success", "data": data}
+
+
+class _Body:
+    """A request's JSON object, read with checks that name the wrong field."""
+
+    def __init__(self, data: Dict[str, Any]):
+        self.data = data
+
+    def has(self, name: str) -> bool:
+        return self.data.get(name) is not None
+
+    def str(self, name: str, *, required: bool = False, default: Optional[str] = None,
+            choices: Sequence[str] = (), max_length: int = 1000) -> Optional[str]:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise BadRequest(name, "is required")
+            return default
+        if not isinstance(value, str):
+            raise BadRequest(name, f"must be a string, got {_json_type(value)}")
+        if len(value) > max_length:
+            raise BadRequest(name, f"is longer than {max_length} characters")
+        if choices and value not in choices:
+            raise BadRequest(name, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def int(self, name: str, default: int, low: int, high: int) -> int:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadRequest(name, f"must be an integer, got {_json_type(value)}")
+        if not low <= value <= high:
+            raise BadRequest(name, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise BadRequest(name, f"must be true or false, got {_json_type(value)}")
+        return value
+
+    def list(self, name: str, item_type: type, *, required: bool = False,
+             max_items: int = 10_000) -> Optional[List[Any]]:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise BadRequest(name, "is required")
+            return None
+        if not isinstance(value, list):
+            raise BadRequest(name, f"must be an array, got {_json_type(value)}")
+        if len(value) > max_items:
+            raise BadRequest(name, f"has more than {max_items} items")
+        for i, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, item_type):
+                kind = "an integer" if item_type is int else "a string"
+                raise BadRequest(f"{name}[{i}]", f"must be {kind}, got {_json_type(item)}")
+        return value
+
+    def task_ids(self) -> List[int]:
+        return self.list("task_ids", int, required=True)
+
+
+def normalize_username(text: str) -> str:
+    return text.strip().lstrip("@")
+
+
+USERNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SERIAL_RE = re.compile(r"[^\s\x00-\x1f]{1,128}")
+PACKAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+ADDRESS_RE = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]):(\d{1,5})")
+
+
+class Api:
+    """The routes of SPEC 4, on a bottle app, with the access rules of SPEC 3.
+
+    Every route is declared with its OpenAPI description beside it, so the document
+    at /openapi.json cannot drift from what is served.
+    """
+
+    def __init__(self, lite: Lite):
+        import bottle
+        self.bottle = bottle
+        self.lite = lite
+        self.store = lite.store
+        self.app = bottle.Bottle(autojson=False)
+        self.app.default_error_handler = self._router_error
+        self.routes: List[Dict[str, Any]] = []
+        self.allowed_networks = list(lite.config.allow_from)
+        self._declare_routes()
+
+    # -- plumbing ------------------------------------------------------------------
+    def wsgi(self, environ, start_response):
+        """Access rules first (SPEC 3), then the size of the body, then the routes."""
+        try:
+            self._check_access(environ)
+            length = environ.get("CONTENT_LENGTH") or "0"
+            if not length.isdigit():
+                raise BadRequest("Content-Length", "is not a number")
+            if int(length) > MAX_BODY_BYTES:
+                raise BodyTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        except LiteError as exc:
+            body = json.dumps({"code": exc.code, "message": exc.message, "data": None})
+            start_response(f"{exc.code // 100} {_reason(exc.code // 100)}",
+                           [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(body)))])
+            return [body.encode()]
+        return self.app(environ, start_response)
+
+    def _check_access(self, environ) -> None:
+        try:
+            address = ipaddress.ip_address(environ.get("REMOTE_ADDR", "").split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+        except ValueError:
+            raise Forbidden("client address unknown") from None
+        if not any(address in net for net in self.allowed_networks
+                   if net.version == address.version):
+            raise Forbidden(f"client address {address} is not allowed (--allow-from)")
+        key = self.lite.config.api_key
+        if key:
+            sent = environ.get("HTTP_X_API_KEY", "")
+            auth = environ.get("HTTP_AUTHORIZATION", "")
+            if auth[:7].lower() == "bearer ":
+                sent = auth[7:].strip()
+            if not hmac.compare_digest(sent.encode(), key.encode()):
+                raise Unauthorized("API key missing or wrong" if sent or auth
+                                   else "API key required: send 'Authorization: Bearer KEY'"
+                                        " or 'X-API-Key: KEY'")
+
+    def _respond(self, status: int, payload: Any) -> str:
+        response = self.bottle.response
+        response.status = status
+        response.content_type = "application/json"
+        return json.dumps(payload, ensure_ascii=False)
+
+    def _error(self, exc: LiteError) -> str:
+        return self._respond(exc.code // 100, {"code": exc.code, "message": exc.message,
+                                               "data": None})
+
+    def _router_error(self, http_error) -> str:
+        """bottle's own errors (no route, wrong method) in the API's envelope."""
+        if http_error.status_code == 404:
+            exc: LiteError = NotFound(f"no such endpoint: {self.bottle.request.method} "
+                                      f"{self.bottle.request.path}")
+        elif http_error.status_code == 405:
+            exc = MethodNotAllowed(f"method {self.bottle.request.method} not allowed here; "
+                                   f"allowed: {http_error.headers.get('Allow', '')}")
+        else:
+            log.error("unhandled error: %s", http_error.body)
+            exc = LiteError("internal error")
+        body = self._error(exc)
+        if http_error.status_code == 405:
+            self.bottle.response.set_header("Allow", http_error.headers.get("Allow", ""))
+        return body
+
+    def route(self, method: str, path: str, summary: str, *, body: Optional[dict] = None,
+              query: Optional[Dict[str, dict]] = None, data: Optional[dict] = None,
+              produces: str = "application/json"):
+        """Declare an endpoint: its handler returns the `data` of a success envelope."""
+        def decorator(handler):
+            def endpoint(**kwargs):
+                try:
+                    result = handler(**kwargs)
+                except LiteError as exc:
+                    return self._error(exc)
+                except Exception:
+                    log.exception("%s %s failed", method, path)
+                    return self._error(LiteError("internal error"))
+                if isinstance(result, self.bottle.HTTPResponse):
+                    return result
+                return self._respond(200, _ok(result))
+            self.app.route(API_PREFIX + re.sub(r"\{(\w+)\}", r"<\1>", path).replace(
+                "<task_id>", "<task_id:int>"), method, endpoint)
+            self.routes.append({"method": method, "path": path, "summary": summary,
+                                "body": body, "query": query or {}, "data": data,
+                                "produces": produces})
+            return handler
+        return decorator
+
+    def json_body(self) -> _Body:
+        raw = self.bottle.request.environ["wsgi.input"].read(
+            int(self.bottle.request.environ.get("CONTENT_LENGTH") or 0) or MAX_BODY_BYTES + 1)
+        if len(raw) > MAX_BODY_BYTES:
+            raise BodyTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+        if not raw.strip():
+            raise BadRequest("body", "must be a JSON object, got an empty body")
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise BadRequest("body", f"is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise BadRequest("body", f"must be a JSON object, got {_json_type(data)}")
+        return _Body(data)
+
+    def query(self) -> Dict[str, str]:
+        from urllib.parse import parse_qsl
+        return dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
+                              keep_blank_values=False))
+
+    # -- routes ------------------------------------------------------------------------
+    def _declare_routes(self) -> None:
+        route, store, lite = self.route, self.store, self.lite
+        task_list = {"items": "array of Task", "total": "integer", "page": "integer",
+                     "page_size": "integer"}
+        ids_body = {"task_ids": "array of integer (required)"}
+        done_errors = {"done": "array of integer", "errors": "object: id -> reason"}
+
+        @route("POST", "/task", "Create tasks on devices or accounts", body={
+            "serials": "array of string (this or usernames)",
+            "usernames": "array of string (this or serials)",
+            "script_name": "string (required)", "script_config": "object (required)",
+            "enable_multi_account": "boolean", "start_time": "string HH:MM",
+            "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
+            "priority": "integer -100..100", "max_retry_count": "integer 1-10",
+            "auto_retry": "boolean"},
+            data={"task_ids": "array of integer", "created_count": "integer"})
+        def create_task():
+            tasks = self.build_tasks(self.json_body())
+            ids = store.create_tasks(tasks)
+            lite.wake()
+            return {"task_ids": ids, "created_count": len(ids)}
+
+        @route("GET", "/task", "List tasks, newest first", query={
+            "status": "integer 0-3 or comma list", "serial": "string",
+            "script_name": "string", "source": "api or ui", "username": "string",
+            "start_timestamp": "epoch seconds (creation time from)",
+            "end_timestamp": "epoch seconds (creation time to)",
+            "page": "integer >= 1 (default 1)",
+            "page_size": "integer 1-100 (default 20; larger is clamped)"}, data=task_list)
+        def list_tasks():
+            q = self.query()
+            statuses = []
+            for part in q.get("status", "").split(","):
+                if part.strip():
+                    if part.strip() not in ("0", "1", "2", "3"):
+                        raise BadRequest("status", f"must be 0-3 or a comma list of them, "
+                                                   f"got {q['status']!r}")
+                    statuses.append(int(part))
+            page = _query_int(q, "page", 1, 1, 10 ** 9)
+            page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
+            rows, total = store.list_tasks(
+                statuses=statuses, serial=q.get("serial"), script_name=q.get("script_name"),
+                source=q.get("source"),
+                username=normalize_username(q["username"]) if "username" in q else None,
+                created_from=_query_number(q, "start_timestamp"),
+                created_to=_query_number(q, "end_timestamp"), page=page, page_size=page_size)
+            return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
+                    "page_size": page_size}
+
+        @route("GET", "/task/stats", "Count tasks by status",
+               data={"total": "integer", "pending": "integer", "running": "integer",
+                     "completed": "integer", "failed": "integer"})
+        def task_stats():
+            return store.stats()
+
+        @route("POST", "/task/retry-all", "Retry every failed task under its limit",
+               data={"retried_count": "integer"})
+        def retry_all():
+            ids = store.retry_all()
+            lite.wake()
+            return {"retried_count": len(ids)}
+
+        @route("DELETE", "/task/batch", "Delete tasks (running ones are stopped first)",
+               body=ids_body, data={"deleted_count": "integer", "errors": "object"})
+        def delete_batch():
+            done, errors = self._each(self.json_body().task_ids(), lite.delete_task)
+            return {"deleted_count": len(done), "errors": errors}
+
+        @route("POST", "/task/batch/stop", "Stop tasks", body=ids_body, data=done_errors)
+        def stop_batch():
+            done, errors = self._each(self.json_body().task_ids(), lite.stop_task)
+            return {"done": done, "errors": errors}
+
+        @route("POST", "/task/batch/retry", "Retry failed tasks", body=ids_body,
+               data=done_errors)
+        def retry_batch():
+            done, errors = self._each(self.json_body().task_ids(), lite.retry_task)
+            return {"done": done, "errors": errors}
+
+        @route("POST", "/task/clear", "Delete finished tasks in the given states",
+               body={"status": "array of 2 (completed) and/or 3 (failed) (required)"},
+               data={"deleted_count": "integer"})
+        def clear_tasks():
+            statuses = self.json_body().list("status", int, required=True)
+            for i, status in enumerate(statuses):
+                if status not in (COMPLETED, FAILED):
+                    raise BadRequest(f"status[{i}]", f"only finished tasks (2 completed, "
+                                                     f"3 failed) can be cleared, got {status}")
+            ids = store.clear(sorted(set(statuses))) if statuses else []
+            for task_id in ids:
+                remove_artifacts(lite.config.artifacts_dir, task_id)
+            return {"deleted_count": len(ids)}
+
+        @route("GET", "/task/{task_id}", "A task with its log and artifacts",
+               data={"...Task": "", "log": "array of string", "artifacts": "array of URL"})
+        def get_task(task_id):
+            row = store.get_task(task_id)
+            if row is None:
+                raise NotFound(f"task {task_id} not found")
+            out = task_to_json(row)
+            out["log"] = [f"{format_time(r['at'])} {r['line']}" for r in store.task_log(task_id)]
+            out["artifacts"] = [f"{API_PREFIX}/task/{task_id}/artifacts/{name}" for name in
+                                artifact_names(lite.config.artifacts_dir, task_id)]
+            return out
+
+        @route("DELETE", "/task/{task_id}", "Delete a task (a running one is stopped first)")
+        def delete_task(task_id):
+            lite.delete_task(task_id)
+            return {"deleted": task_id}
+
+        @route("POST", "/task/{task_id}/stop", "Stop a running task or cancel a pending one",
+               data={"...Task": ""})
+        def stop_task(task_id):
+            lite.stop_task(task_id)
+            return task_to_json(store.get_task(task_id))
+
+        @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending",
+               data={"...Task": ""})
+        def retry_task(task_id):
+            lite.retry_task(task_id)
+            return task_to_json(store.get_task(task_id))
+
+        @route("GET", "/task/{task_id}/artifacts/{name}",
+               "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
+        def get_artifact(task_id, name):
+            if name not in artifact_names(lite.config.artifacts_dir, task_id):
+                raise NotFound(f"task {task_id} has no artifact {name!r}")
+            return self.bottle.static_file(name, root=str(lite.config.artifacts_dir /
+                                                          str(task_id)))
+
+        @route("GET", "/license/check", "What this server's plan allows",
+               data={"plan_name": "string", "api_enabled": "boolean",
+                     "device_limit": "integer", "message": "string"})
+        def license_check():
+            return {"plan_name": "Lite", "api_enabled": True, "device_limit": 0,
+                    "message": "API access enabled"}
+
+        @route("GET", "/device", "Every known device",
+               data={"items": "array of Device", "total": "integer"})
+        def list_devices():
+            items = [device_to_json(row, lite.devices) for row in store.list_devices()]
+            return {"items": items, "total": len(items)}
+
+        @route("POST", "/device/connect", "adb connect a network or cloud phone",
+               body={"address": "string host:port (required)"},
+               data={"address": "string", "message": "string"})
+        def connect_device():
+            address = self._address(self.json_body())
+            devices = lite.need_devices()
+            message = devices.connect(address)
+            if "connected to" not in message:
+                raise Unavailable(f"adb could not connect to {address}: {message.strip()}")
+            store.upsert_device(address, connection="tcp", last_seen=store.clock())
+            return {"address": address, "message": message.strip()}
+
+        @route("POST", "/device/disconnect", "adb disconnect a network phone",
+               body={"address": "string host:port (required)"},
+               data={"address": "string", "message": "string"})
+        def disconnect_device():
+            address = self._address(self.json_body())
+            message = lite.need_devices().disconnect(address)
+            return {"address": address, "message": message.strip()}
+
+        @route("GET", "/device/{serial}/screenshot", "The phone's screen now (PNG)",
+               produces="image/png")
+        def device_screenshot(serial):
+            if store.get_device(serial) is None:
+                raise NotFound(f"device {serial} not found")
+            devices = lite.need_devices()
+            if not devices.is_online(serial):
+                raise Unavailable(f"device {serial} is {devices.state(serial)}")
+            try:
+                png = devices.screenshot(serial)
+            except (DeviceLost, CommandTimeout, RuntimeError) as exc:
+                raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
+            return self.bottle.HTTPResponse(png, status=200, headers={
+                "Content-Type": "image/png", "Cache-Control": "no-store"})
+
+        @route("GET", "/account", "Accounts", query={"serial": "string"},
+               data={"items": "array of Account", "total": "integer"})
+        def list_accounts():
+            items = [account_to_json(r) for r in store.list_accounts(self.query().get("serial"))]
+            return {"items": items, "total": len(items)}
+
+        @route("POST", "/account", "Add an account bound to a device", body={
+            "username": "string (required)", "serial": "string (required)",
+            "platform": "tiktok or instagram (required)",
+            "package": "string (default: the platform's app)", "enabled": "boolean"},
+            data={"...Account": ""})
+        def create_account():
+            body = self.json_body()
+            username = self._username(body.str("username", required=True))
+            serial, platform, package, enabled = self._account_fields(body, None)
+            if not store.save_account(username, serial, platform, package, enabled, True):
+                raise BadRequest("username", f"account {username} already exists")
+            return account_to_json(store.get_account(username))
+
+        @route("GET", "/account/{username}", "One account", data={"...Account": ""})
+        def get_account(username):
+            return account_to_json(self._account(username))
+
+        @route("PUT", "/account/{username}", "Change an account's device, platform, package "
+               "or enabled", body={"serial": "string", "platform": "string",
+                                   "package": "string", "enabled": "boolean"},
+               data={"...Account": ""})
+        def update_account(username):
+            row = self._account(username)
+            serial, platform, package, enabled = self._account_fields(self.json_body(), row)
+            store.save_account(row["username"], serial, platform, package, enabled, False)
+            return account_to_json(store.get_account(row["username"]))
+
+        @route("DELETE", "/account/{username}", "Remove an account")
+        def delete_account(username):
+            row = self._account(username)
+            store.delete_account(row["username"])
+            return {"deleted": row["username"]}
+
+        @route("GET", "/script", "The loaded scripts and their parameters",
+               data={"items": "array of Script", "total": "integer"})
+        def list_scripts():
+            items = [s.describe() for _, s in sorted(lite.scripts.items())]
+            return {"items": items, "total": len(items)}
+
+        @route("GET", "/health", "Version, uptime, time, database and adb status")
+        def health():
+            return self.health()
+
+        @route("GET", "/openapi.json", "This API as an OpenAPI 3 document")
+        def openapi():
+            return self.bottle.HTTPResponse(
+                json.dumps(self.openapi(), ensure_ascii=False), status=200,
+                headers={"Content-Type": "application/json"})
+
+    # -- helpers of the routes --------------------------------------------------------
+    def _each(self, ids: List[int], action: Callable[[int], None]):
+        done, errors = [], {}
+        for task_id in dict.fromkeys(ids):
+            try:
+                action(task_id)
+                done.append(task_id)
+            except NotFound:
+                errors[str(task_id)] = "task not found"
+            except LiteError as exc:
+                errors[str(task_id)] = exc.message.split(": ", 1)[-1]
+        return done, errors
+
+    def _address(self, body: _Body) -> str:
+        address = body.str("address", required=True).strip()
+        match = ADDRESS_RE.fullmatch(address)
+        if not match or not 1 <= int(match[2]) <= 65535:
+            raise BadRequest("address", f"must be host:port, got {address!r}")
+        return address
+
+    def _username(self, text: str) -> str:
+        username = normalize_username(text)
+        if not USERNAME_RE.fullmatch(username):
+            raise BadRequest("username", "must be 1-64 letters, digits, '.', '_' or '-' "
+                                         f"(an optional leading @), got {text!r}")
+        return username
+
+    def _account(self, username: str) -> sqlite3.Row:
+        row = self.store.get_account(normalize_username(username))
+        if row is None:
+            raise NotFound(f"account {normalize_username(username)} not found")
+        return row
+
+    def _account_fields(self, body: _Body, row: Optional[sqlite3.Row]):
+        required = row is None
+        serial = body.str("serial", required=required) or row["serial"]
+        if self.store.get_device(serial) is None:
+            raise BadRequest("serial", f"unknown device {serial!r}: connect it first")
+        platform = body.str("platform", required=required, choices=PLATFORM_NAMES) \
+            or row["platform"]
+        package = body.str("package")
+        if package is None:
+            same = row is not None and row["platform"] == platform
+            package = row["package"] if same else APP_PACKAGES[platform][0]
+        if not PACKAGE_RE.fullmatch(package):
+            raise BadRequest("package", f"is not an Android package name: {package!r}")
+        enabled = body.bool("enabled", True if row is None else bool(row["enabled"]))
+        return serial, platform, package, enabled
+
+    def build_tasks(self, body: _Body) -> List[NewTask]:
+        """The tasks one POST /task asks for, all validated before any is written."""
+        name = body.data.get("script_name")
+        if name is None or name == "":
+            raise MissingScriptName("script_name is required")
+        if not isinstance(name, str):
+            raise BadRequest("script_name", f"must be a string, got {_json_type(name)}")
+        script = self.lite.scripts.get(name)
+        if script is None or name in NOT_API_SCRIPTS:
+            known = ", ".join(sorted(self.lite.scripts))
+            raise ScriptNotSupported(f"script {name!r} is not supported through the API"
+                                     f" (loaded: {known or 'none'})")
+        if "script_config" not in body.data or body.data["script_config"] is None:
+            raise BadRequest("script_config", "is required")
+        if not isinstance(body.data["script_config"], dict):
+            raise BadRequest("script_config", "must be an object, got "
+                             f"{_json_type(body.data['script_config'])}")
+        serials = body.list("serials", str)
+        usernames = body.list("usernames", str)
+        if serials and usernames:
+            raise BadRequest("serials", "give serials or usernames, not both")
+        if not serials and not usernames:
+            raise BadRequest("serials", "give a non-empty serials or usernames array")
+        multi = body.bool("enable_multi_account", False)
+        start_text = body.str("start_time", default="")
+        now = self.store.clock()
+        start = next_occurrence(start_text, now) if start_text.strip() else now
+        low = body.int("min_interval", 0, 0, 1440)
+        high = body.int("max_interval", 0, 0, 1440)
+        if low > high:
+            raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
+        priority = body.int("priority", 0, -100, 100)
+        max_retry = body.int("max_retry_count", 3, 1, 10)
+        auto_retry = body.bool("auto_retry", False)
+        configs = script.expand_config(script.check_config(body.data["script_config"]))
+
+        targets: List[Tuple[str, Optional[str]]] = []
+        if serials:
+            for i, serial in enumerate(dict.fromkeys(serials)):
+                if self.store.get_device(serial) is None:
+                    raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
+                if not multi:
+                    targets.append((serial, None))
+                    continue
+                accounts = [a for a in self.store.list_accounts(serial)
+                            if a["enabled"] and a["platform"] in script.platforms]
+                if not accounts:
+                    raise BadRequest(f"serials[{i}]", f"device {serial!r} has no enabled "
+                                     f"account for {'/'.join(script.platforms)} "
+                                     "(enable_multi_account)")
+                targets += [(serial, a["username"]) for a in accounts]
+        else:
+            for i, text in enumerate(dict.fromkeys(usernames)):
+                account = self.store.get_account(normalize_username(text))
+                if account is None:
+                    raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
+                if not account["enabled"]:
+                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is disabled")
+                if account["platform"] not in script.platforms:
+                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
+                                     f"{account['platform']}, which {name} does not support")
+                targets.append((account["serial"], account["username"]))
+        if len(targets) * len(configs) > 10_000:
+            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
+                                        "the limit is 10000 per request")
+        return [NewTask(serial=serial, username=username, script_name=name,
+                        script_config=config, priority=priority, start_time=start,
+                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
+                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry)
+                for serial, username in targets for config in configs]
+
+    def health(self) -> Dict[str, Any]:
+        lite = self.lite
+        try:
+            schema = self.store.schema_version()
+            database = {"ok": True, "path": str(self.store.path), "schema_version": schema,
+                        "size_bytes": self.store.path.stat().st_size}
+        except Exception as exc:
+            database = {"ok": False, "path": str(self.store.path), "error": str(exc)}
+        return {
+            "version": __version__, "uptime_seconds": int(time.time() - lite.started_at),
+            "server_time": format_time(time.time()), "time_zone": local_timezone_name(),
+            "database": database,
+            "adb": {"enabled": lite.devices is not None,
+                    "servers": lite.devices.status() if lite.devices else []},
+            "scripts": sorted(lite.scripts),
+            "running_tasks": lite.runner.active_count() if lite.runner else 0,
+        }
+
+    def openapi(self) -> Dict[str, Any]:
+        """An OpenAPI 3 document made from the route declarations."""
+        def schema_of(fields: Optional[dict]) -> Dict[str, Any]:
+            if not fields:
+                return {"type": "object"}
+            return {"type": "object", "properties": {
+                k: {"description": v} for k, v in fields.items()}}
+
+        paths: Dict[str, Dict[str, Any]] = {}
+        for r in self.routes:
+            params = [{"name": n, "in": "path", "required": True,
+                       "schema": {"type": "integer" if n == "task_id" else "string"}}
+                      for n in re.findall(r"\{(\w+)\}", r["path"])]
+            params += [{"name": n, "in": "query", "required": False,
+                        "description": d, "schema": {"type": "string"}}
+                       for n, d in r["query"].items()]
+            envelope = {"type": "object", "properties": {
+                "code": {"type": "integer"}, "message": {"type": "string"},
+                "data": schema_of(r["data"])}}
+            if r["produces"] != "application/json":
+                ok = {"description": "success", "content": {
+                    t.strip(): {} for t in r["produces"].split(",")}}
+            elif r["path"] == "/openapi.json":
+                ok = {"description": "the OpenAPI document itself (not enveloped)",
+                      "content": {"application/json": {"schema": {"type": "object"}}}}
+            else:
+                ok = {"description": "success",
+                      "content": {"application/json": {"schema": envelope}}}
+            operation = {
+                "summary": r["summary"], "parameters": params,
+                "responses": {"200": ok, "default": {
+                    "description": "error: code 40001, 40002, 40003, 40101, 40301, 40401, "
+                                   "40501, 41301 or 50001; HTTP status code // 100",
+                    "content": {"application/json": {"schema": {
+                        "$ref": "#/components/schemas/Error"}}}}}}
+            if r["body"]:
+                operation["requestBody"] = {"required": True, "content": {
+                    "application/json": {"schema": schema_of(r["body"])}}}
+            paths.setdefault(API_PREFIX + r["path"], {})[r["method"].lower()] = operation
+        return {
+            "openapi": "3.0.3",
+            "info": {"title": "TikMatrix Lite", "version": __version__,
+                     "description": "The TikMatrix local task API, served by TikMatrix Lite."},
+            "paths": paths,
+            "components": {
+                "schemas": {"Error": {"type": "object", "properties": {
+                    "code": {"type": "integer"}, "message": {"type": "string"},
+                    "data": {"nullable": True}}}},
+                "securitySchemes": {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+        }
+
+
+def _query_int(q: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    if name not in q:
+        return default
+    text = q[name].strip()
+    if not re.fullmatch(r"-?\d{1,12}", text):
+        raise BadRequest(name, f"must be an integer, got {q[name]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise BadRequest(name, f"must be at least {low}, got {value}")
+    return value
+
+
+def _query_number(q: Dict[str, str], name: str) -> Optional[float]:
+    if name not in q:
+        return None
+    try:
+        value = float(q[name])
+    except ValueError:
+        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}")
+    return value
+
+
+def _reason(status: int) -> str:
+    from http import HTTPStatus
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def device_to_json(row: sqlite3.Row, devices: Optional[DeviceManager]) -> Dict[str, Any]:
+    return {"serial": row["serial"],
+            "state": devices.state(row["serial"]) if devices else row["state"],
+            "model": row["model"], "android_version": row["android_version"],
+            "battery": row["battery"], "adb_server": row["adb_server"],
+            "connection": row["connection"], "running_task_id": row["running_task_id"],
+            "pending_count": row["pending_count"], "last_seen": format_time(row["last_seen"])}
+
+
+def account_to_json(row: sqlite3.Row) -> Dict[str, Any]:
+    return {"username": row["username"], "serial": row["serial"],
+            "platform": row["platform"], "package": row["package"],
+            "enabled": bool(row["enabled"]), "created_at": format_time(row["created_at"])}
+
+
+def create_app(config: Config, lite: Optional[Lite] = None):
+    """The WSGI application for a configuration (a Lite without adb unless one is given).
+
+    The returned callable carries ``.lite`` and ``.api`` so tests can reach the store.
+    """
+    lite = lite or Lite(config, with_devices=False)
+    api = Api(lite)
+
+    def application(environ, start_response):
+        return api.wsgi(environ, start_response)
+
+    application.lite = lite
+    application.api = api
+    return application
+
+
+###############################################################################
+# Main ########################################################################
+###############################################################################
+
+def serve(config: Config, lite: Lite) -> None:
+    """Serve the API with waitress until SIGINT/SIGTERM."""
+    import signal
+    import waitress.server
+    app = create_app(config, lite)
+    try:
+        server = waitress.server.create_server(
+            app, host=config.host, port=config.port, threads=8, ident="TikMatrix-Lite",
+            max_request_body_size=8 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
+            asyncore_loop_timeout=30)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
+                          f"{exc.strerror or exc}") from None
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    log.info("TikMatrix Lite %s serving http://%s:%d%s/ (database %s)", __version__,
+             config.host, config.port, API_PREFIX, config.db)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    finally:
+        server.close()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    try:
+        config = parse_config(argv)
+    except SystemExit as exc:                   # --help, --version, or a bad flag
+        return exc.code if isinstance(exc.code, int) else 2
+    setup_logging(config.log_level)
+    if not ipaddress.ip_address(config.host if config.host != "localhost"
+                                else "127.0.0.1").is_loopback and not config.api_key:
+        log.warning("listening on %s without an API key: anyone on the allowed networks "
+                    "(%s) can drive the phones; set --api-key", config.host,
+                    ", ".join(map(str, config.allow_from)))
+    lite = None
+    try:
+        config.db.parent.mkdir(parents=True, exist_ok=True)
+        lite = Lite(config)
+        lite.start()
+        serve(config, lite)
+    except ConfigError as exc:
+        print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if lite is not None:
+            lite.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
