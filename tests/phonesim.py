@@ -76,6 +76,7 @@ import collections
 import os
 import random
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -292,10 +293,17 @@ class XmlApp(App):
     def __init__(self, xml: str, package: str = None, label: str = None, hosts=None,
                  schemes=None):
         self.set_xml(xml)
-        first = self.root.find(".//node")
-        super().__init__(package or (first.get("package") if first is not None else None),
-                         label, hosts, schemes)
+        super().__init__(package or self._main_package(), label, hosts, schemes)
         self.taps = []               #: Tap(x, y, node_attributes or None)
+
+    def _main_package(self):
+        """The app's package in a dump: the most frequent one, system UI and
+        keyboards aside (real dumps include the status bar and the IME)."""
+        counts = collections.Counter(
+            element.get("package") for element in self.root.iter("node")
+            if element.get("package") and "systemui" not in element.get("package")
+            and "inputmethod" not in element.get("package"))
+        return counts.most_common(1)[0][0] if counts else None
 
     def set_xml(self, xml: str) -> None:
         """Switch to another screen (subclasses call this to navigate)."""
@@ -760,6 +768,7 @@ class AndroidShell:
 
     def __init__(self, device: "SimDevice", service: str):
         self.device, self.service = device, service
+        self.exited = False          #: ``exit`` ran (ends an interactive session)
 
     # -- command lines ------------------------------------------------------
 
@@ -780,7 +789,7 @@ class AndroidShell:
                     continue
                 status = self._run_simple(words, redirects, status, buffer)
         except ShellExit as done:
-            status = done.code
+            status, self.exited = done.code, True
         return bytes(buffer), status
 
     def _run_simple(self, words, redirects, status, buffer) -> int:
@@ -1805,10 +1814,10 @@ class SimDevice:
             return
         prompt = ("%s:/ $ " % self.props["ro.product.device"]).encode()
         stream.write(prompt)
-        while True:                  # interactive: one command line at a time
+        while not shell.exited:      # interactive: one command line at a time
             line = stream.read_line().decode("utf-8", "replace").strip()
             output, _ = shell.run(line)
-            stream.write(output + prompt)
+            stream.write(output if shell.exited else output + prompt)
 
     def _serve_exec(self, stream, command: str) -> None:
         stream.write(AndroidShell(self, "exec").run(command)[0])
@@ -2064,12 +2073,15 @@ def main(argv=None) -> int:
     print("Point TikMatrix Lite at them: run the `adb connect` lines above against the adb "
           "server Lite uses, then `python tikmatrix_lite.py`.\nCtrl-C to stop.")
     sys.stdout.flush()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):   # also when started in background
+        signal.signal(signum, lambda *_: stop.set())
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(3600):
+            pass
     finally:
         sim.close()
+    print("phonesim: stopped")
     return 0
 
 
