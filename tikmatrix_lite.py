@@ -1113,23 +1113,23 @@ class AdbServerLink:
         self._thread.join(timeout=5)
 
     def _watch(self) -> None:
-        attempt = 0
+        failures = 0                              # failed connects since the last success
         while not self._stopping.is_set():
             try:
                 conn = self._open_tracker()
             except Exception as exc:
+                failures += 1
                 self.error = f"{type(exc).__name__}: {exc}"
-                if attempt == 0 and self.may_start_server and self._start_server():
-                    attempt += 1
+                delay = ADB_BACKOFF[min(failures - 1, len(ADB_BACKOFF) - 1)]
+                if self.may_start_server and (failures == 1 or delay == ADB_BACKOFF[-1]) \
+                        and self._start_server():
                     continue
-                delay = ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)]
-                if attempt == 0 or delay == ADB_BACKOFF[-1]:
-                    log.warning("adb server %s not answering (%s); retrying every %s s",
-                                self.address, self.error, delay)
-                attempt += 1
+                if failures in (1, len(ADB_BACKOFF)):
+                    log.warning("adb server %s not answering (%s); retrying with backoff "
+                                "up to every %s s", self.address, self.error, ADB_BACKOFF[-1])
                 self._stopping.wait(delay)
                 continue
-            attempt = 0
+            failures = 0
             self.error = ""
             self.connected.set()
             log.info("watching devices of adb server %s", self.address)
@@ -1145,7 +1145,6 @@ class AdbServerLink:
                 self._socket = None
                 self.connected.clear()
                 self._report("")                    # every device of it is gone
-                attempt = 1 if self.may_start_server else 0
 
     def _open_tracker(self):
         conn = self.client.make_connection(timeout=5)
@@ -1250,7 +1249,7 @@ class DeviceManager:
     def refresh(self, serial: str) -> None:
         token = CancelToken()
         out = self.run(serial, "shell:getprop ro.product.model; getprop "
-                       "ro.build.version.release; dumpsys battery | grep level",
+                       "ro.build.version.release; dumpsys battery",
                        timeout=10, token=token).decode("utf-8", "replace").splitlines()
         model = out[0].strip() if out else ""
         version = out[1].strip() if len(out) > 1 else ""
@@ -1693,7 +1692,7 @@ class Phone:
 
     def _broadcast_ime(self) -> str:
         if self._ime is None:
-            installed = self.shell(["ime", "list", "-s"]).split()
+            installed = self.shell(["ime", "list", "-a", "-s"]).split()
             self._ime = next((i for i in (FAST_INPUT_IME, ADB_KEYBOARD_IME)
                               if i in installed), "")
             if self._ime:
@@ -1944,8 +1943,10 @@ class Runner:
         except Stopped:
             error = STOPPED_BY_USER
         except DeviceLost as exc:
-            error = DISCONNECTED if token.reason == "lost" or not self.devices.ping(serial) \
-                else str(exc)
+            error = DISCONNECTED
+            log.warning("task %s: %s", task_id, exc)
+            if token.reason is None:           # it did not answer; adb may still list it
+                self.devices.mark_unresponsive(serial)
         except CommandTimeout as exc:
             error, save_artifacts = f"timed out: {exc}", True
         except ElementNotFound as exc:
@@ -2282,7 +2283,7 @@ class Api:
         self.bottle = bottle
         self.lite = lite
         self.store = lite.store
-        self.app = bottle.Bottle(autojson=False)
+        self.app = bottle.Bottle()
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
