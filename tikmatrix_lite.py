@@ -187,10 +187,11 @@ def parse_config(argv: Optional[Sequence[str]] = None,
     from_env: List[str] = []
     for name, (flag, is_list) in _ENV_FLAGS.items():
         value = environ.get(name, "").strip()
-        for item in (value.split(",") if is_list else [value]):
-            if item.strip():
-                from_env += [flag, item.strip()]
-    env_args = build_arg_parser(prog="tikmatrix_lite (environment)").parse_args(from_env)
+        items = [i.strip() for i in (value.split(",") if is_list else [value]) if i.strip()]
+        args = [part for item in items for part in (flag, item)]
+        build_arg_parser(prog=f"tikmatrix_lite (environment {name})").parse_args(args)
+        from_env += args
+    env_args = build_arg_parser().parse_args(from_env)
     parser = build_arg_parser()
     # scalar settings from the environment become the flags' defaults; the repeatable
     # ones are merged by hand, since argparse would append flags to a default list
@@ -452,7 +453,8 @@ class Store:
         self.clock = clock
         self._write_lock = threading.RLock()
         self._local = threading.local()
-        self._all_connections: List[sqlite3.Connection] = []
+        #: every connection with the thread that uses it, so close() can spare live ones
+        self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
@@ -468,7 +470,7 @@ class Store:
         # NORMAL is durable across a crash of the program in WAL mode and spares the SD card
         conn.execute("PRAGMA synchronous=NORMAL")
         with self._connections_lock:
-            self._all_connections.append(conn)
+            self._all_connections.append((threading.current_thread(), conn))
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -500,11 +502,21 @@ class Store:
             conn.execute("COMMIT")
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._all_connections:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all_connections.clear()
+        """Close the writer (under its lock) and the readers of finished threads.
+
+        Closing a connection while another thread runs a query on it can crash the
+        interpreter, so a reader whose thread is still alive is left to that thread.
+        """
+        with self._write_lock, self._connections_lock:
+            keep = []
+            for thread, conn in self._all_connections:
+                if conn is self._writer or not thread.is_alive() \
+                        or thread is threading.current_thread():
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+                else:
+                    keep.append((thread, conn))
+            self._all_connections = keep
 
     def migrate(self) -> int:
         """Apply the migrations this file has not seen yet; returns the schema version."""
@@ -1110,7 +1122,8 @@ class AdbServerLink:
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _watch(self) -> None:
         failures = 0                              # failed connects since the last success
@@ -1456,7 +1469,7 @@ LAUNCH_ACTIVITIES = {
 POPUP_BUTTONS = (
     "Allow", "While using the app", "Only this time", "Not now", "Not Now", "Skip",
     "Got it", "Dismiss", "Agree and continue", "Remind me later", "Continue anyway",
-    "Post anyway", "OK", "Close", "Maybe later", "No thanks", "Cancel",
+    "Post anyway", "Maybe later", "No thanks",
 )
 FAST_INPUT_IME = "com.github.tikmatrix/.FastInputIME"
 ADB_KEYBOARD_IME = "com.android.adbkeyboard/.AdbIME"
@@ -1564,6 +1577,9 @@ class Phone:
     reaches it unquoted; a string command is passed as it is and is for constants only.
     """
 
+    #: scripts raise this (they do not import the server) for a step that finds nothing
+    ElementNotFound = ElementNotFound
+
     def __init__(self, devices: DeviceManager, serial: str, token: CancelToken,
                  account: Optional[sqlite3.Row] = None, log: Callable[[str], None] = None):
         self.devices = devices
@@ -1610,9 +1626,11 @@ class Phone:
                 self.last_dump = xml
                 return UiTree(xml)
             error = out.strip() or "no output"
-            if "idle" in error and attempt < 2:
+            if "idle" in error and attempt == 0:       # pause the video
                 size = self.screen_size()
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
+            elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
+                self.press("back")
         raise RuntimeError(f"uiautomator dump failed: {error}")
 
     def screen_size(self) -> Tuple[int, int]:
@@ -1643,8 +1661,7 @@ class Phone:
     def dismiss_popup(self, tree: Optional[UiTree] = None) -> bool:
         tree = tree or self.dump()
         for label in POPUP_BUTTONS:
-            node = tree.find(text=label, clickable=True) or tree.find(desc=label,
-                                                                       clickable=True)
+            node = tree.find(text=label)       # by text: icons labelled "Dismiss" stay
             if node is not None:
                 self._log(f"dismissed a pop-up ({label})")
                 self.tap(node)
@@ -1912,6 +1929,9 @@ class Runner:
             with self._lock:
                 self._active.pop(running.serial, None)
             self.on_finished(running.serial)
+        if running.token.reason is None:             # battery and model for GET /device
+            with contextlib.suppress(Exception):
+                self.devices.refresh(running.serial)
 
     def _watch_phone(self, running: RunningTask) -> None:
         """Ping the phone between heartbeats; a silent phone fails its task."""
@@ -2255,6 +2275,8 @@ class _Body:
             if isinstance(item, bool) or not isinstance(item, item_type):
                 kind = "an integer" if item_type is int else "a string"
                 raise BadRequest(f"{name}[{i}]", f"must be {kind}, got {_json_type(item)}")
+            if item_type is int and not -2 ** 63 <= item < 2 ** 63:
+                raise BadRequest(f"{name}[{i}]", f"is out of range: {item}")
         return value
 
     def task_ids(self) -> List[int]:
@@ -2360,6 +2382,8 @@ class Api:
         def decorator(handler):
             def endpoint(**kwargs):
                 try:
+                    if not -2 ** 63 <= kwargs.get("task_id", 0) < 2 ** 63:
+                        raise NotFound(f"task {kwargs['task_id']} not found")
                     result = handler(**kwargs)
                 except LiteError as exc:
                     return self._error(exc)
@@ -2385,7 +2409,7 @@ class Api:
         if not raw.strip():
             raise BadRequest("body", "must be a JSON object, got an empty body")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest("body", f"is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
@@ -2718,7 +2742,7 @@ class Api:
 
         targets: List[Tuple[str, Optional[str]]] = []
         if serials:
-            for i, serial in enumerate(dict.fromkeys(serials)):
+            for i, serial in _first_of_each(serials):
                 if self.store.get_device(serial) is None:
                     raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
                 if not multi:
@@ -2732,7 +2756,7 @@ class Api:
                                      "(enable_multi_account)")
                 targets += [(serial, a["username"]) for a in accounts]
         else:
-            for i, text in enumerate(dict.fromkeys(usernames)):
+            for i, text in _first_of_each(usernames, key=normalize_username):
                 account = self.store.get_account(normalize_username(text))
                 if account is None:
                     raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
@@ -2823,6 +2847,16 @@ class Api:
         }
 
 
+def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
+    """(index, item) of each item's first occurrence: duplicates count once, and an
+    error names the index the client sent."""
+    seen = set()
+    for i, item in enumerate(items):
+        if key(item) not in seen:
+            seen.add(key(item))
+            yield i, item
+
+
 def _query_int(q: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
     if name not in q:
         return default
@@ -2831,7 +2865,7 @@ def _query_int(q: Dict[str, str], name: str, default: int, low: int, high: int) 
         raise BadRequest(name, f"must be an integer, got {q[name]!r}")
     value = int(text)
     if not low <= value <= high:
-        raise BadRequest(name, f"must be at least {low}, got {value}")
+        raise BadRequest(name, f"must be between {low} and {high}, got {value}")
     return value
 
 
@@ -2845,6 +2879,10 @@ def _query_number(q: Dict[str, str], name: str) -> Optional[float]:
     if value != value or value in (float("inf"), float("-inf")):
         raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}")
     return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def _reason(status: int) -> str:
@@ -2890,57 +2928,69 @@ def create_app(config: Config, lite: Optional[Lite] = None):
 # Main ########################################################################
 ###############################################################################
 
-def serve(config: Config, lite: Lite) -> None:
-    """Serve the API with waitress until SIGINT/SIGTERM."""
-    import signal
+def make_server(config: Config, lite: Lite):
+    """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
-    app = create_app(config, lite)
     try:
-        server = waitress.server.create_server(
-            app, host=config.host, port=config.port, threads=8, ident="TikMatrix-Lite",
-            max_request_body_size=8 * MAX_BODY_BYTES, clear_untrusted_proxy_headers=True,
-            asyncore_loop_timeout=30)
+        return waitress.server.create_server(
+            create_app(config, lite), host=config.host, port=config.port, threads=8,
+            ident="TikMatrix-Lite", max_request_body_size=8 * MAX_BODY_BYTES,
+            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=30)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    log.info("TikMatrix Lite %s serving http://%s:%d%s/ (database %s)", __version__,
-             config.host, config.port, API_PREFIX, config.db)
-    try:
-        server.run()
-    except KeyboardInterrupt:
-        log.info("shutting down")
-    finally:
-        server.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse the configuration, open the store, bind the port, start, serve until stopped."""
+    import signal
     try:
         config = parse_config(argv)
     except SystemExit as exc:                   # --help, --version, or a bad flag
         return exc.code if isinstance(exc.code, int) else 2
     setup_logging(config.log_level)
-    if not ipaddress.ip_address(config.host if config.host != "localhost"
-                                else "127.0.0.1").is_loopback and not config.api_key:
-        log.warning("listening on %s without an API key: anyone on the allowed networks "
-                    "(%s) can drive the phones; set --api-key", config.host,
-                    ", ".join(map(str, config.allow_from)))
-    lite = None
+    lite = server = None
     try:
-        config.db.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            config.db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the folder of database {config.db}: "
+                              f"{exc.strerror or exc}") from None
         lite = Lite(config)
+        server = make_server(config, lite)
+        _warn_if_open(config)
         lite.start()
-        serve(config, lite)
-    except ConfigError as exc:
-        print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        log.info("TikMatrix Lite %s serving http://%s:%d%s/ (database %s)", __version__,
+                 config.host, config.port, API_PREFIX, config.db)
+        server.run()
+    except KeyboardInterrupt:
+        log.info("shutting down")
+    except (ConfigError, OSError) as exc:
         print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if server is not None:
+            server.close()
         if lite is not None:
             lite.close()
     return 0
+
+
+def _raise_keyboard_interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _warn_if_open(config: Config) -> None:
+    """SPEC 3: listening beyond loopback without a key deserves one warning."""
+    try:
+        loopback = ipaddress.ip_address(config.host).is_loopback
+    except ValueError:
+        loopback = config.host == "localhost"
+    if not loopback and not config.api_key:
+        log.warning("listening on %s without an API key: anyone on the allowed networks "
+                    "(%s) can drive the phones; set --api-key", config.host,
+                    ", ".join(map(str, config.allow_from)))
 
 
 if __name__ == "__main__":

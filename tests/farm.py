@@ -41,8 +41,9 @@ class FakeClock:
     def __call__(self) -> float:
         return self.now
 
-    def advance(self, seconds: float) -> None:
+    def advance(self, seconds: float) -> float:
         self.now += seconds
+        return self.now
 
 
 class Farm:
@@ -91,6 +92,11 @@ class Farm:
         statuses = (statuses,) if isinstance(statuses, int) else tuple(statuses)
         return wait_until(lambda: (lambda t: t if t["status"] in statuses else None)(
             self.task(task_id)), timeout, f"task {task_id} in status {statuses}")
+
+    def wait_idle(self, phone: SimDevice) -> None:
+        """Until the runner has let go of the phone (a task's end is stored just before)."""
+        wait_until(lambda: not self.lite.runner.busy(phone.address), 10,
+                   f"{phone.address} free")
 
     def wake(self) -> None:
         self.lite.wake()

@@ -106,6 +106,7 @@ def test_rest_interval_between_tasks_of_a_phone(farm):
     ids += farm.create([phone.address], "say", {"word": "two"}, min_interval=2,
                        max_interval=2)
     farm.wait_status(ids[0], 2)
+    farm.wait_idle(phone)
     assert farm.task(ids[1])["status"] == 0                  # resting 2 minutes
     _, next_due = farm.lite.scheduler.tick()
     assert next_due == pytest.approx(farm.clock.now + 120, abs=1)
@@ -156,6 +157,7 @@ def test_auto_retry_runs_again_after_a_random_wait(farm):
         farm.task(ids[0])), 10, "first auto-retry")
     assert task["status"] == 0 and task["error"] == ""
     assert "auto-retry 1/2" in " ".join(task["log"])
+    farm.wait_idle(phone)
     _, next_due = farm.lite.scheduler.tick()
     assert 5 <= next_due - farm.clock.now <= 60
     farm.clock.advance(61)
