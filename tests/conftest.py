@@ -1,0 +1,122 @@
+"""Shared fixtures of the test suite.
+
+Generic on purpose: a configuration in a temporary folder with the test scripts of
+``tests/fixtures/scripts``, the WSGI app built on it (a Lite without adb), a webtest
+client from a loopback address, and helpers that register devices and accounts in the
+app's store. Device fixtures (phone simulators) are added beside these by other modules.
+"""
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import tikmatrix_lite  # noqa: E402
+from farm import FakeClock  # noqa: E402  (a clock tests move by hand)
+
+SCRIPTS_DIR = TESTS / "fixtures" / "scripts"
+#: the scripts of SCRIPTS_DIR that load (the others are broken or helpers on purpose)
+LOADABLE_SCRIPTS = {"echo", "fanout", "instagram_only", "like"}
+#: a fixed local time for tests that need a clock: 2030-01-15 10:00:00 in local time
+T0 = datetime.datetime(2030, 1, 15, 10, 0, 0).timestamp()
+
+
+@pytest.fixture
+def scripts_dir() -> Path:
+    return SCRIPTS_DIR
+
+
+@pytest.fixture
+def make_config(tmp_path, scripts_dir):
+    """make_config(**overrides) -> a Config whose database lives in tmp_path."""
+    def make(**overrides) -> tikmatrix_lite.Config:
+        settings = {"db": tmp_path / "t.db", "scripts": scripts_dir,
+                    "adb_servers": ["127.0.0.1:1"]}
+        settings.update(overrides)
+        return tikmatrix_lite.Config(**settings)
+    return make
+
+
+@pytest.fixture
+def config(make_config) -> tikmatrix_lite.Config:
+    return make_config()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(T0)
+
+
+@pytest.fixture
+def make_app():
+    """make_app(config, clock=None) -> create_app(...) on a Lite without adb; closed at the
+    end of the test."""
+    made = []
+
+    def make(config: tikmatrix_lite.Config, clock=None):
+        kwargs = {"with_devices": False}
+        if clock is not None:
+            kwargs["clock"] = clock
+        lite = tikmatrix_lite.Lite(config, **kwargs)
+        made.append(lite)
+        return tikmatrix_lite.create_app(config, lite)
+
+    yield make
+    for lite in made:
+        lite.close()
+
+
+@pytest.fixture
+def app(make_app, config):
+    return make_app(config)
+
+
+@pytest.fixture
+def make_client():
+    """make_client(app, remote_addr="127.0.0.1", **headers) -> a webtest.TestApp."""
+    import webtest
+
+    def make(application, remote_addr: str = "127.0.0.1", **extra_environ):
+        return webtest.TestApp(application, extra_environ={"REMOTE_ADDR": remote_addr,
+                                                           **extra_environ})
+    return make
+
+
+@pytest.fixture
+def client(app, make_client):
+    return make_client(app)
+
+
+@pytest.fixture
+def store(app) -> tikmatrix_lite.Store:
+    return app.lite.store
+
+
+@pytest.fixture
+def add_device(app):
+    """add_device(serial, state="device", **fields): a device the server knows."""
+    def add(serial: str, state: str = "device", **fields):
+        app.lite.store.upsert_device(serial, state=state, **fields)
+        return serial
+    return add
+
+
+@pytest.fixture
+def add_account(app):
+    """add_account(username, serial, platform="tiktok", enabled=True, package=None)."""
+    def add(username: str, serial: str, platform: str = "tiktok", enabled: bool = True,
+            package: str = None):
+        store = app.lite.store
+        if store.get_device(serial) is None:
+            store.upsert_device(serial, state="device")
+        package = package or tikmatrix_lite.APP_PACKAGES[platform][0]
+        assert store.save_account(username, serial, platform, package, enabled, True)
+        return username
+    return add
