@@ -1469,7 +1469,7 @@ LAUNCH_ACTIVITIES = {
 POPUP_BUTTONS = (
     "Allow", "While using the app", "Only this time", "Not now", "Not Now", "Skip",
     "Got it", "Dismiss", "Agree and continue", "Remind me later", "Continue anyway",
-    "Post anyway", "Maybe later", "No thanks",
+    "Post anyway", "Maybe later", "No thanks", "Don't allow",
 )
 FAST_INPUT_IME = "com.github.tikmatrix/.FastInputIME"
 ADB_KEYBOARD_IME = "com.android.adbkeyboard/.AdbIME"
@@ -1478,8 +1478,8 @@ KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"
         "tab": "KEYCODE_TAB", "space": "KEYCODE_SPACE", "recent": "KEYCODE_APP_SWITCH",
         "volume_up": "KEYCODE_VOLUME_UP", "volume_down": "KEYCODE_VOLUME_DOWN",
         "power": "KEYCODE_POWER", "play_pause": "KEYCODE_MEDIA_PLAY_PAUSE"}
-SELECTOR_KEYS = {"text", "text_contains", "desc", "desc_contains", "resource_id",
-                 "class_name", "clickable", "any_of"}
+SELECTOR_KEYS = {"text", "text_contains", "text_regex", "desc", "desc_contains",
+                 "desc_regex", "resource_id", "class_name", "clickable", "any_of"}
 MEDIA_DIR = "/sdcard/DCIM/Camera"
 
 
@@ -1511,6 +1511,10 @@ class Node:
             if key == "text" and self.text.strip() != want:
                 return False
             if key == "text_contains" and want.lower() not in self.text.lower():
+                return False
+            if key == "text_regex" and not re.fullmatch(want, self.text.strip()):
+                return False
+            if key == "desc_regex" and not re.fullmatch(want, self.desc.strip()):
                 return False
             if key == "desc" and self.desc.strip() != want:
                 return False
@@ -1548,11 +1552,25 @@ class UiTree:
                 focused=el.get("focused") == "true"))
 
     def find(self, **sel: Any) -> Optional[Node]:
-        return next(self.find_all(**sel), None)
+        found = self.find_all(**sel)
+        return found[0] if found else None
 
-    def find_all(self, **sel: Any) -> Iterator[Node]:
+    def find_all(self, **sel: Any) -> List[Node]:
+        """The visible nodes a selector matches, in document order.
+
+        ``any_of`` alternatives are in order of preference: the nodes of the first
+        alternative that matches anything win, so a resource id known for this app
+        version is preferred to a label that may also match something else.
+        """
         check_selector(sel)
-        return (n for n in self.nodes if n.matches(sel) and n.bounds[2] > n.bounds[0])
+        visible = [n for n in self.nodes if n.bounds[2] > n.bounds[0]]
+        common = {k: v for k, v in sel.items() if k != "any_of"}
+        for alternative in sel.get("any_of") or [{}]:
+            wanted = {**common, **alternative}
+            nodes = [n for n in visible if n.matches(wanted)]
+            if nodes:
+                return nodes
+        return []
 
 
 def check_selector(sel: Dict[str, Any]) -> None:
@@ -1561,6 +1579,8 @@ def check_selector(sel: Dict[str, Any]) -> None:
     unknown = set(sel) - SELECTOR_KEYS
     if unknown:
         raise ValueError(f"unknown selector keys {sorted(unknown)}")
+    if "any_of" in sel and not sel["any_of"]:
+        raise ValueError("any_of needs at least one alternative")
     for alt in sel.get("any_of", ()):
         check_selector(alt)
 
@@ -1643,20 +1663,35 @@ class Phone:
     def wait(self, timeout: float = 10, step: str = "", dismiss_popups: bool = True,
              **sel: Any) -> Node:
         """Dump until the element shows, dismissing known pop-ups meanwhile."""
-        check_selector(sel)
+        return self.wait_any({"": sel}, timeout, step, dismiss_popups)[1]
+
+    def wait_any(self, choices: Dict[str, Dict[str, Any]], timeout: float = 10,
+                 step: str = "", dismiss_popups: bool = True) -> Tuple[str, Node]:
+        """Wait for whichever of several elements shows first: (its name, the node).
+
+        A flow often cannot know which screen comes next (a dialog, or straight to the
+        result); this dumps once per round for all of them. Pop-ups are dismissed first,
+        because a modal pop-up swallows the taps meant for what lies under it.
+        """
+        for sel in choices.values():
+            check_selector(sel)
         deadline = time.monotonic() + timeout
         while True:
             tree = self.dump()
-            node = tree.find(**sel)
-            if node is not None:
-                return node
-            if dismiss_popups and self.dismiss_popup(tree):
-                continue
+            dismissed = dismiss_popups and self.dismiss_popup(tree)
+            if not dismissed:
+                for name, sel in choices.items():
+                    node = tree.find(**sel)
+                    if node is not None:
+                        return name, node
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise ElementNotFound(step or "wait", sel,
-                                      "the app must be in English")
-            self.sleep(min(0.5, remaining))
+                wanted = next(iter(choices.values())) if len(choices) == 1 \
+                    else {"any_of": list(choices.values())}
+                raise ElementNotFound(step or "wait", wanted,
+                                      f"waited {timeout:g} s; the app must be in English")
+            if not dismissed:
+                self.sleep(min(0.3, remaining))
 
     def dismiss_popup(self, tree: Optional[UiTree] = None) -> bool:
         tree = tree or self.dump()

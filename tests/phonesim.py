@@ -1204,6 +1204,14 @@ class AndroidShell:
         elif service == "power":
             io.out("  mWakefulness=Awake\n  mHoldingDisplaySuspendBlocker=true\n"
                    "  Display Power: state=ON\n")
+        elif service == "package" and len(args) > 1:
+            app = device.apps.get(args[1])
+            if app is None:
+                io.out("Unable to find package: %s\n" % args[1])
+                return
+            io.out("Packages:\n  Package [%s] (1a2b3c):\n    versionCode=1 minSdk=24 "
+                   "targetSdk=34\n    versionName=%s\n"
+                   % (app.package, getattr(app, "version", "") or "1.0"))
 
 
 # ---------------------------------------------------------------------------

@@ -316,3 +316,9 @@ def test_silent_device_hangs_until_unplugged(sim, adb):
     device.unplug()                                # dropping the connection releases it
     thread.join(5)
     assert not thread.is_alive() and isinstance(results[0], Exception)
+
+
+def test_dumpsys_package_reports_the_app_version(phones):
+    dev, d = phones[1]
+    assert "versionName=1.0" in d.shell(["dumpsys", "package", FORM_PACKAGE])
+    assert "Unable to find package" in d.shell(["dumpsys", "package", "com.example.none"])
