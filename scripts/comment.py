@@ -1,0 +1,49 @@
+"""Comment on posts by link, on TikTok or Instagram (TikMatrix's `comment` script).
+
+One task per post URL. With comment_order "sequential" the n-th URL of the request gets
+the n-th comment (wrapping around), so a request spreads its comments in order.
+"""
+
+import _common
+
+DESCRIPTION = "Comment on posts (one task per post URL)"
+PLATFORMS = ("tiktok", "instagram")
+PARAMS = {
+    "target_post_urls": {"type": "list", "default": [], "items": "str", "max_items": 1000},
+    "target_post_url": {"type": "str", "default": "", "max_length": 100_000,
+                        "description": "URLs separated by newlines or commas"},
+    "comment_content": {"type": "str", "required": True, "max_length": 100_000,
+                        "description": "candidate comments, one per line"},
+    "comment_order": {"type": "str", "default": "random", "choices": ["random", "sequential"]},
+    "insert_emoji": {"type": "bool", "default": False},
+    "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
+                 "description": "Lite: the app when the task has no account"},
+}
+
+
+def validate(config):
+    if not _common.lines(config["comment_content"]):
+        raise ValueError("comment_content", "needs at least one comment (one per line)")
+
+
+def expand(config):
+    urls = _common.split_list(config["target_post_urls"], config["target_post_url"])
+    if not urls:
+        raise ValueError("target_post_urls", "give at least one post URL")
+    for i, url in enumerate(urls):
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(f"target_post_urls[{i}]", f"{url!r} is not an http(s) link")
+    return [dict(config, target_post_urls=[url], target_post_url=url, comment_index=i)
+            for i, url in enumerate(urls)]
+
+
+def run(phone, task):
+    config = task.config
+    app = _common.open_app(phone, task)
+    url = config["target_post_url"]
+    text = _common.pick_comment(config, task.random, config.get("comment_index", 0),
+                                "comment_content")
+    task.progress(30, f"opening {url}")
+    app.open_url(url)
+    _common.write_comment(app, text)
+    return {"url": url, "comment": text}

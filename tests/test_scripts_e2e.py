@@ -1,0 +1,379 @@
+"""The five scripts end to end: HTTP API -> scheduler -> runner -> real adb server ->
+simulated phone running the TikTok 43.1.4 / 47.0.3 and Instagram 410 app models
+(tests/apps.py, built from real window dumps).
+
+Nothing but the phone is simulated. Waits are on conditions with deadlines, never sleeps.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from apps import InstagramApp, TikTokApp
+from farm import Farm, wait_until
+from phonesim import FASTINPUT_IME, AdbServer, PhoneSim
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+TT_GLOBAL, TT_ASIA = "com.zhiliaoapp.musically", "com.ss.android.ugc.trill"
+APPS = {
+    "tiktok47": lambda **kw: TikTokApp("47.0.3", **kw),
+    "tiktok43": lambda **kw: TikTokApp("43.1.4", package=TT_ASIA, **kw),
+    "instagram": lambda **kw: InstagramApp(**kw),
+}
+PLATFORM = {"tiktok47": "tiktok", "tiktok43": "tiktok", "instagram": "instagram"}
+
+
+@pytest.fixture(scope="module")
+def adb():
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sim():
+    with PhoneSim() as phones:
+        yield phones
+
+
+class ScriptFarm(Farm):
+    """The shared test farm, running the real scripts on phones with app models."""
+
+    def __init__(self, tmp_path, adb, sim):
+        super().__init__(tmp_path, adb, sim, scripts=SCRIPTS)
+        self.start()
+
+    def phone(self, kind, ime=True, **app_kw):
+        """A new phone with one app model; ime: TikMatrix's FastInputIME enabled."""
+        app = APPS[kind](**app_kw)
+        device = self.sim.add_device(ime="fastinput" if ime else None, apps=[app])
+        if ime:
+            device.enabled_imes.add(FASTINPUT_IME)
+        self.adb.connect(device.address)
+        wait_until(lambda: self.lite.devices.is_online(device.address), 20, "device online")
+        return device, app
+
+    def submit(self, serial, script, config, expect=0, **extra):
+        """POST /task for one phone; the reply's code must be `expect`."""
+        body = dict({"serials": [serial], "script_name": script, "script_config": config},
+                    **extra)
+        reply = self.http.post_json("/api/v1/task", body, expect_errors=True).json
+        assert reply["code"] == expect, reply
+        return reply
+
+    def run(self, serial, script, config, timeout=60, **extra):
+        ids = self.submit(serial, script, config, **extra)["data"]["task_ids"]
+        return [self.finished(i, timeout) for i in ids]
+
+    def finished(self, task_id, timeout=60):
+        return self.wait_status(task_id, (2, 3), timeout)
+
+    def account(self, username, device, app, platform):
+        reply = self.http.post_json("/api/v1/account", {
+            "username": username, "serial": device.address, "platform": platform,
+            "package": app.package, "enabled": True}).json
+        assert reply["code"] == 0, reply
+
+
+@pytest.fixture
+def farm(tmp_path, adb, sim):
+    f = ScriptFarm(tmp_path, adb, sim)
+    yield f
+    f.close()
+
+
+def ok(task):
+    assert task["status"] == 2, (task["error"], task["log"])
+    return task["result"]
+
+
+def media(tmp_path, *names):
+    paths = []
+    for name in names:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"\x00\x00\x00\x18ftypmp42" + name.encode())
+        paths.append(str(path))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# post
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+@pytest.mark.parametrize("way", ["addButton", "share"])
+def test_post_video(farm, tmp_path, kind, way):
+    device, app = farm.phone(kind)
+    files = media(tmp_path, "clip one.mp4")
+    caption = "{Hello|Hi} wörld 😀 #fyp ## the description"
+    task, = farm.run(device.address, "post", {
+        "material_list": files, "captions": caption, "post_way": way,
+        "platform": PLATFORM[kind], "upload_wait_time": 20})
+    result = ok(task)
+    assert len(app.posts) == 1
+    post = app.posts[0]
+    assert post["media"] == ["/sdcard/DCIM/Camera/clip one.mp4"]
+    assert post["caption"] in ("Hello wörld 😀 #fyp\nthe description",
+                               "Hi wörld 😀 #fyp\nthe description")
+    assert result["caption"].replace("## ", "\n").startswith(post["caption"][:2])
+    assert not device.fs.exists("/sdcard/DCIM/Camera/clip one.mp4")   # removed after
+
+
+def test_post_images_newest_first_and_order(farm, tmp_path):
+    device, app = farm.phone("tiktok47")
+    files = media(tmp_path, "a.jpg", "b.jpg", "c.jpg")
+    old = media(tmp_path, "old.jpg")[0]
+    ok(farm.run(device.address, "post", {"material_list": [old], "content_type": 1,
+                                         "post_way": "addButton"})[0])
+    ok(farm.run(device.address, "post", {"material_list": files, "content_type": 1,
+                                         "image_count": 3, "post_way": "addButton",
+                                         "captions": "three"})[0])
+    assert app.posts[1]["media"] == ["/sdcard/DCIM/Camera/" + n for n in
+                                     ("a.jpg", "b.jpg", "c.jpg")]
+
+
+def test_post_local_folder_per_account_and_no_reuse(farm, tmp_path):
+    device, app = farm.phone("tiktok47", accounts=["alice", "bob"])
+    farm.account("bob", device, app, "tiktok")
+    media(tmp_path / "lib", "root.mp4", "@bob/b1.mp4", "@bob/b2.mp4")
+    config = {"material_source": "localFolder", "material_path": str(tmp_path / "lib"),
+              "post_way": "addButton", "captions": "{a|b|c|d|e|f|g|h}"}
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["@bob"], "script_name": "post",
+                                                "script_config": config}).json
+    t1 = ok(farm.finished(reply["data"]["task_ids"][0]))
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["bob"], "script_name": "post",
+                                                "script_config": config}).json
+    t2 = ok(farm.finished(reply["data"]["task_ids"][0]))
+    assert {t1["media"][0], t2["media"][0]} == {"b1.mp4", "b2.mp4"}
+    assert app.current == "bob" and all(p["account"] == "bob" for p in app.posts)
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["bob"], "script_name": "post",
+                                                "script_config": config}).json
+    failed = farm.finished(reply["data"]["task_ids"][0])
+    assert failed["status"] == 3 and "unused video" in failed["error"]
+
+
+def test_post_use_sound(farm, tmp_path):
+    device, app = farm.phone("tiktok47", sounds=["original sound - sim_user", "Lo-fi beat"])
+    ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "useSound",
+        "sound_name": "Lo-fi beat", "captions": "with sound"})[0])
+    assert app.posts[0]["sound"] == "Lo-fi beat"
+
+
+def test_post_publish_dialog_and_popups(farm, tmp_path):
+    device, app = farm.phone("tiktok47", publish_dialog=True, popup_rate=0.5, seed=7)
+    task = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+        "captions": "popups"})[0]
+    ok(task)
+    assert any("pop-up" in line["message"] if isinstance(line, dict) else "pop-up" in line
+               for line in task["log"])
+    assert app.posts[0]["caption"] == "popups"
+
+
+def test_post_instagram_story(farm, tmp_path):
+    device, app = farm.phone("instagram")
+    ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "s.mp4"), "post_way": "addButton",
+        "placement": "story", "platform": "instagram"})[0])
+    assert app.posts[0]["placement"] == "story"
+
+
+def test_post_validation(farm, tmp_path):
+    device, _ = farm.phone("tiktok47")
+    reply = farm.submit(device.address, "post", {"material_list": ["/nope/x.mp4"]}, 40001)
+    assert "material_list[0]" in reply["message"] and "not found" in reply["message"]
+    reply = farm.submit(device.address, "post", {}, 40001)
+    assert "material_list" in reply["message"] and "library" in reply["message"]
+    reply = farm.submit(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "useSound"}, 40001)
+    assert "sound_name" in reply["message"]
+
+
+def test_post_unicode_without_ime_fails_clearly(farm, tmp_path):
+    device, app = farm.phone("tiktok47", ime=False)
+    task = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+        "captions": "Привет 🌍"})[0]
+    assert task["status"] == 3
+    assert "non-ASCII" in task["error"] and "FastInputIME" in task["error"]
+    assert not app.posts
+    assert not device.fs.exists("/sdcard/DCIM/Camera/v.mp4")
+
+
+def test_post_element_missing_names_step_and_english(farm, tmp_path, monkeypatch):
+    device, app = farm.phone("tiktok47")
+    # A phone in French: the camera's Upload area has no id this version knows either.
+    monkeypatch.setattr(app, "render_camera", lambda: _strip_ids(
+        TikTokApp.render_camera(app)))
+    task = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+        "upload_wait_time": 5}, timeout=90)[0]
+    assert task["status"] == 3
+    assert "open Upload" in task["error"] and "English" in task["error"]
+    assert "upload_hot_area" in task["error"]
+    names = [a.rsplit("/", 1)[-1] for a in task["artifacts"]]
+    assert "ui_dump.xml" in names and "screenshot.png" in names
+
+
+def _strip_ids(root):
+    for el in root.iter("node"):
+        el.set("resource-id", "")
+    return root
+
+
+def test_post_shell_metacharacters_never_executed(farm, tmp_path):
+    device, app = farm.phone("tiktok47", ime=False)
+    caption = "$(touch /tmp/pwned); `reboot` && rm -rf / | echo hi > /sdcard/x"
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton", "captions": caption})[0])
+    assert app.posts[0]["caption"] == caption
+    programs = [argv[0] for argv in device.commands()]
+    assert "reboot" not in programs and ["touch", "/tmp/pwned"] not in device.commands()
+    assert not device.fs.exists("/sdcard/x")
+
+
+# ---------------------------------------------------------------------------------------
+# follow / unfollow
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+@pytest.mark.parametrize("method", ["direct", "search"])
+def test_follow_and_unfollow(farm, kind, method):
+    device, app = farm.phone(kind, users={"alice.x": False, "bob_y": True, "carol": False})
+    tasks = farm.run(device.address, "follow", {
+        "target_user": "alice.x, @bob_y\ncarol", "access_method": method,
+        "platform": PLATFORM[kind]})
+    results = {ok(t)["user"]: ok(t) for t in tasks}
+    assert results["bob_y"] == {"user": "bob_y", "already": True}
+    assert results["alice.x"]["already"] is False
+    assert app.follows == {"alice.x": True, "bob_y": True, "carol": True}
+    tasks = farm.run(device.address, "unfollow", {
+        "target_users": ["alice.x"], "access_method": method, "platform": PLATFORM[kind]})
+    assert ok(tasks[0])["already"] is False and app.follows["alice.x"] is False
+    tasks = farm.run(device.address, "unfollow", {
+        "target_users": ["alice.x"], "access_method": method, "platform": PLATFORM[kind]})
+    assert ok(tasks[0]) == {"user": "alice.x", "already": True}
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_follow_missing_profile_fails_clearly(farm, kind):
+    device, _ = farm.phone(kind, users={"alice": False})
+    task, = farm.run(device.address, "follow", {"target_users": ["ghost_user"],
+                                                 "platform": PLATFORM[kind]})
+    assert task["status"] == 3 and "@ghost_user does not exist" in task["error"]
+
+
+def test_follow_expands_per_target_and_device(farm, adb):
+    (d1, _), (d2, _) = farm.phone("tiktok47"), farm.phone("tiktok47")
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [d1.address, d2.address], "script_name": "follow",
+        "script_config": {"target_users": ["a1", "a2", "a3"]}}).json
+    assert reply["data"]["created_count"] == 6
+    reply = farm.submit(d1.address, "follow", {}, 40001)
+    assert "target_users" in reply["message"]
+    reply = farm.submit(d1.address, "follow", {"target_user": "ok, $(reboot)"}, 40001)
+    assert "not a valid user name" in reply["message"]
+
+
+def test_follow_popup_in_the_middle(farm):
+    device, app = farm.phone("tiktok43", users={"alice": False})
+    original = app.render_profile
+
+    def profile_with_popup():
+        if not getattr(app, "_popped", False):
+            app._popped = True
+            app.inject_popup()
+        return original()
+    app.render_profile = profile_with_popup
+    ok(farm.run(device.address, "follow", {"target_users": ["alice"]})[0])
+    assert app.follows["alice"] is True and app.popup is None
+
+
+# ---------------------------------------------------------------------------------------
+# multi-account
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_account_switch_and_missing_account(farm, kind):
+    device, app = farm.phone(kind, accounts=["main", "second"], users={"alice": False})
+    platform = PLATFORM[kind]
+    farm.account("second", device, app, platform)
+    farm.account("third", device, app, platform)
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["second"],
+                                                "script_name": "follow",
+                                                "script_config": {"target_users": ["alice"]}}
+                               ).json
+    ok(farm.finished(reply["data"]["task_ids"][0]))
+    assert app.current == "second" and app.follows["alice"]
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["third"],
+                                                "script_name": "follow",
+                                                "script_config": {"target_users": ["alice"]}}
+                               ).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and "@third is not logged in" in task["error"]
+
+
+# ---------------------------------------------------------------------------------------
+# comment
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind,urls", [
+    ("tiktok47", ["https://www.tiktok.com/@a/video/1", "https://www.tiktok.com/@b/video/2"]),
+    ("tiktok43", ["https://www.tiktok.com/@a/video/1"]),
+    ("instagram", ["https://www.instagram.com/p/AbC/", "https://www.instagram.com/reel/XyZ/"]),
+])
+def test_comment(farm, kind, urls):
+    device, app = farm.phone(kind)
+    tasks = farm.run(device.address, "comment", {
+        "target_post_urls": urls, "comment_content": "first 🔥\nsecond; $(reboot)",
+        "comment_order": "sequential", "insert_emoji": False, "platform": PLATFORM[kind]})
+    written = [ok(t)["comment"] for t in sorted(tasks, key=lambda t: t["id"])]
+    assert written == ["first 🔥", "second; $(reboot)"][:len(urls)]
+    assert sum(len(v) for v in app.comments.values()) == len(urls)
+    assert "reboot" not in [argv[0] for argv in device.commands()]
+
+
+def test_comment_emoji_and_validation(farm):
+    device, app = farm.phone("tiktok47")
+    task, = farm.run(device.address, "comment", {
+        "target_post_url": "https://www.tiktok.com/@a/video/9", "comment_content": "nice",
+        "insert_emoji": True})
+    assert ok(task)["comment"].startswith("nice ") and len(ok(task)["comment"]) > 5
+    farm.submit(device.address, "comment", {"target_post_urls": ["x"],
+                                            "comment_content": "a"}, 40001)
+    farm.submit(device.address, "comment", {"target_post_urls": ["https://a.b/c"]}, 40001)
+
+
+# ---------------------------------------------------------------------------------------
+# account_warmup
+# ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+def test_warmup_interacts(farm, kind):
+    device, app = farm.phone(kind)
+    task, = farm.run(device.address, "account_warmup", {
+        "task_duration": 3, "min_duration": 1, "max_duration": 1, "like_probable": 100,
+        "collect_probable": 100, "floow_probable": 100 if kind != "instagram" else 0,
+        "comment_probable": 100, "comment": "so {good|nice}", "platform": PLATFORM[kind]})
+    result = ok(task)
+    assert result["videos"] >= 2 and app.likes == result["likes"] >= 2
+    assert app.collects >= 2 and sum(len(v) for v in app.comments.values()) >= 2
+
+
+def test_warmup_topic_and_stop_within_two_seconds(farm):
+    device, app = farm.phone("tiktok47")
+    ids = farm.submit(device.address, "account_warmup", {
+        "task_duration": 600, "min_duration": 30, "max_duration": 60,
+        "topic": "cats\ndogs"})["data"]["task_ids"]
+    wait_until(lambda: "topic:" in str(farm.http.get(f"/api/v1/task/{ids[0]}").json["data"]
+                                        ["log"]) and app.screen == "home", 30, "watching")
+    wait_until(lambda: any(a[:2] == ["input", "keyevent"] or a[0] == "uiautomator"
+                           for a in device.commands()), 5)
+    started = time.monotonic()
+    farm.http.post_json(f"/api/v1/task/{ids[0]}/stop", {})
+    task = farm.finished(ids[0], 5)
+    assert time.monotonic() - started < 2.0
+    assert task["status"] == 3 and task["error"] == "stopped by user"
