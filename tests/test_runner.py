@@ -56,7 +56,7 @@ def test_stop_interrupts_a_blocking_device_command(farm):
     phone = farm.add_phone()
     task_id = farm.create([phone.address], "block", {"seconds": 120})[0]
     farm.wait_status(task_id, 1)
-    phone.wait_for_command(lambda argv: argv[0] == "sleep", timeout=10)
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
     asked = time.monotonic()
     reply = farm.http.post(f"/api/v1/task/{task_id}/stop").json
     task = farm.wait_status(task_id, 3, timeout=2)
@@ -81,7 +81,7 @@ def test_unplugged_phone_fails_its_task_then_comes_back(farm):
     phone = farm.add_phone()
     task_id = farm.create([phone.address], "block", {"seconds": 120})[0]
     farm.wait_status(task_id, 1)
-    phone.wait_for_command(lambda argv: argv[0] == "sleep", timeout=10)
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
     phone.unplug()
     task = farm.wait_status(task_id, 3, timeout=10)   # SPEC: within 10 s
     assert task["error"] == "device disconnected"
@@ -231,6 +231,8 @@ def test_sigkill_mid_task_then_restart(tmp_path, adb, sim):
         body["script_config"] = {"word": "survivor"}
         survivor = server.call("POST", "/task", body)["data"]["task_ids"][0]
         wait_until(lambda: server.task(killed)["status"] == 1, 15, "task running")
+        assert phone.wait_for_command(
+            lambda cmd: cmd.argv == ["echo", "entered", "killed"], timeout=15)
 
         server.stop(signal.SIGKILL)
         assert server.proc.returncode == -signal.SIGKILL
