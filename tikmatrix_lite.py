@@ -2970,7 +2970,7 @@ def make_server(config: Config, lite: Lite):
         return waitress.server.create_server(
             create_app(config, lite), host=config.host, port=config.port, threads=8,
             ident="TikMatrix-Lite", max_request_body_size=8 * MAX_BODY_BYTES,
-            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=30)
+            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
@@ -2992,10 +2992,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise ConfigError(f"cannot create the folder of database {config.db}: "
                               f"{exc.strerror or exc}") from None
         lite = Lite(config)
-        server = make_server(config, lite)
-        _warn_if_open(config)
-        lite.start()
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        with _shutdown_signals_to_main_thread():
+            server = make_server(config, lite)
+            _warn_if_open(config)
+            lite.start()
         log.info("TikMatrix Lite %s serving http://%s:%d%s/ (database %s)", __version__,
                  config.host, config.port, API_PREFIX, config.db)
         server.run()
@@ -3014,6 +3015,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def _raise_keyboard_interrupt(*_: Any) -> None:
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _shutdown_signals_to_main_thread() -> Iterator[None]:
+    """Start threads with SIGINT/SIGTERM blocked, so the kernel delivers them to the
+    main thread.
+
+    The main thread sleeps in waitress's select; a signal the kernel hands to it ends
+    the select at once, one handed to another thread only when the select times out.
+    Threads inherit the mask of the thread that starts them, so blocking the signals
+    while the threads start covers every thread started later too. (Before Python 3.12
+    another thread can still hide a signal that lands while the main thread runs Python
+    code; the select's 1 s timeout bounds that delay.)
+    """
+    import signal
+    signals = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def _warn_if_open(config: Config) -> None:

@@ -346,6 +346,7 @@ def test_warning_without_key_on_a_public_address(tmp_path, empty_scripts, fake_a
         rest = proc.communicate(timeout=20)[1]
     lines += rest.splitlines()
     assert any("serving http" in l for l in lines), "".join(lines)
+    assert proc.returncode == 0, "SIGTERM is a clean shutdown"
     assert sum("without an API key" in l for l in lines) == warned
     assert key is None or key not in "".join(lines)
 
