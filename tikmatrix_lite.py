@@ -40,7 +40,7 @@ import traceback
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 __version__ = "0.1.0"
 
@@ -692,10 +692,8 @@ class Store:
         with self.write() as conn:
             cur = conn.execute(
                 "UPDATE tasks SET status=0, retry_count=retry_count+1, error='', progress=0,"
-                " message='', result=NULL, started_at=NULL, end_time=NULL,"
-                " start_time=MIN(start_time, ?)"
-                " WHERE id=? AND status=3 AND retry_count < max_retry_count",
-                (self.clock(), task_id))
+                " message='', result=NULL, started_at=NULL, end_time=NULL"
+                " WHERE id=? AND status=3 AND retry_count < max_retry_count", (task_id,))
             return cur.rowcount == 1
 
     def retry_all(self) -> List[int]:
@@ -1016,6 +1014,10 @@ HEARTBEAT_INTERVAL = 3.0
 ADB_BACKOFF = (1, 2, 4, 8, 15, 30)
 
 
+#: Why a running task was cancelled -> the error it ends with.
+CANCEL_ERRORS = {"stopped": STOPPED_BY_USER, "lost": DISCONNECTED, "shutdown": INTERRUPTED}
+
+
 class CancelToken:
     """Lets one thread abort another's device I/O: a stop by the user or a lost phone.
 
@@ -1025,7 +1027,7 @@ class CancelToken:
     """
 
     def __init__(self):
-        self.reason: Optional[str] = None          # "stopped" or "lost"
+        self.reason: Optional[str] = None          # a key of CANCEL_ERRORS
         self.event = threading.Event()
         self._sockets: set = set()
         self._lock = threading.Lock()
@@ -1041,10 +1043,10 @@ class CancelToken:
                 sock.shutdown(socket.SHUT_RDWR)
 
     def check(self) -> None:
-        if self.reason == "stopped":
-            raise Stopped(STOPPED_BY_USER)
         if self.reason == "lost":
             raise DeviceLost(DISCONNECTED)
+        if self.reason is not None:
+            raise Stopped(CANCEL_ERRORS[self.reason])
 
     @contextlib.contextmanager
     def guard(self, sock: socket.socket) -> Iterator[None]:
@@ -1946,10 +1948,11 @@ class Runner:
             running.token.cancel("lost")
 
     def stop_all(self, wait: float = 5) -> None:
+        """At shutdown: running tasks end as "interrupted by restart", like after a crash."""
         with self._lock:
             runnings = list(self._active.values())
         for running in runnings:
-            running.token.cancel("stopped")
+            running.token.cancel("shutdown")
         for running in runnings:
             running.done.wait(wait)
 
@@ -1996,7 +1999,7 @@ class Runner:
             result = script.run(phone, context)
             _dump_json(result)
         except Stopped:
-            error = STOPPED_BY_USER
+            pass                                # the token's reason says why, below
         except DeviceLost as exc:
             error = DISCONNECTED
             log.warning("task %s: %s", task_id, exc)
@@ -2009,10 +2012,8 @@ class Runner:
         except Exception as exc:
             error, save_artifacts = f"{exc}" or type(exc).__name__, True
             log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
-        if token.reason == "stopped":
-            error = STOPPED_BY_USER
-        elif token.reason == "lost":
-            error = DISCONNECTED
+        if token.reason is not None:            # whatever the script did after the cancel
+            error = CANCEL_ERRORS[token.reason]
         if not error:
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
@@ -2023,7 +2024,7 @@ class Runner:
                 self.save_artifacts(task_id, phone)
             context.log(f"failed: {error}")
             outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=error != STOPPED_BY_USER)
+                                        allow_auto_retry=token.reason in (None, "lost"))
         log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
         return outcome
 

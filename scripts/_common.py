@@ -518,6 +518,17 @@ def wait_upload(app: App, seconds: float) -> None:
 # Flows shared by several scripts
 # ---------------------------------------------------------------------------------------
 
+#: Parameters of follow and unfollow (TikMatrix's names and defaults).
+TARGET_USER_PARAMS = {
+    "target_users": {"type": "list", "default": [], "items": "str", "max_items": 1000},
+    "target_user": {"type": "str", "default": "", "max_length": 100_000,
+                    "description": "names separated by newlines or commas"},
+    "access_method": {"type": "str", "default": "direct", "choices": ["direct", "search"]},
+    "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
+                 "description": "Lite: the app when the task has no account"},
+}
+
+
 def expand_targets(config: Dict[str, Any]) -> List[Dict[str, Any]]:
     """follow/unfollow: one config per target user (names checked, "@" dropped)."""
     names = split_list(config.get("target_users"), config.get("target_user", ""))

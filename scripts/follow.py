@@ -7,14 +7,7 @@ import _common
 
 DESCRIPTION = "Follow users (one task per target)"
 PLATFORMS = ("tiktok", "instagram")
-PARAMS = {
-    "target_users": {"type": "list", "default": [], "items": "str", "max_items": 1000},
-    "target_user": {"type": "str", "default": "", "max_length": 100_000,
-                    "description": "names separated by newlines or commas"},
-    "access_method": {"type": "str", "default": "direct", "choices": ["direct", "search"]},
-    "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
-                 "description": "Lite: the app when the task has no account"},
-}
+PARAMS = _common.TARGET_USER_PARAMS      # target_users, target_user, access_method
 
 
 def expand(config):

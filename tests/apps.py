@@ -334,6 +334,14 @@ class ModelApp(App):
             return True
         return False
 
+    def tap_switcher(self, h, x, y):
+        """The account switcher (both apps): tapping an account's row makes it current."""
+        for name in self.accounts:
+            if hit(h, text=name):
+                self.current = name
+                self.goto("home")
+                return
+
 
 # ---------------------------------------------------------------------------------------
 # TikTok
@@ -560,13 +568,6 @@ class TikTokApp(ModelApp):
             self.goto("home")
         elif hit(h, desc="Create"):
             self.goto("camera")
-
-    def tap_switcher(self, h, x, y):
-        for name in self.accounts:
-            if hit(h, text=name):
-                self.current = name
-                self.goto("home")
-                return
 
     # -- other users' profiles (real: 43.1.4 / 47.0.3 dumps) ----------------------------
     def render_profile(self):
@@ -853,13 +854,6 @@ class InstagramApp(ModelApp):
             self.goto("switcher")
         else:
             self.tap_home(h, x, y)
-
-    def tap_switcher(self, h, x, y):
-        for name in self.accounts:
-            if hit(h, text=name):
-                self.current = name
-                self.goto("home")
-                return
 
     # -- create: gallery, editor, composer (real dumps) ---------------------------------
     def render_gallery(self):

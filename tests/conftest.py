@@ -20,6 +20,7 @@ if str(ROOT) not in sys.path:
 
 import tikmatrix_lite  # noqa: E402
 from farm import FakeClock  # noqa: E402  (a clock tests move by hand)
+from phonesim import AdbServer, PhoneSim  # noqa: E402
 
 SCRIPTS_DIR = TESTS / "fixtures" / "scripts"
 #: the scripts of SCRIPTS_DIR that load (the others are broken or helpers on purpose)
@@ -120,3 +121,18 @@ def add_account(app):
         assert store.save_account(username, serial, platform, package, enabled, True)
         return username
     return add
+
+
+# -- phones -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def adb():
+    """A real adb server on a private port with a private HOME (never 5037), per module."""
+    with AdbServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """The simulated phones of a test module (each test adds the ones it needs)."""
+    with PhoneSim() as phones:
+        yield phones

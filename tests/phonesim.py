@@ -74,7 +74,6 @@ import argparse
 import base64
 import collections
 import os
-import random
 import shutil
 import signal
 import socket

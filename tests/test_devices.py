@@ -3,19 +3,7 @@ API, live screenshots, unauthorized phones, and an adb server that goes away."""
 import pytest
 
 from farm import Farm, wait_until
-from phonesim import AdbServer, PhoneSim
-
-
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with PhoneSim() as phones:
-        yield phones
+from phonesim import AdbServer
 
 
 @pytest.fixture

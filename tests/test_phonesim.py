@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 
-from phonesim import (ADBKEYBOARD_IME, FASTINPUT_IME, AdbServer, App, PhoneSim, XmlApp,
+from phonesim import (ADBKEYBOARD_IME, FASTINPUT_IME, App, XmlApp,
                       hierarchy_xml, node_at, tokenize, ui_node)
 
 # ---------------------------------------------------------------------------
@@ -33,18 +33,6 @@ def form_xml():
         ui_node("android.widget.Button", (800, 400, 1040, 520), text="Send",
                 resource_id=FORM_PACKAGE + ":id/send", clickable=True),
     ]), package=FORM_PACKAGE)
-
-
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with PhoneSim() as phones:
-        yield phones
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ server killed with SIGKILL in the middle of a task.
 """
 import base64
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,23 +15,11 @@ from pathlib import Path
 
 import pytest
 
+import tikmatrix_lite as tml
 from farm import RUNNER_SCRIPTS, Farm, open_gate, wait_until
-from phonesim import AdbServer, PhoneSim
 
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOAD = "a b'c\"d; rm -rf / && $(touch /sdcard/pwned) `id` | cat > /sdcard/x & echo %s"
-
-
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with PhoneSim() as phones:
-        yield phones
 
 
 @pytest.fixture
@@ -172,6 +159,22 @@ def test_delete_of_a_running_task_stops_it_first(farm):
     assert farm.http.get(f"/api/v1/task/{task_id}", expect_errors=True).status_int == 404
     nxt = farm.create([phone.address], "say", {"word": "next"})[0]
     farm.wait_status(nxt, 2)
+
+
+def test_shutdown_ends_running_tasks_as_interrupted(tmp_path, adb, sim):
+    farm = Farm(tmp_path, adb, sim).start()
+    phone = farm.add_phone()
+    task_id = farm.create([phone.address], "block", {"seconds": 120}, auto_retry=True)[0]
+    farm.wait_status(task_id, 1)
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    farm.close()                                         # a graceful stop (SIGTERM)
+    store = tml.Store(farm.config.db)
+    try:
+        row = store.get_task(task_id)
+        assert (row["status"], row["error"], row["retry_count"]) == \
+            (3, "interrupted by restart", 0)           # like a crash: retry by hand
+    finally:
+        store.close()
 
 
 # -- the server as a process, killed with SIGKILL -------------------------------------

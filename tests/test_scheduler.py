@@ -6,19 +6,6 @@ clock and wakes the scheduler instead of sleeping.
 import pytest
 
 from farm import FakeClock, Farm, open_gate, wait_until
-from phonesim import AdbServer, PhoneSim
-
-
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with PhoneSim() as phones:
-        yield phones
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 
 from apps import InstagramApp, TikTokApp
 from farm import Farm, wait_until
-from phonesim import FASTINPUT_IME, AdbServer, PhoneSim
+from phonesim import FASTINPUT_IME
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
@@ -23,18 +23,6 @@ APPS = {
     "instagram": lambda **kw: InstagramApp(**kw),
 }
 PLATFORM = {"tiktok47": "tiktok", "tiktok43": "tiktok", "instagram": "instagram"}
-
-
-@pytest.fixture(scope="module")
-def adb():
-    with AdbServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sim():
-    with PhoneSim() as phones:
-        yield phones
 
 
 class ScriptFarm(Farm):

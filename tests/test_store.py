@@ -289,6 +289,15 @@ def test_retry_limits(st):
     assert st.retry_all() == []
 
 
+def test_retry_keeps_a_start_time_that_is_still_ahead(st):
+    [task_id] = st.create_tasks([new(start_time=T0 + 3600)])
+    assert st.cancel_pending(task_id)                         # stopped before it ran
+    assert st.retry(task_id)
+    assert st.get_task(task_id)["start_time"] == T0 + 3600
+    assert st.claim_next("d1", T0) is None                    # still waits for its time
+    assert st.claim_next("d1", T0 + 3600)["id"] == task_id
+
+
 def test_retry_all(st):
     ids = st.create_tasks([new(f"d{i}") for i in range(4)])
     for i, task_id in enumerate(ids):
