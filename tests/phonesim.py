@@ -2052,6 +2052,27 @@ class AdbServer:
 # Command line
 # ---------------------------------------------------------------------------
 
+#: App models of tests/apps.py by name: (class name, its keyword arguments).
+APP_MODELS = {
+    "tiktok47": ("TikTokApp", {"version": "47.0.3"}),
+    "tiktok43": ("TikTokApp", {"version": "43.1.4", "package": "com.ss.android.ugc.trill"}),
+    "instagram": ("InstagramApp", {}),
+}
+
+
+def app_factory(name: str, users: dict):
+    """A model name -> a factory of that app model (one per phone); a package name is
+    passed through (a blank app)."""
+    if name not in APP_MODELS:
+        return name
+    # tests/apps.py imports this module by name: run as a script, this module is
+    # __main__, so register it as "phonesim" first or its classes would exist twice
+    sys.modules.setdefault("phonesim", sys.modules[__name__])
+    import apps as models
+    class_name, kwargs = APP_MODELS[name]
+    return lambda: getattr(models, class_name)(users=dict(users), **kwargs)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description="Simulated Android phones for adb (device side of the protocol).")
@@ -2062,12 +2083,17 @@ def main(argv=None) -> int:
     parser.add_argument("--android", default="14")
     parser.add_argument("--sdk", type=int, default=34)
     parser.add_argument("--ime", choices=("none", "fastinput", "adbkeyboard"), default="none")
-    parser.add_argument("--apps", default="com.zhiliaoapp.musically,com.instagram.android",
-                        help="comma-separated packages installed (blank screens)")
+    parser.add_argument("--apps", default="tiktok47,instagram",
+                        help="comma-separated apps installed: the app models of "
+                             "tests/apps.py (%s), or package names (blank screens)"
+                             % ", ".join(APP_MODELS))
+    parser.add_argument("--users", default="nasa,natgeo",
+                        help="comma-separated user names whose profiles the app models show")
     options = parser.parse_args(argv)
 
     sim = PhoneSim()
-    apps = [p for p in options.apps.split(",") if p]
+    users = {name.strip().lstrip("@"): False for name in options.users.split(",") if name}
+    apps = [app_factory(name.strip(), users) for name in options.apps.split(",") if name]
     for number in range(options.devices):
         port = options.base_port + number if options.base_port else 0
         sim.add_device(model=options.model, android=options.android, sdk=options.sdk,

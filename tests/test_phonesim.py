@@ -310,3 +310,34 @@ def test_dumpsys_package_reports_the_app_version(phones):
     dev, d = phones[1]
     assert "versionName=1.0" in d.shell(["dumpsys", "package", FORM_PACKAGE])
     assert "Unable to find package" in d.shell(["dumpsys", "package", "com.example.none"])
+
+
+def test_command_line_phones_carry_the_app_models(adb):
+    """`python tests/phonesim.py --devices 1`: what a user runs to try the server."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).with_name("phonesim.py")
+    proc = subprocess.Popen([sys.executable, str(script), "--devices", "1"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        address = None
+        for line in proc.stdout:
+            found = re.search(r"adb connect (127\.0\.0\.1:\d+)", line)
+            if found:
+                address = found[1]
+            if "Ctrl-C" in line:
+                break
+        assert address, "the CLI printed no adb connect line"
+        adb.connect(address)
+        device = adb.client().device(address)
+        packages = device.shell("pm list packages")
+        assert "package:com.zhiliaoapp.musically" in packages
+        assert "package:com.instagram.android" in packages
+        assert "versionName=47.0.3" in device.shell("dumpsys package com.zhiliaoapp.musically")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=15)[0]
+    assert proc.returncode == 0 and "phonesim: stopped" in rest
