@@ -479,6 +479,18 @@ class Store:
             conn = self._local.conn = self._connect()
         return conn
 
+    def release_thread(self) -> None:
+        """Close this thread's reader: a short-lived thread (a task's) must not leave an
+        open connection behind."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._connections_lock:
+            self._all_connections = [(t, c) for t, c in self._all_connections if c is not conn]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         return self._reader().execute(sql, params).fetchall()
 
@@ -626,6 +638,7 @@ class Store:
                     "UPDATE tasks SET status=1, started_at=?, progress=0, message='', error=''"
                     " WHERE id=? AND status=0", (now, row["id"]))
             except sqlite3.IntegrityError:   # the device already has a running task
+                log.error("device %s already has a running task in the store", serial)
                 return None
             if cur.rowcount != 1:
                 return None
@@ -1034,7 +1047,7 @@ class CancelToken:
 
     def cancel(self, reason: str) -> None:
         with self._lock:
-            if self.reason is None:
+            if self.reason is None or reason == "stopped":   # a user's stop always counts
                 self.reason = reason
             sockets = list(self._sockets)
         self.event.set()
@@ -1918,25 +1931,41 @@ class Runner:
         with self._lock:
             return len(self._active)
 
-    def start(self, row: sqlite3.Row) -> RunningTask:
-        """Run a claimed task on its own thread."""
-        running = RunningTask(row["id"], row["serial"], CancelToken())
+    def claim_and_start(self, serial: str, now: float) -> Optional[sqlite3.Row]:
+        """Claim the phone's next due task and start it, as one step.
+
+        Under the runner's lock a task is either pending or registered here as running,
+        never running in the store but unknown to the runner: a stop in between would
+        otherwise mark it stopped while its script still starts.
+        """
         with self._lock:
-            if row["serial"] in self._active:
-                raise RuntimeError(f"{row['serial']} is already running a task")
-            self._active[row["serial"]] = running
-        running.thread = threading.Thread(target=self._work, args=(row, running), daemon=True,
-                                          name=f"runner-{row['serial']}")
-        running.thread.start()
-        return running
+            if serial in self._active:
+                return None
+            row = self.store.claim_next(serial, now)
+            if row is None:
+                return None
+            running = RunningTask(row["id"], serial, CancelToken())
+            self._active[serial] = running
+            running.thread = threading.Thread(target=self._work, args=(row, running),
+                                              daemon=True, name=f"runner-{serial}")
+            try:
+                running.thread.start()
+            except BaseException:
+                del self._active[serial]
+                self.store.finish(row["id"], ok=False, error="internal error: no thread",
+                                  allow_auto_retry=False)
+                raise
+            return row
 
     def stop(self, task_id: int, wait: float = 0) -> bool:
-        """Interrupt a running task; True if this runner had it."""
+        """Stop a running task: interrupt its script, or end it in the store if no script
+        of this runner has it. False if it is not running (any more)."""
         with self._lock:
             running = next((r for r in self._active.values() if r.task_id == task_id), None)
-        if running is None:
-            return False
-        running.token.cancel("stopped")
+            if running is None:
+                return self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
+                                         allow_auto_retry=False) != "gone"
+            running.token.cancel("stopped")
         if wait:
             running.done.wait(wait)
         return True
@@ -1962,14 +1991,23 @@ class Runner:
         watchdog.start()
         try:
             self.run_task(row, running.token)
+        except BaseException:
+            # never leave the task running: the phone would take no task until a restart
+            log.exception("task %s: the runner failed", running.task_id)
+            with contextlib.suppress(Exception):
+                self.store.finish(running.task_id, ok=False, error="internal error (see "
+                                  "the server log)", allow_auto_retry=False)
         finally:
             running.done.set()
             with self._lock:
                 self._active.pop(running.serial, None)
             self.on_finished(running.serial)
-        if running.token.reason is None:             # battery and model for GET /device
-            with contextlib.suppress(Exception):
-                self.devices.refresh(running.serial)
+        try:
+            if running.token.reason is None:         # battery and model for GET /device
+                with contextlib.suppress(Exception):
+                    self.devices.refresh(running.serial)
+        finally:
+            self.store.release_thread()
 
     def _watch_phone(self, running: RunningTask) -> None:
         """Ping the phone between heartbeats; a silent phone fails its task."""
@@ -2009,7 +2047,7 @@ class Runner:
             error, save_artifacts = f"timed out: {exc}", True
         except ElementNotFound as exc:
             error, save_artifacts = str(exc), True
-        except Exception as exc:
+        except BaseException as exc:            # a script's SystemExit fails its task only
             error, save_artifacts = f"{exc}" or type(exc).__name__, True
             log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
         if token.reason is not None:            # whatever the script did after the cancel
@@ -2107,10 +2145,9 @@ class Scheduler:
                 continue
             if self.max_running and running >= self.max_running:
                 break                        # woken again when a task ends
-            row = self.store.claim_next(serial, now)
+            row = self.runner.claim_and_start(serial, now)
             if row is None:                  # the earliest due is resting: look again later
                 continue
-            self.runner.start(row)
             running += 1
             started.append(row["id"])
         return started, next_due
@@ -2203,20 +2240,30 @@ class Lite:
     # -- task operations shared by single and batch endpoints ------------------
     def stop_task(self, task_id: int) -> None:
         """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
-        row = self.store.get_task(task_id)
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if row["status"] == PENDING and self.store.cancel_pending(task_id):
-            return
-        row = self.store.get_task(task_id)          # it may have just started
-        if row is not None and row["status"] == RUNNING:
-            if self.runner is None or not self.runner.stop(task_id, wait=3):
-                self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
-                                  allow_auto_retry=False)
-            return
-        status = STATUS_TEXT[row["status"]] if row else "deleted"
-        raise BadRequest("task_id", f"task {task_id} is {status}: only pending or running "
-                                    f"tasks can be stopped")
+        stopped = False
+        for _ in range(10):           # until its status holds still under our change
+            row = self.store.get_task(task_id)
+            if row is None:
+                if stopped:
+                    return
+                raise NotFound(f"task {task_id} not found")
+            if row["status"] == PENDING:          # also a failure that was just auto-retried
+                if self.store.cancel_pending(task_id):
+                    return
+            elif row["status"] == RUNNING:
+                if stopped:                       # asked; it ends at its next phone call
+                    return
+                if self.runner is not None:
+                    stopped = self.runner.stop(task_id, wait=3)
+                else:
+                    stopped = self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
+                                                allow_auto_retry=False) != "gone"
+            elif stopped:
+                return
+            else:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only pending or running tasks can be stopped")
+        raise Unavailable(f"task {task_id} could not be stopped; try again")
 
     def retry_task(self, task_id: int) -> None:
         row = self.store.get_task(task_id)

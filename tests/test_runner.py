@@ -151,6 +151,43 @@ def test_failed_dump_is_retried_after_a_tap(farm):
     assert any(a[:2] == ["input", "tap"] for a in phone.commands("input"))
 
 
+def test_stop_racing_the_start_never_leaves_a_script_running(farm):
+    """A stop sent right after creation lands before, during or after the claim; in every
+    case the task ends stopped and the phone is free again (no script left behind)."""
+    phone = farm.add_phone()
+    for i in range(15):
+        task_id = farm.create([phone.address], "gate", {"word": f"race-{i}"})[0]
+        reply = farm.http.post(f"/api/v1/task/{task_id}/stop").json["data"]
+        assert (reply["status"], reply["error"]) == (3, "stopped by user")
+    after = farm.create([phone.address], "say", {"word": "free"})[0]
+    assert farm.wait_status(after, (2, 3))["status"] == 2     # no gate script holds it
+
+
+def test_script_calling_sys_exit_fails_its_task_only(farm):
+    phone = farm.add_phone()
+    task = farm.wait_status(farm.create([phone.address], "bail", {})[0], (2, 3))
+    assert task["status"] == 3 and task["error"] == "3"
+    nxt = farm.create([phone.address], "say", {"word": "still-alive"})[0]
+    assert farm.wait_status(nxt, (2, 3))["status"] == 2
+
+
+def test_task_threads_leave_no_sqlite_connection_behind(farm):
+    phone = farm.add_phone()
+    farm.http.post_json("/api/v1/account", {"username": "acct", "serial": phone.address,
+                                            "platform": "tiktok"})
+    def run_batch():
+        ids = farm.http.post_json("/api/v1/task", {
+            "usernames": ["acct"], "script_name": "say",
+            "script_config": {"word": "x"}}).json["data"]["task_ids"]
+        farm.wait_status(ids[0], 2)
+        farm.wait_idle(phone)
+    run_batch()
+    before = len(farm.lite.store._all_connections)
+    for _ in range(10):
+        run_batch()
+    assert len(farm.lite.store._all_connections) <= before
+
+
 def test_delete_of_a_running_task_stops_it_first(farm):
     phone = farm.add_phone()
     task_id = farm.create([phone.address], "block", {"seconds": 120})[0]
