@@ -1600,9 +1600,14 @@ def check_selector(sel: Dict[str, Any]) -> None:
         check_selector(alt)
 
 
-def input_text_arg(text: str) -> str:
-    """ASCII text as Android's `input text` wants it: spaces as %s (quoted later)."""
-    return text.replace("%", "\\%").replace(" ", "%s")
+def input_text_args(text: str) -> List[str]:
+    """ASCII text as the arguments of Android's `input text`, one call each.
+
+    `input text` turns "%s" into a space and changes nothing else, so spaces are sent as
+    "%s", and a "%s" the user wrote is typed in two calls: "%" ends one, "s" starts the
+    next. (The arguments are shell-quoted later, like every argument.)
+    """
+    return [piece.replace(" ", "%s") for piece in re.split(r"(?<=%)(?=s)", text) if piece]
 
 
 class Phone:
@@ -1749,8 +1754,8 @@ class Phone:
             for line_no, line in enumerate(text.split("\n")):
                 if line_no:
                     self.press("enter")
-                if line:
-                    self.shell(["input", "text", input_text_arg(line)])
+                for piece in input_text_args(line):
+                    self.shell(["input", "text", piece])
         else:
             raise RuntimeError(
                 "cannot type non-ASCII text: this phone has no broadcast input method; "

@@ -99,10 +99,24 @@ def test_user_text_reaches_the_phone_as_one_literal_argument(farm):
                             (2, 3))
     assert task["status"] == 2, task["error"]
     assert ["echo", PAYLOAD] in phone.commands("echo")
-    typed = [argv for argv in phone.commands("input") if argv[1] == "text"]
-    assert typed == [["input", "text", PAYLOAD.replace("%", "\\%").replace(" ", "%s")]]
+    typed = [argv[2] for argv in phone.commands("input") if argv[1] == "text"]
+    assert all(" " not in arg for arg in typed)
+    assert "".join(android_input_text(arg) for arg in typed) == PAYLOAD
     assert not phone.fs.exists("/sdcard/pwned") and not phone.fs.exists("/sdcard/x")
     assert ["touch", "/sdcard/pwned"] not in phone.commands("touch")
+
+
+def android_input_text(arg):
+    """What Android's `input text ARG` types: "%s" becomes a space, nothing else changes
+    (AOSP Input.sendText)."""
+    return arg.replace("%s", " ")
+
+
+@pytest.mark.parametrize("text", ["50% off", "100%", "code %s now", "%%s %", "a b  c"])
+def test_input_text_arguments_type_exactly_the_text(text):
+    args = tml.input_text_args(text)
+    assert all(" " not in arg for arg in args)
+    assert "".join(android_input_text(arg) for arg in args) == text
 
 
 def test_unicode_text_goes_through_the_fast_input_ime(farm):
