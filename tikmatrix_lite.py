@@ -129,6 +129,9 @@ def _adb_address(text: str) -> str:
     host, sep, port = text.strip().rpartition(":")
     if not sep or not host:
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port")
+    if ":" in host or "[" in host:
+        raise argparse.ArgumentTypeError(f"{text!r}: adb servers are reached over IPv4 "
+                                         "(adbutils); give an IPv4 address or a host name")
     _port(port)
     return f"{host}:{int(port)}"
 
@@ -499,19 +502,30 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction on the writer connection: all of it is committed, or none."""
+        """One transaction on the writer connection: all of it is committed, or none.
+
+        A write inside a write (same thread, holding the lock) joins the outer one. If
+        COMMIT itself fails (disk full, I/O error) the transaction is rolled back, so
+        the connection never stays inside a transaction that later writes would join.
+        """
         with self._write_lock:
             conn = self._writer
-            if conn.in_transaction:          # nested use joins the outer transaction
+            depth = getattr(self._local, "write_depth", 0)
+            if depth:
                 yield conn
                 return
-            conn.execute("BEGIN IMMEDIATE")
+            self._local.write_depth = 1
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                self._local.write_depth = 0
 
     def close(self) -> None:
         """Close the writer (under its lock) and the readers of finished threads.
@@ -1151,8 +1165,8 @@ class AdbServerLink:
                 delay = ADB_BACKOFF[min(failures - 1, len(ADB_BACKOFF) - 1)]
                 if self.may_start_server and (failures == 1 or delay == ADB_BACKOFF[-1]) \
                         and self._start_server():
-                    continue
-                if failures in (1, len(ADB_BACKOFF)):
+                    delay = ADB_BACKOFF[0]        # connect to it soon, but never spin
+                elif failures in (1, len(ADB_BACKOFF)):
                     log.warning("adb server %s not answering (%s); retrying with backoff "
                                 "up to every %s s", self.address, self.error, ADB_BACKOFF[-1])
                 self._stopping.wait(delay)
@@ -1229,7 +1243,7 @@ class DeviceManager:
                  start_local_server: bool = True):
         self.store = store
         self.on_online, self.on_offline = on_online, on_offline
-        loopback = ("127.0.0.1", "localhost", "::1", "[::1]")
+        loopback = ("127.0.0.1", "localhost")
         self.links = [AdbServerLink(a, self, start_local_server and
                                     a.rpartition(":")[0] in loopback) for a in servers]
         self._state: Dict[str, Tuple[str, AdbServerLink]] = {}

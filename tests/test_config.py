@@ -141,6 +141,7 @@ def test_db_path_expands_home(tmp_path, monkeypatch):
     ["--port", ""], ["--allow-from", "10.0.0.0/33"], ["--allow-from", "not-a-net"],
     ["--max-running", "-1"], ["--max-running", "x"], ["--log-level", "loud"],
     ["--adb-server", "nohost"], ["--adb-server", "host:99999"], ["--adb-server", ":5037"],
+    ["--adb-server", "[::1]:5037"], ["--adb-server", "::1:5037"],
     ["--nope"], ["--port"], ["extra-positional"],
 ])
 def test_bad_flags_exit_2_with_one_line(capsys, argv):

@@ -298,6 +298,18 @@ def test_retry_keeps_a_start_time_that_is_still_ahead(st):
     assert st.claim_next("d1", T0 + 3600)["id"] == task_id
 
 
+def test_a_failed_commit_rolls_back_and_later_writes_commit(st):
+    """A COMMIT that fails (here a deferred foreign-key check; on a Pi, a full SD card)
+    must not leave the writer inside a transaction that later writes would join."""
+    with pytest.raises(sqlite3.IntegrityError):
+        with st.write() as conn:
+            conn.execute("PRAGMA defer_foreign_keys=ON")
+            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (999, 0, 'x')")
+    [task_id] = st.create_tasks([new()])
+    assert st.get_task(task_id) is not None                   # seen by another connection
+    assert st.query("SELECT COUNT(*) FROM task_log")[0][0] == 0
+
+
 def test_retry_all(st):
     ids = st.create_tasks([new(f"d{i}") for i in range(4)])
     for i, task_id in enumerate(ids):
