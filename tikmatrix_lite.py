@@ -1248,6 +1248,8 @@ class DeviceManager:
                                     a.rpartition(":")[0] in loopback) for a in servers]
         self._state: Dict[str, Tuple[str, AdbServerLink]] = {}
         self._unresponsive: set = set()
+        #: serial -> the phone's own keyboard, set aside while a task types with ours
+        self.keyboards: Dict[str, str] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -1274,6 +1276,7 @@ class DeviceManager:
                                  connection=connection_type(serial),
                                  last_seen=self.store.clock())
         if state == "device":
+            self.on_online(serial)             # its due tasks start now, not after getprop
             threading.Thread(target=self._identify, args=(serial,), daemon=True,
                              name=f"identify-{serial}").start()
         elif previous == "device":
@@ -1285,8 +1288,6 @@ class DeviceManager:
             self.refresh(serial)
         except Exception as exc:
             log.warning("could not read the properties of %s: %s", serial, exc)
-        if self.is_online(serial):
-            self.on_online(serial)
 
     def refresh(self, serial: str) -> None:
         token = CancelToken()
@@ -1398,9 +1399,9 @@ class DeviceManager:
         token.check()
         return b"".join(chunks)
 
-    def push(self, serial: str, data: bytes, remote: str, *, token: CancelToken,
+    def push(self, serial: str, source: Any, remote: str, *, token: CancelToken,
              mode: int = 0o644, timeout: float = 120) -> None:
-        """SYNC SEND: write bytes to a file on the phone (SYNC.TXT)."""
+        """SYNC SEND: write bytes, or a local file read 64 KiB at a time, to the phone."""
         deadline = time.monotonic() + timeout
         with self.open_service(serial, "sync:", token) as sock:
             def send(payload: bytes) -> None:
@@ -1412,8 +1413,7 @@ class DeviceManager:
             try:
                 header = f"{remote},{mode}".encode()
                 send(b"SEND" + struct.pack("<I", len(header)) + header)
-                for offset in range(0, len(data), 64 * 1024):
-                    chunk = data[offset:offset + 64 * 1024]
+                for chunk in _chunks(source, 64 * 1024):
                     send(b"DATA" + struct.pack("<I", len(chunk)) + chunk)
                 send(b"DONE" + struct.pack("<I", int(time.time())))
                 sock.settimeout(max(0.1, deadline - time.monotonic()))
@@ -1469,6 +1469,17 @@ class DeviceManager:
     def status(self) -> List[Dict[str, Any]]:
         return [{"address": l.address, "connected": l.connected.is_set(),
                  "devices": len(l.devices), "error": l.error} for l in self.links]
+
+
+def _chunks(source: Any, size: int) -> Iterator[bytes]:
+    """Pieces of a bytes object, or of a file read as it goes."""
+    if isinstance(source, (bytes, bytearray)):
+        for offset in range(0, len(source), size):
+            yield bytes(source[offset:offset + size])
+        return
+    with open(source, "rb") as stream:
+        for chunk in iter(lambda: stream.read(size), b""):
+            yield chunk
 
 
 def _recv_exact(sock: socket.socket, size: int) -> bytes:
@@ -1655,8 +1666,9 @@ class Phone:
         return out.decode("utf-8", "replace")
 
     def push(self, local: Any, remote: str, timeout: float = 300) -> None:
-        data = Path(local).read_bytes()
-        self.devices.push(self.serial, data, remote, token=self.token, timeout=timeout)
+        """Copy a file of the box to the phone, streamed (a video need not fit in RAM)."""
+        self.devices.push(self.serial, Path(local), remote, token=self.token,
+                          timeout=timeout)
 
     def sdk(self) -> int:
         if self._sdk is None:
@@ -1782,17 +1794,23 @@ class Phone:
             self._ime = next((i for i in (FAST_INPUT_IME, ADB_KEYBOARD_IME)
                               if i in installed), "")
             if self._ime:
-                self._ime_before = self.shell(
+                current = self.shell(
                     ["settings", "get", "secure", "default_input_method"]).strip()
-                if self._ime_before != self._ime:
+                if current != self._ime:
+                    # the phone's own keyboard, remembered per phone: a task that failed
+                    # before restoring it must not make the next one take ours for it
+                    self.devices.keyboards[self.serial] = current
                     self.shell(["ime", "enable", self._ime])
                     self.shell(["ime", "set", self._ime])
         return self._ime
 
     def restore_keyboard(self) -> None:
-        """Give the phone back the keyboard it had before the task typed."""
-        if self._ime and self._ime_before and self._ime_before not in (self._ime, "null"):
-            self.shell(["ime", "set", self._ime_before])
+        """Give the phone back its own keyboard after the task typed, however the task
+        ended (a fresh token: the task's own may be cancelled)."""
+        own = self.devices.keyboards.get(self.serial)
+        if self._ime and own and own not in (self._ime, "null"):
+            self.devices.run(self.serial, "shell:" + " ".join(
+                shlex.quote(a) for a in ("ime", "set", own)), timeout=10, token=CancelToken())
 
     def press(self, key: Any) -> None:
         code = KEYS.get(str(key).lower(), str(key))
@@ -2071,9 +2089,10 @@ class Runner:
             log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
         if token.reason is not None:            # whatever the script did after the cancel
             error = CANCEL_ERRORS[token.reason]
-        if not error:
+        if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
+        if not error:
             outcome = self.store.finish(task_id, ok=True, result=result)
             context.log("completed")
         else:
@@ -2209,6 +2228,8 @@ class Lite:
         self.started_at = time.time()
         if not config.scripts.is_dir():
             raise ConfigError(f"scripts folder {config.scripts} does not exist")
+        #: one server per database: a second would call the first's tasks interrupted
+        self._db_lock = _lock_database(config.db) if with_devices else None
         try:
             self.store = Store(config.db, clock)
         except sqlite3.Error as exc:
@@ -2246,6 +2267,8 @@ class Lite:
         if self.devices is not None:
             self.devices.stop()
         self.store.close()
+        if self._db_lock is not None:
+            self._db_lock.close()                  # releases the lock
 
     def wake(self) -> None:
         if self.scheduler is not None:
@@ -2305,6 +2328,21 @@ class Lite:
             self.runner.stop(task_id, wait=3)
         self.store.delete_task(task_id)
         remove_artifacts(self.config.artifacts_dir, task_id)
+
+
+def _lock_database(db: Path):
+    """Hold an exclusive lock beside the database for the life of the server."""
+    try:
+        import fcntl
+    except ImportError:                             # not POSIX: no lock
+        return None
+    handle = open(db.with_name(db.name + ".lock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise ConfigError(f"database {db} is in use by another TikMatrix Lite") from None
+    return handle
 
 
 ###############################################################################

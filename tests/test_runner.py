@@ -130,6 +130,22 @@ def test_unicode_text_goes_through_the_fast_input_ime(farm):
     assert ["ime", "set", "com.github.tikmatrix/.FastInputIME"] in phone.commands("ime")
 
 
+def test_the_phone_gets_its_own_keyboard_back_even_after_a_failure(farm):
+    phone = farm.add_phone(ime="fastinput")
+    own = phone.settings["secure"]["default_input_method"]
+    assert own != "com.github.tikmatrix/.FastInputIME"
+    for _ in range(2):                  # the second task must not take ours for the phone's
+        task = farm.wait_status(farm.create([phone.address], "type_fail", {})[0], 3)
+        assert task["error"] == "failed after typing"
+        farm.wait_idle(phone)
+        assert phone.settings["secure"]["default_input_method"] == own
+
+
+def test_a_second_server_on_the_same_database_is_refused(farm):
+    with pytest.raises(tml.ConfigError, match="in use by another TikMatrix Lite"):
+        tml.Lite(farm.config)
+
+
 def test_unicode_text_without_an_ime_fails_clearly(farm):
     phone = farm.add_phone()
     task = farm.wait_status(farm.create([phone.address], "payload", {"text": "café ☕"})[0],
