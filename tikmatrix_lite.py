@@ -781,13 +781,10 @@ class Store:
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
             " status=0) AS pending_count FROM devices d ORDER BY d.serial")
 
-    def mark_all_devices(self, state: str, adb_server: Optional[str] = None) -> None:
+    def mark_all_devices(self, state: str) -> None:
+        """At start-up no phone is known to be there until adb reports it."""
         with self.write() as conn:
-            if adb_server is None:
-                conn.execute("UPDATE devices SET state=?", (state,))
-            else:
-                conn.execute("UPDATE devices SET state=? WHERE adb_server=?",
-                             (state, adb_server))
+            conn.execute("UPDATE devices SET state=?", (state,))
 
     # -- accounts -------------------------------------------------------------
     def list_accounts(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
@@ -1309,11 +1306,6 @@ class DeviceManager:
 
     def is_online(self, serial: str) -> bool:
         return self.state(serial) == "device"
-
-    def online_serials(self) -> List[str]:
-        with self._lock:
-            return [s for s, (state, _) in self._state.items()
-                    if state == "device" and s not in self._unresponsive]
 
     def mark_unresponsive(self, serial: str) -> None:
         """A phone adb still lists but that stopped answering: offline until it answers."""
@@ -1936,7 +1928,6 @@ class RunningTask:
     task_id: int
     serial: str
     token: CancelToken
-    thread: Optional[threading.Thread] = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -1983,10 +1974,10 @@ class Runner:
                 return None
             running = RunningTask(row["id"], serial, CancelToken())
             self._active[serial] = running
-            running.thread = threading.Thread(target=self._work, args=(row, running),
-                                              daemon=True, name=f"runner-{serial}")
+            thread = threading.Thread(target=self._work, args=(row, running),
+                                      daemon=True, name=f"runner-{serial}")
             try:
-                running.thread.start()
+                thread.start()
             except BaseException:
                 del self._active[serial]
                 self.store.finish(row["id"], ok=False, error="internal error: no thread",
@@ -2246,7 +2237,6 @@ class Lite:
             self.devices.on_online = self.scheduler.wake
             self.devices.on_offline = self.runner.device_lost
             self.runner.on_finished = self.scheduler.wake
-        self._started = False
 
     def start(self) -> None:
         """Recover from a crash, then start watching phones and scheduling tasks."""
@@ -2257,7 +2247,6 @@ class Lite:
         if self.devices is not None:
             self.devices.start()
             self.scheduler.start()
-        self._started = True
 
     def close(self) -> None:
         if self.scheduler is not None:
