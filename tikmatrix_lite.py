@@ -291,13 +291,26 @@ class CommandTimeout(Exception):
     """A device command did not finish within its timeout."""
 
 
-class ElementNotFound(Exception):
+class StepFailed(Exception):
+    """A step of a script could not be done; the message names the step and why.
+
+    ``retry=False`` says that trying again cannot help (the profile does not exist, the
+    app is not installed, the account is not on the phone): the task fails without
+    auto-retry. Scripts raise it as ``from tikmatrix_lite import StepFailed``.
+    """
+
+    def __init__(self, step: str, reason: str = "", *, retry: bool = True):
+        super().__init__(f"{step}: {reason}" if reason else step)
+        self.step, self.reason, self.retry = step, reason, retry
+
+
+class ElementNotFound(StepFailed):
     """A script step could not find what it looked for on the screen."""
 
     def __init__(self, step: str, selector: Any, hint: str = ""):
-        self.step, self.selector = step, selector
-        text = f"{step}: element not found ({describe_selector(selector)})"
-        super().__init__(text + (f"; {hint}" if hint else ""))
+        self.selector = selector
+        text = f"element not found ({describe_selector(selector)})"
+        super().__init__(step, text + (f"; {hint}" if hint else ""))
 
 
 def describe_selector(selector: Any) -> str:
@@ -1015,6 +1028,9 @@ def load_scripts(folder: Path) -> Dict[str, Script]:
     folder_text = str(folder)
     if folder_text not in sys.path:          # lets scripts import their _helpers
         sys.path.insert(0, folder_text)
+    # run as a program this module is __main__: scripts that `import tikmatrix_lite` (for
+    # StepFailed) must get this very module, not a second copy with other classes
+    sys.modules.setdefault("tikmatrix_lite", sys.modules[__name__])
     for path in sorted(folder.glob("*.py")):
         if path.name.startswith("_"):
             continue
@@ -2058,7 +2074,7 @@ class Runner:
         script = self.scripts.get(row["script_name"])
         log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
         context.log(f"started on {serial}")
-        result, error, save_artifacts = None, "", False
+        result, error, save_artifacts, may_retry = None, "", False, True
         try:
             if script is None:
                 raise RuntimeError(f"script {row['script_name']!r} is no longer loaded")
@@ -2073,8 +2089,8 @@ class Runner:
                 self.devices.mark_unresponsive(serial)
         except CommandTimeout as exc:
             error, save_artifacts = f"timed out: {exc}", True
-        except ElementNotFound as exc:
-            error, save_artifacts = str(exc), True
+        except StepFailed as exc:               # expected: no traceback in the log
+            error, save_artifacts, may_retry = str(exc), True, exc.retry
         except BaseException as exc:            # a script's SystemExit fails its task only
             error, save_artifacts = f"{exc}" or type(exc).__name__, True
             log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
@@ -2091,7 +2107,8 @@ class Runner:
                 self.save_artifacts(task_id, phone)
             context.log(f"failed: {error}")
             outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=token.reason in (None, "lost"))
+                                        allow_auto_retry=may_retry
+                                        and token.reason in (None, "lost"))
         log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
         return outcome
 

@@ -178,8 +178,7 @@ USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
 # The app being driven
 # ---------------------------------------------------------------------------------------
 
-class StepFailed(RuntimeError):
-    """A step of a flow could not be done; the message names the step and why."""
+from tikmatrix_lite import StepFailed  # noqa: E402  (the runner's; retry=False: no auto-retry)
 
 
 class App:
