@@ -522,6 +522,12 @@ TARGET_USER_PARAMS = {
     "target_users": {"type": "list", "default": [], "items": "str", "max_items": 1000},
     "target_user": {"type": "str", "default": "", "max_length": 100_000,
                     "description": "names separated by newlines or commas"},
+    "target_username": {"type": ["str", "list"], "items": "str", "max_items": 1000,
+                        "max_length": 100_000,
+                        "description": "older spelling (TikMatrix's API Examples page): a "
+                                       "name, names separated by newlines or commas, or a "
+                                       "list; used when target_users and target_user are "
+                                       "empty"},
     "access_method": {"type": "str", "default": "direct", "choices": ["direct", "search"]},
     "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
                  "description": "Lite: the app when the task has no account"},
@@ -529,15 +535,23 @@ TARGET_USER_PARAMS = {
 
 
 def expand_targets(config: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """follow/unfollow: one config per target user (names checked, "@" dropped)."""
-    names = split_list(config.get("target_users"), config.get("target_user", ""))
+    """follow/unfollow: one config per target user (names checked, "@" dropped).
+
+    The targets are the first non-empty of target_users, target_user and target_username
+    (the spelling of TikMatrix's API Examples page); each task's config names its one
+    target under all three."""
+    for field in ("target_users", "target_user", "target_username"):
+        value = config.get(field)
+        names = split_list(value, "") if isinstance(value, list) else \
+            split_list([], value or "")
+        if names:
+            break
     if not names:
         raise ValueError("target_users", "give at least one target user (target_users, "
                                          "or target_user with names separated by newlines "
-                                         "or commas)")
-    field = "target_users" if config.get("target_users") else "target_user"
+                                         "or commas, or target_username)")
     names = list(dict.fromkeys(check_username(field, n) for n in names))
-    return [dict(config, target_users=[n], target_user=n) for n in names]
+    return [dict(config, target_users=[n], target_user=n, target_username=n) for n in names]
 
 
 def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
