@@ -28,6 +28,9 @@ PARAMS = {
                 "description": "comment templates, one per line"},
     "insert_emoji": {"type": "bool", "default": False},
     "comment_order": {"type": "str", "default": "random", "choices": ["random", "sequential"]},
+    "generate_by_chatgpt": {"type": "bool", "default": False,
+                            "description": "refused: Lite calls no service outside your "
+                                           "network; comments come from `comment`"},
     "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
                  "description": "Lite: the app when the task has no account"},
 }
@@ -37,6 +40,10 @@ ACTIONS = (("like_probable", "like"), ("floow_probable", "feed_follow"),
 
 
 def validate(config):
+    if config["generate_by_chatgpt"]:
+        raise ValueError("generate_by_chatgpt", "Lite does not generate comments with "
+                         "ChatGPT (it calls no service outside your network and keeps no "
+                         "third-party keys): give comment templates in comment instead")
     if config["min_duration"] > config["max_duration"]:
         raise ValueError("min_duration", f"must not exceed max_duration "
                          f"({config['min_duration']} > {config['max_duration']})")
