@@ -136,6 +136,19 @@ def _adb_address(text: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def _key_file(text: str) -> str:
+    """The API key from a file (first line, spaces trimmed): it stays out of ``ps``."""
+    try:
+        with open(os.path.expanduser(text), encoding="utf-8") as stream:
+            key = stream.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {reason}") from None
+    if not key:
+        raise argparse.ArgumentTypeError(f"{text} is empty: write the API key in it")
+    return key
+
+
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
@@ -155,8 +168,13 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="adb server to use; repeat for several hosts. A local server is started when "
              f"none answers at {DEFAULT_ADB_SERVER} [TMLITE_ADB_SERVERS, comma list] "
              f"(default: {DEFAULT_ADB_SERVER})")
-    add("--api-key", help="when set, every request must send it as 'Authorization: Bearer "
-                          "KEY' or 'X-API-Key: KEY' [TMLITE_API_KEY]")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help="when set, every request must send it as "
+                     "'Authorization: Bearer KEY' or 'X-API-Key: KEY'; visible in ps, so "
+                     "prefer --api-key-file [TMLITE_API_KEY]")
+    key.add_argument("--api-key-file", type=_key_file, metavar="FILE",
+                     help="read the API key from the first line of FILE "
+                          "[TMLITE_API_KEY_FILE]")
     add("--allow-from", action="append", type=_network, metavar="CIDR",
         help="client network allowed; repeatable [TMLITE_ALLOW_FROM, comma list] "
              "(default: loopback and private ranges)")
@@ -173,6 +191,7 @@ _ENV_FLAGS = {
     "TMLITE_HOST": ("--host", False), "TMLITE_PORT": ("--port", False),
     "TMLITE_DB": ("--db", False), "TMLITE_SCRIPTS": ("--scripts", False),
     "TMLITE_ADB_SERVERS": ("--adb-server", True), "TMLITE_API_KEY": ("--api-key", False),
+    "TMLITE_API_KEY_FILE": ("--api-key-file", False),
     "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
     "TMLITE_LOG_LEVEL": ("--log-level", False),
 }
@@ -199,13 +218,15 @@ def parse_config(argv: Optional[Sequence[str]] = None,
     # scalar settings from the environment become the flags' defaults; the repeatable
     # ones are merged by hand, since argparse would append flags to a default list
     parser.set_defaults(**{k: v for k, v in vars(env_args).items()
-                           if k not in ("adb_servers", "allow_from")})
+                           if k not in ("adb_servers", "allow_from", "api_key", "api_key_file")})
     args = parser.parse_args(argv)
+    # a key given by flag (either form) wins over both key variables
+    api_key = args.api_key or args.api_key_file or env_args.api_key or env_args.api_key_file
     return Config(
         host=args.host, port=args.port, db=args.db.expanduser().resolve(),
         scripts=args.scripts.expanduser().resolve(),
         adb_servers=args.adb_servers or env_args.adb_servers or [DEFAULT_ADB_SERVER],
-        api_key=args.api_key or None,
+        api_key=api_key or None,
         allow_from=args.allow_from or env_args.allow_from or
         [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
         max_running=args.max_running, log_level=args.log_level)
