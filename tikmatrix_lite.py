@@ -22,6 +22,7 @@ import contextlib
 import datetime as _dt
 import hmac
 import importlib.util
+import itertools
 import ipaddress
 import json
 import logging
@@ -300,6 +301,14 @@ class Unavailable(LiteError):
     code = 50001
 
 
+class StorageFull(Unavailable):
+    """The sqlite file's disk is full: nothing of the request was written."""
+
+    def __init__(self):
+        super().__init__("database or disk is full: nothing was written; free space on "
+                         "the box's disk and try again")
+
+
 class Stopped(Exception):
     """Raised inside a script when its task is stopped by the user."""
 
@@ -558,6 +567,10 @@ class Store:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+            except sqlite3.OperationalError as exc:
+                if _is_disk_full(exc):
+                    raise StorageFull() from exc
+                raise
             finally:
                 self._local.write_depth = 0
 
@@ -852,6 +865,11 @@ class Store:
         with self.write() as conn:
             return conn.execute("DELETE FROM accounts WHERE username=?",
                                 (username,)).rowcount == 1
+
+
+def _is_disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL (13): the disk of the database or its journal ran out of space."""
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
 
 
 def _split_sql(script: str) -> List[str]:
@@ -1960,6 +1978,10 @@ class TaskContext:
         self._token.check()
 
 
+#: seconds between tries to write a task's end that a full disk refused
+UNWRITTEN_END_RETRY = (1, 2, 4, 8, 15, 30)
+
+
 @dataclass
 class RunningTask:
     task_id: int
@@ -1985,7 +2007,13 @@ class Runner:
         self.artifacts_dir = artifacts_dir
         self.on_finished = on_finished
         self.heartbeat = heartbeat
+        #: waits between tries to write task ends that a full disk refused
+        self.unwritten_retry = UNWRITTEN_END_RETRY
         self._active: Dict[str, RunningTask] = {}
+        #: task id -> (serial, finish() arguments) of ends not written yet (disk full)
+        self._unwritten: Dict[int, Tuple[str, Dict[str, Any]]] = {}
+        self._unwritten_writer: Optional[threading.Thread] = None
+        self._closing = threading.Event()
         self._lock = threading.Lock()
 
     def busy(self, serial: str) -> bool:
@@ -2043,6 +2071,7 @@ class Runner:
 
     def stop_all(self, wait: float = 5) -> None:
         """At shutdown: running tasks end as "interrupted by restart", like after a crash."""
+        self._closing.set()                  # unwritten ends: marked at the next start
         with self._lock:
             runnings = list(self._active.values())
         for running in runnings:
@@ -2060,8 +2089,9 @@ class Runner:
             # never leave the task running: the phone would take no task until a restart
             log.exception("task %s: the runner failed", running.task_id)
             with contextlib.suppress(Exception):
-                self.store.finish(running.task_id, ok=False, error="internal error (see "
-                                  "the server log)", allow_auto_retry=False)
+                self.write_end(running.task_id, running.serial, ok=False,
+                               error="internal error (see the server log)",
+                               allow_auto_retry=False)
         finally:
             running.done.set()
             with self._lock:
@@ -2121,17 +2151,58 @@ class Runner:
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
         if not error:
-            outcome = self.store.finish(task_id, ok=True, result=result)
-            context.log("completed")
+            outcome = self.write_end(task_id, serial, ok=True, result=result)
+            with contextlib.suppress(StorageFull):
+                context.log("completed")
         else:
             if save_artifacts:
                 self.save_artifacts(task_id, phone)
-            context.log(f"failed: {error}")
-            outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=may_retry
-                                        and token.reason in (None, "lost"))
+            with contextlib.suppress(StorageFull):
+                context.log(f"failed: {error}")
+            outcome = self.write_end(task_id, serial, ok=False, error=error[:2000],
+                                     allow_auto_retry=may_retry
+                                     and token.reason in (None, "lost"))
         log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
         return outcome
+
+    def write_end(self, task_id: int, serial: str, **outcome: Any) -> str:
+        """Store a task's end; if the disk is full, keep it and write it once space is
+        back, so the task does not stay running and its phone free for nothing."""
+        try:
+            return self.store.finish(task_id, **outcome)
+        except StorageFull:
+            log.error("task %s: its end cannot be written (database or disk is full); "
+                      "writing it as soon as space is freed", task_id)
+        with self._lock:
+            self._unwritten[task_id] = (serial, outcome)
+            if self._unwritten_writer is None:
+                self._unwritten_writer = threading.Thread(
+                    target=self._write_unwritten_ends, name="unwritten-ends", daemon=True)
+                self._unwritten_writer.start()
+        return "unwritten"
+
+    def _write_unwritten_ends(self) -> None:
+        """Try the ends a full disk refused, with backoff, until all are written."""
+        for attempt in itertools.count():
+            delays = self.unwritten_retry
+            if self._closing.wait(delays[min(attempt, len(delays) - 1)]):
+                return
+            with self._lock:
+                pending = list(self._unwritten.items())
+            for task_id, (serial, outcome) in pending:
+                try:
+                    ended = self.store.finish(task_id, **outcome)
+                except StorageFull:
+                    break
+                log.info("task %s on %s: %s (written after the disk had been full)",
+                         task_id, serial, ended)
+                with self._lock:
+                    del self._unwritten[task_id]
+                self.on_finished(serial)           # its phone can take tasks again
+            with self._lock:
+                if not self._unwritten:
+                    self._unwritten_writer = None
+                    return
 
     def save_artifacts(self, task_id: int, phone: Phone) -> None:
         """A failure keeps the screen and the last UI dump, to see what the script saw."""

@@ -136,3 +136,45 @@ def sim():
     """The simulated phones of a test module (each test adds the ones it needs)."""
     with PhoneSim() as phones:
         yield phones
+
+
+# -- a small disk -----------------------------------------------------------------------
+class SmallDisk:
+    """A tmpfs of a few hundred KiB: ``fill()`` takes all its free space with one file,
+    ``free()`` deletes it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> int:
+        written = 0
+        with open(self.filler, "ab", buffering=0) as stream:
+            try:
+                while True:
+                    written += stream.write(b"\0" * 4096)
+            except OSError:                     # ENOSPC: the disk is full
+                pass
+        return written
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root and mount): skipped with the reason where not allowed."""
+    import shutil
+    import subprocess
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command to make a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield SmallDisk(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
