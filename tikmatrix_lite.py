@@ -1324,9 +1324,12 @@ class DeviceManager:
             self._state[serial] = (state, link)
             self._unresponsive.discard(serial)
         log.info("device %s: %s -> %s (adb server %s)", serial, previous, state, link.address)
-        self.store.upsert_device(serial, state=state, adb_server=link.address,
-                                 connection=connection_type(serial),
-                                 last_seen=self.store.clock())
+        try:
+            self.store.upsert_device(serial, state=state, adb_server=link.address,
+                                     connection=connection_type(serial),
+                                     last_seen=self.store.clock())
+        except StorageFull:                    # the state in memory is what counts
+            log.warning("device %s: state %s not stored: the disk is full", serial, state)
         if state == "device":
             self.on_online(serial)             # its due tasks start now, not after getprop
             threading.Thread(target=self._identify, args=(serial,), daemon=True,
@@ -1369,7 +1372,8 @@ class DeviceManager:
                 return
             self._unresponsive.add(serial)
         log.warning("device %s is not answering; marking it offline", serial)
-        self.store.upsert_device(serial, state="offline")
+        with contextlib.suppress(StorageFull):
+            self.store.upsert_device(serial, state="offline")
         threading.Thread(target=self._await_recovery, args=(serial,), daemon=True,
                          name=f"recover-{serial}").start()
 
@@ -1384,7 +1388,9 @@ class DeviceManager:
                 with self._lock:
                     self._unresponsive.discard(serial)
                 log.info("device %s answers again", serial)
-                self.store.upsert_device(serial, state="device", last_seen=self.store.clock())
+                with contextlib.suppress(StorageFull):
+                    self.store.upsert_device(serial, state="device",
+                                             last_seen=self.store.clock())
                 self.on_online(serial)
                 return
 
