@@ -3172,17 +3172,89 @@ def create_app(config: Config, lite: Optional[Lite] = None):
 # Main ########################################################################
 ###############################################################################
 
+#: Connections open at once: room for the dashboard's event streams of many browsers.
+CONNECTION_LIMIT = 512
+#: Connections one client address may hold: an allowed one, and one outside --allow-from
+#: (which only ever gets 40301). Idle sockets of one host cannot shut others out.
+CONNECTIONS_PER_HOST = 64
+CONNECTIONS_PER_STRANGER = 4
+#: Seconds before an idle connection (no request in progress) is closed.
+IDLE_CONNECTION_TIMEOUT = 30
+
+
 def make_server(config: Config, lite: Lite):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
     try:
-        return waitress.server.create_server(
+        server = waitress.server.create_server(
             create_app(config, lite), host=config.host, port=config.port, threads=8,
             ident="TikMatrix-Lite", max_request_body_size=8 * MAX_BODY_BYTES,
-            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1)
+            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1,
+            connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_CONNECTION_TIMEOUT,
+            cleanup_interval=10)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
+    channel_class = _capped_channel_class(config.allow_from)
+    listeners = server.map.values() if isinstance(server, waitress.server.MultiSocketServer) \
+        else [server]                                 # one listener per address
+    for listener in listeners:
+        if isinstance(listener, waitress.server.BaseWSGIServer):
+            listener.channel_class = channel_class
+    return server
+
+
+def _capped_channel_class(allowed: Sequence[Any]):
+    """waitress's connection, refused at accept time when its host holds too many.
+
+    waitress counts every socket towards one limit, before any request is read, so a
+    host anywhere on the LAN could fill it with idle sockets and shut out the clients
+    that are allowed. Counting per host stops that where it starts.
+    """
+    from waitress.channel import HTTPChannel
+    open_per_host: Dict[str, int] = {}
+    lock = threading.Lock()
+
+    def cap_of(host: str) -> int:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+        except ValueError:
+            return CONNECTIONS_PER_STRANGER
+        known = any(address in net for net in allowed if net.version == address.version)
+        return CONNECTIONS_PER_HOST if known else CONNECTIONS_PER_STRANGER
+
+    class CappedChannel(HTTPChannel):
+        def __init__(self, server, sock, addr, adj, map=None):
+            self.counted_host = None
+            super().__init__(server, sock, addr, adj, map=map)
+
+        def del_channel(self, map=None):
+            with lock:
+                if self.counted_host is not None:
+                    open_per_host[self.counted_host] -= 1
+                    if not open_per_host[self.counted_host]:
+                        del open_per_host[self.counted_host]
+                    self.counted_host = None
+            super().del_channel(map)
+
+    def accept(server, sock, addr, adj, map=None):
+        host = addr[0] if isinstance(addr, tuple) else ""
+        with lock:
+            if open_per_host.get(host, 0) >= cap_of(host):
+                refused = True
+            else:
+                refused = False
+                open_per_host[host] = open_per_host.get(host, 0) + 1
+        if refused:
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        channel = CappedChannel(server, sock, addr, adj, map=map)
+        channel.counted_host = host
+        return channel
+
+    return accept
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
