@@ -30,6 +30,7 @@ import os
 import posixpath
 import random
 import re
+import select
 import shlex
 import socket
 import sqlite3
@@ -1091,6 +1092,12 @@ DEVICE_ANSWER_TIMEOUT = 5.0
 #: While a task runs, the phone is pinged this often; a silent phone fails the task.
 HEARTBEAT_INTERVAL = 3.0
 ADB_BACKOFF = (1, 2, 4, 8, 15, 30)
+#: adb 29 (Debian's, the Pi's) never tells track-devices that a TCP phone dropped or is
+#: unauthorized: while the tracker is silent, the device list is read this often.
+LISTING_CHECK_INTERVAL = 5.0
+#: Printed after every shell command: a stream that ends without it was cut short (adb 29
+#: just closes the streams of a phone that drops, as if its commands had finished).
+SHELL_END = "tmlite-end"
 
 
 #: Why a running task was cancelled -> the error it ends with.
@@ -1189,6 +1196,7 @@ class AdbServerLink:
         self.connected = threading.Event()
         self.devices: Dict[str, str] = {}            # serial -> adb state
         self.error = ""
+        self.listing_check_interval = LISTING_CHECK_INTERVAL
         self._socket: Optional[socket.socket] = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"adb-{address}",
@@ -1231,7 +1239,10 @@ class AdbServerLink:
                 with conn:
                     self._socket = conn.conn
                     while not self._stopping.is_set():
-                        self._report(conn.read_string_block())
+                        if self._tracker_speaks(conn.conn):
+                            self._report(conn.read_string_block())
+                        else:
+                            self._report(self._listing())
             except Exception as exc:
                 if not self._stopping.is_set():
                     log.warning("lost adb server %s: %s", self.address, exc)
@@ -1239,6 +1250,17 @@ class AdbServerLink:
                 self._socket = None
                 self.connected.clear()
                 self._report("")                    # every device of it is gone
+
+    def _tracker_speaks(self, sock: socket.socket) -> bool:
+        """Wait for the tracker; False when it stayed silent for a listing check."""
+        readable, _, _ = select.select([sock], [], [], self.listing_check_interval)
+        return bool(readable)
+
+    def _listing(self) -> str:
+        with self.client.make_connection(timeout=5) as conn:
+            conn.send_command("host:devices")
+            conn.check_okay()
+            return conn.read_string_block()
 
     def _open_tracker(self):
         conn = self.client.make_connection(timeout=5)
@@ -1430,8 +1452,15 @@ class DeviceManager:
 
     def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
             answer_timeout: float = DEVICE_ANSWER_TIMEOUT) -> bytes:
-        """Run a shell:/exec: service and return all it printed, within the timeout."""
+        """Run a shell:/exec: service and return all it printed, within the timeout.
+
+        A shell command's output must end with SHELL_END: one cut short by a lost phone
+        is DeviceLost, never a success with partial output.
+        """
         deadline = time.monotonic() + timeout
+        shell = service.startswith("shell:")
+        if shell:
+            service += "\necho " + SHELL_END
         chunks = []
         with self.open_service(serial, service, token, answer_timeout) as sock:
             while True:
@@ -1450,7 +1479,13 @@ class DeviceManager:
                     break
                 chunks.append(chunk)
         token.check()
-        return b"".join(chunks)
+        out = b"".join(chunks)
+        if not shell:
+            return out
+        end = out.rfind(SHELL_END.encode())
+        if end < 0 or out[end + len(SHELL_END):].strip():
+            raise DeviceLost(f"{DISCONNECTED} (the output of {service[6:46]!r} was cut short)")
+        return out[:end]
 
     def push(self, serial: str, source: Any, remote: str, *, token: CancelToken,
              mode: int = 0o644, timeout: float = 120) -> None:
@@ -1497,6 +1532,8 @@ class DeviceManager:
         png = self.run(serial, "exec:screencap -p", timeout=20, token=token or CancelToken())
         if not png.startswith(b"\x89PNG"):
             raise RuntimeError("the phone did not return a PNG screenshot")
+        if not png.rstrip().endswith(b"IEND\xaeB`\x82"):       # the stream was cut short
+            raise DeviceLost(f"{DISCONNECTED} (the screenshot was cut short)")
         return png
 
     # -- network phones ----------------------------------------------------------

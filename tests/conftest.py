@@ -18,6 +18,24 @@ ROOT = TESTS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import os  # noqa: E402
+
+
+def _test_adb() -> str:
+    """The adb binary of the whole suite: $TMLITE_TEST_ADB (CI runs the suite once with
+    Debian's /usr/bin/adb), else adbutils' bundled one, else the adb on the PATH."""
+    chosen = os.environ.get("TMLITE_TEST_ADB")
+    if chosen:
+        return chosen
+    import adbutils
+    bundled = Path(adbutils.__file__).parent / "binaries" / "adb"
+    return str(bundled) if bundled.is_file() else adbutils.adb_path()
+
+
+#: the private adb servers of the tests (phonesim's AdbServer reads $ADB) and the ones
+#: Lite starts itself (adbutils reads $ADBUTILS_ADB_PATH) run the same binary
+TEST_ADB = os.environ["ADB"] = os.environ["ADBUTILS_ADB_PATH"] = _test_adb()
+
 import tikmatrix_lite  # noqa: E402
 from farm import FakeClock  # noqa: E402  (a clock tests move by hand)
 from phonesim import AdbServer, PhoneSim  # noqa: E402
@@ -178,3 +196,13 @@ def small_disk(tmp_path):
         yield SmallDisk(folder)
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def pytest_report_header(config):
+    import subprocess
+    try:
+        version = subprocess.run([TEST_ADB, "version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[1]
+    except Exception as exc:                             # shown, not fatal
+        version = f"version unknown: {exc}"
+    return f"adb of the tests: {TEST_ADB} ({version})"

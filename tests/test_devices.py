@@ -100,3 +100,28 @@ def test_adb_server_restart(tmp_path, sim, monkeypatch):
             assert health["adb"]["servers"][0]["connected"] is True
         finally:
             farm.close()
+
+
+def test_a_command_cut_short_by_an_unplug_is_never_a_success(farm):
+    """adb 29 ends the stream of a dropped phone as if the command had finished: the
+    missing end marker must make it DeviceLost, under either adb."""
+    import threading
+    import tikmatrix_lite as tml
+    phone = farm.add_phone()
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(farm.lite.devices.run(phone.address, "shell:echo partial; sleep 60",
+                                                 timeout=90, token=tml.CancelToken()))
+        except Exception as exc:
+            outcome.append(exc)
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    phone.unplug()
+    worker.join(15)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], tml.DeviceLost), outcome
+    assert farm.lite.devices.run(farm.add_phone().address, "shell:echo whole", timeout=10,
+                                 token=tml.CancelToken()) == b"whole\n"
