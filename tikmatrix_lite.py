@@ -460,6 +460,11 @@ MIGRATIONS: List[str] = [
     );
     CREATE INDEX accounts_serial ON accounts (serial);
     """,
+    """
+    -- network and cloud phones connected through Lite, by the adb server used: they
+    -- are connected again whenever that server (re)starts
+    ALTER TABLE devices ADD COLUMN reconnect_via TEXT;
+    """,
 ]
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
@@ -829,6 +834,19 @@ class Store:
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
             " status=0) AS pending_count FROM devices d ORDER BY d.serial")
 
+    def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
+        """A phone connected with adb connect through Lite (None: disconnected by it)."""
+        with self.write() as conn:
+            if adb_server is not None:
+                conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen, connection)"
+                             " VALUES (?, ?, 'tcp')", (address, self.clock()))
+            conn.execute("UPDATE devices SET reconnect_via=? WHERE serial=?",
+                         (adb_server, address))
+
+    def connections_via(self, adb_server: str) -> List[str]:
+        return [r[0] for r in self.query(
+            "SELECT serial FROM devices WHERE reconnect_via=? ORDER BY serial", (adb_server,))]
+
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""
         with self.write() as conn:
@@ -1197,6 +1215,8 @@ class AdbServerLink:
         self.devices: Dict[str, str] = {}            # serial -> adb state
         self.error = ""
         self.listing_check_interval = LISTING_CHECK_INTERVAL
+        #: the adb server process Lite started on this address, stopped with Lite
+        self.own_server: Optional[Any] = None
         self._socket: Optional[socket.socket] = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"adb-{address}",
@@ -1213,6 +1233,20 @@ class AdbServerLink:
                 sock.shutdown(socket.SHUT_RDWR)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        self._stop_own_server()
+
+    def _stop_own_server(self) -> None:
+        """Stop the adb server Lite started, and no other: the one of this process."""
+        server, self.own_server = self.own_server, None
+        if server is None or server.poll() is not None:
+            return
+        log.info("stopping the adb server Lite started on %s", self.address)
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except Exception:
+            server.kill()
+            server.wait(timeout=5)
 
     def _watch(self) -> None:
         failures = 0                              # failed connects since the last success
@@ -1235,6 +1269,9 @@ class AdbServerLink:
             self.error = ""
             self.connected.set()
             log.info("watching devices of adb server %s", self.address)
+            session = threading.Event()            # set when this tracker is lost
+            threading.Thread(target=self._reconnect_phones, args=(session,), daemon=True,
+                             name=f"reconnect-{self.address}").start()
             try:
                 with conn:
                     self._socket = conn.conn
@@ -1247,9 +1284,30 @@ class AdbServerLink:
                 if not self._stopping.is_set():
                     log.warning("lost adb server %s: %s", self.address, exc)
             finally:
+                session.set()
                 self._socket = None
                 self.connected.clear()
                 self._report("")                    # every device of it is gone
+
+    def _reconnect_phones(self, session: threading.Event) -> None:
+        """adb connect again, with backoff, the network phones connected through Lite:
+        a restarted adb server (or one at start-up) knows none of them."""
+        for attempt in itertools.count():
+            remembered = self.manager.store.connections_via(self.address)
+            waiting = {a for a in remembered if self.devices.get(a) != "device"}
+            if not waiting or session.is_set() or self._stopping.is_set():
+                return
+            for address in sorted(waiting):
+                try:
+                    with self.client.make_connection(timeout=15) as conn:
+                        conn.send_command(f"host:connect:{address}")
+                        conn.check_okay()
+                        reply = conn.read_string_block().strip()
+                    log.info("reconnecting %s through %s: %s", address, self.address, reply)
+                except Exception as exc:
+                    log.info("reconnecting %s through %s failed: %s", address,
+                             self.address, exc)
+            session.wait(ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)])
 
     def _tracker_speaks(self, sock: socket.socket) -> bool:
         """Wait for the tracker; False when it stayed silent for a listing check."""
@@ -1274,15 +1332,21 @@ class AdbServerLink:
         return conn
 
     def _start_server(self) -> bool:
-        """Start a local adb server on this address, with the one adb binary we use."""
+        """Start a local adb server on this address, with the one adb binary we use.
+
+        It runs as Lite's child (``nodaemon``), in its own session so that a Ctrl-C
+        reaches Lite first, and Lite stops it when it exits.
+        """
         import subprocess
+        if self.own_server is not None and self.own_server.poll() is None:
+            return True                             # still starting: give it time
         try:
             import adbutils
             adb = adbutils.adb_path()
             log.info("no adb server answers at %s: starting one (%s)", self.address, adb)
-            subprocess.run([adb, "-P", str(self.port), "start-server"], timeout=30,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, check=True)
+            self.own_server = subprocess.Popen(
+                [adb, "-P", str(self.port), "nodaemon", "server"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             return True
         except Exception as exc:
             log.error("could not start an adb server on %s: %s", self.address, exc)
@@ -1538,20 +1602,29 @@ class DeviceManager:
 
     # -- network phones ----------------------------------------------------------
     def connect(self, address: str) -> str:
-        """adb connect through the first adb server that answers; returns adb's reply."""
-        return self._host_command(f"host:connect:{address}")
+        """adb connect through the first adb server that answers; returns adb's reply.
+
+        A phone connected is remembered, to be connected again when that adb server
+        restarts and when Lite starts.
+        """
+        link, reply = self._host_command(f"host:connect:{address}")
+        if "connected to" in reply:
+            self.store.remember_connection(address, link.address)
+        return reply
 
     def disconnect(self, address: str) -> str:
-        return self._host_command(f"host:disconnect:{address}")
+        link, reply = self._host_command(f"host:disconnect:{address}")
+        self.store.remember_connection(address, None)
+        return reply
 
-    def _host_command(self, command: str) -> str:
+    def _host_command(self, command: str) -> Tuple[AdbServerLink, str]:
         errors = []
         for link in self.links:
             try:
                 with link.client.make_connection(timeout=15) as conn:
                     conn.send_command(command)
                     conn.check_okay()
-                    return conn.read_string_block()
+                    return link, conn.read_string_block()
             except Exception as exc:
                 errors.append(f"{link.address}: {exc}")
         raise Unavailable("no adb server answers: " + "; ".join(errors))
