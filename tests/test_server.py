@@ -5,6 +5,7 @@ with an allow-list that names only some of them.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import socket
@@ -29,7 +30,10 @@ def serve(make_config, tmp_path):
                              allow_from=[ipaddress.ip_network(a) for a in allow])
         lite = tml.Lite(config, with_devices=False)
         server = tml.make_server(config, lite)
-        thread = threading.Thread(target=server.run, daemon=True)
+        def run():
+            with contextlib.suppress(OSError):      # select() on sockets closed below
+                server.run()
+        thread = threading.Thread(target=run, daemon=True)
         thread.start()
         started.append((server, thread, lite))
         return port
