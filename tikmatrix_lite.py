@@ -3339,6 +3339,21 @@ def _capped_channel_class(allowed: Sequence[Any]):
             self.counted_host = None
             super().__init__(server, sock, addr, adj, map=map)
 
+        def writable(self):
+            """Only when handle_write can send something. waitress says writable as soon
+            as a worker has put the first bytes of a response in the buffer, but sends
+            nothing (under send_bytes, or the buffer locked by the worker) until the
+            worker ends and pulls the trigger: meanwhile select() returned at once and
+            the main loop spun, taking the GIL from the workers (60x swings in
+            throughput on 2 cores)."""
+            if self.requests and not (self.will_close or self.close_when_flushed):
+                if self.total_outbufs_len < self.adj.send_bytes:
+                    return False
+                if not self.outbuf_lock.acquire(False):
+                    return False                    # the worker sends, then pulls the trigger
+                self.outbuf_lock.release()
+            return super().writable()
+
         def del_channel(self, map=None):
             with lock:
                 if self.counted_host is not None:

@@ -122,3 +122,57 @@ def test_a_stranger_is_still_told_it_is_not_allowed(serve):
     reply = conn.getresponse()
     assert reply.status == 403 and b"40301" in reply.read()
     conn.close()
+
+
+def test_the_main_loop_sleeps_while_a_worker_holds_the_output(monkeypatch):
+    """While a worker holds a connection's output lock with bytes to send (it is in
+    the middle of sending them), the main loop must wait, not spin: stock waitress
+    says the socket is writable, fails to take the lock and turns again at once, many
+    thousand times a second, taking the GIL from the worker it waits for."""
+    import time
+    import waitress.server
+    import waitress.wasyncore as wasyncore
+    turns = [0]
+    real_poll = wasyncore.poll
+
+    def counting_poll(*args, **kwargs):
+        turns[0] += 1
+        return real_poll(*args, **kwargs)
+    monkeypatch.setattr(wasyncore, "poll", counting_poll)
+    running, release = threading.Event(), threading.Event()
+
+    def app(environ, start_response):
+        running.set()
+        release.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+    server = waitress.server.create_server(app, host="127.0.0.1", port=0, threads=2,
+                                           asyncore_loop_timeout=1)
+    server.channel_class = tml._capped_channel_class([ipaddress.ip_network("127.0.0.0/8")])
+
+    def run():
+        with contextlib.suppress(OSError):
+            server.run()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        client = socket.create_connection(("127.0.0.1", server.effective_port), timeout=10)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert running.wait(10)
+        channel = next(c for c in list(server._map.values()) if hasattr(c, "outbuf_lock"))
+        with channel.outbuf_lock:                       # what a worker's send holds
+            channel.outbufs[-1].append(b"HTTP/1.1 200 OK\r\n")
+            channel.total_outbufs_len += 17
+            server.pull_trigger()       # any event on a busy server wakes the loop now
+            before = turns[0]
+            time.sleep(0.5)                             # the window observed, not a race
+            spun = turns[0] - before
+        server.pull_trigger()                           # as write_soon does after it
+        release.set()
+        assert spun <= 3, f"the main loop turned {spun} times in 0.5 s"
+        assert client.recv(100).startswith(b"HTTP/1.1 200 OK")     # then it is sent
+        client.close()
+    finally:
+        release.set()
+        server.close()
+        thread.join(5)
