@@ -1304,9 +1304,9 @@ class AdbServerLink:
                         conn.check_okay()
                         reply = conn.read_string_block().strip()
                     log.info("reconnecting %s through %s: %s", address, self.address, reply)
-                except Exception as exc:
-                    log.info("reconnecting %s through %s failed: %s", address,
-                             self.address, exc)
+                except Exception as exc:              # the first failure is enough news
+                    (log.info if attempt == 0 else log.debug)(
+                        "reconnecting %s through %s failed: %s", address, self.address, exc)
             session.wait(ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)])
 
     def _tracker_speaks(self, sock: socket.socket) -> bool:
@@ -3314,68 +3314,84 @@ def make_server(config: Config, lite: Lite):
     return server
 
 
+class _ConnectionsPerHost:
+    """Open connections counted per client address, each address with its cap."""
+
+    def __init__(self, allowed: Sequence[Any]):
+        self.allowed = list(allowed)
+        self._open: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def cap_of(self, host: str) -> int:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+        except ValueError:
+            return CONNECTIONS_PER_STRANGER
+        known = any(address in net for net in self.allowed if net.version == address.version)
+        return CONNECTIONS_PER_HOST if known else CONNECTIONS_PER_STRANGER
+
+    def take(self, host: str) -> bool:
+        """Count one more connection of the host; False if it holds its cap already."""
+        with self._lock:
+            if self._open.get(host, 0) >= self.cap_of(host):
+                return False
+            self._open[host] = self._open.get(host, 0) + 1
+            return True
+
+    def give_back(self, host: str) -> None:
+        with self._lock:
+            self._open[host] -= 1
+            if not self._open[host]:
+                del self._open[host]
+
+
 def _capped_channel_class(allowed: Sequence[Any]):
-    """waitress's connection, refused at accept time when its host holds too many.
+    """waitress's connection, refused at accept time when its host holds too many, and
+    writable only when the main loop can send.
 
     waitress counts every socket towards one limit, before any request is read, so a
     host anywhere on the LAN could fill it with idle sockets and shut out the clients
     that are allowed. Counting per host stops that where it starts.
     """
     from waitress.channel import HTTPChannel
-    open_per_host: Dict[str, int] = {}
-    lock = threading.Lock()
-
-    def cap_of(host: str) -> int:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-            address = getattr(address, "ipv4_mapped", None) or address
-        except ValueError:
-            return CONNECTIONS_PER_STRANGER
-        known = any(address in net for net in allowed if net.version == address.version)
-        return CONNECTIONS_PER_HOST if known else CONNECTIONS_PER_STRANGER
+    counts = _ConnectionsPerHost(allowed)
 
     class CappedChannel(HTTPChannel):
-        def __init__(self, server, sock, addr, adj, map=None):
-            self.counted_host = None
-            super().__init__(server, sock, addr, adj, map=map)
+        counted_host: Optional[str] = None
 
         def writable(self):
             """Only when handle_write can send something. waitress says writable as soon
-            as a worker has put the first bytes of a response in the buffer, but sends
-            nothing (under send_bytes, or the buffer locked by the worker) until the
-            worker ends and pulls the trigger: meanwhile select() returned at once and
-            the main loop spun, taking the GIL from the workers (60x swings in
-            throughput on 2 cores)."""
+            as a response has bytes in the buffer, but sends nothing while the worker
+            holds the buffer's lock (sending them itself) or while they are fewer than
+            send_bytes: select() then returned at once and the main loop spun, taking
+            the GIL from the workers (60x swings in throughput on 2 cores). The worker
+            pulls the trigger when it leaves bytes behind, and at the end of its task."""
             if self.requests and not (self.will_close or self.close_when_flushed):
                 if self.total_outbufs_len < self.adj.send_bytes:
                     return False
                 if not self.outbuf_lock.acquire(False):
-                    return False                    # the worker sends, then pulls the trigger
+                    return False
                 self.outbuf_lock.release()
             return super().writable()
 
         def del_channel(self, map=None):
-            with lock:
-                if self.counted_host is not None:
-                    open_per_host[self.counted_host] -= 1
-                    if not open_per_host[self.counted_host]:
-                        del open_per_host[self.counted_host]
-                    self.counted_host = None
+            host, self.counted_host = self.counted_host, None
+            if host is not None:
+                counts.give_back(host)
             super().del_channel(map)
 
     def accept(server, sock, addr, adj, map=None):
         host = addr[0] if isinstance(addr, tuple) else ""
-        with lock:
-            if open_per_host.get(host, 0) >= cap_of(host):
-                refused = True
-            else:
-                refused = False
-                open_per_host[host] = open_per_host.get(host, 0) + 1
-        if refused:
+        if not counts.take(host):
             with contextlib.suppress(OSError):
                 sock.close()
             return None
-        channel = CappedChannel(server, sock, addr, adj, map=map)
+        try:
+            channel = CappedChannel(server, sock, addr, adj, map=map)
+        except BaseException:
+            counts.give_back(host)
+            raise
         channel.counted_host = host
         return channel
 
