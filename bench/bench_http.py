@@ -12,7 +12,9 @@ connections for a few seconds, in turns, three rounds:
 - the baseline: ``GET /`` of the hello app, measured in every round.
 
 Prints requests/s per round, the median of the rounds with their spread (min and max as
-a percentage of the median), and each figure as a ratio to the hello of its round.
+a percentage of the median), each figure as a ratio to the hello of its round, and the
+server's CPU time per request (from /proc; a spinning main loop shows there, and it is
+less sensitive than requests/s to other load on the machine).
 Nothing is pinned: the figures must hold with the scheduler moving threads freely.
 
 Usage: python bench/bench_http.py [--seconds 5] [--rounds 3] [--connections 16]
@@ -76,15 +78,24 @@ def wait_answering(url: str, timeout: float = 30) -> None:
             time.sleep(0.05)
 
 
-def wrk(url: str, seconds: int, connections: int, script: str = None) -> float:
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, seconds: int, connections: int, script: str, pid: int):
+    """(requests/s, server CPU ms per request) of one wrk run."""
     args = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
     if script:
         args += ["-s", script]
+    cpu = cpu_seconds(pid)
     out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
         raise SystemExit(f"{url}: {errors[1]} error answers\n{out}")
-    return float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+    requests = int(re.search(r"(\d+) requests in", out)[1])
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1]), 1000 * cpu / requests
 
 
 def prepare_database(folder: Path) -> Path:
@@ -132,24 +143,27 @@ def main() -> None:
     try:
         wait_answering(targets["hello"][0])
         wait_answering(targets["stats"][0])
-        rounds = []
+        rounds, cpu_per_request = [], []
         for number in range(options.rounds):
-            figures = {name: wrk(url, options.seconds, options.connections, script)
-                       for name, (url, script) in targets.items()}
-            rounds.append(figures)
-            print(f"round {number + 1}: " + "  ".join(f"{n} {v:,.0f}/s"
-                                                      for n, v in figures.items()))
+            measured = {name: wrk(url, options.seconds, options.connections, script,
+                                  servers[name == "hello"].pid)
+                        for name, (url, script) in targets.items()}
+            rounds.append({name: m[0] for name, m in measured.items()})
+            cpu_per_request.append({name: m[1] for name, m in measured.items()})
+            print(f"round {number + 1}: " + "  ".join(
+                f"{n} {rate:,.0f}/s ({ms:.2f} CPU ms/req)" for n, (rate, ms) in measured.items()))
     finally:
         for server in servers:
             server.terminate()
             server.wait(20)
         shutil.rmtree(folder, ignore_errors=True)
-    report(rounds, options)
+    report(rounds, cpu_per_request, options)
 
 
-def report(rounds, options) -> None:
+def report(rounds, cpu_per_request, options) -> None:
     summary = {}
-    print(f"\n{'measure':8} {'median req/s':>13} {'spread':>16} {'ratio to hello':>16}")
+    print(f"\n{'measure':8} {'median req/s':>13} {'spread':>16} {'ratio to hello':>16}"
+          f" {'CPU ms/req':>11}")
     for name in rounds[0]:
         values = [r[name] for r in rounds]
         median = statistics.median(values)
@@ -158,9 +172,12 @@ def report(rounds, options) -> None:
                          "spread_pct": [round(100 * (min(values) / median - 1), 1),
                                         round(100 * (max(values) / median - 1), 1)],
                          "ratio_to_hello": round(statistics.median(ratios), 3),
-                         "ratios": [round(r, 3) for r in ratios]}
+                         "ratios": [round(r, 3) for r in ratios],
+                         "cpu_ms_per_request": round(statistics.median(
+                             c[name] for c in cpu_per_request), 3)}
         spread = "{:+.0f}% / {:+.0f}%".format(*summary[name]["spread_pct"])
-        print(f"{name:8} {median:13,.0f} {spread:>16} {summary[name]['ratio_to_hello']:16.2f}")
+        print(f"{name:8} {median:13,.0f} {spread:>16} {summary[name]['ratio_to_hello']:16.2f}"
+              f" {summary[name]['cpu_ms_per_request']:11.2f}")
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "http.json").write_text(json.dumps(

@@ -198,11 +198,12 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-def pytest_report_header(config):
+def pytest_terminal_summary(terminalreporter):
+    """Which adb the suite ran with, also under -q (CI runs the suite once per adb)."""
     import subprocess
     try:
         version = subprocess.run([TEST_ADB, "version"], capture_output=True, text=True,
                                  timeout=10).stdout.splitlines()[1]
     except Exception as exc:                             # shown, not fatal
         version = f"version unknown: {exc}"
-    return f"adb of the tests: {TEST_ADB} ({version})"
+    terminalreporter.write_line(f"adb of the tests: {TEST_ADB} ({version})")
