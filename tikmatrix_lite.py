@@ -22,6 +22,7 @@ import contextlib
 import datetime as _dt
 import hmac
 import importlib.util
+import itertools
 import ipaddress
 import json
 import logging
@@ -29,6 +30,7 @@ import os
 import posixpath
 import random
 import re
+import select
 import shlex
 import socket
 import sqlite3
@@ -136,6 +138,19 @@ def _adb_address(text: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def _key_file(text: str) -> str:
+    """The API key from a file (first line, spaces trimmed): it stays out of ``ps``."""
+    try:
+        with open(os.path.expanduser(text), encoding="utf-8") as stream:
+            key = stream.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {reason}") from None
+    if not key:
+        raise argparse.ArgumentTypeError(f"{text} is empty: write the API key in it")
+    return key
+
+
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
@@ -155,8 +170,13 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="adb server to use; repeat for several hosts. A local server is started when "
              f"none answers at {DEFAULT_ADB_SERVER} [TMLITE_ADB_SERVERS, comma list] "
              f"(default: {DEFAULT_ADB_SERVER})")
-    add("--api-key", help="when set, every request must send it as 'Authorization: Bearer "
-                          "KEY' or 'X-API-Key: KEY' [TMLITE_API_KEY]")
+    key = parser.add_mutually_exclusive_group()
+    key.add_argument("--api-key", help="when set, every request must send it as "
+                     "'Authorization: Bearer KEY' or 'X-API-Key: KEY'; visible in ps, so "
+                     "prefer --api-key-file [TMLITE_API_KEY]")
+    key.add_argument("--api-key-file", type=_key_file, metavar="FILE",
+                     help="read the API key from the first line of FILE "
+                          "[TMLITE_API_KEY_FILE]")
     add("--allow-from", action="append", type=_network, metavar="CIDR",
         help="client network allowed; repeatable [TMLITE_ALLOW_FROM, comma list] "
              "(default: loopback and private ranges)")
@@ -173,6 +193,7 @@ _ENV_FLAGS = {
     "TMLITE_HOST": ("--host", False), "TMLITE_PORT": ("--port", False),
     "TMLITE_DB": ("--db", False), "TMLITE_SCRIPTS": ("--scripts", False),
     "TMLITE_ADB_SERVERS": ("--adb-server", True), "TMLITE_API_KEY": ("--api-key", False),
+    "TMLITE_API_KEY_FILE": ("--api-key-file", False),
     "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
     "TMLITE_LOG_LEVEL": ("--log-level", False),
 }
@@ -199,13 +220,15 @@ def parse_config(argv: Optional[Sequence[str]] = None,
     # scalar settings from the environment become the flags' defaults; the repeatable
     # ones are merged by hand, since argparse would append flags to a default list
     parser.set_defaults(**{k: v for k, v in vars(env_args).items()
-                           if k not in ("adb_servers", "allow_from")})
+                           if k not in ("adb_servers", "allow_from", "api_key", "api_key_file")})
     args = parser.parse_args(argv)
+    # a key given by flag (either form) wins over both key variables
+    api_key = args.api_key or args.api_key_file or env_args.api_key or env_args.api_key_file
     return Config(
         host=args.host, port=args.port, db=args.db.expanduser().resolve(),
         scripts=args.scripts.expanduser().resolve(),
         adb_servers=args.adb_servers or env_args.adb_servers or [DEFAULT_ADB_SERVER],
-        api_key=args.api_key or None,
+        api_key=api_key or None,
         allow_from=args.allow_from or env_args.allow_from or
         [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
         max_running=args.max_running, log_level=args.log_level)
@@ -277,6 +300,14 @@ class Unavailable(LiteError):
     """50001 with a message the client may see (a missing device layer, a dead phone)."""
 
     code = 50001
+
+
+class StorageFull(Unavailable):
+    """The sqlite file's disk is full: nothing of the request was written."""
+
+    def __init__(self):
+        super().__init__("database or disk is full: nothing was written; free space on "
+                         "the box's disk and try again")
 
 
 class Stopped(Exception):
@@ -429,6 +460,11 @@ MIGRATIONS: List[str] = [
     );
     CREATE INDEX accounts_serial ON accounts (serial);
     """,
+    """
+    -- network and cloud phones connected through Lite, by the adb server used: they
+    -- are connected again whenever that server (re)starts
+    ALTER TABLE devices ADD COLUMN reconnect_via TEXT;
+    """,
 ]
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
@@ -537,6 +573,10 @@ class Store:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     raise
+            except sqlite3.OperationalError as exc:
+                if _is_disk_full(exc):
+                    raise StorageFull() from exc
+                raise
             finally:
                 self._local.write_depth = 0
 
@@ -794,6 +834,19 @@ class Store:
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
             " status=0) AS pending_count FROM devices d ORDER BY d.serial")
 
+    def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
+        """A phone connected with adb connect through Lite (None: disconnected by it)."""
+        with self.write() as conn:
+            if adb_server is not None:
+                conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen, connection)"
+                             " VALUES (?, ?, 'tcp')", (address, self.clock()))
+            conn.execute("UPDATE devices SET reconnect_via=? WHERE serial=?",
+                         (adb_server, address))
+
+    def connections_via(self, adb_server: str) -> List[str]:
+        return [r[0] for r in self.query(
+            "SELECT serial FROM devices WHERE reconnect_via=? ORDER BY serial", (adb_server,))]
+
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""
         with self.write() as conn:
@@ -831,6 +884,11 @@ class Store:
         with self.write() as conn:
             return conn.execute("DELETE FROM accounts WHERE username=?",
                                 (username,)).rowcount == 1
+
+
+def _is_disk_full(exc: sqlite3.Error) -> bool:
+    """SQLITE_FULL (13): the disk of the database or its journal ran out of space."""
+    return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
 
 
 def _split_sql(script: str) -> List[str]:
@@ -1052,6 +1110,12 @@ DEVICE_ANSWER_TIMEOUT = 5.0
 #: While a task runs, the phone is pinged this often; a silent phone fails the task.
 HEARTBEAT_INTERVAL = 3.0
 ADB_BACKOFF = (1, 2, 4, 8, 15, 30)
+#: adb 29 (Debian's, the Pi's) never tells track-devices that a TCP phone dropped or is
+#: unauthorized: while the tracker is silent, the device list is read this often.
+LISTING_CHECK_INTERVAL = 5.0
+#: Printed after every shell command: a stream that ends without it was cut short (adb 29
+#: just closes the streams of a phone that drops, as if its commands had finished).
+SHELL_END = "tmlite-end"
 
 
 #: Why a running task was cancelled -> the error it ends with.
@@ -1150,6 +1214,9 @@ class AdbServerLink:
         self.connected = threading.Event()
         self.devices: Dict[str, str] = {}            # serial -> adb state
         self.error = ""
+        self.listing_check_interval = LISTING_CHECK_INTERVAL
+        #: the adb server process Lite started on this address, stopped with Lite
+        self.own_server: Optional[Any] = None
         self._socket: Optional[socket.socket] = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._watch, name=f"adb-{address}",
@@ -1166,6 +1233,20 @@ class AdbServerLink:
                 sock.shutdown(socket.SHUT_RDWR)
         if self._thread.is_alive():
             self._thread.join(timeout=5)
+        self._stop_own_server()
+
+    def _stop_own_server(self) -> None:
+        """Stop the adb server Lite started, and no other: the one of this process."""
+        server, self.own_server = self.own_server, None
+        if server is None or server.poll() is not None:
+            return
+        log.info("stopping the adb server Lite started on %s", self.address)
+        server.terminate()
+        try:
+            server.wait(timeout=5)
+        except Exception:
+            server.kill()
+            server.wait(timeout=5)
 
     def _watch(self) -> None:
         failures = 0                              # failed connects since the last success
@@ -1188,18 +1269,56 @@ class AdbServerLink:
             self.error = ""
             self.connected.set()
             log.info("watching devices of adb server %s", self.address)
+            session = threading.Event()            # set when this tracker is lost
+            threading.Thread(target=self._reconnect_phones, args=(session,), daemon=True,
+                             name=f"reconnect-{self.address}").start()
             try:
                 with conn:
                     self._socket = conn.conn
                     while not self._stopping.is_set():
-                        self._report(conn.read_string_block())
+                        if self._tracker_speaks(conn.conn):
+                            self._report(conn.read_string_block())
+                        else:
+                            self._report(self._listing())
             except Exception as exc:
                 if not self._stopping.is_set():
                     log.warning("lost adb server %s: %s", self.address, exc)
             finally:
+                session.set()
                 self._socket = None
                 self.connected.clear()
                 self._report("")                    # every device of it is gone
+
+    def _reconnect_phones(self, session: threading.Event) -> None:
+        """adb connect again, with backoff, the network phones connected through Lite:
+        a restarted adb server (or one at start-up) knows none of them."""
+        for attempt in itertools.count():
+            remembered = self.manager.store.connections_via(self.address)
+            waiting = {a for a in remembered if self.devices.get(a) != "device"}
+            if not waiting or session.is_set() or self._stopping.is_set():
+                return
+            for address in sorted(waiting):
+                try:
+                    with self.client.make_connection(timeout=15) as conn:
+                        conn.send_command(f"host:connect:{address}")
+                        conn.check_okay()
+                        reply = conn.read_string_block().strip()
+                    log.info("reconnecting %s through %s: %s", address, self.address, reply)
+                except Exception as exc:              # the first failure is enough news
+                    (log.info if attempt == 0 else log.debug)(
+                        "reconnecting %s through %s failed: %s", address, self.address, exc)
+            session.wait(ADB_BACKOFF[min(attempt, len(ADB_BACKOFF) - 1)])
+
+    def _tracker_speaks(self, sock: socket.socket) -> bool:
+        """Wait for the tracker; False when it stayed silent for a listing check."""
+        readable, _, _ = select.select([sock], [], [], self.listing_check_interval)
+        return bool(readable)
+
+    def _listing(self) -> str:
+        with self.client.make_connection(timeout=5) as conn:
+            conn.send_command("host:devices")
+            conn.check_okay()
+            return conn.read_string_block()
 
     def _open_tracker(self):
         conn = self.client.make_connection(timeout=5)
@@ -1213,15 +1332,21 @@ class AdbServerLink:
         return conn
 
     def _start_server(self) -> bool:
-        """Start a local adb server on this address, with the one adb binary we use."""
+        """Start a local adb server on this address, with the one adb binary we use.
+
+        It runs as Lite's child (``nodaemon``), in its own session so that a Ctrl-C
+        reaches Lite first, and Lite stops it when it exits.
+        """
         import subprocess
+        if self.own_server is not None and self.own_server.poll() is None:
+            return True                             # still starting: give it time
         try:
             import adbutils
             adb = adbutils.adb_path()
             log.info("no adb server answers at %s: starting one (%s)", self.address, adb)
-            subprocess.run([adb, "-P", str(self.port), "start-server"], timeout=30,
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, check=True)
+            self.own_server = subprocess.Popen(
+                [adb, "-P", str(self.port), "nodaemon", "server"], stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
             return True
         except Exception as exc:
             log.error("could not start an adb server on %s: %s", self.address, exc)
@@ -1285,9 +1410,12 @@ class DeviceManager:
             self._state[serial] = (state, link)
             self._unresponsive.discard(serial)
         log.info("device %s: %s -> %s (adb server %s)", serial, previous, state, link.address)
-        self.store.upsert_device(serial, state=state, adb_server=link.address,
-                                 connection=connection_type(serial),
-                                 last_seen=self.store.clock())
+        try:
+            self.store.upsert_device(serial, state=state, adb_server=link.address,
+                                     connection=connection_type(serial),
+                                     last_seen=self.store.clock())
+        except StorageFull:                    # the state in memory is what counts
+            log.warning("device %s: state %s not stored: the disk is full", serial, state)
         if state == "device":
             self.on_online(serial)             # its due tasks start now, not after getprop
             threading.Thread(target=self._identify, args=(serial,), daemon=True,
@@ -1330,7 +1458,8 @@ class DeviceManager:
                 return
             self._unresponsive.add(serial)
         log.warning("device %s is not answering; marking it offline", serial)
-        self.store.upsert_device(serial, state="offline")
+        with contextlib.suppress(StorageFull):
+            self.store.upsert_device(serial, state="offline")
         threading.Thread(target=self._await_recovery, args=(serial,), daemon=True,
                          name=f"recover-{serial}").start()
 
@@ -1345,7 +1474,9 @@ class DeviceManager:
                 with self._lock:
                     self._unresponsive.discard(serial)
                 log.info("device %s answers again", serial)
-                self.store.upsert_device(serial, state="device", last_seen=self.store.clock())
+                with contextlib.suppress(StorageFull):
+                    self.store.upsert_device(serial, state="device",
+                                             last_seen=self.store.clock())
                 self.on_online(serial)
                 return
 
@@ -1385,8 +1516,15 @@ class DeviceManager:
 
     def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
             answer_timeout: float = DEVICE_ANSWER_TIMEOUT) -> bytes:
-        """Run a shell:/exec: service and return all it printed, within the timeout."""
+        """Run a shell:/exec: service and return all it printed, within the timeout.
+
+        A shell command's output must end with SHELL_END: one cut short by a lost phone
+        is DeviceLost, never a success with partial output.
+        """
         deadline = time.monotonic() + timeout
+        shell = service.startswith("shell:")
+        if shell:
+            service += "\necho " + SHELL_END
         chunks = []
         with self.open_service(serial, service, token, answer_timeout) as sock:
             while True:
@@ -1405,7 +1543,13 @@ class DeviceManager:
                     break
                 chunks.append(chunk)
         token.check()
-        return b"".join(chunks)
+        out = b"".join(chunks)
+        if not shell:
+            return out
+        end = out.rfind(SHELL_END.encode())
+        if end < 0 or out[end + len(SHELL_END):].strip():
+            raise DeviceLost(f"{DISCONNECTED} (the output of {service[6:46]!r} was cut short)")
+        return out[:end]
 
     def push(self, serial: str, source: Any, remote: str, *, token: CancelToken,
              mode: int = 0o644, timeout: float = 120) -> None:
@@ -1452,24 +1596,35 @@ class DeviceManager:
         png = self.run(serial, "exec:screencap -p", timeout=20, token=token or CancelToken())
         if not png.startswith(b"\x89PNG"):
             raise RuntimeError("the phone did not return a PNG screenshot")
+        if not png.rstrip().endswith(b"IEND\xaeB`\x82"):       # the stream was cut short
+            raise DeviceLost(f"{DISCONNECTED} (the screenshot was cut short)")
         return png
 
     # -- network phones ----------------------------------------------------------
     def connect(self, address: str) -> str:
-        """adb connect through the first adb server that answers; returns adb's reply."""
-        return self._host_command(f"host:connect:{address}")
+        """adb connect through the first adb server that answers; returns adb's reply.
+
+        A phone connected is remembered, to be connected again when that adb server
+        restarts and when Lite starts.
+        """
+        link, reply = self._host_command(f"host:connect:{address}")
+        if "connected to" in reply:
+            self.store.remember_connection(address, link.address)
+        return reply
 
     def disconnect(self, address: str) -> str:
-        return self._host_command(f"host:disconnect:{address}")
+        link, reply = self._host_command(f"host:disconnect:{address}")
+        self.store.remember_connection(address, None)
+        return reply
 
-    def _host_command(self, command: str) -> str:
+    def _host_command(self, command: str) -> Tuple[AdbServerLink, str]:
         errors = []
         for link in self.links:
             try:
                 with link.client.make_connection(timeout=15) as conn:
                     conn.send_command(command)
                     conn.check_okay()
-                    return conn.read_string_block()
+                    return link, conn.read_string_block()
             except Exception as exc:
                 errors.append(f"{link.address}: {exc}")
         raise Unavailable("no adb server answers: " + "; ".join(errors))
@@ -1939,6 +2094,10 @@ class TaskContext:
         self._token.check()
 
 
+#: seconds between tries to write a task's end that a full disk refused
+UNWRITTEN_END_RETRY = (1, 2, 4, 8, 15, 30)
+
+
 @dataclass
 class RunningTask:
     task_id: int
@@ -1964,7 +2123,13 @@ class Runner:
         self.artifacts_dir = artifacts_dir
         self.on_finished = on_finished
         self.heartbeat = heartbeat
+        #: waits between tries to write task ends that a full disk refused
+        self.unwritten_retry = UNWRITTEN_END_RETRY
         self._active: Dict[str, RunningTask] = {}
+        #: task id -> (serial, finish() arguments) of ends not written yet (disk full)
+        self._unwritten: Dict[int, Tuple[str, Dict[str, Any]]] = {}
+        self._unwritten_writer: Optional[threading.Thread] = None
+        self._closing = threading.Event()
         self._lock = threading.Lock()
 
     def busy(self, serial: str) -> bool:
@@ -2022,6 +2187,7 @@ class Runner:
 
     def stop_all(self, wait: float = 5) -> None:
         """At shutdown: running tasks end as "interrupted by restart", like after a crash."""
+        self._closing.set()                  # unwritten ends: marked at the next start
         with self._lock:
             runnings = list(self._active.values())
         for running in runnings:
@@ -2039,8 +2205,9 @@ class Runner:
             # never leave the task running: the phone would take no task until a restart
             log.exception("task %s: the runner failed", running.task_id)
             with contextlib.suppress(Exception):
-                self.store.finish(running.task_id, ok=False, error="internal error (see "
-                                  "the server log)", allow_auto_retry=False)
+                self.write_end(running.task_id, running.serial, ok=False,
+                               error="internal error (see the server log)",
+                               allow_auto_retry=False)
         finally:
             running.done.set()
             with self._lock:
@@ -2100,17 +2267,58 @@ class Runner:
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
         if not error:
-            outcome = self.store.finish(task_id, ok=True, result=result)
-            context.log("completed")
+            outcome = self.write_end(task_id, serial, ok=True, result=result)
+            with contextlib.suppress(StorageFull):
+                context.log("completed")
         else:
             if save_artifacts:
                 self.save_artifacts(task_id, phone)
-            context.log(f"failed: {error}")
-            outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=may_retry
-                                        and token.reason in (None, "lost"))
+            with contextlib.suppress(StorageFull):
+                context.log(f"failed: {error}")
+            outcome = self.write_end(task_id, serial, ok=False, error=error[:2000],
+                                     allow_auto_retry=may_retry
+                                     and token.reason in (None, "lost"))
         log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
         return outcome
+
+    def write_end(self, task_id: int, serial: str, **outcome: Any) -> str:
+        """Store a task's end; if the disk is full, keep it and write it once space is
+        back, so the task does not stay running and its phone free for nothing."""
+        try:
+            return self.store.finish(task_id, **outcome)
+        except StorageFull:
+            log.error("task %s: its end cannot be written (database or disk is full); "
+                      "writing it as soon as space is freed", task_id)
+        with self._lock:
+            self._unwritten[task_id] = (serial, outcome)
+            if self._unwritten_writer is None:
+                self._unwritten_writer = threading.Thread(
+                    target=self._write_unwritten_ends, name="unwritten-ends", daemon=True)
+                self._unwritten_writer.start()
+        return "unwritten"
+
+    def _write_unwritten_ends(self) -> None:
+        """Try the ends a full disk refused, with backoff, until all are written."""
+        for attempt in itertools.count():
+            delays = self.unwritten_retry
+            if self._closing.wait(delays[min(attempt, len(delays) - 1)]):
+                return
+            with self._lock:
+                pending = list(self._unwritten.items())
+            for task_id, (serial, outcome) in pending:
+                try:
+                    ended = self.store.finish(task_id, **outcome)
+                except StorageFull:
+                    break
+                log.info("task %s on %s: %s (written after the disk had been full)",
+                         task_id, serial, ended)
+                with self._lock:
+                    del self._unwritten[task_id]
+                self.on_finished(serial)           # its phone can take tasks again
+            with self._lock:
+                if not self._unwritten:
+                    self._unwritten_writer = None
+                    return
 
     def save_artifacts(self, task_id: int, phone: Phone) -> None:
         """A failure keeps the screen and the last UI dump, to see what the script saw."""
@@ -3074,17 +3282,120 @@ def create_app(config: Config, lite: Optional[Lite] = None):
 # Main ########################################################################
 ###############################################################################
 
+#: Connections open at once: room for the dashboard's event streams of many browsers.
+CONNECTION_LIMIT = 512
+#: Connections one client address may hold: an allowed one, and one outside --allow-from
+#: (which only ever gets 40301). Idle sockets of one host cannot shut others out.
+CONNECTIONS_PER_HOST = 64
+CONNECTIONS_PER_STRANGER = 4
+#: Seconds before an idle connection (no request in progress) is closed.
+IDLE_CONNECTION_TIMEOUT = 30
+
+
 def make_server(config: Config, lite: Lite):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
     try:
-        return waitress.server.create_server(
+        server = waitress.server.create_server(
             create_app(config, lite), host=config.host, port=config.port, threads=8,
             ident="TikMatrix-Lite", max_request_body_size=8 * MAX_BODY_BYTES,
-            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1)
+            clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1,
+            connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_CONNECTION_TIMEOUT,
+            cleanup_interval=10)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
+    channel_class = _capped_channel_class(config.allow_from)
+    listeners = server.map.values() if isinstance(server, waitress.server.MultiSocketServer) \
+        else [server]                                 # one listener per address
+    for listener in listeners:
+        if isinstance(listener, waitress.server.BaseWSGIServer):
+            listener.channel_class = channel_class
+    return server
+
+
+class _ConnectionsPerHost:
+    """Open connections counted per client address, each address with its cap."""
+
+    def __init__(self, allowed: Sequence[Any]):
+        self.allowed = list(allowed)
+        self._open: Dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def cap_of(self, host: str) -> int:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+        except ValueError:
+            return CONNECTIONS_PER_STRANGER
+        known = any(address in net for net in self.allowed if net.version == address.version)
+        return CONNECTIONS_PER_HOST if known else CONNECTIONS_PER_STRANGER
+
+    def take(self, host: str) -> bool:
+        """Count one more connection of the host; False if it holds its cap already."""
+        with self._lock:
+            if self._open.get(host, 0) >= self.cap_of(host):
+                return False
+            self._open[host] = self._open.get(host, 0) + 1
+            return True
+
+    def give_back(self, host: str) -> None:
+        with self._lock:
+            self._open[host] -= 1
+            if not self._open[host]:
+                del self._open[host]
+
+
+def _capped_channel_class(allowed: Sequence[Any]):
+    """waitress's connection, refused at accept time when its host holds too many, and
+    writable only when the main loop can send.
+
+    waitress counts every socket towards one limit, before any request is read, so a
+    host anywhere on the LAN could fill it with idle sockets and shut out the clients
+    that are allowed. Counting per host stops that where it starts.
+    """
+    from waitress.channel import HTTPChannel
+    counts = _ConnectionsPerHost(allowed)
+
+    class CappedChannel(HTTPChannel):
+        counted_host: Optional[str] = None
+
+        def writable(self):
+            """Only when handle_write can send something. waitress says writable as soon
+            as a response has bytes in the buffer, but sends nothing while the worker
+            holds the buffer's lock (sending them itself) or while they are fewer than
+            send_bytes: select() then returned at once and the main loop spun, taking
+            the GIL from the workers (60x swings in throughput on 2 cores). The worker
+            pulls the trigger when it leaves bytes behind, and at the end of its task."""
+            if self.requests and not (self.will_close or self.close_when_flushed):
+                if self.total_outbufs_len < self.adj.send_bytes:
+                    return False
+                if not self.outbuf_lock.acquire(False):
+                    return False
+                self.outbuf_lock.release()
+            return super().writable()
+
+        def del_channel(self, map=None):
+            host, self.counted_host = self.counted_host, None
+            if host is not None:
+                counts.give_back(host)
+            super().del_channel(map)
+
+    def accept(server, sock, addr, adj, map=None):
+        host = addr[0] if isinstance(addr, tuple) else ""
+        if not counts.take(host):
+            with contextlib.suppress(OSError):
+                sock.close()
+            return None
+        try:
+            channel = CappedChannel(server, sock, addr, adj, map=map)
+        except BaseException:
+            counts.give_back(host)
+            raise
+        channel.counted_host = host
+        return channel
+
+    return accept
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -18,6 +18,24 @@ ROOT = TESTS.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import os  # noqa: E402
+
+
+def _test_adb() -> str:
+    """The adb binary of the whole suite: $TMLITE_TEST_ADB (CI runs the suite once with
+    Debian's /usr/bin/adb), else adbutils' bundled one, else the adb on the PATH."""
+    chosen = os.environ.get("TMLITE_TEST_ADB")
+    if chosen:
+        return chosen
+    import adbutils
+    bundled = Path(adbutils.__file__).parent / "binaries" / "adb"
+    return str(bundled) if bundled.is_file() else adbutils.adb_path()
+
+
+#: the private adb servers of the tests (phonesim's AdbServer reads $ADB) and the ones
+#: Lite starts itself (adbutils reads $ADBUTILS_ADB_PATH) run the same binary
+TEST_ADB = os.environ["ADB"] = os.environ["ADBUTILS_ADB_PATH"] = _test_adb()
+
 import tikmatrix_lite  # noqa: E402
 from farm import FakeClock  # noqa: E402  (a clock tests move by hand)
 from phonesim import AdbServer, PhoneSim  # noqa: E402
@@ -136,3 +154,56 @@ def sim():
     """The simulated phones of a test module (each test adds the ones it needs)."""
     with PhoneSim() as phones:
         yield phones
+
+
+# -- a small disk -----------------------------------------------------------------------
+class SmallDisk:
+    """A tmpfs of a few hundred KiB: ``fill()`` takes all its free space with one file,
+    ``free()`` deletes it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.filler = path / "filler"
+
+    def fill(self) -> int:
+        written = 0
+        with open(self.filler, "ab", buffering=0) as stream:
+            try:
+                while True:
+                    written += stream.write(b"\0" * 4096)
+            except OSError:                     # ENOSPC: the disk is full
+                pass
+        return written
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 512 KiB tmpfs (needs root and mount): skipped with the reason where not allowed."""
+    import shutil
+    import subprocess
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    if not shutil.which("mount"):
+        pytest.skip("no mount command to make a small tmpfs")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {done.stderr.strip()}")
+    try:
+        yield SmallDisk(folder)
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Which adb the suite ran with, also under -q (CI runs the suite once per adb)."""
+    import subprocess
+    try:
+        version = subprocess.run([TEST_ADB, "version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[1]
+    except Exception as exc:                             # shown, not fatal
+        version = f"version unknown: {exc}"
+    terminalreporter.write_line(f"adb of the tests: {TEST_ADB} ({version})")

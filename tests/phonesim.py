@@ -1522,10 +1522,12 @@ class SimDevice:
 
     def commands(self, program: str = None) -> list:
         """argv lists received, optionally only those running ``program``; adbutils'
-        own ``echo X4EXIT:N`` exit-code probes are left out."""
+        own ``echo X4EXIT:N`` exit-code probes and TikMatrix Lite's ``echo tmlite-end``
+        end-of-output markers are left out."""
         return [r.argv for r in self.command_log
                 if (program is None or r.argv[0] == program)
-                and not (r.argv[0] == "echo" and r.argv[-1].startswith("X4EXIT:"))]
+                and not (r.argv[0] == "echo" and (r.argv[-1].startswith("X4EXIT:")
+                                                  or r.argv[1:] == ["tmlite-end"]))]
 
     def clear_log(self) -> None:
         with self._log_cond:

@@ -20,9 +20,10 @@ from conftest import ROOT
 
 PROGRAM = ROOT / "tikmatrix_lite.py"
 FLAGS = ("--host", "--port", "--db", "--scripts", "--adb-server", "--api-key",
-         "--allow-from", "--max-running", "--log-level")
+         "--api-key-file", "--allow-from", "--max-running", "--log-level")
 ENV_VARS = ("TMLITE_HOST", "TMLITE_PORT", "TMLITE_DB", "TMLITE_SCRIPTS",
-            "TMLITE_ADB_SERVERS", "TMLITE_API_KEY", "TMLITE_ALLOW_FROM",
+            "TMLITE_ADB_SERVERS", "TMLITE_API_KEY", "TMLITE_API_KEY_FILE",
+            "TMLITE_ALLOW_FROM",
             "TMLITE_MAX_RUNNING", "TMLITE_LOG_LEVEL")
 DEFAULT_NETS = [ipaddress.ip_network(n) for n in tml.DEFAULT_ALLOW_FROM]
 
@@ -122,6 +123,36 @@ def test_comma_lists_skip_blank_items():
                                            "TMLITE_ALLOW_FROM": "10.1.0.0/16, ,::1"})
     assert config.adb_servers == ["a.local:5037", "b:1"]
     assert config.allow_from == nets("10.1.0.0/16", "::1/128")
+
+
+# -- the API key from a file ----------------------------------------------------------
+def test_api_key_file_gives_its_first_line(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("  s3cret-from-file \nsecond line ignored\n")
+    assert tml.parse_config(["--api-key-file", str(key_file)], environ={}).api_key == \
+        "s3cret-from-file"
+    assert tml.parse_config([], environ={"TMLITE_API_KEY_FILE": str(key_file)}).api_key == \
+        "s3cret-from-file"
+
+
+def test_a_key_flag_of_either_form_wins_over_both_key_variables(tmp_path):
+    env_file, flag_file = tmp_path / "env-key", tmp_path / "flag-key"
+    env_file.write_text("envfilekey\n")
+    flag_file.write_text("flagfilekey\n")
+    environ = {"TMLITE_API_KEY_FILE": str(env_file)}
+    assert tml.parse_config(["--api-key", "flagkey"], environ=environ).api_key == "flagkey"
+    environ = {"TMLITE_API_KEY": "envkey"}
+    assert tml.parse_config(["--api-key-file", str(flag_file)],
+                            environ=environ).api_key == "flagfilekey"
+
+
+def test_api_key_and_api_key_file_together_are_refused(tmp_path, capsys):
+    key_file = tmp_path / "key"
+    key_file.write_text("k\n")
+    with pytest.raises(SystemExit) as exc:
+        tml.parse_config(["--api-key", "a", "--api-key-file", str(key_file)], environ={})
+    assert exc.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
 
 
 def test_host_only_network_and_non_strict_cidr():
@@ -261,6 +292,40 @@ def test_bad_environment_as_a_program(run_program, tmp_path, fake_adb):
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("problem, expected", [
+    ("missing", "No such file or directory"), ("a-folder", "Is a directory"),
+    ("empty", "is empty"), ("blank-line", "is empty"), ("not-text", "cannot read"),
+])
+def test_bad_api_key_file_is_one_line(run_program, tmp_path, fake_adb, problem, expected):
+    key_file = tmp_path / "key"
+    if problem == "a-folder":
+        key_file.mkdir()
+    elif problem == "empty":
+        key_file.write_text("")
+    elif problem == "blank-line":
+        key_file.write_text("   \nkey on the second line\n")
+    elif problem == "not-text":
+        key_file.write_bytes(b"\xff\xfe\x00key")
+    result = run_program("--api-key-file", key_file)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "--api-key-file" in result.stderr and str(key_file) in result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+    assert not fake_adb[1].exists()
+
+
+def test_bad_api_key_file_from_the_environment_is_one_line(tmp_path, fake_adb):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMLITE_")}
+    env.update(ADBUTILS_ADB_PATH=str(fake_adb[0]),
+               TMLITE_API_KEY_FILE=str(tmp_path / "missing-key"))
+    result = subprocess.run([sys.executable, str(PROGRAM)], cwd=str(tmp_path), env=env,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [l for l in result.stderr.splitlines()
+                                          if "TMLITE_API_KEY_FILE" in l
+                                          and "missing-key" in l], result.stderr
 
 
 @pytest.mark.parametrize("where", ["parent-is-a-file", "proc"])

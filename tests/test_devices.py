@@ -1,5 +1,7 @@
 """The device layer: phones tracked through a real adb server, adb connect through the
 API, live screenshots, unauthorized phones, and an adb server that goes away."""
+import time
+
 import pytest
 
 from farm import Farm, wait_until
@@ -79,24 +81,90 @@ def test_unauthorized_phone_is_shown_and_gets_no_task(farm):
     assert farm.wait_status(task, 2, timeout=20)["status"] == 2
 
 
-def test_adb_server_restart(tmp_path, sim, monkeypatch):
+def adb_answers(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_adb_server_restart_reconnects_network_phones(tmp_path, sim, monkeypatch):
+    """A phone connected through Lite is connected again, without any call, when the adb
+    server restarts; the adb server Lite started is stopped when Lite closes."""
     monkeypatch.setenv("HOME", str(tmp_path))           # keys of the adb Lite starts
     with AdbServer() as adb:
         farm = Farm(tmp_path, adb, sim).start()
         try:
-            phone = farm.add_phone()
+            phone = farm.sim.add_device(model="Cloud Phone")
+            reply = farm.http.post_json("/api/v1/device/connect", {"address": phone.address})
+            assert reply.json["code"] == 0
+            wait_until(lambda: farm.lite.devices.is_online(phone.address), 15, "online")
+            killed = time.monotonic()
             adb.kill()                                  # the adb server dies
             wait_until(lambda: device_row(farm, phone.address)["state"] == "disconnected",
                        10, "phone gone with its adb server")
-            # Lite starts a local adb server on the address it owns; TCP phones must be
-            # connected again on the new server
-            wait_until(lambda: farm.lite.devices.links[0].connected.is_set(), 30,
-                       "Lite back on an adb server")
-            farm.http.post_json("/api/v1/device/connect", {"address": phone.address})
-            wait_until(lambda: farm.lite.devices.is_online(phone.address), 15, "online again")
+            # Lite starts a local adb server on the address it owns and connects the
+            # phone again by itself
+            wait_until(lambda: farm.lite.devices.is_online(phone.address), 30,
+                       "online again without a call to /device/connect")
+            print(f"time to reconnect after the adb server died: "
+                  f"{time.monotonic() - killed:.2f} s")
+            own = farm.lite.devices.links[0].own_server
+            assert own is not None and own.poll() is None
             task = farm.create([phone.address], "say", {"word": "again"})[0]
             assert farm.wait_status(task, 2)["result"] == {"said": "said again"}
             health = farm.http.get("/api/v1/health").json["data"]
             assert health["adb"]["servers"][0]["connected"] is True
         finally:
             farm.close()
+        assert own.poll() is not None                   # stopped with Lite
+        wait_until(lambda: not adb_answers(adb.port), 10, "the adb server Lite started gone")
+
+
+def test_remembered_phones_are_connected_at_start_up(tmp_path, adb, sim):
+    phone = sim.add_device(model="Cloud Phone")
+    farm = Farm(tmp_path, adb, sim).start()
+    try:
+        farm.http.post_json("/api/v1/device/connect", {"address": phone.address})
+        wait_until(lambda: farm.lite.devices.is_online(phone.address), 15, "online")
+    finally:
+        farm.close()
+    assert adb_answers(adb.port)                        # not Lite's: left running
+    adb.run("disconnect", phone.address)
+    adb.wait_state(phone.address, (None,))
+    farm = Farm(tmp_path, adb, sim).start()             # same database
+    try:
+        wait_until(lambda: farm.lite.devices.is_online(phone.address), 15,
+                   "connected again at start-up")
+        farm.http.post_json("/api/v1/device/disconnect", {"address": phone.address})
+        wait_until(lambda: not farm.lite.devices.is_online(phone.address), 10, "gone")
+        assert farm.lite.store.connections_via(f"127.0.0.1:{adb.port}") == []
+    finally:
+        farm.close()
+
+
+def test_a_command_cut_short_by_an_unplug_is_never_a_success(farm):
+    """adb 29 ends the stream of a dropped phone as if the command had finished: the
+    missing end marker must make it DeviceLost, under either adb."""
+    import threading
+    import tikmatrix_lite as tml
+    phone = farm.add_phone()
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(farm.lite.devices.run(phone.address, "shell:echo partial; sleep 60",
+                                                 timeout=90, token=tml.CancelToken()))
+        except Exception as exc:
+            outcome.append(exc)
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    phone.unplug()
+    worker.join(15)
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], tml.DeviceLost), outcome
+    assert farm.lite.devices.run(farm.add_phone().address, "shell:echo whole", timeout=10,
+                                 token=tml.CancelToken()) == b"whole\n"

@@ -319,3 +319,27 @@ def test_sigkill_mid_task_then_restart(tmp_path, adb, sim):
         assert wait_until(lambda: server.task(killed)["status"] == 2, 20, "retried task ran")
     finally:
         server.stop()
+
+
+def test_a_task_that_ends_on_a_full_disk_is_written_when_space_is_back(small_disk, adb, sim):
+    """The end is kept while the disk is full, written once space is freed (no restart),
+    and the phone takes tasks again."""
+    farm = Farm(small_disk.path, adb, sim).start()
+    try:
+        farm.lite.runner.unwritten_retry = (0.05,)
+        phone = farm.add_phone()
+        task_id = farm.create([phone.address], "gate", {"word": "full"})[0]
+        farm.wait_status(task_id, 1)
+        assert phone.wait_for_command(lambda cmd: cmd.argv[:1] == ["cat"], timeout=10)
+        small_disk.fill()
+        open_gate(phone)
+        wait_until(lambda: task_id in farm.lite.runner._unwritten, 10,
+                   "the end kept aside for later")
+        assert farm.task(task_id)["status"] == 1          # not written: the disk is full
+        small_disk.free()
+        task = farm.wait_status(task_id, 2, timeout=10)
+        assert task["result"] == {"passed": "full"}
+        follow = farm.create([phone.address], "say", {"word": "after"})[0]
+        assert farm.wait_status(follow, 2)["result"] == {"said": "said after"}
+    finally:
+        farm.close()

@@ -558,3 +558,36 @@ def test_two_store_objects_on_one_file(db_path):
     finally:
         first.close()
         second.close()
+
+
+# -- a full disk -------------------------------------------------------------------------
+def test_a_full_disk_is_said_and_nothing_is_half_written(small_disk, make_config, make_app,
+                                                         make_client):
+    config = make_config(db=small_disk.path / "full.db")
+    client = make_client(make_app(config))
+    client.app.lite.store.upsert_device("phone1", state="device")
+    body = {"serials": ["phone1"], "script_name": "echo", "script_config": {"text": "hi"}}
+    assert client.post_json("/api/v1/task", body).json["code"] == 0
+    small_disk.fill()
+    reply = client.post_json("/api/v1/task", body,
+                             expect_errors=True)
+    assert reply.status_int == 500 and reply.json["code"] == 50001
+    assert "database or disk is full" in reply.json["message"]
+    assert client.get("/api/v1/task/stats").json["data"]["total"] == 1
+    small_disk.free()
+    assert client.post_json("/api/v1/task", body).json["code"] == 0   # writes work again
+    assert client.get("/api/v1/task/stats").json["data"]["total"] == 2
+
+
+def test_disk_full_in_a_store_write_raises_storage_full(small_disk, clock):
+    st = tml.Store(small_disk.path / "s.db", clock)
+    try:
+        small_disk.fill()
+        with pytest.raises(tml.StorageFull) as exc:
+            st.create_tasks([tml.NewTask("p1", "echo", {"x": "y" * 1000})] * 20)
+        assert exc.value.code == 50001 and "disk is full" in exc.value.message
+        assert st.stats()["total"] == 0
+        small_disk.free()
+        assert len(st.create_tasks([tml.NewTask("p1", "echo", {})])) == 1
+    finally:
+        st.close()
