@@ -174,7 +174,8 @@ def test_post_validation(farm, tmp_path):
     reply = farm.submit(device.address, "post", {"material_list": ["/nope/x.mp4"]}, 40001)
     assert "material_list[0]" in reply["message"] and "not found" in reply["message"]
     reply = farm.submit(device.address, "post", {}, 40001)
-    assert "material_list" in reply["message"] and "library" in reply["message"]
+    # the material library (SPEC 7.2) is the default source: empty here
+    assert "materials_tags" in reply["message"] and "not enough" in reply["message"]
     reply = farm.submit(device.address, "post", {
         "material_list": media(tmp_path, "v.mp4"), "post_way": "useSound"}, 40001)
     assert "sound_name" in reply["message"]
