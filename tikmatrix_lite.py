@@ -1059,6 +1059,24 @@ class Store:
                          " reserved_by=NULL WHERE reserved_by=?", (now, task_id))
             self._note("material", *ids)
 
+    def claim_folder_media(self, task_id: int, paths: Sequence[str],
+                           count: int) -> List[str]:
+        """localFolder media: the first ``count`` paths no task used yet, marked used in
+        the same transaction (two phones posting from one folder never share a file).
+        Fewer come back when fewer are left."""
+        with self.write() as conn:
+            used = set()
+            for chunk in range(0, len(paths), 500):
+                part = list(paths[chunk:chunk + 500])
+                used |= {r[0] for r in conn.execute(
+                    f"SELECT path FROM used_media WHERE path IN ({','.join('?' * len(part))})",
+                    part)}
+            chosen = [p for p in paths if p not in used][:count]
+            if len(chosen) == count:
+                conn.executemany("INSERT INTO used_media (path, task_id, used_at) VALUES"
+                                 " (?,?,?)", [(p, task_id, self.clock()) for p in chosen])
+            return chosen
+
     # -- accounts -------------------------------------------------------------
     def list_accounts(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         if serial is None:
@@ -2483,6 +2501,10 @@ class TaskContext:
 
     def log(self, message: Any) -> None:
         self._store.add_log(self.id, str(message)[:2000])
+
+    def claim_media(self, paths: Sequence[Any], count: int) -> List[str]:
+        """Take ``count`` of these files that no task used yet (the ledger is in sqlite)."""
+        return self._store.claim_folder_media(self.id, [str(p) for p in paths], count)
 
     def sleep(self, seconds: float) -> None:
         self._token.check()

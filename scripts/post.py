@@ -83,19 +83,19 @@ def reserve_materials(config):
             "tags": [t.strip() for t in config["materials_tags"].split(",") if t.strip()]}
 
 
-def choose_media(config, username):
+def choose_media(config, username, task=None):
     """The files to post: material_list as given, else unused files of the folder."""
     count = config["image_count"] if config["content_type"] == 1 else 1
     if config["material_list"]:
         return [Path(p).expanduser() for p in config["material_list"][:count]]
     folder = _common.material_folder(config, username)
-    return _common.claim_media(folder, config["content_type"], count)
+    return _common.claim_media(folder, config["content_type"], count, task)
 
 
 def run(phone, task):
     config = task.config
     app = _common.open_app(phone, task)
-    files = choose_media(config, task.username)
+    files = choose_media(config, task.username, task)
     caption = _common.spintax(config["captions"], task.random)
     title, description = _common.split_title(caption)
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")

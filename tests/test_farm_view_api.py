@@ -230,3 +230,15 @@ def test_the_page_is_served_without_key_and_the_api_is_not(make_app, make_config
                                                    "text/javascript")
     err(web.get(API + "/task", status="*"), 40101)
     err(web.get("/web/../tikmatrix_lite.py", status="*"), 40401)
+
+
+def test_folder_media_ledger_in_sqlite(app, add_device):
+    store = app.lite.store
+    add_device("P1")
+    ids = store.create_tasks([tl.NewTask(serial="P1", script_name="post", script_config={})
+                              for _ in range(2)])
+    files = ["/m/a.mp4", "/m/b.mp4", "/m/c.mp4"]
+    assert store.claim_folder_media(ids[0], files, 2) == ["/m/a.mp4", "/m/b.mp4"]
+    assert store.claim_folder_media(ids[1], files, 2) == ["/m/c.mp4"]    # too few: none taken
+    assert store.claim_folder_media(ids[1], files, 1) == ["/m/c.mp4"]
+    assert store.claim_folder_media(ids[1], files, 1) == []
