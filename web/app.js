@@ -152,12 +152,12 @@ function fillTile(tile, d) {
   const task = d.running_task_id ? state.runningTasks?.get(d.running_task_id) || state.tasks.rows.get(d.running_task_id) : null;
   const progress = d.running_task_id ? progressBar(task || { status: 1, progress: 0, message: "" },
     `#${d.running_task_id} ${task ? task.script_name || "" : ""}`) : "";
-  const battery = d.battery == null ? "" : `<span class="battery ${d.battery < 20 ? "low" : ""}">🔋${d.battery}%</span>`;
+  const battery = d.battery == null ? "" : `<span class="battery ${d.battery < 20 ? "low" : ""}" title="battery"><b><i style="width:${d.battery}%"></i></b>${d.battery}%</span>`;
   tile.querySelector(".meta").innerHTML = `
     <div class="name" title="${esc(d.serial)}">${esc(deviceName(d))}</div>
     <div class="serial">${esc(d.serial)}</div>
     <div class="line"><span class="badge ${esc(d.state)}">${esc(d.state)}</span>${battery}
-      <span title="pending tasks">⏳${d.pending_count}</span></div>
+      <span title="pending tasks">${d.pending_count} queued</span></div>
     ${progress}
     <div class="groups">${d.groups.map(g => `<span class="chip">${esc(g)}</span>`).join("")}</div>`;
   if (!online) tile.querySelector(".screen").innerHTML = `<span>${esc(d.state)}</span>`;
@@ -380,11 +380,11 @@ function taskRow(t) {
   const d = state.devices.get(t.serial);
   const row = h(`<tr class="clickable" data-id="${t.id}">
     <td><input type="checkbox" class="sel" ${state.tasks.selected.has(t.id) ? "checked" : ""}></td>
-    <td class="mono">${t.id}</td>
+    <td class="mono hide-sm">${t.id}</td>
     <td title="${esc(t.serial)}">${esc(d ? deviceName(d) : t.serial)}</td>
     <td>${esc(t.script_name)}</td>
-    <td>${t.username ? "@" + esc(t.username) : '<span class="muted">—</span>'}</td>
-    <td><span class="badge ${STATUS[t.status]}">${STATUS[t.status]}</span></td>
+    <td class="hide-sm">${t.username ? "@" + esc(t.username) : '<span class="muted">—</span>'}</td>
+    <td class="hide-sm"><span class="badge ${STATUS[t.status]}">${STATUS[t.status]}</span></td>
     <td class="wide">${progressBar(t, t.status === 3 ? t.error : undefined)}</td>
     <td class="muted hide-sm">${esc(t.created_at || "")}</td>
     <td><div class="acts">
@@ -651,11 +651,15 @@ async function loadMaterials() {
 }
 const reloadMaterials = debounce(() => state.view === "materials" ? loadMaterials() : Promise.resolve(), 400);
 
+function size(bytes) {
+  return bytes < 1048576 ? `${Math.max(1, Math.round(bytes / 1024))} KB` : `${(bytes / 1048576).toFixed(1)} MB`;
+}
+
 function materialCard(m, users) {
   const card = h(`<div class="mat" data-id="${m.id}">
     <div class="thumb" title="preview">${m.kind === "video" ? "▶ video" : "image"}</div>
     <div class="meta"><div class="name" title="${esc(m.name)}">${esc(m.name)}</div>
-      <div class="muted">${m.kind} · ${(m.size / 1048576).toFixed(1)} MB · used ${m.used_count}×${m.reserved_by ? ` · held by task #${m.reserved_by}` : ""}</div>
+      <div class="muted">${m.kind} · ${size(m.size)} · used ${m.used_count}×${m.reserved_by ? ` · held by task #${m.reserved_by}` : ""}</div>
       <input class="tags" value="${esc(m.tags.join(", "))}" placeholder="tags">
       <select class="user"><option value="">any account</option>${users.map(u => `<option ${u === m.username ? "selected" : ""}>${esc(u)}</option>`).join("")}</select>
       <input class="caption" value="${esc(m.caption)}" placeholder="caption">
