@@ -1934,8 +1934,8 @@ class ScreenHub:
     ask next, so nothing polls here.
     """
 
-    #: a phone counts as viewed this long after its last request
-    VIEW_WINDOW = 3.0
+    #: a phone counts as viewed until this long after its viewers' next request was due
+    VIEW_GRACE = 2.0
     #: the opened phone's share of the budget when the grid is watched too
     FOCUS_SHARE = 0.6
 
@@ -1946,7 +1946,9 @@ class ScreenHub:
         self.clock = clock
         self._frames: Dict[Tuple[str, str], Frame] = {}
         self._capturing: Dict[Tuple[str, str], threading.Event] = {}
-        self._viewed: Dict[str, Tuple[float, bool]] = {}   # serial -> (last ask, focus)
+        #: serial -> (viewed until, opened): a phone counts as viewed while its viewers
+        #: are expected back, so a slow grid tile still holds its share
+        self._viewed: Dict[str, Tuple[float, bool]] = {}
         self._no_jpeg: set = set()
         self._lock = threading.Lock()
         self.captures = 0                      #: how many captures were made (bench)
@@ -1955,8 +1957,8 @@ class ScreenHub:
         """Seconds between captures of this phone under the budget right now."""
         now = self.clock()
         with self._lock:
-            viewed = {s: f for s, (at, f) in self._viewed.items()
-                      if now - at < self.VIEW_WINDOW or s == serial}
+            viewed = {s: f for s, (until, f) in self._viewed.items()
+                      if until > now or s == serial}
         viewed[serial] = focus or viewed.get(serial, False)
         focused = sum(1 for f in viewed.values() if f)
         grid = len(viewed) - focused
@@ -1976,12 +1978,13 @@ class ScreenHub:
         key = (serial, fmt)
         focus = view == "focus"
         now = self.clock()
-        with self._lock:
-            if view:
-                previous = self._viewed.get(serial, (0.0, False))
-                self._viewed[serial] = (now, focus or (previous[1] and
-                                                       now - previous[0] < 1.0))
-        gap = self.interval(serial, focus) if view else 0.0
+        gap = 0.0
+        if view:
+            with self._lock:
+                self._viewed[serial] = (now + self.VIEW_GRACE, focus)
+            gap = self.interval(serial, focus)
+            with self._lock:
+                self._viewed[serial] = (now + gap + self.VIEW_GRACE, focus)
         while True:
             with self._lock:
                 cached = self._frames.get(key)
