@@ -111,6 +111,15 @@ def test_grid_shows_the_phones_and_their_screens(page, farm):
     assert "disconnected" in offline.inner_text()      # Lite has not seen it this run
     assert "Galaxy A52" in tile(page, farm.phones[1].address).inner_text()
     shoot(page, "phones-desktop")
+    # a tile filtered out of view is no longer captured; the one shown still is
+    hidden, shown = farm.phones
+    page.fill("#phone-filter", "Galaxy A52")
+    page.wait_for_function("serial => !screens.loops.has(serial)", arg=hidden.address,
+                           timeout=30000)                    # its loop has ended
+    hidden.clear_log()
+    shown.clear_log()
+    wait_until(lambda: len(shown.commands("screencap")) >= 2, 20, "two captures of the shown")
+    assert hidden.commands("screencap") == []
     page.set_viewport_size(PHONE)
     shoot(page, "phones-phone")
 
@@ -196,11 +205,15 @@ def test_stop_and_retry_from_the_table(page, farm):
 
 
 def test_a_material_uploaded_through_the_page_is_used_by_a_post(page, farm):
-    clip = farm.tmp / "beach day.mp4"
-    clip.write_bytes(MP4)
     page.goto(farm.base + "/#materials")
     page.fill("#up-tags", "beach")
-    page.set_input_files("#file-input", str(clip))
+    # dropped on the drop zone, as a user drags a file from the desktop
+    page.evaluate("""bytes => {
+        const dt = new DataTransfer();
+        dt.items.add(new File([new Uint8Array(bytes)], "beach day.mp4", {type: "video/mp4"}));
+        document.querySelector("#drop").dispatchEvent(
+            new DragEvent("drop", {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", list(MP4))
     page.wait_for_selector("#up-progress.completed")
     card = page.locator(".mat", has_text="beach day.mp4")
     card.wait_for()
