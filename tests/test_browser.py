@@ -99,6 +99,10 @@ def api(farm, method, path, body=None):
 
 
 def test_grid_shows_the_phones_and_their_screens(page, farm):
+    api(farm, "PUT", f"/device/{farm.phones[0].address}",
+        {"alias": "Shelf A · 1", "groups": ["shelf-a", "warmup"]})
+    api(farm, "PUT", f"/device/{farm.tiktok.address}", {"alias": "Shelf A · 2",
+                                                        "groups": ["shelf-a"]})
     page.goto(farm.base + "/")
     page.wait_for_selector(".live.on")
     for phone in farm.phones + [farm.tiktok]:
@@ -110,6 +114,7 @@ def test_grid_shows_the_phones_and_their_screens(page, farm):
     assert "off" in offline.get_attribute("class")
     assert "disconnected" in offline.inner_text()      # Lite has not seen it this run
     assert "Galaxy A52" in tile(page, farm.phones[1].address).inner_text()
+    assert "warmup" in tile(page, farm.phones[0].address).inner_text()
     shoot(page, "phones-desktop")
     # a tile filtered out of view is no longer captured; the one shown still is
     hidden, shown = farm.phones
@@ -162,7 +167,12 @@ def test_a_task_from_the_form_runs_and_its_bar_completes_live(page, farm):
     row.locator(".badge.running").wait_for()
     page.wait_for_function("() => document.querySelector('#task-rows tr .progress')"
                            ".dataset.progress === '10'")
+    page.click("#tabs a[data-view=phones]")                 # the farm while it runs
+    tile(page, phone.address).locator(".progress").wait_for()
+    shoot(page, "farm-desktop")
+    page.click("#tabs a[data-view=tasks]")
     open_gate(phone)
+    row = page.locator("#task-rows tr").first
     row.locator(".badge.completed").wait_for(timeout=20000)
     assert row.locator(".progress").get_attribute("data-progress") == "100"
     assert page.evaluate("window.noReload") is True            # updated without a reload

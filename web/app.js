@@ -157,7 +157,7 @@ function fillTile(tile, d) {
     <div class="name" title="${esc(d.serial)}">${esc(deviceName(d))}</div>
     <div class="serial">${esc(d.serial)}</div>
     <div class="line"><span class="badge ${esc(d.state)}">${esc(d.state)}</span>${battery}
-      <span title="pending tasks">${d.pending_count} queued</span></div>
+      ${d.pending_count ? `<span title="pending tasks">${d.pending_count} queued</span>` : ""}</div>
     ${progress}
     <div class="groups">${d.groups.map(g => `<span class="chip">${esc(g)}</span>`).join("")}</div>`;
   if (!online) tile.querySelector(".screen").innerHTML = `<span>${esc(d.state)}</span>`;
@@ -264,6 +264,7 @@ function fillPhonePanel() {
     ["Keyboard", d.ime || "none (ASCII only)"], ["Apps", apps], ["Connection", `${d.connection} via ${d.adb_server}`],
     ["Pending", d.pending_count], ["Last seen", d.last_seen || "—"], ["Last error", d.last_error || "—"]]
     .map(([k, v]) => `<dt>${k}</dt><dd>${esc(v)}</dd>`).join("");
+  $("#pp-disconnect").hidden = !(d.connection === "tcp" && d.state !== "disconnected");
   const form = $("#pp-edit");
   if (document.activeElement?.form !== form) {
     form.alias.value = d.alias;
@@ -341,6 +342,10 @@ $("#pp-edit").addEventListener("submit", async ev => {
       alias: f.alias.value, groups: f.groups.value.split(",").map(s => s.trim()).filter(Boolean) });
     state.devices.set(d.serial, d); renderGrid(); fillPhonePanel(); toast("Saved");
   } catch (e) { $("#pp-error").textContent = e.message; }
+});
+$("#pp-disconnect").addEventListener("click", async () => {
+  try { await api("POST", "/device/disconnect", { address: state.opened }); toast("Disconnected"); }
+  catch (e) { $("#pp-error").textContent = e.message; }
 });
 $("#pp-forget").addEventListener("click", async () => {
   const serial = state.opened;
