@@ -8,9 +8,10 @@ unchanged, keeps tasks, devices and accounts in one sqlite file beside the progr
 runs each task on its phone through a real adb server (``adbutils``), one task at a time
 per phone.
 
-The module reads top to bottom: configuration, errors, store, scripts, devices, phone
-helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
-except that the runner and scheduler are handed the objects they call.
+The module reads top to bottom: configuration, errors, store, events, scripts, devices,
+phone helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined
+above it, except that the runner and scheduler are handed the objects they call. The
+dashboard (``GET /``) is plain HTML, CSS and JavaScript in ``web/`` beside this file.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
 """
@@ -3290,7 +3291,8 @@ class Api:
             "enable_multi_account": "boolean", "start_time": "string HH:MM",
             "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
             "priority": "integer -100..100", "max_retry_count": "integer 1-10",
-            "auto_retry": "boolean"},
+            "auto_retry": "boolean", "groups": "array of string (phones of these groups)",
+            "source": "api (default) or ui"},
             data={"task_ids": "array of integer", "created_count": "integer"})
         def create_task():
             tasks = self.build_tasks(self.json_body())
@@ -3741,12 +3743,7 @@ class Api:
                              f"{_json_type(body.data['script_config'])}")
         serials = body.list("serials", str)
         usernames = body.list("usernames", str)
-        groups = body.list("groups", str)
-        if groups:                            # SPEC 7.3: every phone of the groups
-            in_groups = self.store.devices_in_groups(groups)
-            if not in_groups:
-                raise BadRequest("groups", f"no phone is in {', '.join(groups)}")
-            serials = (serials or []) + in_groups
+        serials = self._with_groups(serials, body.list("groups", str))
         if serials and usernames:
             raise BadRequest("serials", "give serials or usernames, not both")
         if not serials and not usernames:
@@ -3801,6 +3798,15 @@ class Api:
                         max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
                         source=source, materials=want)
                 for serial, username in targets for config, want in zip(configs, wants)]
+
+    def _with_groups(self, serials: Optional[List[str]], groups: Optional[List[str]]):
+        """SPEC 7.3: every phone of the groups, as if listed in serials."""
+        if not groups:
+            return serials
+        in_groups = self.store.devices_in_groups(groups)
+        if not in_groups:
+            raise BadRequest("groups", f"no phone is in {', '.join(groups)}")
+        return (serials or []) + in_groups
 
     def _material_request(self, script: Script, config: Dict[str, Any]):
         """What the script reserves from the library for one task (SPEC 7.2), if any."""
@@ -4201,6 +4207,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if lite is not None:
+            lite.events.close()             # open event streams end, freeing their threads
         if server is not None:
             server.close()
         if lite is not None:
