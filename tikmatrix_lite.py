@@ -1174,6 +1174,7 @@ class EventHub:
         self.first_id = self._next_id
         self._cond = threading.Condition()
         self._closed = False
+        self._streams = 0                         # streams being served right now
         store.on_change = self.on_store_change
 
     def publish(self, kind: str, data: Dict[str, Any]) -> int:
@@ -1245,10 +1246,24 @@ class EventHub:
     def closed(self) -> bool:
         return self._closed
 
-    def close(self) -> None:
+    def close(self, wait: float = 0) -> None:
+        """End every stream; with ``wait``, until their threads have let go of them."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+            if wait:
+                self._cond.wait_for(lambda: self._streams == 0, wait)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._cond:
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._streams -= 1
+                self._cond.notify_all()
 
 
 def event_stream(hub: EventHub, after: Optional[int], *, keepalive: float = EVENT_KEEPALIVE,
@@ -1259,7 +1274,9 @@ def event_stream(hub: EventHub, after: Optional[int], *, keepalive: float = EVEN
     ``keepalive`` seconds, and a client that went away is noticed when that write fails
     (waitress then closes the generator, which calls ``release``).
     """
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(release)
+        stack.enter_context(hub.serving())
         yield b"retry: 2000\n\n"
         if after is None:
             after = hub.last_id
@@ -1274,8 +1291,6 @@ def event_stream(hub: EventHub, after: Optional[int], *, keepalive: float = EVEN
             after = events[-1][0]
             yield "".join(f"id: {i}\nevent: {k}\ndata: {d}\n\n"
                           for i, k, d in events).encode("utf-8")
-    finally:
-        release()
 
 
 ###############################################################################
@@ -4207,8 +4222,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
         return 1
     finally:
-        if lite is not None:
-            lite.events.close()             # open event streams end, freeing their threads
+        if lite is not None:                # open event streams end, freeing their threads
+            lite.events.close(wait=2)
         if server is not None:
             server.close()
         if lite is not None:

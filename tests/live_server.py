@@ -47,7 +47,7 @@ def serve(config: lite_module.Config, lite: Optional[lite_module.Lite] = None,
     try:
         yield LiveServer(server, lite)
     finally:
-        lite.events.close()                 # open streams end, so waitress can close
+        lite.events.close(wait=10)          # open streams end, so waitress can close
         server.close()
         thread.join(timeout=10)
         if own:

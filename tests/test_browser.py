@@ -282,3 +282,27 @@ def test_with_an_api_key_nothing_loads_before_the_key(browser, tmp_path, adb):
         tile(page, "KEYPHONE").wait_for()
         page.wait_for_selector(".live.on")
         context.close()
+
+
+def test_input_on_a_busy_phone_asks_before_taking_over(page, farm):
+    phone = farm.phones[0]
+    phone.fs.write("/sdcard/gate", b"closed\n")
+    [task_id] = api(farm, "POST", "/task", {"serials": [phone.address],
+                                            "script_name": "gate", "script_config": {}})[
+        "task_ids"]
+    wait_until(lambda: api(farm, "GET", f"/task/{task_id}")["status"] == 1, 15, "running")
+    page.goto(farm.base + "/")
+    tile(page, phone.address).click()
+    page.wait_for_selector(f"#pp-task:has-text('#{task_id}')")
+    with page.expect_event("dialog") as asked:              # declined: the task runs on
+        page.dispatch_event("#phone-panel [data-key=BACK]", "click")  # the dialog comes later
+    assert f"task {task_id}" in asked.value.message
+    asked.value.dismiss()
+    assert api(farm, "GET", f"/task/{task_id}")["status"] == 1
+    assert ["input", "keyevent", "KEYCODE_BACK"] not in phone.commands("input")
+    with page.expect_event("dialog") as asked:              # accepted: it is stopped
+        page.dispatch_event("#phone-panel [data-key=BACK]", "click")
+    asked.value.accept()
+    assert phone.wait_for_command(
+        lambda r: r.argv == ["input", "keyevent", "KEYCODE_BACK"], timeout=15)
+    assert api(farm, "GET", f"/task/{task_id}")["error"] == "stopped by user"
