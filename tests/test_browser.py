@@ -306,3 +306,24 @@ def test_input_on_a_busy_phone_asks_before_taking_over(page, farm):
     assert phone.wait_for_command(
         lambda r: r.argv == ["input", "keyevent", "KEYCODE_BACK"], timeout=15)
     assert api(farm, "GET", f"/task/{task_id}")["error"] == "stopped by user"
+
+
+def test_accounts_are_added_bound_and_disabled_from_the_page(page, farm):
+    page.goto(farm.base + "/#accounts")
+    form = page.locator("#new-account")
+    form.locator("[name=username]").fill("@shop_anna")
+    form.locator("[name=serial]").select_option(farm.tiktok.address)
+    form.locator("button").click()
+    row = page.locator('#account-rows tr[data-user="shop_anna"]')
+    row.wait_for()
+    row.locator("input.enabled").uncheck()
+    row = page.locator('#account-rows tr[data-user="shop_anna"]')
+    row.locator(".badge:has-text('disabled')").wait_for()
+    assert api(farm, "GET", "/account/shop_anna")["enabled"] is False
+    row.locator(".bind").select_option(farm.phones[0].address)
+    wait_until(lambda: api(farm, "GET", "/account/shop_anna")["serial"] ==
+               farm.phones[0].address, 10, "the account bound to another phone")
+    form.locator("[name=username]").fill("bad name!")
+    form.locator("button").click()
+    page.wait_for_selector("[data-error-for=account]:has-text('username')")
+    shoot(page, "accounts-desktop")
