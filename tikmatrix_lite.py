@@ -8,9 +8,10 @@ unchanged, keeps tasks, devices and accounts in one sqlite file beside the progr
 runs each task on its phone through a real adb server (``adbutils``), one task at a time
 per phone.
 
-The module reads top to bottom: configuration, errors, store, scripts, devices, phone
-helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
-except that the runner and scheduler are handed the objects they call.
+The module reads top to bottom: configuration, errors, store, events, scripts, devices,
+phone helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined
+above it, except that the runner and scheduler are handed the objects they call. The
+dashboard (``GET /``) is plain HTML, CSS and JavaScript in ``web/`` beside this file.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import contextlib
 import datetime as _dt
 import hmac
@@ -65,6 +67,9 @@ DEFAULT_ALLOW_FROM = (
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
 MAX_BODY_BYTES = 1024 * 1024
+#: Frames per second of live screens across all phones: what a Pi's USB bus spares.
+DEFAULT_SCREEN_FPS = 4.0
+DEFAULT_MAX_UPLOAD_MB = 1024
 
 
 class ConfigError(Exception):
@@ -86,11 +91,18 @@ class Config:
         default_factory=lambda: [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM])
     max_running: int = 0
     log_level: str = "info"
+    screen_fps: float = DEFAULT_SCREEN_FPS
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
 
     @property
     def artifacts_dir(self) -> Path:
         """Failure screenshots and UI dumps live in a folder beside the database."""
         return self.db.parent / (self.db.stem + "-artifacts")
+
+    @property
+    def materials_dir(self) -> Path:
+        """The material library's files, beside the database like the artifacts."""
+        return self.db.parent / (self.db.stem + "-materials")
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -117,6 +129,16 @@ def _non_negative(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1000:
+        raise argparse.ArgumentTypeError(f"{value:g} is outside (0, 1000]")
     return value
 
 
@@ -184,6 +206,11 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="cap on tasks running at once across all devices, 0 for no cap "
              "[TMLITE_MAX_RUNNING]")
     add("--log-level", choices=LOG_LEVELS, default="info", help="[TMLITE_LOG_LEVEL]")
+    add("--screen-fps", type=_positive_number, default=DEFAULT_SCREEN_FPS,
+        help="live-screen frames per second across all phones; the opened phone gets the "
+             "larger share [TMLITE_SCREEN_FPS]")
+    add("--max-upload-mb", type=_non_negative, default=DEFAULT_MAX_UPLOAD_MB,
+        help="largest material upload in MiB [TMLITE_MAX_UPLOAD_MB]")
     add("--version", action="version", version=f"TikMatrix Lite {__version__}")
     return parser
 
@@ -195,7 +222,8 @@ _ENV_FLAGS = {
     "TMLITE_ADB_SERVERS": ("--adb-server", True), "TMLITE_API_KEY": ("--api-key", False),
     "TMLITE_API_KEY_FILE": ("--api-key-file", False),
     "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
-    "TMLITE_LOG_LEVEL": ("--log-level", False),
+    "TMLITE_LOG_LEVEL": ("--log-level", False), "TMLITE_SCREEN_FPS": ("--screen-fps", False),
+    "TMLITE_MAX_UPLOAD_MB": ("--max-upload-mb", False),
 }
 
 
@@ -231,7 +259,8 @@ def parse_config(argv: Optional[Sequence[str]] = None,
         api_key=api_key or None,
         allow_from=args.allow_from or env_args.allow_from or
         [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
-        max_running=args.max_running, log_level=args.log_level)
+        max_running=args.max_running, log_level=args.log_level,
+        screen_fps=args.screen_fps, max_upload_mb=args.max_upload_mb)
 
 
 def setup_logging(level: str) -> None:
@@ -465,6 +494,41 @@ MIGRATIONS: List[str] = [
     -- are connected again whenever that server (re)starts
     ALTER TABLE devices ADD COLUMN reconnect_via TEXT;
     """,
+    # the farm view: phones' names and groups, the material library, the folder ledger
+    """
+    ALTER TABLE devices ADD COLUMN alias TEXT NOT NULL DEFAULT '';
+    ALTER TABLE devices ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE devices ADD COLUMN ime TEXT;
+    ALTER TABLE devices ADD COLUMN screen TEXT NOT NULL DEFAULT '';
+    ALTER TABLE devices ADD COLUMN apps TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE devices ADD COLUMN last_error TEXT NOT NULL DEFAULT '';
+
+    CREATE TABLE materials (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        name         TEXT    NOT NULL,
+        kind         TEXT    NOT NULL CHECK (kind IN ('video', 'image')),
+        size         INTEGER NOT NULL,
+        sha256       TEXT    NOT NULL UNIQUE,
+        file         TEXT    NOT NULL,
+        tags         TEXT    NOT NULL DEFAULT '[]',
+        username     TEXT    COLLATE NOCASE,
+        caption      TEXT    NOT NULL DEFAULT '',
+        used_count   INTEGER NOT NULL DEFAULT 0,
+        last_used_at REAL,
+        created_at   REAL    NOT NULL,
+        -- the pending or running task that holds it (SPEC 7.2 reservation)
+        reserved_by  INTEGER REFERENCES tasks (id) ON DELETE SET NULL
+    );
+    CREATE INDEX materials_free ON materials (kind, used_count, reserved_by);
+    CREATE INDEX materials_reserved ON materials (reserved_by);
+
+    -- localFolder media already posted, so a folder's file is not picked twice
+    CREATE TABLE used_media (
+        path    TEXT PRIMARY KEY,
+        task_id INTEGER,
+        used_at REAL NOT NULL
+    );
+    """,
 ]
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
@@ -489,6 +553,8 @@ class NewTask:
     max_interval: int = 0
     max_retry_count: int = 3
     auto_retry: bool = False
+    #: material library request of the task's script: {"kind", "count", "tags"}
+    materials: Optional[Dict[str, Any]] = None
 
 
 class Store:
@@ -508,6 +574,9 @@ class Store:
         #: every connection with the thread that uses it, so close() can spare live ones
         self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
+        #: called with (kind, keys) after each commit that changed tasks, devices,
+        #: accounts or materials: the events hub listens here
+        self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
         self._writer = self._connect()
         self._writer.execute("PRAGMA journal_mode=WAL")
         self.migrate()
@@ -564,6 +633,7 @@ class Store:
                 yield conn
                 return
             self._local.write_depth = 1
+            self._local.changes = {}
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -579,6 +649,22 @@ class Store:
                 raise
             finally:
                 self._local.write_depth = 0
+                changes, self._local.changes = self._local.changes, {}
+        self._announce(changes)
+
+    def _note(self, kind: str, *keys: Any) -> None:
+        """Remember what this transaction changed; announced only once it commits."""
+        bucket = self._local.changes.setdefault(kind, {})
+        for key in keys:
+            bucket[key] = None
+
+    def _announce(self, changes: Dict[str, Dict[Any, None]]) -> None:
+        for kind in ("task", "device", "account", "material"):
+            if changes.get(kind):
+                try:
+                    self.on_change(kind, list(changes[kind]))
+                except Exception:                 # a listener must not fail a write
+                    log.exception("change listener failed")
 
     def close(self) -> None:
         """Close the writer (under its lock) and the readers of finished threads.
@@ -615,7 +701,11 @@ class Store:
 
     # -- tasks: creation and reading ----------------------------------------
     def create_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
-        """Insert all the tasks in one transaction, or none of them."""
+        """Insert all the tasks in one transaction, or none of them.
+
+        A task that asks for library material reserves it here, in the same transaction,
+        so two tasks never get the same file; not enough of it refuses the whole request.
+        """
         now = self.clock()
         ids = []
         with self.write() as conn:
@@ -630,6 +720,12 @@ class Store:
                      t.min_interval, t.max_interval, now, t.max_retry_count,
                      int(t.auto_retry)))
                 ids.append(cur.lastrowid)
+                if t.materials:
+                    config = self._reserve_materials(conn, cur.lastrowid, t)
+                    conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
+                                 (_dump_json(config), cur.lastrowid))
+            self._note("task", *ids)
+            self._note("device", *dict.fromkeys(t.serial for t in tasks))
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
@@ -683,6 +779,7 @@ class Store:
         with self.write() as conn:
             conn.execute("UPDATE tasks SET progress=?, message=? WHERE id=? AND status=1",
                          (percent, message, task_id))
+            self._note("task", task_id)
 
     # -- tasks: the lifecycle, each step a compare-and-set -------------------
     def claim_next(self, serial: str, now: float) -> Optional[sqlite3.Row]:
@@ -709,6 +806,8 @@ class Store:
                 return None
             if cur.rowcount != 1:
                 return None
+            self._note("task", row["id"])
+            self._note("device", serial)
             return conn.execute("SELECT * FROM tasks WHERE id=?", (row["id"],)).fetchone()
 
     def due_times(self) -> Dict[str, float]:
@@ -734,12 +833,15 @@ class Store:
             row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
             if row is None or row["status"] != RUNNING:
                 return "gone"
+            self._note("task", task_id)
+            self._note("device", row["serial"])
             conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
                          (now, now, row["serial"]))
             if ok:
                 conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
                              " result=? WHERE id=? AND status=1",
                              (now, _dump_json(result), task_id))
+                self._use_materials(conn, task_id, now)
                 return "completed"
             if (allow_auto_retry and row["auto_retry"]
                     and row["retry_count"] < row["max_retry_count"]):
@@ -757,6 +859,7 @@ class Store:
             conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?"
                          " WHERE id=? AND status=1",
                          (now, error or "failed", _dump_json(result), task_id))
+            self._release_materials(conn, task_id)
             return "failed"
 
     def cancel_pending(self, task_id: int) -> bool:
@@ -765,6 +868,9 @@ class Store:
             cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?"
                                " WHERE id=? AND status=0",
                                (self.clock(), STOPPED_BY_USER, task_id))
+            if cur.rowcount == 1:
+                self._note_tasks(conn, [task_id])
+                self._release_materials(conn, task_id)
             return cur.rowcount == 1
 
     def retry(self, task_id: int) -> bool:
@@ -774,6 +880,9 @@ class Store:
                 "UPDATE tasks SET status=0, retry_count=retry_count+1, error='', progress=0,"
                 " message='', result=NULL, started_at=NULL, end_time=NULL"
                 " WHERE id=? AND status=3 AND retry_count < max_retry_count", (task_id,))
+            if cur.rowcount == 1:
+                self._note_tasks(conn, [task_id])
+                self._rereserve_materials(conn, task_id)
             return cur.rowcount == 1
 
     def retry_all(self) -> List[int]:
@@ -786,6 +895,8 @@ class Store:
 
     def delete_task(self, task_id: int) -> bool:
         with self.write() as conn:
+            self._note_tasks(conn, [task_id])
+            self._release_materials(conn, task_id)
             return conn.execute("DELETE FROM tasks WHERE id=?", (task_id,)).rowcount == 1
 
     def clear(self, statuses: Sequence[int]) -> List[int]:
@@ -794,6 +905,7 @@ class Store:
             marks = ",".join("?" * len(statuses))
             ids = [r[0] for r in conn.execute(
                 f"SELECT id FROM tasks WHERE status IN ({marks})", list(statuses))]
+            self._note_tasks(conn, ids)
             conn.execute(f"DELETE FROM tasks WHERE status IN ({marks})", list(statuses))
             return ids
 
@@ -806,20 +918,32 @@ class Store:
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                              (task_id, self.clock(), INTERRUPTED))
+            self._note_tasks(conn, ids)
             return ids
+
+    def _note_tasks(self, conn: sqlite3.Connection, ids: Sequence[int]) -> None:
+        """Note tasks and their phones (whose running task and queue change with them)."""
+        self._note("task", *ids)
+        for chunk in range(0, len(ids), 500):
+            part = list(ids[chunk:chunk + 500])
+            self._note("device", *(r[0] for r in conn.execute(
+                f"SELECT DISTINCT serial FROM tasks WHERE id IN ({','.join('?' * len(part))})",
+                part)))
 
     # -- devices --------------------------------------------------------------
     def upsert_device(self, serial: str, **fields: Any) -> None:
         """Create the device on first sight, then update the fields given."""
         now = self.clock()
         allowed = {"state", "model", "android_version", "battery", "adb_server",
-                   "connection", "last_seen"}
+                   "connection", "last_seen", "alias", "groups", "ime", "screen", "apps",
+                   "last_error"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown device fields {sorted(unknown)}")
         with self.write() as conn:
             conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen) VALUES (?, ?)",
                          (serial, now))
+            self._note("device", serial)
             if fields:
                 sets = ", ".join(f"{k}=?" for k in fields)
                 conn.execute(f"UPDATE devices SET {sets} WHERE serial=?",
@@ -828,11 +952,13 @@ class Store:
     def get_device(self, serial: str) -> Optional[sqlite3.Row]:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
 
-    def list_devices(self) -> List[sqlite3.Row]:
+    def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         return self.query(
             "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1)"
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
-            " status=0) AS pending_count FROM devices d ORDER BY d.serial")
+            " status=0) AS pending_count FROM devices d"
+            + (" WHERE d.serial=?" if serial is not None else "") + " ORDER BY d.serial",
+            () if serial is None else (serial,))
 
     def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
         """A phone connected with adb connect through Lite (None: disconnected by it)."""
@@ -852,6 +978,159 @@ class Store:
         with self.write() as conn:
             conn.execute("UPDATE devices SET state=?", (state,))
 
+    def delete_device(self, serial: str) -> bool:
+        """Forget a phone; refused (False) while it has pending or running tasks."""
+        with self.write() as conn:
+            busy = conn.execute("SELECT COUNT(*) FROM tasks WHERE serial=? AND status IN"
+                                " (0, 1)", (serial,)).fetchone()[0]
+            if busy:
+                return False
+            self._note("device", serial)
+            return conn.execute("DELETE FROM devices WHERE serial=?", (serial,)).rowcount == 1
+
+    def devices_in_groups(self, groups: Sequence[str]) -> List[str]:
+        wanted = set(groups)
+        return [r["serial"] for r in self.query("SELECT serial, groups FROM devices"
+                                                " ORDER BY serial")
+                if wanted & set(_load_json(r["groups"]) or [])]
+
+    # -- materials (SPEC 7.2) ---------------------------------------------------
+    def add_material(self, name: str, kind: str, size: int, sha256: str, file: str,
+                     tags: Sequence[str], username: Optional[str],
+                     caption: str) -> Tuple[int, bool]:
+        """Insert a material, or find the one with the same bytes: (id, created)."""
+        with self.write() as conn:
+            row = conn.execute("SELECT id FROM materials WHERE sha256=?", (sha256,)).fetchone()
+            if row is not None:
+                return row[0], False
+            cur = conn.execute(
+                "INSERT INTO materials (name, kind, size, sha256, file, tags, username,"
+                " caption, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (name, kind, size, sha256, file, _dump_json(list(tags)), username, caption,
+                 self.clock()))
+            self._note("material", cur.lastrowid)
+            return cur.lastrowid, True
+
+    def get_material(self, material_id: int) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM materials WHERE id=?", (material_id,))
+
+    def list_materials(self, *, kind: Optional[str] = None, tag: Optional[str] = None,
+                       username: Optional[str] = None, unused: bool = False, page: int = 1,
+                       page_size: int = 20) -> Tuple[List[sqlite3.Row], int]:
+        where, params = [], []
+        for column, value in (("kind", kind), ("username", username)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if unused:
+            where.append("used_count = 0")
+        if tag is not None:                 # tags are a JSON array of plain strings
+            where.append("EXISTS (SELECT 1 FROM json_each(materials.tags) WHERE value = ?)")
+            params.append(tag)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        total = self.query_one(f"SELECT COUNT(*) FROM materials {clause}", params)[0]
+        rows = self.query(f"SELECT * FROM materials {clause} ORDER BY id DESC LIMIT ?"
+                          " OFFSET ?", params + [page_size, (page - 1) * page_size])
+        return rows, total
+
+    def update_material(self, material_id: int, **fields: Any) -> bool:
+        if not fields:
+            return self.get_material(material_id) is not None
+        with self.write() as conn:
+            self._note("material", material_id)
+            sets = ", ".join(f"{k}=?" for k in fields)
+            return conn.execute(f"UPDATE materials SET {sets} WHERE id=?",
+                                list(fields.values()) + [material_id]).rowcount == 1
+
+    def delete_material(self, material_id: int) -> Optional[str]:
+        """Delete a material no pending or running task holds; returns its file name,
+        None when it is held. (The caller checked that it exists.)"""
+        with self.write() as conn:
+            row = conn.execute("SELECT m.file FROM materials m LEFT JOIN tasks t ON"
+                               " t.id = m.reserved_by WHERE m.id=? AND (m.reserved_by IS"
+                               " NULL OR t.status NOT IN (0, 1))", (material_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM materials WHERE id=?", (material_id,))
+            self._note("material", material_id)
+            return row[0]
+
+    def _reserve_materials(self, conn: sqlite3.Connection, task_id: int,
+                           task: NewTask) -> Dict[str, Any]:
+        """Reserve never-used material for a task; returns its config with the files.
+
+        Material bound to the task's account comes first, then material bound to none.
+        """
+        want = task.materials
+        tags = set(want.get("tags") or ())
+        rows = conn.execute(
+            "SELECT * FROM materials WHERE kind=? AND used_count=0 AND reserved_by IS NULL"
+            " AND (username IS NULL OR username=?) ORDER BY username IS NULL, id",
+            (want["kind"], task.username or "")).fetchall()
+        picked = [r for r in rows if not tags or tags & set(_load_json(r["tags"]))]
+        picked = picked[:want["count"]]
+        if len(picked) < want["count"]:
+            what = f"tags {', '.join(sorted(tags))}" if tags else "any tag"
+            raise BadRequest("script_config.materials_tags",
+                             f"not enough unused {want['kind']} material with {what}"
+                             f"{' for @' + task.username if task.username else ''}: "
+                             f"{want['count']} needed per task, {len(picked)} left")
+        ids = [r["id"] for r in picked]
+        conn.execute(f"UPDATE materials SET reserved_by=? WHERE id IN "
+                     f"({','.join('?' * len(ids))})", [task_id] + ids)
+        self._note("material", *ids)
+        config = dict(task.script_config)
+        config["material_ids"] = ids
+        config["material_list"] = [str(Path(want["folder"]) / r["file"]) for r in picked]
+        if not config.get("captions"):
+            config["captions"] = next((r["caption"] for r in picked if r["caption"]), "")
+        return config
+
+    def _release_materials(self, conn: sqlite3.Connection, task_id: int) -> None:
+        ids = [r[0] for r in conn.execute("SELECT id FROM materials WHERE reserved_by=?",
+                                          (task_id,))]
+        if ids:
+            conn.execute("UPDATE materials SET reserved_by=NULL WHERE reserved_by=?",
+                         (task_id,))
+            self._note("material", *ids)
+
+    def _rereserve_materials(self, conn: sqlite3.Connection, task_id: int) -> None:
+        """A retried task takes back its material if no other task took it meanwhile."""
+        row = conn.execute("SELECT script_config FROM tasks WHERE id=?", (task_id,)).fetchone()
+        ids = [i for i in (_load_json(row[0]) or {}).get("material_ids") or []
+               if isinstance(i, int)]
+        if ids:
+            conn.execute(f"UPDATE materials SET reserved_by=? WHERE reserved_by IS NULL AND"
+                         f" used_count=0 AND id IN ({','.join('?' * len(ids))})",
+                         [task_id] + ids)
+            self._note("material", *ids)
+
+    def _use_materials(self, conn: sqlite3.Connection, task_id: int, now: float) -> None:
+        ids = [r[0] for r in conn.execute("SELECT id FROM materials WHERE reserved_by=?",
+                                          (task_id,))]
+        if ids:
+            conn.execute("UPDATE materials SET used_count=used_count+1, last_used_at=?,"
+                         " reserved_by=NULL WHERE reserved_by=?", (now, task_id))
+            self._note("material", *ids)
+
+    def claim_folder_media(self, task_id: int, paths: Sequence[str],
+                           count: int) -> List[str]:
+        """localFolder media: the first ``count`` paths no task used yet, marked used in
+        the same transaction (two phones posting from one folder never share a file).
+        Fewer come back when fewer are left."""
+        with self.write() as conn:
+            used = set()
+            for chunk in range(0, len(paths), 500):
+                part = list(paths[chunk:chunk + 500])
+                used |= {r[0] for r in conn.execute(
+                    f"SELECT path FROM used_media WHERE path IN ({','.join('?' * len(part))})",
+                    part)}
+            chosen = [p for p in paths if p not in used][:count]
+            if len(chosen) == count:
+                conn.executemany("INSERT INTO used_media (path, task_id, used_at) VALUES"
+                                 " (?,?,?)", [(p, task_id, self.clock()) for p in chosen])
+            return chosen
+
     # -- accounts -------------------------------------------------------------
     def list_accounts(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         if serial is None:
@@ -866,6 +1145,7 @@ class Store:
                      enabled: bool, create: bool) -> bool:
         """Insert (create=True) or replace an account; False if that clashes or is absent."""
         with self.write() as conn:
+            self._note("account", username)
             if create:
                 try:
                     conn.execute("INSERT INTO accounts (username, serial, platform, package,"
@@ -882,6 +1162,7 @@ class Store:
 
     def delete_account(self, username: str) -> bool:
         with self.write() as conn:
+            self._note("account", username)
             return conn.execute("DELETE FROM accounts WHERE username=?",
                                 (username,)).rowcount == 1
 
@@ -925,6 +1206,152 @@ def task_to_json(row: sqlite3.Row) -> Dict[str, Any]:
 
 
 ###############################################################################
+# Events ######################################################################
+###############################################################################
+
+#: Events kept in memory for clients that reconnect (SPEC 7.1: at least 1,000).
+EVENT_RING = 2000
+#: A comment line this often keeps proxies from closing an idle stream.
+EVENT_KEEPALIVE = 15.0
+
+
+class EventHub:
+    """Live events (SPEC 7.1): what the store's commits changed, as numbered events.
+
+    The store announces the keys each commit changed; the hub reads them back as the
+    API shows them and keeps the newest events in a ring, so a client that reconnects
+    with the last id it saw gets what it missed. Ids start from the clock in ms, so they
+    keep growing across a restart and a stale id is recognised (it gets a "reset").
+    Readers wait on a condition: nothing polls.
+    """
+
+    def __init__(self, store: Store, size: int = EVENT_RING):
+        self.store = store
+        self._ring: "collections.deque[Tuple[int, str, str]]" = collections.deque(maxlen=size)
+        self._next_id = int(time.time() * 1000)
+        self.first_id = self._next_id
+        self._cond = threading.Condition()
+        self._closed = False
+        self._streams = 0                         # streams being served right now
+        store.on_change = self.on_store_change
+
+    def publish(self, kind: str, data: Dict[str, Any]) -> int:
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+        with self._cond:
+            event_id = self._next_id
+            self._next_id += 1
+            self._ring.append((event_id, kind, text))
+            self._cond.notify_all()
+        return event_id
+
+    @property
+    def last_id(self) -> int:
+        with self._cond:
+            return self._next_id - 1
+
+    def on_store_change(self, kind: str, keys: List[Any]) -> None:
+        for key in keys:
+            self.publish(kind, self.describe(kind, key))
+
+    def describe(self, kind: str, key: Any) -> Dict[str, Any]:
+        """The event's data: the changed row as the page needs it, or that it is gone."""
+        store = self.store
+        if kind == "task":
+            row = store.get_task(key)
+            if row is None:
+                return {"id": key, "deleted": True}
+            return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
+                                        "username", "error", "script_name")} | {
+                "status_text": STATUS_TEXT[row["status"]]}
+        if kind == "device":
+            rows = store.list_devices(key)
+            if not rows:
+                return {"serial": key, "deleted": True}
+            row = rows[0]
+            return {"serial": key, "state": row["state"], "battery": row["battery"],
+                    "running_task_id": row["running_task_id"],
+                    "pending_count": row["pending_count"], "alias": row["alias"],
+                    "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
+        if kind == "account":
+            row = store.get_account(key)
+            status = "deleted" if row is None else \
+                ("enabled" if row["enabled"] else "disabled")
+            return {"username": key, "status": status, "cooldown_until": None,
+                    "serial": row["serial"] if row is not None else None}
+        row = store.get_material(key)
+        if row is None:
+            return {"id": key, "deleted": True}
+        return {"id": key, "used_count": row["used_count"],
+                "reserved_by": row["reserved_by"]}
+
+    def wait_after(self, after: int, timeout: float) -> List[Tuple[int, str, str]]:
+        """Events newer than ``after``, waiting up to ``timeout`` for the first one."""
+        with self._cond:
+            if not self._closed and self._next_id - 1 <= after:
+                self._cond.wait(timeout)
+            if not self._ring or self._ring[-1][0] <= after:
+                return []
+            return [e for e in self._ring if e[0] > after]
+
+    def missed(self, after: int) -> bool:
+        """True when events after ``after`` have left the ring (or the id is from the
+        future: another run of the server): the client must reload."""
+        with self._cond:
+            oldest = self._ring[0][0] if self._ring else self._next_id
+            return after < oldest - 1 or after >= self._next_id
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, wait: float = 0) -> None:
+        """End every stream; with ``wait``, until their threads have let go of them."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            if wait:
+                self._cond.wait_for(lambda: self._streams == 0, wait)
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        with self._cond:
+            self._streams += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._streams -= 1
+                self._cond.notify_all()
+
+
+def event_stream(hub: EventHub, after: Optional[int], *, keepalive: float = EVENT_KEEPALIVE,
+                 release: Callable[[], None] = lambda: None) -> Iterator[bytes]:
+    """The text/event-stream of one client: missed events first, then live ones.
+
+    The generator waits on the hub between events; a comment line goes out every
+    ``keepalive`` seconds, and a client that went away is noticed when that write fails
+    (waitress then closes the generator, which calls ``release``).
+    """
+    with contextlib.ExitStack() as stack:
+        stack.callback(release)
+        stack.enter_context(hub.serving())
+        yield b"retry: 2000\n\n"
+        if after is None:
+            after = hub.last_id
+        elif hub.missed(after):
+            yield f"id: {hub.last_id}\nevent: reset\ndata: {{}}\n\n".encode()
+            after = hub.last_id
+        while not hub.closed:
+            events = hub.wait_after(after, keepalive)
+            if not events:
+                yield b": keep-alive\n\n"
+                continue
+            after = events[-1][0]
+            yield "".join(f"id: {i}\nevent: {k}\ndata: {d}\n\n"
+                          for i, k, d in events).encode("utf-8")
+
+
+###############################################################################
 # Scripts #####################################################################
 ###############################################################################
 
@@ -953,6 +1380,8 @@ class Script:
     run: Callable[..., Any]
     expand: Optional[Callable[[Dict[str, Any]], List[Dict[str, Any]]]] = None
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
+    #: config -> the library material a task needs ({"kind", "count", "tags"}) or None
+    reserve_materials: Optional[Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]] = None
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "description": self.description,
@@ -1077,7 +1506,8 @@ def load_script(path: Path) -> Script:
                   platforms=platforms,
                   params=_check_declarations(name, getattr(module, "PARAMS", {})),
                   expand=getattr(module, "expand", None),
-                  validate=getattr(module, "validate", None))
+                  validate=getattr(module, "validate", None),
+                  reserve_materials=getattr(module, "reserve_materials", None))
 
 
 def load_scripts(folder: Path) -> Dict[str, Script]:
@@ -1427,8 +1857,29 @@ class DeviceManager:
         """Read model, Android version and battery of a phone that just came online."""
         try:
             self.refresh(serial)
+            self.describe(serial)
         except Exception as exc:
             log.warning("could not read the properties of %s: %s", serial, exc)
+            with contextlib.suppress(Exception):
+                self.store.upsert_device(serial, last_error=f"identify: {exc}"[:500])
+
+    def describe(self, serial: str) -> None:
+        """Screen size, broadcast input method and app versions, for the farm view."""
+        token = CancelToken()
+        out = self.run(serial, "shell:wm size; ime list -a -s; pm list packages", timeout=20,
+                       token=token).decode("utf-8", "replace")
+        size = re.search(r"(\d+)x(\d+)", out)
+        words = set(out.split())
+        ime = next((i for i in (FAST_INPUT_IME, ADB_KEYBOARD_IME) if i in words), None)
+        apps = {}
+        for package in (p for ps in APP_PACKAGES.values() for p in ps):
+            if "package:" + package in words:
+                info = self.run(serial, f"shell:dumpsys package {package}", timeout=20,
+                                token=token).decode("utf-8", "replace")
+                version = re.search(r"versionName=(\S+)", info)
+                apps[package] = version[1] if version else ""
+        self.store.upsert_device(serial, ime=ime, screen=f"{size[1]}x{size[2]}" if size
+                                 else "", apps=_dump_json(apps), last_error="")
 
     def refresh(self, serial: str) -> None:
         token = CancelToken()
@@ -1632,6 +2083,120 @@ class DeviceManager:
     def status(self) -> List[Dict[str, Any]]:
         return [{"address": l.address, "connected": l.connected.is_set(),
                  "devices": len(l.devices), "error": l.error} for l in self.links]
+
+
+@dataclass
+class Frame:
+    """One capture of a phone's screen, as the phone encoded it (never decoded here)."""
+
+    data: bytes
+    mime: str
+    at: float                                  # monotonic time of the capture
+
+
+class ScreenHub:
+    """Live screens for the farm view within a per-box budget of frames per second.
+
+    A capture is shared by every viewer of the phone while it is fresh enough, and a
+    capture already under way is waited for rather than repeated. Only phones that
+    viewers ask for are captured (the page asks only for the tiles it shows), and the
+    budget is split among the phones asked for in the last few seconds: the opened
+    phone ("focus") gets most of it, the grid shares the rest. A viewer is told when to
+    ask next, so nothing polls here.
+    """
+
+    #: a phone counts as viewed until this long after its viewers' next request was due
+    VIEW_GRACE = 2.0
+    #: the opened phone's share of the budget when the grid is watched too
+    FOCUS_SHARE = 0.6
+
+    def __init__(self, devices: "DeviceManager", fps: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self.devices = devices
+        self.fps = fps
+        self.clock = clock
+        self._frames: Dict[Tuple[str, str], Frame] = {}
+        self._capturing: Dict[Tuple[str, str], threading.Event] = {}
+        #: serial -> (viewed until, opened): a phone counts as viewed while its viewers
+        #: are expected back, so a slow grid tile still holds its share
+        self._viewed: Dict[str, Tuple[float, bool]] = {}
+        self._no_jpeg: set = set()
+        self._lock = threading.Lock()
+        self.captures = 0                      #: how many captures were made (bench)
+
+    def interval(self, serial: str, focus: bool) -> float:
+        """Seconds between captures of this phone under the budget right now."""
+        now = self.clock()
+        with self._lock:
+            viewed = {s: f for s, (until, f) in self._viewed.items()
+                      if until > now or s == serial}
+        viewed[serial] = focus or viewed.get(serial, False)
+        focused = sum(1 for f in viewed.values() if f)
+        grid = len(viewed) - focused
+        if focus:
+            share = self.fps * (self.FOCUS_SHARE if grid else 1.0) / focused
+        else:
+            share = self.fps * ((1 - self.FOCUS_SHARE) if focused else 1.0) / grid
+        return 1.0 / share
+
+    def frame(self, serial: str, fmt: str = "png", max_age_ms: Optional[int] = None,
+              view: Optional[str] = None) -> Tuple[Frame, float]:
+        """A frame of the phone and the seconds the viewer should wait before the next.
+
+        ``view`` ("grid" or "focus") puts the request under the budget; a plain request
+        gets a capture not older than ``max_age_ms`` (a fresh one by default).
+        """
+        key = (serial, fmt)
+        focus = view == "focus"
+        now = self.clock()
+        gap = 0.0
+        if view:
+            with self._lock:
+                self._viewed[serial] = (now + self.VIEW_GRACE, focus)
+            gap = self.interval(serial, focus)
+            with self._lock:
+                self._viewed[serial] = (now + gap + self.VIEW_GRACE, focus)
+        while True:
+            with self._lock:
+                cached = self._frames.get(key)
+                if cached is not None:
+                    age = self.clock() - cached.at
+                    if age <= max(gap, (max_age_ms or 0) / 1000):
+                        return cached, max(0.0, gap - age)
+                running = self._capturing.get(key)
+                if running is None:
+                    self._capturing[key] = threading.Event()
+                    break
+            running.wait(30)                       # another viewer's capture: share it
+            with self._lock:
+                cached = self._frames.get(key)
+            if cached is not None and cached.at >= now:
+                return cached, gap
+        try:
+            frame = self._capture(serial, fmt)
+            with self._lock:
+                self._frames[key] = frame
+                self.captures += 1
+            return frame, gap
+        finally:
+            with self._lock:
+                self._capturing.pop(key).set()
+
+    def _capture(self, serial: str, fmt: str) -> Frame:
+        """JPEG where the phone encodes it (screencap -j, Android 14+), else PNG."""
+        if fmt == "jpeg" and serial not in self._no_jpeg:
+            data = self.devices.run(serial, "exec:screencap -j", timeout=20,
+                                    token=CancelToken())
+            if data.startswith(b"\xff\xd8"):
+                return Frame(data, "image/jpeg", self.clock())
+            self._no_jpeg.add(serial)             # this phone cannot: PNG from now on
+        return Frame(self.devices.screenshot(serial), "image/png", self.clock())
+
+    def forget(self, serial: str) -> None:
+        with self._lock:
+            for key in [k for k in self._frames if k[0] == serial]:
+                del self._frames[key]
+            self._viewed.pop(serial, None)
 
 
 def _chunks(source: Any, size: int) -> Iterator[bytes]:
@@ -2055,6 +2620,29 @@ class Phone:
         self.token.check()
 
 
+def remote_input(devices: DeviceManager, serial: str, action: Dict[str, Any]) -> None:
+    """One input from the farm view's live screen: tap, swipe, key or text.
+
+    Text goes through the phone's broadcast input method like a script's (any Unicode,
+    never through a shell unquoted), and the phone gets its own keyboard back after.
+    """
+    phone = Phone(devices, serial, CancelToken())
+    kind = action["action"]
+    if kind == "tap":
+        phone.tap(x=action["x"], y=action["y"])
+    elif kind == "swipe":
+        phone.swipe(action["x1"], action["y1"], action["x2"], action["y2"],
+                    action["duration_ms"])
+    elif kind == "key":
+        phone.press("KEYCODE_" + action["key"])
+    else:
+        try:
+            phone.type_text(action["text"])
+        finally:
+            with contextlib.suppress(Exception):
+                phone.restore_keyboard()
+
+
 ###############################################################################
 # Runner ######################################################################
 ###############################################################################
@@ -2087,6 +2675,10 @@ class TaskContext:
 
     def log(self, message: Any) -> None:
         self._store.add_log(self.id, str(message)[:2000])
+
+    def claim_media(self, paths: Sequence[Any], count: int) -> List[str]:
+        """Take ``count`` of these files that no task used yet (the ledger is in sqlite)."""
+        return self._store.claim_folder_media(self.id, [str(p) for p in paths], count)
 
     def sleep(self, seconds: float) -> None:
         self._token.check()
@@ -2429,6 +3021,28 @@ class Scheduler:
 # Server ######################################################################
 ###############################################################################
 
+def sniff_media(head: bytes) -> Optional[Tuple[str, str]]:
+    """(kind, extension) from a file's first bytes, or None: never trust the name."""
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in (b"heic", b"heix", b"mif1", b"msf1", b"heim", b"heis"):
+            return "image", ".heic"
+        if brand == b"qt  ":
+            return "video", ".mov"
+        return "video", ".3gp" if brand.startswith(b"3g") else ".mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video", ".webm"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image", ".jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image", ".png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "image", ".gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image", ".webp"
+    return None
+
+
 class Lite:
     """Store, scripts, devices, runner and scheduler of one server.
 
@@ -2450,12 +3064,15 @@ class Lite:
             self.store = Store(config.db, clock)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {config.db}: {exc}") from None
+        self.events = EventHub(self.store)
         self.scripts = load_scripts(config.scripts)
         self.devices: Optional[DeviceManager] = None
         self.runner: Optional[Runner] = None
         self.scheduler: Optional[Scheduler] = None
+        self.screens: Optional[ScreenHub] = None
         if with_devices:
             self.devices = DeviceManager(self.store, config.adb_servers)
+            self.screens = ScreenHub(self.devices, config.screen_fps)
             self.runner = Runner(self.store, self.devices, self.scripts, config.artifacts_dir)
             self.scheduler = Scheduler(self.store, self.devices, self.runner,
                                        config.max_running, clock)
@@ -2474,6 +3091,7 @@ class Lite:
             self.scheduler.start()
 
     def close(self) -> None:
+        self.events.close()                        # open event streams end
         if self.scheduler is not None:
             self.scheduler.stop()
         if self.runner is not None:
@@ -2543,6 +3161,99 @@ class Lite:
         self.store.delete_task(task_id)
         remove_artifacts(self.config.artifacts_dir, task_id)
 
+    # -- farm view: phones and materials (SPEC 7.2, 7.3) ------------------------
+    def known_device(self, serial: str) -> sqlite3.Row:
+        row = self.store.get_device(serial)
+        if row is None:
+            raise NotFound(f"device {serial} not found")
+        return row
+
+    def forget_device(self, serial: str) -> None:
+        self.known_device(serial)
+        if self.devices is not None and self.devices.is_online(serial):
+            raise BadRequest("serial", f"device {serial} is online: only an offline phone "
+                                       "can be forgotten (disconnect or unplug it first)")
+        if not self.store.delete_device(serial):
+            raise BadRequest("serial", f"device {serial} has pending or running tasks: "
+                                       "stop or delete them first")
+        if self.screens is not None:
+            self.screens.forget(serial)
+
+    def online_device(self, serial: str) -> DeviceManager:
+        self.known_device(serial)
+        devices = self.need_devices()
+        if not devices.is_online(serial):
+            raise Unavailable(f"device {serial} is {devices.state(serial)}")
+        return devices
+
+    def device_input(self, serial: str, action: Dict[str, Any], take_over: bool) -> None:
+        """Drive a phone by hand; a running task is refused unless the user takes over."""
+        devices = self.online_device(serial)
+        running = self.store.query_one("SELECT id, script_name FROM tasks WHERE serial=?"
+                                       " AND status=1", (serial,))
+        if running is not None:
+            if not take_over:
+                raise BadRequest("take_over", f"task {running['id']} "
+                                 f"({running['script_name']}) is running on {serial}: send "
+                                 "take_over true to stop it and take the phone")
+            self.stop_task(running["id"])
+        try:
+            remote_input(devices, serial, action)
+        except (DeviceLost, CommandTimeout) as exc:
+            raise Unavailable(f"device {serial}: {exc}") from None
+        except RuntimeError as exc:                # text the phone cannot type
+            raise BadRequest(action["action"], str(exc)) from None
+
+    def material(self, material_id: Any) -> sqlite3.Row:
+        text = str(material_id)
+        row = self.store.get_material(int(text)) if re.fullmatch(r"\d{1,18}", text) else None
+        if row is None:
+            raise NotFound(f"material {text} not found")
+        return row
+
+    def delete_material(self, material_id: int) -> None:
+        name = self.store.delete_material(material_id)
+        if name is None:
+            raise BadRequest("material_id", f"material {material_id} is held by a pending or "
+                                            "running task: stop or delete the task first")
+        with contextlib.suppress(FileNotFoundError):
+            (self.config.materials_dir / name).unlink()
+
+    def add_materials(self, files: List["UploadedFile"], tags: List[str],
+                      username: Optional[str], caption: str) -> List[int]:
+        """Keep uploaded files whose content is a video or an image; all or none.
+
+        The same bytes (sha256) are one material: a second upload finds the first.
+        """
+        if not files:
+            raise BadRequest("file", "no file part in the upload")
+        kinds = []
+        for f in files:
+            kind = sniff_media(f.head)
+            if kind is None:
+                raise BadRequest("file", f"{f.name}: not a video (mp4, mov, webm, 3gp) or "
+                                         "an image (jpeg, png, webp, gif, heic)")
+            kinds.append(kind)
+        ids = []
+        for f, (kind, ext) in zip(files, kinds):
+            final = f.sha256[:32] + ext
+            material_id, created = self.store.add_material(
+                f.name, kind, f.size, f.sha256, final, tags, username, caption)
+            if created:
+                os.replace(f.path, self.config.materials_dir / final)
+            ids.append(material_id)
+        return list(dict.fromkeys(ids))
+
+    def screen(self, serial: str, fmt: str, max_age_ms: Optional[int],
+               view: Optional[str]) -> Tuple[Frame, float]:
+        self.online_device(serial)
+        try:
+            return self.screens.frame(serial, fmt, max_age_ms, view)
+        except (DeviceLost, CommandTimeout, RuntimeError) as exc:
+            with contextlib.suppress(Exception):
+                self.store.upsert_device(serial, last_error=f"screenshot: {exc}"[:500])
+            raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
+
 
 def _lock_database(db: Path):
     """Hold an exclusive lock beside the database for the life of the server."""
@@ -2564,6 +3275,12 @@ def _lock_database(db: Path):
 ###############################################################################
 
 API_PREFIX = "/api/v1"
+#: the dashboard's files (GET /)
+WEB_DIR = HERE / "web"
+#: waitress threads for ordinary requests, and the extra ones event streams may hold:
+#: a stream keeps its thread while open, so streams never take the API's threads
+API_THREADS = 8
+EVENT_STREAMS = 16
 
 
 def _ok(data: Any) -> Dict[str, Any]:
@@ -2663,18 +3380,25 @@ class Api:
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
+        self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
         self._declare_routes()
+        self._declare_farm_view_routes()
 
     # -- plumbing ------------------------------------------------------------------
     def wsgi(self, environ, start_response):
         """Access rules first (SPEC 3), then the size of the body, then the routes."""
         try:
-            self._check_access(environ)
+            path = environ.get("PATH_INFO", "")
+            # the page's own files hold no data: it must load to ask for the key
+            self._check_access(environ, need_key=not (path == "/" or path.startswith("/web/")))
             length = environ.get("CONTENT_LENGTH") or "0"
             if not length.isdigit():
                 raise BadRequest("Content-Length", "is not a number")
-            if int(length) > MAX_BODY_BYTES:
-                raise BodyTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+            limit = MAX_BODY_BYTES
+            if path == API_PREFIX + "/material" and environ.get("REQUEST_METHOD") == "POST":
+                limit = self.lite.config.max_upload_mb * 1024 * 1024 + 64 * 1024
+            if int(length) > limit:
+                raise BodyTooLarge(f"request body is larger than {limit} bytes")
         except LiteError as exc:
             body = json.dumps({"code": exc.code, "message": exc.message, "data": None})
             start_response(f"{exc.code // 100} {_reason(exc.code // 100)}",
@@ -2683,7 +3407,7 @@ class Api:
             return [body.encode()]
         return self.app(environ, start_response)
 
-    def _check_access(self, environ) -> None:
+    def _check_access(self, environ, need_key: bool = True) -> None:
         try:
             address = ipaddress.ip_address(environ.get("REMOTE_ADDR", "").split("%")[0])
             address = getattr(address, "ipv4_mapped", None) or address
@@ -2693,7 +3417,7 @@ class Api:
                    if net.version == address.version):
             raise Forbidden(f"client address {address} is not allowed (--allow-from)")
         key = self.lite.config.api_key
-        if key:
+        if key and need_key:
             sent = environ.get("HTTP_X_API_KEY", "")
             auth = environ.get("HTTP_AUTHORIZATION", "")
             if auth[:7].lower() == "bearer ":
@@ -2790,7 +3514,8 @@ class Api:
             "enable_multi_account": "boolean", "start_time": "string HH:MM",
             "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
             "priority": "integer -100..100", "max_retry_count": "integer 1-10",
-            "auto_retry": "boolean"},
+            "auto_retry": "boolean", "groups": "array of string (phones of these groups)",
+            "source": "api (default) or ui"},
             data={"task_ids": "array of integer", "created_count": "integer"})
         def create_task():
             tasks = self.build_tasks(self.json_body())
@@ -2939,21 +3664,6 @@ class Api:
             message = lite.need_devices().disconnect(address)
             return {"address": address, "message": message.strip()}
 
-        @route("GET", "/device/{serial}/screenshot", "The phone's screen now (PNG)",
-               produces="image/png")
-        def device_screenshot(serial):
-            if store.get_device(serial) is None:
-                raise NotFound(f"device {serial} not found")
-            devices = lite.need_devices()
-            if not devices.is_online(serial):
-                raise Unavailable(f"device {serial} is {devices.state(serial)}")
-            try:
-                png = devices.screenshot(serial)
-            except (DeviceLost, CommandTimeout, RuntimeError) as exc:
-                raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
-            return self.bottle.HTTPResponse(png, status=200, headers={
-                "Content-Type": "image/png", "Cache-Control": "no-store"})
-
         @route("GET", "/account", "Accounts", query={"serial": "string"},
                data={"items": "array of Account", "total": "integer"})
         def list_accounts():
@@ -3008,6 +3718,185 @@ class Api:
             return self.bottle.HTTPResponse(
                 json.dumps(self.openapi(), ensure_ascii=False), status=200,
                 headers={"Content-Type": "application/json"})
+
+    # -- farm view: events, materials, phones --------------------------------------
+    def _declare_farm_view_routes(self) -> None:
+        """SPEC 7: each endpoint is a named method below, registered here."""
+        route = self.route
+        route("GET", "/events", "Live events (Server-Sent Events)",
+              query={"after": "integer: the last event id seen (or header Last-Event-ID)"},
+              produces="text/event-stream")(self.events_stream)
+        route("PUT", "/device/{serial}", "Rename a phone or put it in groups",
+              body={"alias": "string", "groups": "array of string"},
+              data={"...Device": ""})(self.update_device)
+        route("DELETE", "/device/{serial}", "Forget an offline phone with no pending or "
+              "running task")(self.forget_device)
+        route("GET", "/device/{serial}/screenshot", "The phone's screen (PNG, or JPEG where "
+              "the phone encodes it)", query={
+                  "format": "png or jpeg", "max_age_ms": "integer: a shared capture this "
+                  "recent will do", "view": "grid or focus: under the --screen-fps budget"},
+              produces="image/png, image/jpeg")(self.device_screenshot)
+        route("POST", "/device/{serial}/input", "Tap, swipe, press a key or type text",
+              body={"action": "tap, swipe, key or text (required)", "x": "integer",
+                    "y": "integer", "x1": "integer", "y1": "integer", "x2": "integer",
+                    "y2": "integer", "duration_ms": "integer", "key": "string",
+                    "text": "string", "take_over": "boolean"})(self.device_input)
+        route("POST", "/material", "Upload materials (multipart/form-data)",
+              body={"file": "file part(s) (required)", "tags": "comma list",
+                    "username": "string", "caption": "string"},
+              data={"items": "array of Material"})(self.upload_materials)
+        route("GET", "/material", "Materials, newest first", query={
+            "kind": "video or image", "tag": "string", "username": "string",
+            "unused": "1: never used", "page": "integer", "page_size": "integer"},
+            data={"items": "array of Material", "total": "integer", "page": "integer",
+                  "page_size": "integer"})(self.list_materials)
+        route("GET", "/material/{material_id}", "One material",
+              data={"...Material": ""})(self.get_material)
+        route("GET", "/material/{material_id}/file", "A material's bytes (range requests)",
+              produces="video/*, image/*")(self.material_file)
+        route("PUT", "/material/{material_id}", "Change a material's tags, account or "
+              "caption", body={"tags": "array of string or comma list",
+                               "username": "string or null", "caption": "string"},
+              data={"...Material": ""})(self.update_material)
+        route("DELETE", "/material/{material_id}", "Delete a material no task "
+              "holds")(self.delete_material)
+        self.app.route("/", "GET", self.page)
+        self.app.route("/web/<name:path>", "GET", self.page_file)
+
+    def events_stream(self):
+        """SPEC 7.1. A stream holds one of the threads kept for streams, never the API's."""
+        q = self.query()
+        text = q.get("after") or self.bottle.request.environ.get("HTTP_LAST_EVENT_ID", "")
+        if text and not re.fullmatch(r"\d{1,18}", text.strip()):
+            raise BadRequest("after", f"must be an event id, got {text!r}")
+        after = int(text) if text else None
+        if not self._stream_slots.acquire(blocking=False):
+            raise Unavailable(f"too many event streams open (at most {EVENT_STREAMS})")
+        body = event_stream(self.lite.events, after, release=self._stream_slots.release)
+        return self.bottle.HTTPResponse(body, status=200, headers={
+            "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no"})
+
+    def update_device(self, serial):
+        self.lite.known_device(serial)
+        body = self.json_body()
+        fields = {}
+        if body.has("alias"):
+            fields["alias"] = body.str("alias", max_length=64).strip()
+        if body.has("groups"):
+            fields["groups"] = _dump_json(clean_names("groups", body.list("groups", str)))
+        self.store.upsert_device(serial, **fields)
+        return device_to_json(self.store.list_devices(serial)[0], self.lite.devices)
+
+    def forget_device(self, serial):
+        self.lite.forget_device(serial)
+        return {"deleted": serial}
+
+    def device_screenshot(self, serial):
+        q = self.query()
+        fmt = q.get("format", "png")
+        if fmt not in ("png", "jpeg"):
+            raise BadRequest("format", f"must be png or jpeg, got {fmt!r}")
+        view = q.get("view")
+        if view not in (None, "grid", "focus"):
+            raise BadRequest("view", f"must be grid or focus, got {view!r}")
+        max_age = _query_int(q, "max_age_ms", None, 0, 3_600_000)
+        frame, wait = self.lite.screen(serial, fmt, max_age, view)
+        return self.bottle.HTTPResponse(frame.data, status=200, headers={
+            "Content-Type": frame.mime, "Cache-Control": "no-store",
+            "X-Next-Frame-Ms": str(int(wait * 1000))})
+
+    def device_input(self, serial):
+        body = self.json_body()
+        action = parse_input_action(body)
+        self.lite.device_input(serial, action, body.bool("take_over", False))
+        return {"serial": serial, "action": action["action"]}
+
+    def upload_materials(self):
+        form = read_multipart(self.bottle.request.environ, self.lite.config.materials_dir,
+                              self.lite.config.max_upload_mb * 1024 * 1024)
+        try:
+            ids = self.lite.add_materials(form.files, **self._material_fields(form.fields))
+        finally:
+            form.discard()
+        return {"items": [material_to_json(self.store.get_material(i)) for i in ids]}
+
+    def list_materials(self):
+        q = self.query()
+        if q.get("kind") not in (None, "video", "image"):
+            raise BadRequest("kind", f"must be video or image, got {q['kind']!r}")
+        page = _query_int(q, "page", 1, 1, 10 ** 9)
+        page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
+        rows, total = self.store.list_materials(
+            kind=q.get("kind"), tag=q.get("tag"), unused=q.get("unused") == "1",
+            username=normalize_username(q["username"]) if "username" in q else None,
+            page=page, page_size=page_size)
+        return {"items": [material_to_json(r) for r in rows], "total": total, "page": page,
+                "page_size": page_size}
+
+    def get_material(self, material_id):
+        return material_to_json(self.lite.material(material_id))
+
+    def material_file(self, material_id):
+        row = self.lite.material(material_id)
+        response = self.bottle.static_file(row["file"], root=str(
+            self.lite.config.materials_dir))
+        response.set_header("Content-Disposition", f"inline; filename*=UTF-8''"
+                            f"{_url_quote(row['name'])}")
+        return response
+
+    def update_material(self, material_id):
+        row = self.lite.material(material_id)
+        body = self.json_body()
+        fields = self._material_fields({k: body.data[k] for k in ("tags", "username",
+                                                                  "caption")
+                                        if k in body.data}, partial=True)
+        if "tags" in fields:
+            fields["tags"] = _dump_json(fields["tags"])
+        self.store.update_material(row["id"], **fields)
+        return material_to_json(self.store.get_material(row["id"]))
+
+    def delete_material(self, material_id):
+        self.lite.delete_material(self.lite.material(material_id)["id"])
+        return {"deleted": int(material_id)}
+
+    def page(self):
+        return self.page_file("index.html")
+
+    def page_file(self, name):
+        """The dashboard's files from web/ beside the module: no data, so no key."""
+        response = self.bottle.static_file(name, root=str(WEB_DIR))
+        if response.status_code >= 400:          # absent, or outside web/
+            return self._error(NotFound(f"no such file: {name}"))
+        response.set_header("Cache-Control", "no-cache")
+        return response
+
+    def _material_fields(self, data: Dict[str, Any], partial: bool = False):
+        """tags (comma list or array), username (an account, or empty for any), caption."""
+        out: Dict[str, Any] = {}
+        if "tags" in data or not partial:
+            tags = data.get("tags") or []
+            if isinstance(tags, str):
+                tags = tags.split(",")
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                raise BadRequest("tags", "must be a comma list or an array of strings")
+            out["tags"] = clean_names("tags", tags)
+        if "username" in data or not partial:
+            name = data.get("username")
+            if name is not None and not isinstance(name, str):
+                raise BadRequest("username", f"must be a string, got {_json_type(name)}")
+            out["username"] = None
+            if name and name.strip():
+                account = self.store.get_account(self._username(name))
+                if account is None:
+                    raise BadRequest("username", f"unknown account {name!r}")
+                out["username"] = account["username"]
+        if "caption" in data or not partial:
+            caption = data.get("caption") or ""
+            if not isinstance(caption, str) or len(caption) > 5000:
+                raise BadRequest("caption", "must be a string of at most 5000 characters")
+            out["caption"] = caption
+        return out
 
     # -- helpers of the routes --------------------------------------------------------
     def _each(self, ids: List[int], action: Callable[[int], None]):
@@ -3077,10 +3966,12 @@ class Api:
                              f"{_json_type(body.data['script_config'])}")
         serials = body.list("serials", str)
         usernames = body.list("usernames", str)
+        serials = self._with_groups(serials, body.list("groups", str))
         if serials and usernames:
             raise BadRequest("serials", "give serials or usernames, not both")
         if not serials and not usernames:
             raise BadRequest("serials", "give a non-empty serials or usernames array")
+        source = body.str("source", default="api", choices=("api", "ui"))
         multi = body.bool("enable_multi_account", False)
         start_text = body.str("start_time", default="")
         now = self.store.clock()
@@ -3123,11 +4014,29 @@ class Api:
         if len(targets) * len(configs) > 10_000:
             raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
                                         "the limit is 10000 per request")
+        wants = [self._material_request(script, c) for c in configs]
         return [NewTask(serial=serial, username=username, script_name=name,
                         script_config=config, priority=priority, start_time=start,
                         rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
-                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry)
-                for serial, username in targets for config in configs]
+                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
+                        source=source, materials=want)
+                for serial, username in targets for config, want in zip(configs, wants)]
+
+    def _with_groups(self, serials: Optional[List[str]], groups: Optional[List[str]]):
+        """SPEC 7.3: every phone of the groups, as if listed in serials."""
+        if not groups:
+            return serials
+        in_groups = self.store.devices_in_groups(groups)
+        if not in_groups:
+            raise BadRequest("groups", f"no phone is in {', '.join(groups)}")
+        return (serials or []) + in_groups
+
+    def _material_request(self, script: Script, config: Dict[str, Any]):
+        """What the script reserves from the library for one task (SPEC 7.2), if any."""
+        want = script.reserve_materials(config) if script.reserve_materials else None
+        if want:
+            want = dict(want, folder=str(self.lite.config.materials_dir))
+        return want
 
     def health(self) -> Dict[str, Any]:
         lite = self.lite
@@ -3235,6 +4144,188 @@ def _query_number(q: Dict[str, str], name: str) -> Optional[float]:
     return value
 
 
+def clean_names(field_name: str, names: Sequence[str]) -> List[str]:
+    """Tags or groups: trimmed, without empties and repeats, each short."""
+    out = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    for i, name in enumerate(out):
+        if len(name) > 64 or "," in name:
+            raise BadRequest(f"{field_name}[{i}]", "must be at most 64 characters, no comma")
+    if len(out) > 50:
+        raise BadRequest(field_name, "at most 50")
+    return out
+
+
+def parse_input_action(body: _Body) -> Dict[str, Any]:
+    """The body of POST /device/{serial}/input (SPEC 7.3), checked field by field."""
+    action = body.str("action", required=True, choices=("tap", "swipe", "key", "text"))
+
+    def number(name: str, low: int = 0, high: int = 100_000) -> int:
+        if not body.has(name):
+            raise BadRequest(name, f"is required for {action}")
+        return body.int(name, 0, low, high)
+
+    if action == "tap":
+        return {"action": action, "x": number("x"), "y": number("y")}
+    if action == "swipe":
+        out = {"action": action, **{n: number(n) for n in ("x1", "y1", "x2", "y2")}}
+        out["duration_ms"] = body.int("duration_ms", 300, 1, 10_000)
+        return out
+    if action == "key":
+        key = body.str("key", required=True, max_length=40).upper()
+        key = key[len("KEYCODE_"):] if key.startswith("KEYCODE_") else key
+        if not re.fullmatch(r"[A-Z0-9_]{1,32}", key):
+            raise BadRequest("key", f"must be a key name like BACK, HOME, APP_SWITCH, got "
+                                    f"{key!r}")
+        return {"action": action, "key": key}
+    text = body.str("text", required=True, max_length=5000)
+    if not text:
+        raise BadRequest("text", "is empty")
+    return {"action": action, "text": text}
+
+
+@dataclass
+class UploadedFile:
+    """A file part of a multipart upload, already on disk beside the library."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    head: bytes                                # its first bytes, to tell its kind
+
+
+@dataclass
+class UploadForm:
+    fields: Dict[str, str]
+    files: List[UploadedFile]
+
+    def discard(self) -> None:
+        """Remove what was not kept (kept files were moved away already)."""
+        for f in self.files:
+            with contextlib.suppress(FileNotFoundError):
+                f.path.unlink()
+
+
+def read_multipart(environ: Dict[str, Any], folder: Path, limit: int) -> UploadForm:
+    """Stream a multipart/form-data body to files in ``folder``, 64 KiB at a time.
+
+    Nothing is held whole in memory; each file is hashed as it is written. A body that
+    ends before its closing boundary (an upload cut off) leaves nothing behind.
+    """
+    match = re.search(r'boundary="?([^";]+)"?', environ.get("CONTENT_TYPE", ""))
+    if not environ.get("CONTENT_TYPE", "").startswith("multipart/form-data") or not match:
+        raise BadRequest("body", "must be multipart/form-data with file parts")
+    reader = _MultipartReader(environ["wsgi.input"],
+                              int(environ.get("CONTENT_LENGTH") or 0), match[1].encode())
+    folder.mkdir(parents=True, exist_ok=True)
+    form = UploadForm({}, [])
+    try:
+        for headers in reader.parts():
+            disposition = headers.get("content-disposition", "")
+            name = re.search(r'\bname="([^"]*)"', disposition)
+            filename = re.search(r'\bfilename="([^"]*)"', disposition)
+            if filename is None:
+                value = b"".join(reader.body(limit=64 * 1024))
+                if name:
+                    form.fields[name[1]] = value.decode("utf-8", "replace")
+                continue
+            form.files.append(_save_part(reader, folder, filename[1], limit))
+        return form
+    except BaseException:
+        form.discard()
+        raise
+
+
+def _save_part(reader: "_MultipartReader", folder: Path, filename: str,
+               limit: int) -> UploadedFile:
+    import hashlib
+    import tempfile
+    digest, size, head = hashlib.sha256(), 0, b""
+    handle, temp = tempfile.mkstemp(dir=folder, prefix=".upload-", suffix=".part")
+    path = Path(temp)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in reader.body(limit=limit):
+                if len(head) < 64:
+                    head += chunk[:64 - len(head)]
+                digest.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+    except BaseException:
+        path.unlink()
+        raise
+    name = Path(filename.replace("\\", "/")).name[:200] or "upload"
+    return UploadedFile(name, path, size, digest.hexdigest(), head)
+
+
+class _MultipartReader:
+    """The parts of a multipart body, read from a stream with a small buffer."""
+
+    def __init__(self, stream: Any, length: int, boundary: bytes):
+        self.stream, self.left = stream, length
+        self.delimiter = b"\r\n--" + boundary
+        self.buffer = b"\r\n"                   # the first boundary has no CRLF before
+
+    def _fill(self) -> bool:
+        if self.left <= 0:
+            return False
+        chunk = self.stream.read(min(65536, self.left))
+        if not chunk:
+            self.left = 0
+            return False
+        self.left -= len(chunk)
+        self.buffer += chunk
+        return True
+
+    def _cut_off(self) -> BadRequest:
+        return BadRequest("file", "the upload was cut off before its end")
+
+    def parts(self) -> Iterator[Dict[str, str]]:
+        for _ in self.body(limit=1024 * 1024):    # the preamble, if any
+            pass
+        while True:
+            while len(self.buffer) < 2:
+                if not self._fill():
+                    raise self._cut_off()
+            if self.buffer.startswith(b"--"):
+                return
+            while b"\r\n\r\n" not in self.buffer:
+                if len(self.buffer) > 16 * 1024 or not self._fill():
+                    raise self._cut_off()
+            raw, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            headers = {}
+            for line in raw.decode("utf-8", "replace").split("\r\n"):
+                key, _, value = line.partition(":")
+                headers[key.strip().lower()] = value.strip()
+            yield headers
+
+    def body(self, limit: int) -> Iterator[bytes]:
+        """The current part's bytes up to the next delimiter (which is consumed)."""
+        size, keep = 0, len(self.delimiter)
+        while True:
+            at = self.buffer.find(self.delimiter)
+            if at >= 0:
+                data, self.buffer = self.buffer[:at], self.buffer[at + keep:]
+            elif len(self.buffer) > keep:
+                data, self.buffer = self.buffer[:-keep], self.buffer[-keep:]
+            else:
+                data = b""
+            size += len(data)
+            if size > limit:
+                raise BodyTooLarge(f"upload part is larger than {limit} bytes")
+            if data:
+                yield data
+            if at >= 0:
+                return
+            if not self._fill():
+                raise self._cut_off()
+
+
+def _url_quote(text: str) -> str:
+    from urllib.parse import quote
+    return quote(text, safe="")
+
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
@@ -3253,7 +4344,19 @@ def device_to_json(row: sqlite3.Row, devices: Optional[DeviceManager]) -> Dict[s
             "model": row["model"], "android_version": row["android_version"],
             "battery": row["battery"], "adb_server": row["adb_server"],
             "connection": row["connection"], "running_task_id": row["running_task_id"],
-            "pending_count": row["pending_count"], "last_seen": format_time(row["last_seen"])}
+            "pending_count": row["pending_count"], "last_seen": format_time(row["last_seen"]),
+            "alias": row["alias"], "groups": _load_json(row["groups"]) or [],
+            "ime": row["ime"], "screen": row["screen"] or None,
+            "apps": _load_json(row["apps"]) or {}, "last_error": row["last_error"]}
+
+
+def material_to_json(row: sqlite3.Row) -> Dict[str, Any]:
+    return {"id": row["id"], "name": row["name"], "kind": row["kind"], "size": row["size"],
+            "sha256": row["sha256"], "tags": _load_json(row["tags"]),
+            "username": row["username"], "caption": row["caption"],
+            "used_count": row["used_count"], "last_used_at": format_time(row["last_used_at"]),
+            "created_at": format_time(row["created_at"]), "reserved_by": row["reserved_by"],
+            "url": f"{API_PREFIX}/material/{row['id']}/file"}
 
 
 def account_to_json(row: sqlite3.Row) -> Dict[str, Any]:
@@ -3297,8 +4400,10 @@ def make_server(config: Config, lite: Lite):
     import waitress.server
     try:
         server = waitress.server.create_server(
-            create_app(config, lite), host=config.host, port=config.port, threads=8,
-            ident="TikMatrix-Lite", max_request_body_size=8 * MAX_BODY_BYTES,
+            create_app(config, lite), host=config.host, port=config.port,
+            threads=API_THREADS + EVENT_STREAMS, ident="TikMatrix-Lite",
+            max_request_body_size=max(8 * MAX_BODY_BYTES,
+                                      (config.max_upload_mb + 1) * 1024 * 1024),
             clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1,
             connection_limit=CONNECTION_LIMIT, channel_timeout=IDLE_CONNECTION_TIMEOUT,
             cleanup_interval=10)
@@ -3428,6 +4533,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if lite is not None:                # open event streams end, freeing their threads
+            lite.events.close(wait=2)
         if server is not None:
             server.close()
         if lite is not None:

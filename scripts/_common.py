@@ -466,23 +466,28 @@ def material_folder(config: Dict[str, Any], username: Optional[str]) -> Path:
     return root
 
 
-def claim_media(folder: Path, content_type: int, count: int) -> List[Path]:
+def claim_media(folder: Path, content_type: int, count: int, task: Any = None) -> List[Path]:
     """Pick `count` files not used by an earlier task and mark them used at once, so two
     phones posting from one folder at the same time never take the same file.
 
-    The ledger is a hidden file in the folder, one used file name per line."""
-    with _ledger_lock:
-        ledger = folder / USED_LEDGER
-        used = set(ledger.read_text("utf-8").splitlines()) if ledger.exists() else set()
-        fresh = [p for p in media_files(folder, content_type) if p.name not in used]
-        if len(fresh) < count:
-            kind = "video" if content_type == 0 else "image"
-            raise StepFailed(f"post: {folder} has {len(fresh)} unused {kind} file(s), "
-                             f"{count} needed (files already posted are not used again)")
-        chosen = fresh[:count]
-        with open(ledger, "a", encoding="utf-8") as out:
-            out.writelines(p.name + "\n" for p in chosen)
-        return chosen
+    The ledger is the server's database (task.claim_media); without a task (a script run
+    by hand) it is a hidden file in the folder, one used file name per line."""
+    kind = "video" if content_type == 0 else "image"
+    files = media_files(folder, content_type)
+    if task is not None and hasattr(task, "claim_media"):
+        chosen = [Path(p) for p in task.claim_media(files, count)]
+    else:
+        with _ledger_lock:
+            ledger = folder / USED_LEDGER
+            used = set(ledger.read_text("utf-8").splitlines()) if ledger.exists() else set()
+            chosen = [p for p in files if p.name not in used][:count]
+            if len(chosen) == count:
+                with open(ledger, "a", encoding="utf-8") as out:
+                    out.writelines(p.name + "\n" for p in chosen)
+    if len(chosen) < count:
+        raise StepFailed(f"post: {folder} has {len(chosen)} unused {kind} file(s), "
+                         f"{count} needed (files already posted are not used again)")
+    return chosen
 
 
 # ---------------------------------------------------------------------------------------

@@ -65,10 +65,6 @@ def validate(config):
         if not Path(config["material_path"]).expanduser().is_dir():
             raise ValueError("material_path", f"folder not found on the box: "
                                               f"{config['material_path']}")
-    else:
-        raise ValueError("material_list", "TikMatrix Lite has no material library yet: send "
-                         "the media files in material_list (or material_source localFolder "
-                         "with material_path)")
     if config["post_way"] == "useSound" and not config["sound_name"].strip():
         raise ValueError("sound_name", "is required for post_way useSound")
     if str(config["add_sound"]) not in ("-1", "0", "1", "custom"):
@@ -77,19 +73,29 @@ def validate(config):
         raise ValueError("custom_sound_keyword", "is required when add_sound is custom")
 
 
-def choose_media(config, username):
+def reserve_materials(config):
+    """The material library (SPEC 7.2): what a task reserves when it is created. The
+    server puts the reserved files in material_list, so run() needs nothing else."""
+    if config["material_list"] or config["material_source"] != "materialLibrary":
+        return None
+    return {"kind": "video" if config["content_type"] == 0 else "image",
+            "count": config["image_count"] if config["content_type"] == 1 else 1,
+            "tags": [t.strip() for t in config["materials_tags"].split(",") if t.strip()]}
+
+
+def choose_media(config, username, task=None):
     """The files to post: material_list as given, else unused files of the folder."""
     count = config["image_count"] if config["content_type"] == 1 else 1
     if config["material_list"]:
         return [Path(p).expanduser() for p in config["material_list"][:count]]
     folder = _common.material_folder(config, username)
-    return _common.claim_media(folder, config["content_type"], count)
+    return _common.claim_media(folder, config["content_type"], count, task)
 
 
 def run(phone, task):
     config = task.config
     app = _common.open_app(phone, task)
-    files = choose_media(config, task.username)
+    files = choose_media(config, task.username, task)
     caption = _common.spintax(config["captions"], task.random)
     title, description = _common.split_title(caption)
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")

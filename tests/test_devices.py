@@ -27,7 +27,8 @@ def test_device_list_shows_what_the_phone_reports(farm):
                    "android_version": "13", "battery": 64,
                    "adb_server": f"127.0.0.1:{farm.adb.port}", "connection": "tcp",
                    "running_task_id": None, "pending_count": 0,
-                   "last_seen": row["last_seen"]}
+                   "last_seen": row["last_seen"], "alias": "", "groups": [],
+                   "ime": None, "screen": row["screen"], "apps": {}, "last_error": ""}
     assert row["last_seen"] is not None
 
 

@@ -140,6 +140,10 @@ def test_post_local_folder_per_account_and_no_reuse(farm, tmp_path):
                                                 "script_config": config}).json
     failed = farm.finished(reply["data"]["task_ids"][0])
     assert failed["status"] == 3 and "unused video" in failed["error"]
+    # the ledger is the server's database: nothing is written into the user's folder
+    assert not list((tmp_path / "lib").rglob(".tmlite_used"))
+    used = farm.lite.store.query("SELECT path FROM used_media ORDER BY path")
+    assert [Path(r[0]).name for r in used] == ["b1.mp4", "b2.mp4"]
 
 
 def test_post_use_sound(farm, tmp_path):
@@ -174,7 +178,8 @@ def test_post_validation(farm, tmp_path):
     reply = farm.submit(device.address, "post", {"material_list": ["/nope/x.mp4"]}, 40001)
     assert "material_list[0]" in reply["message"] and "not found" in reply["message"]
     reply = farm.submit(device.address, "post", {}, 40001)
-    assert "material_list" in reply["message"] and "library" in reply["message"]
+    # the material library (SPEC 7.2) is the default source: empty here
+    assert "materials_tags" in reply["message"] and "not enough" in reply["message"]
     reply = farm.submit(device.address, "post", {
         "material_list": media(tmp_path, "v.mp4"), "post_way": "useSound"}, 40001)
     assert "sound_name" in reply["message"]

@@ -1,0 +1,128 @@
+"""Live events (SPEC 7.1): the hub, the stream over a real waitress server, and that
+open streams never starve the API."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+import tikmatrix_lite as tl
+from live_server import EventReader, serve
+
+
+@pytest.fixture
+def hub(tmp_path):
+    store = tl.Store(tmp_path / "h.db")
+    yield tl.EventHub(store, size=5)
+    store.close()
+
+
+def test_store_commits_become_numbered_events(hub):
+    store = hub.store
+    store.upsert_device("P1", state="device")
+    [task_id] = store.create_tasks([tl.NewTask(serial="P1", script_name="echo",
+                                               script_config={})])
+    events = hub.wait_after(hub.first_id - 1, 0)
+    kinds = [(k, tl.json.loads(d).get("id") or tl.json.loads(d).get("serial"))
+             for _, k, d in events]
+    assert ("device", "P1") in kinds and ("task", task_id) in kinds
+    ids = [i for i, _, _ in events]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    last = hub.last_id
+    store.set_progress(task_id, 50, "half")          # pending: no change, still announced
+    store.claim_next("P1", store.clock())
+    store.set_progress(task_id, 40, "going")
+    after = hub.wait_after(last, 0)
+    tasks = [tl.json.loads(d) for _, k, d in after if k == "task"]
+    assert tasks[-1]["progress"] == 40 and tasks[-1]["status_text"] == "running"
+    assert tasks[-1]["message"] == "going"
+    devices = [tl.json.loads(d) for _, k, d in after if k == "device"]
+    assert devices[-1]["running_task_id"] == task_id
+
+
+def test_a_rolled_back_write_announces_nothing(hub):
+    store = hub.store
+    before = hub.last_id
+    with pytest.raises(RuntimeError):
+        with store.write() as conn:
+            conn.execute("INSERT INTO devices (serial, first_seen) VALUES ('X', 0)")
+            store._note("device", "X")
+            raise RuntimeError("boom")
+    assert hub.last_id == before
+
+
+def test_ring_keeps_the_newest_and_a_stale_id_is_missed(hub):
+    for n in range(8):
+        hub.publish("task", {"id": n})
+    assert len(hub.wait_after(0, 0)) == 5            # ring of 5
+    assert hub.missed(hub.first_id)                  # events after it fell out
+    assert not hub.missed(hub.last_id - 2)
+    assert hub.missed(hub.last_id + 10)              # an id from another run
+
+
+def test_wait_after_wakes_on_publish_without_polling(hub):
+    got = []
+    after = hub.last_id
+    t = threading.Thread(target=lambda: got.extend(hub.wait_after(after, 30)))
+    t.start()
+    hub.publish("material", {"id": 1, "used_count": 0})
+    t.join(10)
+    assert not t.is_alive() and got[0][1] == "material"
+
+
+def test_the_stream_replays_missed_events_then_goes_live(config):
+    with serve(config, with_devices=False) as srv:
+        store = srv.lite.store
+        store.upsert_device("P1", state="device")
+        first = srv.lite.events.last_id
+        store.upsert_device("P2", state="device")
+        reader = EventReader(srv.port, headers={"Last-Event-ID": str(first)})
+        try:
+            event = reader.next()
+            assert event["event"] == "device" and event["data"]["serial"] == "P2"
+            assert event["id"] == first + 1
+            status, reply = srv.request("POST", "/api/v1/account", {
+                "username": "@shop", "serial": "P1", "platform": "tiktok"})
+            assert reply["code"] == 0
+            event = reader.until(lambda e: e["event"] == "account")
+            assert event["data"] == {"username": "shop", "status": "enabled",
+                                     "cooldown_until": None, "serial": "P1"}
+        finally:
+            reader.close()
+        # ?after= works too, and a stale id gets a reset
+        reader = EventReader(srv.port, path=f"/api/v1/events?after={first}")
+        try:
+            assert reader.next()["data"]["serial"] == "P2"
+        finally:
+            reader.close()
+        reader = EventReader(srv.port, path="/api/v1/events?after=5")
+        try:
+            assert reader.next()["event"] == "reset"
+        finally:
+            reader.close()
+        status, reply = srv.request("GET", "/api/v1/events?after=x")
+        assert status == 400 and reply["message"].startswith("after:")
+
+
+def test_open_streams_never_starve_the_api(config):
+    """Every stream slot taken: the API still answers, and one stream more is refused
+    with a clear error instead of queueing behind the others."""
+    with serve(config, with_devices=False) as srv:
+        readers = []
+        try:
+            for _ in range(tl.EVENT_STREAMS):
+                readers.append(EventReader(srv.port))
+            # each stream has started (its first line sent) before we ask the API
+            for r in readers:
+                assert r.response.status == 200
+            for _ in range(tl.API_THREADS * 2):
+                status, reply = srv.request("GET", "/api/v1/task/stats", timeout=10)
+                assert status == 200 and reply["code"] == 0
+            status, reply = srv.request("GET", "/api/v1/events", timeout=10)
+            assert status == 500 and "too many event streams" in reply["message"]
+            srv.lite.store.upsert_device("P9", state="device")
+            for r in readers:
+                assert r.next()["data"]["serial"] == "P9"
+        finally:
+            for r in readers:
+                r.close()
