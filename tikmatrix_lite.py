@@ -291,6 +291,23 @@ class CommandTimeout(Exception):
     """A device command did not finish within its timeout."""
 
 
+class DeviceError(RuntimeError):
+    """The phone answered, but not with what was asked: ``kind`` says which.
+
+    Kinds: "push" (a file copy refused), "screenshot" (no PNG), "ui_dump" (no window
+    dump), "keyboard" (cannot type this text), "app_missing" (the app is not installed:
+    trying again cannot help). A RuntimeError, as scripts written before it expect.
+    """
+
+    KINDS = ("push", "screenshot", "ui_dump", "keyboard", "app_missing")
+
+    def __init__(self, kind: str, message: str):
+        assert kind in self.KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+        self.retry = kind != "app_missing"
+
+
 class StepFailed(Exception):
     """A step of a script could not be done; the message names the step and why.
 
@@ -356,8 +373,8 @@ def local_timezone_name() -> str:
 # Store #######################################################################
 ###############################################################################
 
-STATUS_TEXT = {0: "pending", 1: "running", 2: "completed", 3: "failed"}
 PENDING, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
+STATUS_TEXT = {PENDING: "pending", RUNNING: "running", COMPLETED: "completed", FAILED: "failed"}
 STOPPED_BY_USER = "stopped by user"
 INTERRUPTED = "interrupted by restart"
 DISCONNECTED = "device disconnected"
@@ -641,7 +658,7 @@ class Store:
 
     def set_progress(self, task_id: int, percent: int, message: str) -> None:
         with self.write() as conn:
-            conn.execute("UPDATE tasks SET progress=?, message=? WHERE id=? AND status=1",
+            conn.execute(f"UPDATE tasks SET progress=?, message=? WHERE id=? AND status={RUNNING}",
                          (percent, message, task_id))
 
     # -- tasks: the lifecycle, each step a compare-and-set -------------------
@@ -654,7 +671,7 @@ class Store:
         with self.write() as conn:
             row = conn.execute(
                 "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-                " WHERE t.serial=? AND t.status=0 AND t.start_time <= ?"
+                f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
                 " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
                 " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
                 (serial, now, now)).fetchone()
@@ -662,8 +679,8 @@ class Store:
                 return None
             try:
                 cur = conn.execute(
-                    "UPDATE tasks SET status=1, started_at=?, progress=0, message='', error=''"
-                    " WHERE id=? AND status=0", (now, row["id"]))
+                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+                    f" error='' WHERE id=? AND status={PENDING}", (now, row["id"]))
             except sqlite3.IntegrityError:   # the device already has a running task
                 log.error("device %s already has a running task in the store", serial)
                 return None
@@ -676,54 +693,89 @@ class Store:
         rows = self.query(
             "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
             " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-            " WHERE t.status=0 GROUP BY t.serial")
+            f" WHERE t.status={PENDING} GROUP BY t.serial")
         return {serial: due for serial, due in rows}
 
     def running_count(self) -> int:
-        return self.query_one("SELECT COUNT(*) FROM tasks WHERE status=1")[0]
+        return self.query_one(f"SELECT COUNT(*) FROM tasks WHERE status={RUNNING}")[0]
 
-    def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
-               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
-        """End a running task; returns 'completed', 'failed', 'retrying' or 'gone'.
+    def _end_running(self, conn: sqlite3.Connection, task_id: int,
+                     now: float) -> Optional[sqlite3.Row]:
+        """The running task about to end (None if it is not running); its phone's rest
+        interval starts now."""
+        row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if row is None or row["status"] != RUNNING:
+            return None
+        conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
+                     (now, now, row["serial"]))
+        return row
 
-        A failed task with auto_retry goes back to pending after a random 5-60 s, until
-        its retry limit is reached; a stop by the user is never retried.
+    def complete(self, task_id: int, result: Any = None) -> bool:
+        """running -> completed, with the script's result."""
+        now = self.clock()
+        with self.write() as conn:
+            if self._end_running(conn, task_id, now) is None:
+                return False
+            conn.execute(f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
+                         f" error='', result=? WHERE id=? AND status={RUNNING}",
+                         (now, _dump_json(result), task_id))
+            return True
+
+    def fail(self, task_id: int, error: str, result: Any = None) -> bool:
+        """running -> failed, for good (no auto-retry)."""
+        now = self.clock()
+        with self.write() as conn:
+            if self._end_running(conn, task_id, now) is None:
+                return False
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?"
+                         f" WHERE id=? AND status={RUNNING}",
+                         (now, error or "failed", _dump_json(result), task_id))
+            return True
+
+    def stop(self, task_id: int, error: str = STOPPED_BY_USER) -> bool:
+        """running -> failed because the user (or a shutdown) stopped it: never retried."""
+        return self.fail(task_id, error)
+
+    def back_to_pending(self, task_id: int, error: str, rng: random.Random = random) -> bool:
+        """running -> pending again after a random 5-60 s: an auto-retry of a failure.
+
+        False if the task is not running or its auto-retry is off or used up.
         """
         now = self.clock()
         with self.write() as conn:
             row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None or row["status"] != RUNNING:
-                return "gone"
-            conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
-                         (now, now, row["serial"]))
+            if row is None or not row["auto_retry"] \
+                    or row["retry_count"] >= row["max_retry_count"] \
+                    or self._end_running(conn, task_id, now) is None:
+                return False
+            delay = rng.uniform(5, 60)
+            conn.execute(
+                f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
+                " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
+                f" message=? WHERE id=? AND status={RUNNING}",
+                (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
+            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                         (task_id, now, f"failed: {error}; auto-retry "
+                          f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
+                          f"{delay:.0f} s"))
+            return True
+
+    def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
+               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
+        """End a running task by the move that fits; returns 'completed', 'failed',
+        'retrying' or 'gone' (it was not running). All in one transaction."""
+        with self.write():
             if ok:
-                conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
-                             " result=? WHERE id=? AND status=1",
-                             (now, _dump_json(result), task_id))
-                return "completed"
-            if (allow_auto_retry and row["auto_retry"]
-                    and row["retry_count"] < row["max_retry_count"]):
-                delay = rng.uniform(5, 60)
-                conn.execute(
-                    "UPDATE tasks SET status=0, retry_count=retry_count+1, error='',"
-                    " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
-                    " message=? WHERE id=? AND status=1",
-                    (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
-                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
-                             (task_id, now, f"failed: {error}; auto-retry "
-                              f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
-                              f"{delay:.0f} s"))
+                return "completed" if self.complete(task_id, result) else "gone"
+            if allow_auto_retry and self.back_to_pending(task_id, error, rng):
                 return "retrying"
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?"
-                         " WHERE id=? AND status=1",
-                         (now, error or "failed", _dump_json(result), task_id))
-            return "failed"
+            return "failed" if self.fail(task_id, error, result) else "gone"
 
     def cancel_pending(self, task_id: int) -> bool:
         """A pending task stopped by the user ends failed without ever running."""
         with self.write() as conn:
-            cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?"
-                               " WHERE id=? AND status=0",
+            cur = conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
+                               f" WHERE id=? AND status={PENDING}",
                                (self.clock(), STOPPED_BY_USER, task_id))
             return cur.rowcount == 1
 
@@ -731,15 +783,17 @@ class Store:
         """A failed task under its retry limit goes back to pending (compare-and-set)."""
         with self.write() as conn:
             cur = conn.execute(
-                "UPDATE tasks SET status=0, retry_count=retry_count+1, error='', progress=0,"
-                " message='', result=NULL, started_at=NULL, end_time=NULL"
-                " WHERE id=? AND status=3 AND retry_count < max_retry_count", (task_id,))
+                f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
+                " progress=0, message='', result=NULL, started_at=NULL, end_time=NULL"
+                f" WHERE id=? AND status={FAILED} AND retry_count < max_retry_count",
+                (task_id,))
             return cur.rowcount == 1
 
     def retry_all(self) -> List[int]:
         with self.write() as conn:
             ids = [r[0] for r in conn.execute(
-                "SELECT id FROM tasks WHERE status=3 AND retry_count < max_retry_count")]
+                f"SELECT id FROM tasks WHERE status={FAILED}"
+                " AND retry_count < max_retry_count")]
             for task_id in ids:
                 self.retry(task_id)
             return ids
@@ -760,8 +814,9 @@ class Store:
     def recover_interrupted(self) -> List[int]:
         """At start-up: tasks left running by a crash or kill end failed, retryable."""
         with self.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM tasks WHERE status=1")]
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=? WHERE status=1",
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE status={RUNNING}")]
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
+                         f" WHERE status={RUNNING}",
                          (self.clock(), INTERRUPTED))
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
@@ -790,9 +845,9 @@ class Store:
 
     def list_devices(self) -> List[sqlite3.Row]:
         return self.query(
-            "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1)"
+            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING})"
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
-            " status=0) AS pending_count FROM devices d ORDER BY d.serial")
+            f" status={PENDING}) AS pending_count FROM devices d ORDER BY d.serial")
 
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""
@@ -1428,10 +1483,10 @@ class DeviceManager:
                 reply = _recv_exact(sock, 8)
                 if reply[:4] == b"FAIL":
                     message = _recv_exact(sock, struct.unpack("<I", reply[4:])[0])
-                    raise RuntimeError(f"push to {remote} failed: "
-                                       f"{message.decode('utf-8', 'replace')}")
+                    raise DeviceError("push", f"push to {remote} failed: "
+                                      f"{message.decode('utf-8', 'replace')}")
                 if reply[:4] != b"OKAY":
-                    raise RuntimeError(f"push to {remote}: unexpected reply {reply[:4]!r}")
+                    raise DeviceError("push", f"push to {remote}: unexpected reply {reply[:4]!r}")
                 with contextlib.suppress(OSError):
                     sock.sendall(b"QUIT" + struct.pack("<I", 0))
             except socket.timeout:
@@ -1451,7 +1506,7 @@ class DeviceManager:
     def screenshot(self, serial: str, token: Optional[CancelToken] = None) -> bytes:
         png = self.run(serial, "exec:screencap -p", timeout=20, token=token or CancelToken())
         if not png.startswith(b"\x89PNG"):
-            raise RuntimeError("the phone did not return a PNG screenshot")
+            raise DeviceError("screenshot", "the phone did not return a PNG screenshot")
         return png
 
     # -- network phones ----------------------------------------------------------
@@ -1588,7 +1643,7 @@ class UiTree:
         try:
             root = ET.fromstring(xml.encode("utf-8"))
         except ET.ParseError as exc:
-            raise RuntimeError(f"the window dump is not XML: {exc}") from None
+            raise DeviceError("ui_dump", f"the window dump is not XML: {exc}") from None
         for el in root.iter("node"):
             nums = [int(n) for n in re.findall(r"-?\d+", el.get("bounds", ""))] + [0] * 4
             self.nodes.append(Node(
@@ -1705,7 +1760,7 @@ class Phone:
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
             elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
                 self.press("back")
-        raise RuntimeError(f"uiautomator dump failed: {error}")
+        raise DeviceError("ui_dump", f"uiautomator dump failed: {error}")
 
     def screen_size(self) -> Tuple[int, int]:
         match = re.search(r"(\d+)x(\d+)", self.shell(["wm", "size"]))
@@ -1791,8 +1846,8 @@ class Phone:
                 for piece in input_text_args(line):
                     self.shell(["input", "text", piece])
         else:
-            raise RuntimeError(
-                "cannot type non-ASCII text: this phone has no broadcast input method; "
+            raise DeviceError(
+                "keyboard", "cannot type non-ASCII text: this phone has no broadcast input method; "
                 f"install TikMatrix's FastInputIME ({FAST_INPUT_IME}) or ADBKeyBoard "
                 f"({ADB_KEYBOARD_IME})")
 
@@ -1868,8 +1923,8 @@ class Phone:
         for package in APP_PACKAGES.get(platform, ()):
             if package in installed:
                 return package
-        raise RuntimeError(f"{platform} is not installed on {self.serial} "
-                           f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
+        raise DeviceError("app_missing", f"{platform} is not installed on {self.serial} "
+                          f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
 
     def screenshot(self) -> bytes:
         return self.devices.screenshot(self.serial, self.token)
@@ -1903,6 +1958,37 @@ class Phone:
 ###############################################################################
 # Runner ######################################################################
 ###############################################################################
+
+@dataclass
+class Failure:
+    """How a task that raised ends: its error, whether artifacts are saved, whether it
+    may auto-retry, and whether the log gets a traceback (only for the unexpected)."""
+
+    error: str
+    artifacts: bool = True
+    retry: bool = True
+    traceback: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        """The one mapping of exceptions to outcomes."""
+        if isinstance(exc, Stopped):            # the token's reason says why
+            return cls(str(exc) or STOPPED_BY_USER, artifacts=False, retry=False)
+        if isinstance(exc, DeviceLost):
+            return cls(DISCONNECTED, artifacts=False)
+        if isinstance(exc, CommandTimeout):
+            return cls(f"timed out: {exc}")
+        if isinstance(exc, (StepFailed, DeviceError)):    # expected: no traceback
+            return cls(str(exc), retry=exc.retry)
+        return cls(f"{exc}" or type(exc).__name__, traceback=True)
+
+    def log(self, task_id: int, exc: BaseException) -> None:
+        """Called in the except block, so the traceback is the exception's."""
+        if self.traceback:
+            log.warning("task %s failed: %s\n%s", task_id, self.error, traceback.format_exc())
+        elif isinstance(exc, DeviceLost):
+            log.warning("task %s: %s", task_id, exc)
+
 
 class TaskContext:
     """What a script knows of its task (SPEC 6): config, progress, log, stop-aware sleep."""
@@ -1996,8 +2082,7 @@ class Runner:
                 thread.start()
             except BaseException:
                 del self._active[serial]
-                self.store.finish(row["id"], ok=False, error="internal error: no thread",
-                                  allow_auto_retry=False)
+                self.store.fail(row["id"], "internal error: no thread")
                 raise
             return row
 
@@ -2007,8 +2092,7 @@ class Runner:
         with self._lock:
             running = next((r for r in self._active.values() if r.task_id == task_id), None)
             if running is None:
-                return self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
-                                         allow_auto_retry=False) != "gone"
+                return self.store.stop(task_id)
             running.token.cancel("stopped")
         if wait:
             running.done.wait(wait)
@@ -2039,8 +2123,7 @@ class Runner:
             # never leave the task running: the phone would take no task until a restart
             log.exception("task %s: the runner failed", running.task_id)
             with contextlib.suppress(Exception):
-                self.store.finish(running.task_id, ok=False, error="internal error (see "
-                                  "the server log)", allow_auto_retry=False)
+                self.store.fail(running.task_id, "internal error (see the server log)")
         finally:
             running.done.set()
             with self._lock:
@@ -2074,53 +2157,54 @@ class Runner:
         script = self.scripts.get(row["script_name"])
         log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
         context.log(f"started on {serial}")
-        result, error, save_artifacts, may_retry = None, "", False, True
+        result, failure = None, None
         try:
             if script is None:
-                raise RuntimeError(f"script {row['script_name']!r} is no longer loaded")
+                raise StepFailed(f"script {row['script_name']!r} is no longer loaded",
+                                 retry=False)
             result = script.run(phone, context)
             _dump_json(result)
-        except Stopped:
-            pass                                # the token's reason says why, below
-        except DeviceLost as exc:
-            error = DISCONNECTED
-            log.warning("task %s: %s", task_id, exc)
-            if token.reason is None:           # it did not answer; adb may still list it
-                self.devices.mark_unresponsive(serial)
-        except CommandTimeout as exc:
-            error, save_artifacts = f"timed out: {exc}", True
-        except StepFailed as exc:               # expected: no traceback in the log
-            error, save_artifacts, may_retry = str(exc), True, exc.retry
         except BaseException as exc:            # a script's SystemExit fails its task only
-            error, save_artifacts = f"{exc}" or type(exc).__name__, True
-            log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
+            failure = Failure.of(exc)
+            failure.log(task_id, exc)
+            if isinstance(exc, DeviceLost) and token.reason is None:
+                self.devices.mark_unresponsive(serial)   # silent; adb may still list it
         if token.reason is not None:            # whatever the script did after the cancel
-            error = CANCEL_ERRORS[token.reason]
+            failure = Failure(CANCEL_ERRORS[token.reason], artifacts=False,
+                              retry=token.reason == "lost")
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
-        if not error:
-            outcome = self.store.finish(task_id, ok=True, result=result)
-            context.log("completed")
-        else:
-            if save_artifacts:
-                self.save_artifacts(task_id, phone)
-            context.log(f"failed: {error}")
-            outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=may_retry
-                                        and token.reason in (None, "lost"))
-        log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
+        outcome = self._record(task_id, context, result, failure, phone.last_dump)
+        log.info("task %s on %s: %s%s", task_id, serial, outcome,
+                 f" ({failure.error})" if failure else "")
         return outcome
 
-    def save_artifacts(self, task_id: int, phone: Phone) -> None:
-        """A failure keeps the screen and the last UI dump, to see what the script saw."""
+    def _record(self, task_id: int, context: TaskContext, result: Any,
+                failure: Optional["Failure"], last_dump: Optional[str]) -> str:
+        """Write the task's end by the move that fits; returns its name."""
+        if failure is None:
+            context.log("completed")
+            return "completed" if self.store.complete(task_id, result) else "gone"
+        if failure.artifacts:
+            self.save_artifacts(task_id, context.serial, last_dump)
+        context.log(f"failed: {failure.error}")
+        error = failure.error[:2000]
+        if failure.retry and self.store.back_to_pending(task_id, error):
+            return "retrying"
+        return "failed" if self.store.fail(task_id, error) else "gone"
+
+    def save_artifacts(self, task_id: int, serial: str, last_dump: Optional[str]) -> None:
+        """A failure keeps the screen and the last UI dump, to see what the script saw.
+
+        The screenshot gets a token of its own: the task's may be cancelled already.
+        """
         folder = self.artifacts_dir / str(task_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if phone.last_dump:
-                (folder / "ui_dump.xml").write_text(phone.last_dump, encoding="utf-8")
-            fresh = Phone(self.devices, phone.serial, CancelToken())
-            (folder / "screenshot.png").write_bytes(fresh.screenshot())
+            if last_dump:
+                (folder / "ui_dump.xml").write_text(last_dump, encoding="utf-8")
+            (folder / "screenshot.png").write_bytes(self.devices.screenshot(serial))
         except Exception as exc:
             log.warning("task %s: could not save all artifacts: %s", task_id, exc)
 
@@ -2215,6 +2299,225 @@ class Scheduler:
                 if not self._dirty:
                     timeout = None if next_due is None else max(0.0, next_due - self.clock())
                     self._cond.wait(timeout)
+
+
+###############################################################################
+# Task operations #############################################################
+###############################################################################
+
+#: ``POST /task``'s body, declared like a script's PARAMS.
+TASK_CREATE: Dict[str, Dict[str, Any]] = {
+    "serials": {"type": "list", "items": {"type": "str", "max_length": 1000},
+                "description": "devices to run on (this or usernames)"},
+    "usernames": {"type": "list", "items": {"type": "str", "max_length": 1000},
+                  "description": "accounts to run as (this or serials)"},
+    "script_name": {"type": "str", "required": True, "max_length": 1000},
+    "script_config": {"type": "dict", "required": True,
+                      "description": "the script's parameters (GET /script)"},
+    "enable_multi_account": {"type": "bool", "default": False,
+                             "description": "one task per enabled account of each device"},
+    "start_time": {"type": "str", "default": "", "max_length": 1000,
+                   "pattern": r" *(([01]?\d|2[0-3]):[0-5]\d)? *",
+                   "description": "a time of day HH:MM (00:00-23:59), next occurrence"},
+    "min_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
+                     "description": "minutes the phone rests before the task, at least"},
+    "max_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
+                     "description": "minutes the phone rests before the task, at most"},
+    "priority": {"type": "int", "default": 0, "min": -100, "max": 100},
+    "max_retry_count": {"type": "int", "default": 3, "min": 1, "max": 10},
+    "auto_retry": {"type": "bool", "default": False},
+}
+MAX_TASKS_PER_REQUEST = 10_000
+
+
+class TaskOps:
+    """What may be done to tasks, and the rules of it: the one place the HTTP API (and
+    the dashboard) go through. Each operation raises NotFound or BadRequest itself."""
+
+    def __init__(self, store: Store, scripts: Dict[str, Script], runner: Optional[Runner],
+                 artifacts_dir: Path, wake: Callable[[], None]):
+        self.store, self.scripts, self.runner = store, scripts, runner
+        self.artifacts_dir, self.wake = artifacts_dir, wake
+
+    def get(self, task_id: int) -> sqlite3.Row:
+        row = self.store.get_task(task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return row
+
+    # -- create ------------------------------------------------------------------
+    def create(self, body: Dict[str, Any]) -> List[int]:
+        """The tasks one request asks for, all validated before any is written."""
+        name, script = self._script(body.get("script_name"))
+        fields = check_fields(body, TASK_CREATE, switches=False)
+        if fields.get("serials") and fields.get("usernames"):
+            raise BadRequest("serials", "give serials or usernames, not both")
+        if not fields.get("serials") and not fields.get("usernames"):
+            raise BadRequest("serials", "give a non-empty serials or usernames array")
+        now = self.store.clock()
+        start = next_occurrence(fields["start_time"], now) \
+            if fields["start_time"].strip() else now
+        low, high = fields["min_interval"], fields["max_interval"]
+        if low > high:
+            raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
+        configs = script.expand_config(script.check_config(fields["script_config"]))
+        if fields.get("serials"):
+            targets = self._device_targets(script, fields["serials"],
+                                           fields["enable_multi_account"])
+        else:
+            targets = self._account_targets(script, fields["usernames"])
+        if len(targets) * len(configs) > MAX_TASKS_PER_REQUEST:
+            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks;"
+                                        f" the limit is {MAX_TASKS_PER_REQUEST} per request")
+        ids = self.store.create_tasks([NewTask(
+            serial=serial, username=username, script_name=name, script_config=config,
+            priority=fields["priority"], start_time=start,
+            rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
+            max_interval=high, max_retry_count=fields["max_retry_count"],
+            auto_retry=fields["auto_retry"])
+            for serial, username in targets for config in configs])
+        self.wake()
+        return ids
+
+    def _script(self, name: Any) -> Tuple[str, Script]:
+        """script_name is checked first, with codes of its own (40002, 40003)."""
+        if name is None or name == "":
+            raise MissingScriptName("script_name is required")
+        if not isinstance(name, str):
+            raise BadRequest("script_name", f"must be a string, got {_json_type(name)}")
+        script = self.scripts.get(name)
+        if script is None or name in NOT_API_SCRIPTS:
+            known = ", ".join(sorted(self.scripts))
+            raise ScriptNotSupported(f"script {name!r} is not supported through the API"
+                                     f" (loaded: {known or 'none'})")
+        return name, script
+
+    def _device_targets(self, script: Script, serials: List[str],
+                        multi: bool) -> List[Tuple[str, Optional[str]]]:
+        targets: List[Tuple[str, Optional[str]]] = []
+        for i, serial in _first_of_each(serials):
+            if self.store.get_device(serial) is None:
+                raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
+            if not multi:
+                targets.append((serial, None))
+                continue
+            accounts = [a for a in self.store.list_accounts(serial)
+                        if a["enabled"] and a["platform"] in script.platforms]
+            if not accounts:
+                raise BadRequest(f"serials[{i}]", f"device {serial!r} has no enabled "
+                                 f"account for {'/'.join(script.platforms)} "
+                                 "(enable_multi_account)")
+            targets += [(serial, a["username"]) for a in accounts]
+        return targets
+
+    def _account_targets(self, script: Script,
+                         usernames: List[str]) -> List[Tuple[str, Optional[str]]]:
+        targets: List[Tuple[str, Optional[str]]] = []
+        for i, text in _first_of_each(usernames, key=normalize_username):
+            account = self.store.get_account(normalize_username(text))
+            if account is None:
+                raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
+            if not account["enabled"]:
+                raise BadRequest(f"usernames[{i}]", f"account {text!r} is disabled")
+            if account["platform"] not in script.platforms:
+                raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
+                                 f"{account['platform']}, which {script.name} does not "
+                                 "support")
+            targets.append((account["serial"], account["username"]))
+        return targets
+
+    # -- one task ---------------------------------------------------------------------
+    def stop(self, task_id: int) -> None:
+        """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
+        stopped = False
+        for _ in range(10):           # until its status holds still under our change
+            row = self.store.get_task(task_id)
+            if row is None:
+                if stopped:
+                    return
+                raise NotFound(f"task {task_id} not found")
+            if row["status"] == PENDING:          # also a failure that was just auto-retried
+                if self.store.cancel_pending(task_id):
+                    return
+            elif row["status"] == RUNNING:
+                if stopped:                       # asked; it ends at its next phone call
+                    return
+                stopped = self.runner.stop(task_id, wait=3) if self.runner is not None \
+                    else self.store.stop(task_id)
+            elif stopped:
+                return
+            else:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only pending or running tasks can be stopped")
+        raise Unavailable(f"task {task_id} could not be stopped; try again")
+
+    def retry(self, task_id: int) -> None:
+        """A failed task under its retry limit goes back to pending."""
+        self.get(task_id)
+        if not self.store.retry(task_id):
+            row = self.get(task_id)
+            if row["status"] != FAILED:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only failed tasks can be retried")
+            raise BadRequest("task_id", f"task {task_id} reached its retry limit "
+                                        f"({row['retry_count']}/{row['max_retry_count']})")
+        self.wake()
+
+    def delete(self, task_id: int) -> None:
+        """Delete a task and its artifacts; a running one is stopped first."""
+        row = self.get(task_id)
+        if row["status"] == RUNNING and self.runner is not None:
+            self.runner.stop(task_id, wait=3)
+        self.store.delete_task(task_id)
+        remove_artifacts(self.artifacts_dir, task_id)
+
+    # -- many tasks ------------------------------------------------------------------
+    def retry_all(self) -> List[int]:
+        ids = self.store.retry_all()
+        self.wake()
+        return ids
+
+    def clear(self, statuses: Sequence[int]) -> List[int]:
+        """Delete finished tasks (completed and/or failed) with their artifacts."""
+        for i, status in enumerate(statuses):
+            if status not in (COMPLETED, FAILED):
+                raise BadRequest(f"status[{i}]", f"only finished tasks ({COMPLETED} completed,"
+                                 f" {FAILED} failed) can be cleared, got {status}")
+        ids = self.store.clear(sorted(set(statuses))) if statuses else []
+        for task_id in ids:
+            remove_artifacts(self.artifacts_dir, task_id)
+        return ids
+
+    @staticmethod
+    def batch(ids: Sequence[int],
+              action: Callable[[int], None]) -> Tuple[List[int], Dict[str, str]]:
+        """Apply one operation to each task; (ids done, id -> why not) for the rest."""
+        done, errors = [], {}
+        for task_id in dict.fromkeys(ids):
+            try:
+                action(task_id)
+                done.append(task_id)
+            except NotFound:
+                errors[str(task_id)] = "task not found"
+            except BadRequest as exc:
+                errors[str(task_id)] = exc.reason
+            except LiteError as exc:
+                errors[str(task_id)] = exc.message
+        return done, errors
+
+
+def normalize_username(text: str) -> str:
+    return text.strip().lstrip("@")
+
+
+def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
+    """(index, item) of each item's first occurrence: duplicates count once, and an
+    error names the index the client sent."""
+    seen = set()
+    for i, item in enumerate(items):
+        if key(item) not in seen:
+            seen.add(key(item))
+            yield i, item
 
 
 ###############################################################################
