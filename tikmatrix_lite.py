@@ -242,7 +242,7 @@ class BadRequest(LiteError):
 
     def __init__(self, field_name: str, reason: str):
         super().__init__(f"{field_name}: {reason}" if field_name else reason)
-        self.field = field_name
+        self.field, self.reason = field_name, reason
 
 
 class MissingScriptName(LiteError):
@@ -930,7 +930,9 @@ NOT_API_SCRIPTS = frozenset({"like", "message", "super_marketing", "profile", "s
 PARAM_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                "list": (list,), "dict": (dict,)}
 PARAM_KEYS = {"type", "default", "choices", "min", "max", "required", "description",
-              "items", "max_length", "max_items"}
+              "items", "max_length", "max_items", "pattern"}
+#: The range of an sqlite INTEGER: a larger whole number is refused, never overflows.
+INT64 = (-2 ** 63, 2 ** 63 - 1)
 PLATFORM_NAMES = ("tiktok", "instagram")
 
 
@@ -958,71 +960,111 @@ class Script:
 
     def check_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """Validate a script_config against PARAMS; returns it with defaults filled in."""
-        out = dict(config)           # keys a script does not declare are kept as sent
-        for name, decl in self.params.items():
-            where = f"script_config.{name}"
-            if name not in config or config[name] is None:
-                if decl.get("required"):
-                    raise BadRequest(where, "is required")
-                if "default" in decl:
-                    out[name] = json.loads(json.dumps(decl["default"]))
-                continue
-            out[name] = check_param(where, config[name], decl)
+        out = {**config, **check_fields(config, self.params, "script_config.")}
         if self.validate is not None:
-            try:
+            with _script_errors():
                 self.validate(out)
-            except ValueError as exc:
-                if len(exc.args) == 2:
-                    raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
-                raise BadRequest("script_config", str(exc))
         return out
 
     def expand_config(self, config: Dict[str, Any]) -> List[Dict[str, Any]]:
         """One request config -> the configs of the tasks it makes (usually just itself)."""
         if self.expand is None:
             return [config]
-        try:
+        with _script_errors():
             configs = list(self.expand(dict(config)))
-        except ValueError as exc:
-            if len(exc.args) == 2:
-                raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
-            raise BadRequest("script_config", str(exc))
         if not configs or not all(isinstance(c, dict) for c in configs):
             raise BadRequest("script_config", f"script {self.name} made no task from it")
         return configs
 
 
-def check_param(where: str, value: Any, decl: Dict[str, Any]) -> Any:
+@contextlib.contextmanager
+def _script_errors() -> Iterator[None]:
+    """A script's validate/expand refuses a config with BadRequest(field, reason) (or the
+    older ValueError(field, reason)); the field is inside script_config."""
+    try:
+        yield
+    except BadRequest as exc:
+        raise BadRequest(f"script_config.{exc.field}" if exc.field else "script_config",
+                         exc.reason) from None
+    except ValueError as exc:
+        if len(exc.args) == 2:
+            raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1])) from None
+        raise BadRequest("script_config", str(exc)) from None
+
+
+def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix: str = "",
+                 *, switches: bool = True) -> Dict[str, Any]:
+    """The one validation of script parameters, request bodies and queries.
+
+    Returns the declared fields, checked, with defaults filled in (a null counts as
+    absent). ``switches`` lets 0/1 stand for false/true, as TikMatrix clients send in
+    script configs; API bodies want real booleans.
+    """
+    out: Dict[str, Any] = {}
+    for name, decl in decls.items():
+        where = prefix + name
+        if data.get(name) is None:
+            if decl.get("required"):
+                raise BadRequest(where, "is required")
+            if "default" in decl:
+                out[name] = json.loads(json.dumps(decl["default"]))
+            continue
+        out[name] = check_param(where, data[name], decl, switches=switches)
+    return out
+
+
+def check_param(where: str, value: Any, decl: Dict[str, Any], *,
+                switches: bool = True) -> Any:
     """Check one value against its declaration; raise BadRequest naming the field."""
     types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
-    if "bool" in types and isinstance(value, int) and not isinstance(value, bool) \
-            and value in (0, 1):
+    if switches and "bool" in types and isinstance(value, int) \
+            and not isinstance(value, bool) and value in (0, 1):
         value = bool(value)                  # TikMatrix clients send 0/1 for switches
     ok = any(isinstance(value, PARAM_TYPES[t]) and
              not (t in ("int", "float") and isinstance(value, bool)) for t in types)
     if not ok and "int" in types and isinstance(value, float) and value.is_integer():
         value, ok = int(value), True
     if not ok:
-        raise BadRequest(where, f"must be {' or '.join(types)}, got {_json_type(value)}")
+        words = " or ".join(f"{_JSON_WORDS[t]} ({t})" for t in types)
+        raise BadRequest(where, f"must be {words}, got {_json_type(value)}")
     if "choices" in decl and value not in decl["choices"]:
         raise BadRequest(where, f"must be one of {', '.join(map(repr, decl['choices']))}, "
                                 f"got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "min" in decl and value < decl["min"]:
-            raise BadRequest(where, f"must be at least {decl['min']}, got {value}")
-        if "max" in decl and value > decl["max"]:
-            raise BadRequest(where, f"must be at most {decl['max']}, got {value}")
-    if isinstance(value, str) and len(value) > decl.get("max_length", 100_000):
-        raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
+        _check_range(where, value, decl)
+    if isinstance(value, str):
+        _check_text(where, value, decl)
     if isinstance(value, list):
         if len(value) > decl.get("max_items", 10_000):
             raise BadRequest(where, f"has more than {decl.get('max_items', 10_000)} items")
-        item_type = decl.get("items")
-        for i, item in enumerate(value):
-            if item_type and not (isinstance(item, PARAM_TYPES[item_type])
-                                  and not isinstance(item, bool)):
-                raise BadRequest(f"{where}[{i}]", f"must be {item_type}, got {_json_type(item)}")
+        items = decl.get("items")
+        if items:
+            items = {"type": items} if isinstance(items, str) else items
+            value = [check_param(f"{where}[{i}]", item, items, switches=switches)
+                     for i, item in enumerate(value)]
     return value
+
+
+def _check_range(where: str, value: Any, decl: Dict[str, Any]) -> None:
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise BadRequest(where, f"is out of range: {value}")
+    if "min" in decl and value < decl["min"]:
+        raise BadRequest(where, f"must be at least {decl['min']}, got {value}")
+    if "max" in decl and value > decl["max"]:
+        raise BadRequest(where, f"must be at most {decl['max']}, got {value}")
+
+
+def _check_text(where: str, value: str, decl: Dict[str, Any]) -> None:
+    if len(value) > decl.get("max_length", 100_000):
+        raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
+    if "pattern" in decl and not re.fullmatch(decl["pattern"], value):
+        raise BadRequest(where, f"must be {decl.get('description') or decl['pattern']}, "
+                                f"got {value!r}")
+
+
+#: a declared type as the JSON word a client knows
+_JSON_WORDS = {"str": "a string", "int": "an integer", "float": "a number",
+               "bool": "true or false", "list": "an array", "dict": "an object"}
 
 
 def _json_type(value: Any) -> str:
@@ -2525,7 +2567,7 @@ def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x
 ###############################################################################
 
 class Lite:
-    """Store, scripts, devices, runner and scheduler of one server.
+    """Store, scripts, devices, runner, scheduler and task operations of one server.
 
     ``with_devices=False`` leaves out everything that touches adb: the HTTP API then
     works fully on the store, tasks stay pending, and the live-phone endpoints answer
@@ -2557,6 +2599,8 @@ class Lite:
             self.devices.on_online = self.scheduler.wake
             self.devices.on_offline = self.runner.device_lost
             self.runner.on_finished = self.scheduler.wake
+        self.tasks = TaskOps(self.store, self.scripts, self.runner, config.artifacts_dir,
+                             self.wake)
 
     def start(self) -> None:
         """Recover from a crash, then start watching phones and scheduling tasks."""
@@ -2588,56 +2632,6 @@ class Lite:
             raise Unavailable("device layer not available")
         return self.devices
 
-    # -- task operations shared by single and batch endpoints ------------------
-    def stop_task(self, task_id: int) -> None:
-        """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
-        stopped = False
-        for _ in range(10):           # until its status holds still under our change
-            row = self.store.get_task(task_id)
-            if row is None:
-                if stopped:
-                    return
-                raise NotFound(f"task {task_id} not found")
-            if row["status"] == PENDING:          # also a failure that was just auto-retried
-                if self.store.cancel_pending(task_id):
-                    return
-            elif row["status"] == RUNNING:
-                if stopped:                       # asked; it ends at its next phone call
-                    return
-                if self.runner is not None:
-                    stopped = self.runner.stop(task_id, wait=3)
-                else:
-                    stopped = self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
-                                                allow_auto_retry=False) != "gone"
-            elif stopped:
-                return
-            else:
-                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
-                                            " only pending or running tasks can be stopped")
-        raise Unavailable(f"task {task_id} could not be stopped; try again")
-
-    def retry_task(self, task_id: int) -> None:
-        row = self.store.get_task(task_id)
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if not self.store.retry(task_id):
-            row = self.store.get_task(task_id)
-            if row["status"] != FAILED:
-                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
-                                            " only failed tasks can be retried")
-            raise BadRequest("task_id", f"task {task_id} reached its retry limit "
-                                        f"({row['retry_count']}/{row['max_retry_count']})")
-        self.wake()
-
-    def delete_task(self, task_id: int) -> None:
-        row = self.store.get_task(task_id)
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if row["status"] == RUNNING and self.runner is not None:
-            self.runner.stop(task_id, wait=3)
-        self.store.delete_task(task_id)
-        remove_artifacts(self.config.artifacts_dir, task_id)
-
 
 def _lock_database(db: Path):
     """Hold an exclusive lock beside the database for the life of the server."""
@@ -2660,93 +2654,76 @@ def _lock_database(db: Path):
 
 API_PREFIX = "/api/v1"
 
+#: Letters, digits, '.' and '_': what TikTok and Instagram allow in a user name.
+USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
+PACKAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+_PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d\d|655[0-2]\d|6553[0-5])"
+
+# Bodies and queries, declared like a script's PARAMS: checked by check_fields, and
+# turned into the OpenAPI document, so the two cannot disagree.
+TASK_IDS = {"task_ids": {"type": "list", "items": "int", "required": True,
+                         "max_items": 10_000}}
+TASK_CLEAR = {"status": {"type": "list", "required": True, "max_items": 10_000,
+                         "items": {"type": "int", "choices": [COMPLETED, FAILED]},
+                         "description": "2 (completed) and/or 3 (failed)"}}
+DEVICE_ADDRESS = {"address": {
+    "type": "str", "required": True, "max_length": 1000, "description": "host:port",
+    "pattern": r" *([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]):" + _PORT + r" *"}}
+ACCOUNT_FIELDS = {
+    "serial": {"type": "str", "max_length": 1000, "description": "the device it is on"},
+    "platform": {"type": "str", "choices": list(PLATFORM_NAMES)},
+    "package": {"type": "str", "max_length": 1000, "pattern": PACKAGE_RE.pattern,
+                "description": "an Android package name (default: the platform's app)"},
+    "enabled": {"type": "bool"},
+}
+ACCOUNT_CREATE = {
+    "username": {"type": "str", "required": True, "max_length": 1000,
+                 "pattern": r" *@*" + USERNAME_RE.pattern + r" *",
+                 "description": "1-64 letters, digits, '.' or '_', an optional leading @"},
+    **{k: {**v, "required": k in ("serial", "platform")} for k, v in ACCOUNT_FIELDS.items()},
+}
+TASK_QUERY = {
+    "status": {"type": "str", "pattern": r" *[0-3]? *(, *[0-3]? *)*",
+               "description": "0-3 or a comma list of them"},
+    "serial": {"type": "str"}, "script_name": {"type": "str"},
+    "source": {"type": "str", "description": "api or ui"}, "username": {"type": "str"},
+    "start_timestamp": {"type": "float", "description": "creation time from (epoch s)"},
+    "end_timestamp": {"type": "float", "description": "creation time to (epoch s)"},
+    "page": {"type": "int", "default": 1, "min": 1, "max": 10 ** 9},
+    "page_size": {"type": "int", "default": 20, "min": 1,
+                  "description": "at most 100; a larger size is clamped to 100"},
+}
+ACCOUNT_QUERY = {"serial": {"type": "str"}}
+MAX_PAGE_SIZE = 100
+
 
 def _ok(data: Any) -> Dict[str, Any]:
     return {"code": 0, "message": "success", "data": data}
 
 
-class _Body:
-    """A request's JSON object, read with checks that name the wrong field."""
+def route(method: str, path: str, summary: str, *, body: Optional[dict] = None,
+          query: Optional[dict] = None, data: Optional[dict] = None,
+          produces: str = "application/json", checks_body: bool = False):
+    """Mark an Api method as the handler of an endpoint.
 
-    def __init__(self, data: Dict[str, Any]):
-        self.data = data
-
-    def has(self, name: str) -> bool:
-        return self.data.get(name) is not None
-
-    def str(self, name: str, *, required: bool = False, default: Optional[str] = None,
-            choices: Sequence[str] = (), max_length: int = 1000) -> Optional[str]:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise BadRequest(name, "is required")
-            return default
-        if not isinstance(value, str):
-            raise BadRequest(name, f"must be a string, got {_json_type(value)}")
-        if len(value) > max_length:
-            raise BadRequest(name, f"is longer than {max_length} characters")
-        if choices and value not in choices:
-            raise BadRequest(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def int(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadRequest(name, f"must be an integer, got {_json_type(value)}")
-        if not low <= value <= high:
-            raise BadRequest(name, f"must be between {low} and {high}, got {value}")
-        return value
-
-    def bool(self, name: str, default: bool) -> bool:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise BadRequest(name, f"must be true or false, got {_json_type(value)}")
-        return value
-
-    def list(self, name: str, item_type: type, *, required: bool = False,
-             max_items: int = 10_000) -> Optional[List[Any]]:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise BadRequest(name, "is required")
-            return None
-        if not isinstance(value, list):
-            raise BadRequest(name, f"must be an array, got {_json_type(value)}")
-        if len(value) > max_items:
-            raise BadRequest(name, f"has more than {max_items} items")
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, item_type):
-                kind = "an integer" if item_type is int else "a string"
-                raise BadRequest(f"{name}[{i}]", f"must be {kind}, got {_json_type(item)}")
-            if item_type is int and not -2 ** 63 <= item < 2 ** 63:
-                raise BadRequest(f"{name}[{i}]", f"is out of range: {item}")
-        return value
-
-    def task_ids(self) -> List[int]:
-        return self.list("task_ids", int, required=True)
-
-
-def normalize_username(text: str) -> str:
-    return text.strip().lstrip("@")
-
-
-USERNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-SERIAL_RE = re.compile(r"[^\s\x00-\x1f]{1,128}")
-PACKAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
-ADDRESS_RE = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]):(\d{1,5})")
+    ``body`` and ``query`` are declarations (like a script's PARAMS): the handler gets
+    them checked as ``body=`` and ``query=``, unless ``checks_body`` says its operation
+    checks the body itself. ``data`` is the OpenAPI schema of a success's data.
+    """
+    def mark(handler):
+        handler.route = {"method": method, "path": path, "summary": summary, "body": body,
+                         "query": query or {}, "data": data, "produces": produces,
+                         "checks_body": checks_body}
+        return handler
+    return mark
 
 
 class Api:
     """The routes of SPEC 4, on a bottle app, with the access rules of SPEC 3.
 
-    Every route is declared with its OpenAPI description beside it, so the document
-    at /openapi.json cannot drift from what is served.
+    Every endpoint is a method marked with ``@route``, which declares its body, query
+    and answer; the checks and the document at /openapi.json are made from those
+    declarations, so they cannot drift from what is served.
     """
 
     def __init__(self, lite: Lite):
@@ -2754,11 +2731,15 @@ class Api:
         self.bottle = bottle
         self.lite = lite
         self.store = lite.store
+        self.tasks = lite.tasks
         self.app = bottle.Bottle()
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
-        self._declare_routes()
+        for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
+            handler = getattr(self, name)
+            if hasattr(handler, "route"):
+                self._add_route(handler)
 
     # -- plumbing ------------------------------------------------------------------
     def wsgi(self, environ, start_response):
@@ -2824,33 +2805,35 @@ class Api:
             self.bottle.response.set_header("Allow", http_error.headers.get("Allow", ""))
         return body
 
-    def route(self, method: str, path: str, summary: str, *, body: Optional[dict] = None,
-              query: Optional[Dict[str, dict]] = None, data: Optional[dict] = None,
-              produces: str = "application/json"):
-        """Declare an endpoint: its handler returns the `data` of a success envelope."""
-        def decorator(handler):
-            def endpoint(**kwargs):
-                try:
-                    if not -2 ** 63 <= kwargs.get("task_id", 0) < 2 ** 63:
-                        raise NotFound(f"task {kwargs['task_id']} not found")
-                    result = handler(**kwargs)
-                except LiteError as exc:
-                    return self._error(exc)
-                except Exception:
-                    log.exception("%s %s failed", method, path)
-                    return self._error(LiteError("internal error"))
-                if isinstance(result, self.bottle.HTTPResponse):
-                    return result
-                return self._respond(200, _ok(result))
-            self.app.route(API_PREFIX + re.sub(r"\{(\w+)\}", r"<\1>", path).replace(
-                "<task_id>", "<task_id:int>"), method, endpoint)
-            self.routes.append({"method": method, "path": path, "summary": summary,
-                                "body": body, "query": query or {}, "data": data,
-                                "produces": produces})
-            return handler
-        return decorator
+    def _add_route(self, handler: Callable[..., Any]) -> None:
+        """Serve one marked method: checked input in, the success envelope out."""
+        spec = handler.route
 
-    def json_body(self) -> _Body:
+        def endpoint(**kwargs):
+            try:
+                if not INT64[0] <= kwargs.get("task_id", 0) <= INT64[1]:
+                    raise NotFound(f"task {kwargs['task_id']} not found")
+                if spec["body"]:
+                    raw = self.json_body()
+                    kwargs["body"] = raw if spec["checks_body"] else \
+                        check_fields(raw, spec["body"], switches=False)
+                if spec["query"]:
+                    kwargs["query"] = self.query(spec["query"])
+                result = handler(**kwargs)
+            except LiteError as exc:
+                return self._error(exc)
+            except Exception:
+                log.exception("%s %s failed", spec["method"], spec["path"])
+                return self._error(LiteError("internal error"))
+            if isinstance(result, self.bottle.HTTPResponse):
+                return result
+            return self._respond(200, _ok(result))
+        rule = re.sub(r"\{(\w+)\}", r"<\1>", spec["path"]).replace("<task_id>",
+                                                                   "<task_id:int>")
+        self.app.route(API_PREFIX + rule, spec["method"], endpoint)
+        self.routes.append(spec)
+
+    def json_body(self) -> Dict[str, Any]:
         raw = self.bottle.request.environ["wsgi.input"].read(
             int(self.bottle.request.environ.get("CONTENT_LENGTH") or 0) or MAX_BODY_BYTES + 1)
         if len(raw) > MAX_BODY_BYTES:
@@ -2863,273 +2846,177 @@ class Api:
             raise BadRequest("body", f"is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {_json_type(data)}")
-        return _Body(data)
+        return data
 
-    def query(self) -> Dict[str, str]:
+    def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+        """The query string checked against its declarations (numbers read from text)."""
         from urllib.parse import parse_qsl
-        return dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
-                              keep_blank_values=False))
+        q = dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
+                           keep_blank_values=False))
+        values = {name: _query_value(name, q[name], decl["type"])
+                  for name, decl in decls.items() if name in q}
+        return check_fields(values, decls, switches=False)
 
-    # -- routes ------------------------------------------------------------------------
-    def _declare_routes(self) -> None:
-        route, store, lite = self.route, self.store, self.lite
-        task_list = {"items": "array of Task", "total": "integer", "page": "integer",
-                     "page_size": "integer"}
-        ids_body = {"task_ids": "array of integer (required)"}
-        done_errors = {"done": "array of integer", "errors": "object: id -> reason"}
+    # -- tasks ---------------------------------------------------------------------------
+    @route("POST", "/task", "Create tasks on devices or accounts", body=TASK_CREATE,
+           checks_body=True, data={"task_ids": [int], "created_count": int})
+    def create_task(self, body):
+        ids = self.tasks.create(body)
+        return {"task_ids": ids, "created_count": len(ids)}
 
-        @route("POST", "/task", "Create tasks on devices or accounts", body={
-            "serials": "array of string (this or usernames)",
-            "usernames": "array of string (this or serials)",
-            "script_name": "string (required)", "script_config": "object (required)",
-            "enable_multi_account": "boolean", "start_time": "string HH:MM",
-            "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
-            "priority": "integer -100..100", "max_retry_count": "integer 1-10",
-            "auto_retry": "boolean"},
-            data={"task_ids": "array of integer", "created_count": "integer"})
-        def create_task():
-            tasks = self.build_tasks(self.json_body())
-            ids = store.create_tasks(tasks)
-            lite.wake()
-            return {"task_ids": ids, "created_count": len(ids)}
+    @route("GET", "/task", "List tasks, newest first", query=TASK_QUERY,
+           data={"items": ["Task"], "total": int, "page": int, "page_size": int})
+    def list_tasks(self, query):
+        statuses = [int(p) for p in query.get("status", "").split(",") if p.strip()]
+        page, page_size = query["page"], min(query["page_size"], MAX_PAGE_SIZE)
+        username = query.get("username")
+        rows, total = self.store.list_tasks(
+            statuses=statuses, serial=query.get("serial"),
+            script_name=query.get("script_name"), source=query.get("source"),
+            username=None if username is None else normalize_username(username),
+            created_from=query.get("start_timestamp"), created_to=query.get("end_timestamp"),
+            page=page, page_size=page_size)
+        return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
+                "page_size": page_size}
 
-        @route("GET", "/task", "List tasks, newest first", query={
-            "status": "integer 0-3 or comma list", "serial": "string",
-            "script_name": "string", "source": "api or ui", "username": "string",
-            "start_timestamp": "epoch seconds (creation time from)",
-            "end_timestamp": "epoch seconds (creation time to)",
-            "page": "integer >= 1 (default 1)",
-            "page_size": "integer 1-100 (default 20; larger is clamped)"}, data=task_list)
-        def list_tasks():
-            q = self.query()
-            statuses = []
-            for part in q.get("status", "").split(","):
-                if part.strip():
-                    if part.strip() not in ("0", "1", "2", "3"):
-                        raise BadRequest("status", f"must be 0-3 or a comma list of them, "
-                                                   f"got {q['status']!r}")
-                    statuses.append(int(part))
-            page = _query_int(q, "page", 1, 1, 10 ** 9)
-            page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
-            rows, total = store.list_tasks(
-                statuses=statuses, serial=q.get("serial"), script_name=q.get("script_name"),
-                source=q.get("source"),
-                username=normalize_username(q["username"]) if "username" in q else None,
-                created_from=_query_number(q, "start_timestamp"),
-                created_to=_query_number(q, "end_timestamp"), page=page, page_size=page_size)
-            return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
-                    "page_size": page_size}
+    @route("GET", "/task/stats", "Count tasks by status",
+           data={k: int for k in ("total", "pending", "running", "completed", "failed")})
+    def task_stats(self):
+        return self.store.stats()
 
-        @route("GET", "/task/stats", "Count tasks by status",
-               data={"total": "integer", "pending": "integer", "running": "integer",
-                     "completed": "integer", "failed": "integer"})
-        def task_stats():
-            return store.stats()
+    @route("POST", "/task/retry-all", "Retry every failed task under its limit",
+           data={"retried_count": int})
+    def retry_all(self):
+        return {"retried_count": len(self.tasks.retry_all())}
 
-        @route("POST", "/task/retry-all", "Retry every failed task under its limit",
-               data={"retried_count": "integer"})
-        def retry_all():
-            ids = store.retry_all()
-            lite.wake()
-            return {"retried_count": len(ids)}
+    @route("DELETE", "/task/batch", "Delete tasks (running ones are stopped first)",
+           body=TASK_IDS, data={"deleted_count": int, "errors": {str: str}})
+    def delete_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.delete)
+        return {"deleted_count": len(done), "errors": errors}
 
-        @route("DELETE", "/task/batch", "Delete tasks (running ones are stopped first)",
-               body=ids_body, data={"deleted_count": "integer", "errors": "object"})
-        def delete_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.delete_task)
-            return {"deleted_count": len(done), "errors": errors}
+    @route("POST", "/task/batch/stop", "Stop tasks", body=TASK_IDS,
+           data={"done": [int], "errors": {str: str}})
+    def stop_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.stop)
+        return {"done": done, "errors": errors}
 
-        @route("POST", "/task/batch/stop", "Stop tasks", body=ids_body, data=done_errors)
-        def stop_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.stop_task)
-            return {"done": done, "errors": errors}
+    @route("POST", "/task/batch/retry", "Retry failed tasks", body=TASK_IDS,
+           data={"done": [int], "errors": {str: str}})
+    def retry_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.retry)
+        return {"done": done, "errors": errors}
 
-        @route("POST", "/task/batch/retry", "Retry failed tasks", body=ids_body,
-               data=done_errors)
-        def retry_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.retry_task)
-            return {"done": done, "errors": errors}
+    @route("POST", "/task/clear", "Delete finished tasks in the given states",
+           body=TASK_CLEAR, data={"deleted_count": int})
+    def clear_tasks(self, body):
+        return {"deleted_count": len(self.tasks.clear(body["status"]))}
 
-        @route("POST", "/task/clear", "Delete finished tasks in the given states",
-               body={"status": "array of 2 (completed) and/or 3 (failed) (required)"},
-               data={"deleted_count": "integer"})
-        def clear_tasks():
-            statuses = self.json_body().list("status", int, required=True)
-            for i, status in enumerate(statuses):
-                if status not in (COMPLETED, FAILED):
-                    raise BadRequest(f"status[{i}]", f"only finished tasks (2 completed, "
-                                                     f"3 failed) can be cleared, got {status}")
-            ids = store.clear(sorted(set(statuses))) if statuses else []
-            for task_id in ids:
-                remove_artifacts(lite.config.artifacts_dir, task_id)
-            return {"deleted_count": len(ids)}
+    @route("GET", "/task/{task_id}", "A task with its log and artifacts", data="TaskDetail")
+    def get_task(self, task_id):
+        out = task_to_json(self.tasks.get(task_id))
+        out["log"] = [f"{format_time(r['at'])} {r['line']}"
+                      for r in self.store.task_log(task_id)]
+        out["artifacts"] = [f"{API_PREFIX}/task/{task_id}/artifacts/{name}" for name in
+                            artifact_names(self.lite.config.artifacts_dir, task_id)]
+        return out
 
-        @route("GET", "/task/{task_id}", "A task with its log and artifacts",
-               data={"...Task": "", "log": "array of string", "artifacts": "array of URL"})
-        def get_task(task_id):
-            row = store.get_task(task_id)
-            if row is None:
-                raise NotFound(f"task {task_id} not found")
-            out = task_to_json(row)
-            out["log"] = [f"{format_time(r['at'])} {r['line']}" for r in store.task_log(task_id)]
-            out["artifacts"] = [f"{API_PREFIX}/task/{task_id}/artifacts/{name}" for name in
-                                artifact_names(lite.config.artifacts_dir, task_id)]
-            return out
+    @route("DELETE", "/task/{task_id}", "Delete a task (a running one is stopped first)",
+           data={"deleted": int})
+    def delete_task(self, task_id):
+        self.tasks.delete(task_id)
+        return {"deleted": task_id}
 
-        @route("DELETE", "/task/{task_id}", "Delete a task (a running one is stopped first)")
-        def delete_task(task_id):
-            lite.delete_task(task_id)
-            return {"deleted": task_id}
+    @route("POST", "/task/{task_id}/stop", "Stop a running task or cancel a pending one",
+           data="Task")
+    def stop_task(self, task_id):
+        self.tasks.stop(task_id)
+        return task_to_json(self.tasks.get(task_id))
 
-        @route("POST", "/task/{task_id}/stop", "Stop a running task or cancel a pending one",
-               data={"...Task": ""})
-        def stop_task(task_id):
-            lite.stop_task(task_id)
-            return task_to_json(store.get_task(task_id))
+    @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending", data="Task")
+    def retry_task(self, task_id):
+        self.tasks.retry(task_id)
+        return task_to_json(self.tasks.get(task_id))
 
-        @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending",
-               data={"...Task": ""})
-        def retry_task(task_id):
-            lite.retry_task(task_id)
-            return task_to_json(store.get_task(task_id))
+    @route("GET", "/task/{task_id}/artifacts/{name}",
+           "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
+    def get_artifact(self, task_id, name):
+        folder = self.lite.config.artifacts_dir
+        if name not in artifact_names(folder, task_id):
+            raise NotFound(f"task {task_id} has no artifact {name!r}")
+        return self.bottle.static_file(name, root=str(folder / str(task_id)))
 
-        @route("GET", "/task/{task_id}/artifacts/{name}",
-               "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
-        def get_artifact(task_id, name):
-            if name not in artifact_names(lite.config.artifacts_dir, task_id):
-                raise NotFound(f"task {task_id} has no artifact {name!r}")
-            return self.bottle.static_file(name, root=str(lite.config.artifacts_dir /
-                                                          str(task_id)))
+    # -- phones ------------------------------------------------------------------------
+    @route("GET", "/device", "Every known device", data={"items": ["Device"], "total": int})
+    def list_devices(self):
+        items = [device_to_json(row, self.lite.devices) for row in self.store.list_devices()]
+        return {"items": items, "total": len(items)}
 
-        @route("GET", "/license/check", "What this server's plan allows",
-               data={"plan_name": "string", "api_enabled": "boolean",
-                     "device_limit": "integer", "message": "string"})
-        def license_check():
-            return {"plan_name": "Lite", "api_enabled": True, "device_limit": 0,
-                    "message": "API access enabled"}
+    @route("POST", "/device/connect", "adb connect a network or cloud phone",
+           body=DEVICE_ADDRESS, data={"address": str, "message": str})
+    def connect_device(self, body):
+        address = body["address"].strip()
+        message = self.lite.need_devices().connect(address)
+        if "connected to" not in message:
+            raise Unavailable(f"adb could not connect to {address}: {message.strip()}")
+        self.store.upsert_device(address, connection="tcp", last_seen=self.store.clock())
+        return {"address": address, "message": message.strip()}
 
-        @route("GET", "/device", "Every known device",
-               data={"items": "array of Device", "total": "integer"})
-        def list_devices():
-            items = [device_to_json(row, lite.devices) for row in store.list_devices()]
-            return {"items": items, "total": len(items)}
+    @route("POST", "/device/disconnect", "adb disconnect a network phone",
+           body=DEVICE_ADDRESS, data={"address": str, "message": str})
+    def disconnect_device(self, body):
+        address = body["address"].strip()
+        message = self.lite.need_devices().disconnect(address)
+        return {"address": address, "message": message.strip()}
 
-        @route("POST", "/device/connect", "adb connect a network or cloud phone",
-               body={"address": "string host:port (required)"},
-               data={"address": "string", "message": "string"})
-        def connect_device():
-            address = self._address(self.json_body())
-            devices = lite.need_devices()
-            message = devices.connect(address)
-            if "connected to" not in message:
-                raise Unavailable(f"adb could not connect to {address}: {message.strip()}")
-            store.upsert_device(address, connection="tcp", last_seen=store.clock())
-            return {"address": address, "message": message.strip()}
+    @route("GET", "/device/{serial}/screenshot", "The phone's screen now (PNG)",
+           produces="image/png")
+    def device_screenshot(self, serial):
+        if self.store.get_device(serial) is None:
+            raise NotFound(f"device {serial} not found")
+        devices = self.lite.need_devices()
+        if not devices.is_online(serial):
+            raise Unavailable(f"device {serial} is {devices.state(serial)}")
+        try:
+            png = devices.screenshot(serial)
+        except (DeviceLost, CommandTimeout, DeviceError) as exc:
+            raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
+        return self.bottle.HTTPResponse(png, status=200, headers={
+            "Content-Type": "image/png", "Cache-Control": "no-store"})
 
-        @route("POST", "/device/disconnect", "adb disconnect a network phone",
-               body={"address": "string host:port (required)"},
-               data={"address": "string", "message": "string"})
-        def disconnect_device():
-            address = self._address(self.json_body())
-            message = lite.need_devices().disconnect(address)
-            return {"address": address, "message": message.strip()}
+    # -- accounts ----------------------------------------------------------------------
+    @route("GET", "/account", "Accounts", query=ACCOUNT_QUERY,
+           data={"items": ["Account"], "total": int})
+    def list_accounts(self, query):
+        items = [account_to_json(r) for r in self.store.list_accounts(query.get("serial"))]
+        return {"items": items, "total": len(items)}
 
-        @route("GET", "/device/{serial}/screenshot", "The phone's screen now (PNG)",
-               produces="image/png")
-        def device_screenshot(serial):
-            if store.get_device(serial) is None:
-                raise NotFound(f"device {serial} not found")
-            devices = lite.need_devices()
-            if not devices.is_online(serial):
-                raise Unavailable(f"device {serial} is {devices.state(serial)}")
-            try:
-                png = devices.screenshot(serial)
-            except (DeviceLost, CommandTimeout, RuntimeError) as exc:
-                raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
-            return self.bottle.HTTPResponse(png, status=200, headers={
-                "Content-Type": "image/png", "Cache-Control": "no-store"})
+    @route("POST", "/account", "Add an account bound to a device", body=ACCOUNT_CREATE,
+           data="Account")
+    def create_account(self, body):
+        username = normalize_username(body["username"])
+        serial, platform, package, enabled = self._account_fields(body, None)
+        if not self.store.save_account(username, serial, platform, package, enabled, True):
+            raise BadRequest("username", f"account {username} already exists")
+        return account_to_json(self.store.get_account(username))
 
-        @route("GET", "/account", "Accounts", query={"serial": "string"},
-               data={"items": "array of Account", "total": "integer"})
-        def list_accounts():
-            items = [account_to_json(r) for r in store.list_accounts(self.query().get("serial"))]
-            return {"items": items, "total": len(items)}
+    @route("GET", "/account/{username}", "One account", data="Account")
+    def get_account(self, username):
+        return account_to_json(self._account(username))
 
-        @route("POST", "/account", "Add an account bound to a device", body={
-            "username": "string (required)", "serial": "string (required)",
-            "platform": "tiktok or instagram (required)",
-            "package": "string (default: the platform's app)", "enabled": "boolean"},
-            data={"...Account": ""})
-        def create_account():
-            body = self.json_body()
-            username = self._username(body.str("username", required=True))
-            serial, platform, package, enabled = self._account_fields(body, None)
-            if not store.save_account(username, serial, platform, package, enabled, True):
-                raise BadRequest("username", f"account {username} already exists")
-            return account_to_json(store.get_account(username))
+    @route("PUT", "/account/{username}", "Change an account's device, platform, package "
+           "or enabled", body=ACCOUNT_FIELDS, data="Account")
+    def update_account(self, username, body):
+        row = self._account(username)
+        serial, platform, package, enabled = self._account_fields(body, row)
+        self.store.save_account(row["username"], serial, platform, package, enabled, False)
+        return account_to_json(self.store.get_account(row["username"]))
 
-        @route("GET", "/account/{username}", "One account", data={"...Account": ""})
-        def get_account(username):
-            return account_to_json(self._account(username))
-
-        @route("PUT", "/account/{username}", "Change an account's device, platform, package "
-               "or enabled", body={"serial": "string", "platform": "string",
-                                   "package": "string", "enabled": "boolean"},
-               data={"...Account": ""})
-        def update_account(username):
-            row = self._account(username)
-            serial, platform, package, enabled = self._account_fields(self.json_body(), row)
-            store.save_account(row["username"], serial, platform, package, enabled, False)
-            return account_to_json(store.get_account(row["username"]))
-
-        @route("DELETE", "/account/{username}", "Remove an account")
-        def delete_account(username):
-            row = self._account(username)
-            store.delete_account(row["username"])
-            return {"deleted": row["username"]}
-
-        @route("GET", "/script", "The loaded scripts and their parameters",
-               data={"items": "array of Script", "total": "integer"})
-        def list_scripts():
-            items = [s.describe() for _, s in sorted(lite.scripts.items())]
-            return {"items": items, "total": len(items)}
-
-        @route("GET", "/health", "Version, uptime, time, database and adb status")
-        def health():
-            return self.health()
-
-        @route("GET", "/openapi.json", "This API as an OpenAPI 3 document")
-        def openapi():
-            return self.bottle.HTTPResponse(
-                json.dumps(self.openapi(), ensure_ascii=False), status=200,
-                headers={"Content-Type": "application/json"})
-
-    # -- helpers of the routes --------------------------------------------------------
-    def _each(self, ids: List[int], action: Callable[[int], None]):
-        done, errors = [], {}
-        for task_id in dict.fromkeys(ids):
-            try:
-                action(task_id)
-                done.append(task_id)
-            except NotFound:
-                errors[str(task_id)] = "task not found"
-            except LiteError as exc:
-                errors[str(task_id)] = exc.message.split(": ", 1)[-1]
-        return done, errors
-
-    def _address(self, body: _Body) -> str:
-        address = body.str("address", required=True).strip()
-        match = ADDRESS_RE.fullmatch(address)
-        if not match or not 1 <= int(match[2]) <= 65535:
-            raise BadRequest("address", f"must be host:port, got {address!r}")
-        return address
-
-    def _username(self, text: str) -> str:
-        username = normalize_username(text)
-        if not USERNAME_RE.fullmatch(username):
-            raise BadRequest("username", "must be 1-64 letters, digits, '.', '_' or '-' "
-                                         f"(an optional leading @), got {text!r}")
-        return username
+    @route("DELETE", "/account/{username}", "Remove an account", data={"deleted": str})
+    def delete_account(self, username):
+        row = self._account(username)
+        self.store.delete_account(row["username"])
+        return {"deleted": row["username"]}
 
     def _account(self, username: str) -> sqlite3.Row:
         row = self.store.get_account(normalize_username(username))
@@ -3137,94 +3024,36 @@ class Api:
             raise NotFound(f"account {normalize_username(username)} not found")
         return row
 
-    def _account_fields(self, body: _Body, row: Optional[sqlite3.Row]):
-        required = row is None
-        serial = body.str("serial", required=required) or row["serial"]
+    def _account_fields(self, body: Dict[str, Any], row: Optional[sqlite3.Row]):
+        """A new account's fields, or a changed one's with what the body leaves out."""
+        serial = body.get("serial") or (row["serial"] if row is not None else "")
         if self.store.get_device(serial) is None:
             raise BadRequest("serial", f"unknown device {serial!r}: connect it first")
-        platform = body.str("platform", required=required, choices=PLATFORM_NAMES) \
-            or row["platform"]
-        package = body.str("package")
+        platform = body.get("platform") or row["platform"]
+        package = body.get("package")
         if package is None:
             same = row is not None and row["platform"] == platform
             package = row["package"] if same else APP_PACKAGES[platform][0]
-        if not PACKAGE_RE.fullmatch(package):
-            raise BadRequest("package", f"is not an Android package name: {package!r}")
-        enabled = body.bool("enabled", True if row is None else bool(row["enabled"]))
+        enabled = body.get("enabled")
+        if enabled is None:
+            enabled = True if row is None else bool(row["enabled"])
         return serial, platform, package, enabled
 
-    def build_tasks(self, body: _Body) -> List[NewTask]:
-        """The tasks one POST /task asks for, all validated before any is written."""
-        name = body.data.get("script_name")
-        if name is None or name == "":
-            raise MissingScriptName("script_name is required")
-        if not isinstance(name, str):
-            raise BadRequest("script_name", f"must be a string, got {_json_type(name)}")
-        script = self.lite.scripts.get(name)
-        if script is None or name in NOT_API_SCRIPTS:
-            known = ", ".join(sorted(self.lite.scripts))
-            raise ScriptNotSupported(f"script {name!r} is not supported through the API"
-                                     f" (loaded: {known or 'none'})")
-        if "script_config" not in body.data or body.data["script_config"] is None:
-            raise BadRequest("script_config", "is required")
-        if not isinstance(body.data["script_config"], dict):
-            raise BadRequest("script_config", "must be an object, got "
-                             f"{_json_type(body.data['script_config'])}")
-        serials = body.list("serials", str)
-        usernames = body.list("usernames", str)
-        if serials and usernames:
-            raise BadRequest("serials", "give serials or usernames, not both")
-        if not serials and not usernames:
-            raise BadRequest("serials", "give a non-empty serials or usernames array")
-        multi = body.bool("enable_multi_account", False)
-        start_text = body.str("start_time", default="")
-        now = self.store.clock()
-        start = next_occurrence(start_text, now) if start_text.strip() else now
-        low = body.int("min_interval", 0, 0, 1440)
-        high = body.int("max_interval", 0, 0, 1440)
-        if low > high:
-            raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
-        priority = body.int("priority", 0, -100, 100)
-        max_retry = body.int("max_retry_count", 3, 1, 10)
-        auto_retry = body.bool("auto_retry", False)
-        configs = script.expand_config(script.check_config(body.data["script_config"]))
+    # -- scripts and meta -------------------------------------------------------------
+    @route("GET", "/script", "The loaded scripts and their parameters",
+           data={"items": ["Script"], "total": int})
+    def list_scripts(self):
+        items = [s.describe() for _, s in sorted(self.lite.scripts.items())]
+        return {"items": items, "total": len(items)}
 
-        targets: List[Tuple[str, Optional[str]]] = []
-        if serials:
-            for i, serial in _first_of_each(serials):
-                if self.store.get_device(serial) is None:
-                    raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
-                if not multi:
-                    targets.append((serial, None))
-                    continue
-                accounts = [a for a in self.store.list_accounts(serial)
-                            if a["enabled"] and a["platform"] in script.platforms]
-                if not accounts:
-                    raise BadRequest(f"serials[{i}]", f"device {serial!r} has no enabled "
-                                     f"account for {'/'.join(script.platforms)} "
-                                     "(enable_multi_account)")
-                targets += [(serial, a["username"]) for a in accounts]
-        else:
-            for i, text in _first_of_each(usernames, key=normalize_username):
-                account = self.store.get_account(normalize_username(text))
-                if account is None:
-                    raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
-                if not account["enabled"]:
-                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is disabled")
-                if account["platform"] not in script.platforms:
-                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
-                                     f"{account['platform']}, which {name} does not support")
-                targets.append((account["serial"], account["username"]))
-        if len(targets) * len(configs) > 10_000:
-            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
-                                        "the limit is 10000 per request")
-        return [NewTask(serial=serial, username=username, script_name=name,
-                        script_config=config, priority=priority, start_time=start,
-                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
-                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry)
-                for serial, username in targets for config in configs]
+    @route("GET", "/license/check", "What this server's plan allows",
+           data={"plan_name": str, "api_enabled": bool, "device_limit": int, "message": str})
+    def license_check(self):
+        return {"plan_name": "Lite", "api_enabled": True, "device_limit": 0,
+                "message": "API access enabled"}
 
-    def health(self) -> Dict[str, Any]:
+    @route("GET", "/health", "Version, uptime, time, database and adb status", data=dict)
+    def health(self):
         lite = self.lite
         try:
             schema = self.store.schema_version()
@@ -3242,92 +3071,193 @@ class Api:
             "running_tasks": lite.runner.active_count() if lite.runner else 0,
         }
 
+    @route("GET", "/openapi.json", "This API as an OpenAPI 3 document")
+    def openapi_document(self):
+        return self.bottle.HTTPResponse(
+            json.dumps(self.openapi(), ensure_ascii=False), status=200,
+            headers={"Content-Type": "application/json"})
+
     def openapi(self) -> Dict[str, Any]:
         """An OpenAPI 3 document made from the route declarations."""
-        def schema_of(fields: Optional[dict]) -> Dict[str, Any]:
-            if not fields:
-                return {"type": "object"}
-            return {"type": "object", "properties": {
-                k: {"description": v} for k, v in fields.items()}}
-
         paths: Dict[str, Dict[str, Any]] = {}
-        for r in self.routes:
-            params = [{"name": n, "in": "path", "required": True,
-                       "schema": {"type": "integer" if n == "task_id" else "string"}}
-                      for n in re.findall(r"\{(\w+)\}", r["path"])]
-            params += [{"name": n, "in": "query", "required": False,
-                        "description": d, "schema": {"type": "string"}}
-                       for n, d in r["query"].items()]
-            envelope = {"type": "object", "properties": {
-                "code": {"type": "integer"}, "message": {"type": "string"},
-                "data": schema_of(r["data"])}}
-            if r["produces"] != "application/json":
-                ok = {"description": "success", "content": {
-                    t.strip(): {} for t in r["produces"].split(",")}}
-            elif r["path"] == "/openapi.json":
-                ok = {"description": "the OpenAPI document itself (not enveloped)",
-                      "content": {"application/json": {"schema": {"type": "object"}}}}
-            else:
-                ok = {"description": "success",
-                      "content": {"application/json": {"schema": envelope}}}
-            operation = {
-                "summary": r["summary"], "parameters": params,
-                "responses": {"200": ok, "default": {
-                    "description": "error: code 40001, 40002, 40003, 40101, 40301, 40401, "
-                                   "40501, 41301 or 50001; HTTP status code // 100",
-                    "content": {"application/json": {"schema": {
-                        "$ref": "#/components/schemas/Error"}}}}}}
-            if r["body"]:
-                operation["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": schema_of(r["body"])}}}
-            paths.setdefault(API_PREFIX + r["path"], {})[r["method"].lower()] = operation
+        for spec in self.routes:
+            paths.setdefault(API_PREFIX + spec["path"], {})[spec["method"].lower()] = \
+                openapi_operation(spec)
+        security = [{"bearer": []}, {"apiKey": []}]
         return {
             "openapi": "3.0.3",
             "info": {"title": "TikMatrix Lite", "version": __version__,
                      "description": "The TikMatrix local task API, served by TikMatrix Lite."},
             "paths": paths,
-            "components": {
-                "schemas": {"Error": {"type": "object", "properties": {
-                    "code": {"type": "integer"}, "message": {"type": "string"},
-                    "data": {"nullable": True}}}},
-                "securitySchemes": {
-                    "bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+            "security": security if self.lite.config.api_key else [{}] + security,
+            "components": {"schemas": OPENAPI_SCHEMAS, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
         }
 
 
-def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
-    """(index, item) of each item's first occurrence: duplicates count once, and an
-    error names the index the client sent."""
-    seen = set()
-    for i, item in enumerate(items):
-        if key(item) not in seen:
-            seen.add(key(item))
-            yield i, item
+def _query_value(name: str, text: str, kind: str) -> Any:
+    """A query's text as the number its declaration wants; other kinds stay text."""
+    if kind == "int":
+        if not re.fullmatch(r" *-?[0-9]{1,19} *", text):
+            raise BadRequest(name, f"must be an integer, got {text!r}")
+        return int(text)
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadRequest(name, f"must be a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadRequest(name, f"must be a finite number, got {text!r}")
+        return value
+    return text
 
 
-def _query_int(q: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    if name not in q:
-        return default
-    text = q[name].strip()
-    if not re.fullmatch(r"-?\d{1,12}", text):
-        raise BadRequest(name, f"must be an integer, got {q[name]!r}")
-    value = int(text)
-    if not low <= value <= high:
-        raise BadRequest(name, f"must be between {low} and {high}, got {value}")
-    return value
+# -- OpenAPI, from the declarations ----------------------------------------------------
+_OPENAPI_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+                  "list": "array", "dict": "object"}
 
 
-def _query_number(q: Dict[str, str], name: str) -> Optional[float]:
-    if name not in q:
-        return None
-    try:
-        value = float(q[name])
-    except ValueError:
-        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}")
-    return value
+def openapi_schema(decl: Dict[str, Any]) -> Dict[str, Any]:
+    """One declaration (a script parameter, a body field, a query) as a JSON schema."""
+    types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
+    if len(types) > 1:
+        return {"anyOf": [openapi_schema({**decl, "type": t}) for t in types]}
+    kind = types[0]
+    out: Dict[str, Any] = {"type": _OPENAPI_TYPES[kind]}
+    if kind == "int":
+        out["format"] = "int64"
+    for key, name in (("description", "description"), ("choices", "enum"),
+                      ("min", "minimum"), ("max", "maximum"), ("default", "default")):
+        if key in decl and not (key == "default" and decl[key] is None):
+            out[name] = decl[key]
+    if kind == "str":
+        out["maxLength"] = decl.get("max_length", 100_000)
+        if "pattern" in decl:
+            out["pattern"] = f"^(?:{decl['pattern']})$"
+    if kind == "list":
+        out["maxItems"] = decl.get("max_items", 10_000)
+        items = decl.get("items")
+        items = {"type": items} if isinstance(items, str) else items
+        out["items"] = openapi_schema(items) if items else {}
+    return out
+
+
+def openapi_object(decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    out = {"type": "object", "properties": {n: openapi_schema(d) for n, d in decls.items()}}
+    required = [n for n, d in decls.items() if d.get("required")]
+    if required:
+        out["required"] = required
+    return out
+
+
+def _answer_schema(shape: Any) -> Dict[str, Any]:
+    """A success's data, written shortly: int/str/bool, "Name" of a component,
+    [item], {str: value} for a map, {field: shape} for an object."""
+    if shape in (int, str, bool):
+        return {"type": {int: "integer", str: "string", bool: "boolean"}[shape]}
+    if shape is dict:
+        return {"type": "object", "additionalProperties": True}
+    if isinstance(shape, str):
+        return {"$ref": f"#/components/schemas/{shape}"}
+    if isinstance(shape, list):
+        return {"type": "array", "items": _answer_schema(shape[0])}
+    if set(shape) == {str}:
+        return {"type": "object", "additionalProperties": _answer_schema(shape[str])}
+    return {"type": "object", "required": list(shape),
+            "properties": {k: _answer_schema(v) for k, v in shape.items()}}
+
+
+def openapi_operation(spec: Dict[str, Any]) -> Dict[str, Any]:
+    params = [{"name": n, "in": "path", "required": True,
+               "schema": {"type": "integer", "format": "int64"} if n == "task_id"
+               else {"type": "string"}} for n in re.findall(r"\{(\w+)\}", spec["path"])]
+    params += [{"name": n, "in": "query", "required": bool(d.get("required")),
+                "schema": openapi_schema(d)} for n, d in spec["query"].items()]
+    if spec["produces"] != "application/json":
+        ok = {"description": "success", "content": {
+            t.strip(): {"schema": {"type": "string", "format": "binary"}}
+            for t in spec["produces"].split(",")}}
+    elif spec["path"] == "/openapi.json":
+        ok = {"description": "the OpenAPI document itself (not enveloped)",
+              "content": {"application/json": {"schema": {"type": "object"}}}}
+    else:
+        envelope = {"type": "object", "required": ["code", "message", "data"],
+                    "properties": {"code": {"type": "integer", "enum": [0]},
+                                   "message": {"type": "string"},
+                                   "data": _answer_schema(spec["data"] or dict)}}
+        ok = {"description": "success", "content": {"application/json": {"schema": envelope}}}
+    operation = {
+        "summary": spec["summary"], "operationId": _operation_id(spec),
+        "parameters": params, "responses": {"200": ok, "default": {
+            "description": "error: code 40001, 40002, 40003, 40101, 40301, 40401, "
+                           "40501, 41301 or 50001; HTTP status code // 100",
+            "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Error"}}}}}}
+    if spec["body"]:
+        operation["requestBody"] = {"required": True, "content": {
+            "application/json": {"schema": openapi_object(spec["body"])}}}
+    return operation
+
+
+def _operation_id(spec: Dict[str, Any]) -> str:
+    words = re.findall(r"[a-z]+", (spec["method"] + spec["path"]).lower().replace(
+        "{", "by_"))
+    return "_".join(words)
+
+
+def _nullable(kind: str, **extra: Any) -> Dict[str, Any]:
+    return {"type": kind, "nullable": True, **extra}
+
+
+_TIME = _nullable("string", description="local time YYYY-MM-DD HH:MM:SS")
+_TASK = {
+    "id": {"type": "integer"}, "serial": {"type": "string"},
+    "username": _nullable("string"), "script_name": {"type": "string"},
+    "script_config": {"type": "object", "additionalProperties": True},
+    "status": {"type": "integer", "enum": list(STATUS_TEXT)},
+    "status_text": {"type": "string", "enum": list(STATUS_TEXT.values())},
+    "source": {"type": "string"}, "priority": {"type": "integer"},
+    "start_time": _TIME, "started_at": _TIME, "end_time": _TIME, "created_at": _TIME,
+    "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+    "message": {"type": "string"}, "error": {"type": "string"},
+    "result": _nullable("object", additionalProperties=True,
+                        description="what the script returned"),
+    "retry_count": {"type": "integer"}, "max_retry_count": {"type": "integer"},
+    "auto_retry": {"type": "boolean"}, "min_interval": {"type": "integer"},
+    "max_interval": {"type": "integer"},
+}
+OPENAPI_SCHEMAS: Dict[str, Any] = {
+    "Error": {"type": "object", "required": ["code", "message", "data"], "properties": {
+        "code": {"type": "integer"}, "message": {"type": "string"},
+        "data": _nullable("object")}},
+    "Task": {"type": "object", "required": list(_TASK), "properties": _TASK},
+    "TaskDetail": {"allOf": [{"$ref": "#/components/schemas/Task"}, {
+        "type": "object", "required": ["log", "artifacts"], "properties": {
+            "log": {"type": "array", "items": {"type": "string"}},
+            "artifacts": {"type": "array", "items": {"type": "string"}}}}]},
+    "Device": {"type": "object", "properties": {
+        "serial": {"type": "string"},
+        "state": {"type": "string", "description": "device, offline, unauthorized, "
+                                                   "disconnected, ..."},
+        "model": {"type": "string"}, "android_version": {"type": "string"},
+        "battery": _nullable("integer"), "adb_server": {"type": "string"},
+        "connection": {"type": "string", "enum": ["usb", "tcp"]},
+        "running_task_id": _nullable("integer"), "pending_count": {"type": "integer"},
+        "last_seen": _TIME}},
+    "Account": {"type": "object", "properties": {
+        "username": {"type": "string"}, "serial": {"type": "string"},
+        "platform": {"type": "string", "enum": list(PLATFORM_NAMES)},
+        "package": {"type": "string"}, "enabled": {"type": "boolean"},
+        "created_at": _TIME}},
+    "Script": {"type": "object", "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "platforms": {"type": "array", "items": {"type": "string",
+                                                 "enum": list(PLATFORM_NAMES)}},
+        "params": {"type": "object", "description": "parameter name -> declaration",
+                   "additionalProperties": {"type": "object", "additionalProperties": True}},
+        "expands": {"type": "boolean"}}},
+}
 
 
 def _refuse_constant(name: str) -> Any:
