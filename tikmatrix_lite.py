@@ -8,9 +8,10 @@ unchanged, keeps tasks, devices and accounts in one sqlite file beside the progr
 runs each task on its phone through a real adb server (``adbutils``), one task at a time
 per phone.
 
-The module reads top to bottom: configuration, errors, store, scripts, devices, phone
-helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
-except that the runner and scheduler are handed the objects they call.
+The module reads top to bottom: configuration, errors, time, store, scripts, devices,
+phone helpers, runner, scheduler, task operations, server, HTTP API, main. Anything a
+section uses is defined above it, except that the runner and scheduler are handed the
+objects they call.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
 """
@@ -136,13 +137,24 @@ def _adb_address(text: str) -> str:
     return f"{host}:{int(port)}"
 
 
+class _DefaultsOnce(argparse.HelpFormatter):
+    """Shows a flag's default unless its help already says it or it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
         description="TikMatrix Lite: the TikMatrix local task API for a box of Android "
                     "phones. Every flag can also be set by the environment variable named "
                     "in brackets; a flag wins over its variable.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsOnce)
     add = parser.add_argument
     add("--host", help="address to listen on [TMLITE_HOST]", default=DEFAULT_HOST)
     add("--port", type=_port, default=DEFAULT_PORT, help="port to listen on [TMLITE_PORT]")
@@ -152,8 +164,8 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="folder of automation scripts [TMLITE_SCRIPTS]")
     add("--adb-server", dest="adb_servers", action="append", type=_adb_address,
         metavar="HOST:PORT",
-        help="adb server to use; repeat for several hosts. A local server is started when "
-             f"none answers at {DEFAULT_ADB_SERVER} [TMLITE_ADB_SERVERS, comma list] "
+        help="adb server to use; repeat for several hosts. One on 127.0.0.1 or localhost "
+             "is started when none answers there [TMLITE_ADB_SERVERS, comma list] "
              f"(default: {DEFAULT_ADB_SERVER})")
     add("--api-key", help="when set, every request must send it as 'Authorization: Bearer "
                           "KEY' or 'X-API-Key: KEY' [TMLITE_API_KEY]")
@@ -1120,10 +1132,11 @@ def load_script(path: Path) -> Script:
 
 
 def load_scripts(folder: Path) -> Dict[str, Script]:
-    """Every .py in the folder but _helpers; a broken script is logged and left out."""
+    """Every .py in the folder but those named _*.py (modules the scripts share, such
+    as _common.py); a broken script is logged and left out."""
     scripts: Dict[str, Script] = {}
     folder_text = str(folder)
-    if folder_text not in sys.path:          # lets scripts import their _helpers
+    if folder_text not in sys.path:          # lets scripts import their _*.py modules
         sys.path.insert(0, folder_text)
     # run as a program this module is __main__: scripts that `import tikmatrix_lite` (for
     # StepFailed) must get this very module, not a second copy with other classes
@@ -2042,7 +2055,8 @@ class TaskContext:
         self.script_name: str = row["script_name"]
         self.config: Dict[str, Any] = json.loads(row["script_config"])
         self.retry_count: int = row["retry_count"]
-        #: per-task randomness (spintax picks, waits): seeded by the task id
+        #: per-run randomness (spintax picks, waits): seeded by the task, its retry and
+        #: the time, so a retry does not repeat the same picks
         self.random = random.Random(f"{row['id']}-{row['retry_count']}-{time.time()}")
         self._store = store
         self._token = token
@@ -2592,7 +2606,7 @@ def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x
 # Server ######################################################################
 ###############################################################################
 
-class Lite:
+class Server:
     """Store, scripts, devices, runner, scheduler and task operations of one server.
 
     ``with_devices=False`` leaves out everything that touches adb: the HTTP API then
@@ -2657,6 +2671,10 @@ class Lite:
         if self.devices is None:
             raise Unavailable("device layer not available")
         return self.devices
+
+
+#: the name callers and tests have always used
+Lite = Server
 
 
 def _lock_database(db: Path):
@@ -2752,7 +2770,7 @@ class Api:
     declarations, so they cannot drift from what is served.
     """
 
-    def __init__(self, lite: Lite):
+    def __init__(self, lite: Server):
         import bottle
         self.bottle = bottle
         self.lite = lite
@@ -3313,12 +3331,12 @@ def account_to_json(row: sqlite3.Row) -> Dict[str, Any]:
             "enabled": bool(row["enabled"]), "created_at": format_time(row["created_at"])}
 
 
-def create_app(config: Config, lite: Optional[Lite] = None):
+def create_app(config: Config, lite: Optional[Server] = None):
     """The WSGI application for a configuration (a Lite without adb unless one is given).
 
     The returned callable carries ``.lite`` and ``.api`` so tests can reach the store.
     """
-    lite = lite or Lite(config, with_devices=False)
+    lite = lite or Server(config, with_devices=False)
     api = Api(lite)
 
     def application(environ, start_response):
@@ -3333,7 +3351,7 @@ def create_app(config: Config, lite: Optional[Lite] = None):
 # Main ########################################################################
 ###############################################################################
 
-def make_server(config: Config, lite: Lite):
+def make_server(config: Config, lite: Server):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
     try:
@@ -3361,7 +3379,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot create the folder of database {config.db}: "
                               f"{exc.strerror or exc}") from None
-        lite = Lite(config)
+        lite = Server(config)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         with _shutdown_signals_to_main_thread():
             server = make_server(config, lite)
