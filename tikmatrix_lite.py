@@ -536,11 +536,16 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
 
+    def _conn(self) -> sqlite3.Connection:
+        """Inside write() a read sees the transaction's own changes; elsewhere it is a
+        reader's."""
+        return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
-        return self._reader().execute(sql, params).fetchall()
+        return self._conn().execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Optional[sqlite3.Row]:
-        return self._reader().execute(sql, params).fetchone()
+        return self._conn().execute(sql, params).fetchone()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -664,9 +669,12 @@ class Store:
 
     # -- tasks: what runners write ------------------------------------------
     def add_log(self, task_id: int, line: str) -> None:
+        """A line in the task's log; none if the task was deleted meanwhile (its script
+        may still be winding down)."""
         with self.write() as conn:
-            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
-                         (task_id, self.clock(), line))
+            conn.execute("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                         " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)",
+                         (task_id, self.clock(), line, task_id))
 
     def set_progress(self, task_id: int, percent: int, message: str) -> None:
         with self.write() as conn:
@@ -810,9 +818,13 @@ class Store:
                 self.retry(task_id)
             return ids
 
-    def delete_task(self, task_id: int) -> bool:
+    def delete_task(self, task_id: int, running_too: bool = True) -> bool:
+        """Delete a task; ``running_too=False`` spares it if it is running (a claim got
+        there first), so the caller can stop its script before deleting it."""
+        sql = "DELETE FROM tasks WHERE id=?" + ("" if running_too else
+                                                  f" AND status != {RUNNING}")
         with self.write() as conn:
-            return conn.execute("DELETE FROM tasks WHERE id=?", (task_id,)).rowcount == 1
+            return conn.execute(sql, (task_id,)).rowcount == 1
 
     def clear(self, statuses: Sequence[int]) -> List[int]:
         """Delete finished tasks (completed and/or failed) and return their ids."""
@@ -2255,7 +2267,7 @@ class Runner:
         if failure is None:
             context.log("completed")
             return "completed" if self.store.complete(task_id, result) else "gone"
-        if failure.artifacts:
+        if failure.artifacts and self.store.get_task(task_id) is not None:   # not deleted
             self.save_artifacts(task_id, context.serial, last_dump)
         context.log(f"failed: {failure.error}")
         error = failure.error[:2000]
@@ -2420,6 +2432,8 @@ class TaskOps:
                  artifacts_dir: Path, wake: Callable[[], None]):
         self.store, self.scripts, self.runner = store, scripts, runner
         self.artifacts_dir, self.wake = artifacts_dir, wake
+        #: how long stop and delete wait for a running script to end
+        self.stop_wait = 3.0
 
     def get(self, task_id: int) -> sqlite3.Row:
         row = self.store.get_task(task_id)
@@ -2524,8 +2538,8 @@ class TaskOps:
             elif row["status"] == RUNNING:
                 if stopped:                       # asked; it ends at its next phone call
                     return
-                stopped = self.runner.stop(task_id, wait=3) if self.runner is not None \
-                    else self.store.stop(task_id)
+                stopped = self.runner.stop(task_id, wait=self.stop_wait) \
+                    if self.runner is not None else self.store.stop(task_id)
             elif stopped:
                 return
             else:
@@ -2533,24 +2547,34 @@ class TaskOps:
                                             " only pending or running tasks can be stopped")
         raise Unavailable(f"task {task_id} could not be stopped; try again")
 
-    def retry(self, task_id: int) -> None:
-        """A failed task under its retry limit goes back to pending."""
-        self.get(task_id)
-        if not self.store.retry(task_id):
+    def retry(self, task_id: int) -> sqlite3.Row:
+        """A failed task under its retry limit goes back to pending; returns it as it
+        is then. One transaction: a delete is wholly before or after it."""
+        with self.store.write():
             row = self.get(task_id)
             if row["status"] != FAILED:
                 raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
                                             " only failed tasks can be retried")
-            raise BadRequest("task_id", f"task {task_id} reached its retry limit "
-                                        f"({row['retry_count']}/{row['max_retry_count']})")
+            if not self.store.retry(task_id):
+                raise BadRequest("task_id", f"task {task_id} reached its retry limit "
+                                            f"({row['retry_count']}/{row['max_retry_count']})")
+            row = self.get(task_id)
         self.wake()
+        return row
 
     def delete(self, task_id: int) -> None:
-        """Delete a task and its artifacts; a running one is stopped first."""
+        """Delete a task and its artifacts; a running one is stopped first.
+
+        A pending task is deleted only while it is not running (compare-and-set): if
+        the scheduler claims it first, its script is stopped, then the row goes. A
+        script still winding down after that finds its task gone and writes nothing.
+        """
         row = self.get(task_id)
-        if row["status"] == RUNNING and self.runner is not None:
-            self.runner.stop(task_id, wait=3)
-        self.store.delete_task(task_id)
+        if row["status"] == RUNNING or not self.store.delete_task(task_id, running_too=False):
+            if self.runner is not None:
+                self.runner.stop(task_id, wait=self.stop_wait)
+            if not self.store.delete_task(task_id):
+                raise NotFound(f"task {task_id} not found")
         remove_artifacts(self.artifacts_dir, task_id)
 
     # -- many tasks ------------------------------------------------------------------
@@ -2979,8 +3003,7 @@ class Api:
 
     @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending", data="Task")
     def retry_task(self, task_id):
-        self.tasks.retry(task_id)
-        return task_to_json(self.tasks.get(task_id))
+        return task_to_json(self.tasks.retry(task_id))
 
     @route("GET", "/task/{task_id}/artifacts/{name}",
            "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
