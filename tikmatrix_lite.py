@@ -1079,11 +1079,51 @@ def _check_range(where: str, value: Any, decl: Dict[str, Any]) -> None:
 
 
 def _check_text(where: str, value: str, decl: Dict[str, Any]) -> None:
+    _check_chars(where, value)
     if len(value) > decl.get("max_length", 100_000):
         raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
     if "pattern" in decl and not re.fullmatch(decl["pattern"], value):
         raise BadRequest(where, f"must be {decl.get('description') or decl['pattern']}, "
                                 f"got {value!r}")
+
+
+#: How deep a request's JSON may nest: deeper is no TikMatrix request, and unbounded
+#: depth ends in a RecursionError somewhere.
+MAX_JSON_DEPTH = 32
+
+
+def check_json(value: Any, where: str = "") -> None:
+    """Every string of a request, keys too, is text that sqlite and a phone can take (no
+    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep."""
+    stack = [(value, where, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(where or "body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str):
+            _check_chars(where or "body", value)
+        elif isinstance(value, list):
+            stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = _printable(key)
+                name = f"{where}.{name}" if where else name
+                _check_chars(name, key)
+                stack.append((item, name, depth + 1))
+
+
+def _check_chars(where: str, text: str) -> None:
+    if "\x00" in text:
+        raise BadRequest(_printable(where), "contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(_printable(where), "contains a lone UTF-16 surrogate") from None
+
+
+def _printable(text: str) -> str:
+    """A name that is safe to put in an answer (a lone surrogate cannot be encoded)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\0")
 
 
 #: a declared type as the JSON word a client knows
@@ -2912,8 +2952,11 @@ class Api:
             data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest("body", f"is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {_json_type(data)}")
+        check_json(data)
         return data
 
     def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
