@@ -314,7 +314,8 @@ class DeviceError(RuntimeError):
     KINDS = ("push", "screenshot", "ui_dump", "keyboard", "app_missing")
 
     def __init__(self, kind: str, message: str):
-        assert kind in self.KINDS, kind
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown DeviceError kind {kind!r}")
         super().__init__(message)
         self.kind = kind
         self.retry = kind != "app_missing"
@@ -2087,6 +2088,8 @@ class Failure:
             return cls(f"timed out: {exc}")
         if isinstance(exc, (StepFailed, DeviceError)):    # expected: no traceback
             return cls(str(exc), retry=exc.retry)
+        if isinstance(exc, BadRequest):         # the config cannot work: no screen to keep
+            return cls(exc.message, artifacts=False, retry=False)
         return cls(f"{exc}" or type(exc).__name__, traceback=True)
 
     def log(self, task_id: int, exc: BaseException) -> None:
@@ -2484,6 +2487,7 @@ class TaskOps:
     # -- create ------------------------------------------------------------------
     def create(self, body: Dict[str, Any]) -> List[int]:
         """The tasks one request asks for, all validated before any is written."""
+        check_json(body)
         name, script = self._script(body.get("script_name"))
         fields = check_fields(body, TASK_CREATE, switches=False)
         if fields.get("serials") and fields.get("usernames"):
