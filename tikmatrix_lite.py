@@ -955,7 +955,7 @@ NOT_API_SCRIPTS = frozenset({"like", "message", "super_marketing", "profile", "s
 PARAM_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                "list": (list,), "dict": (dict,)}
 PARAM_KEYS = {"type", "default", "choices", "min", "max", "required", "description",
-              "items", "max_length", "max_items", "pattern"}
+              "items", "min_length", "max_length", "max_items", "pattern"}
 #: The range of an sqlite INTEGER: a larger whole number is refused, never overflows.
 INT64 = (-2 ** 63, 2 ** 63 - 1)
 PLATFORM_NAMES = ("tiktok", "instagram")
@@ -1081,6 +1081,9 @@ def _check_range(where: str, value: Any, decl: Dict[str, Any]) -> None:
 
 def _check_text(where: str, value: str, decl: Dict[str, Any]) -> None:
     _check_chars(where, value)
+    if len(value) < decl.get("min_length", 0):
+        raise BadRequest(where, "is empty" if not value else
+                         f"is shorter than {decl['min_length']} characters")
     if len(value) > decl.get("max_length", 100_000):
         raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
     if "pattern" in decl and not re.fullmatch(decl["pattern"], value):
@@ -2448,7 +2451,7 @@ TASK_CREATE: Dict[str, Dict[str, Any]] = {
                 "description": "devices to run on (this or usernames)"},
     "usernames": {"type": "list", "items": {"type": "str", "max_length": 1000},
                   "description": "accounts to run as (this or serials)"},
-    "script_name": {"type": "str", "required": True, "max_length": 1000},
+    "script_name": {"type": "str", "required": True, "min_length": 1, "max_length": 1000},
     "script_config": {"type": "dict", "required": True,
                       "description": "the script's parameters (GET /script)"},
     "enable_multi_account": {"type": "bool", "default": False,
@@ -2487,7 +2490,7 @@ class TaskOps:
     # -- create ------------------------------------------------------------------
     def create(self, body: Dict[str, Any]) -> List[int]:
         """The tasks one request asks for, all validated before any is written."""
-        check_json(body)
+        check_json({k: v for k, v in body.items() if k in TASK_CREATE})  # others: unused
         name, script = self._script(body.get("script_name"))
         fields = check_fields(body, TASK_CREATE, switches=False)
         if fields.get("serials") and fields.get("usernames"):
@@ -2927,6 +2930,7 @@ class Api:
                     raise NotFound(f"task {kwargs['task_id']} not found")
                 if spec["body"]:
                     raw = self.json_body()
+                    check_json({k: v for k, v in raw.items() if k in spec["body"]})
                     kwargs["body"] = raw if spec["checks_body"] else \
                         check_fields(raw, spec["body"], switches=False)
                 if spec["query"]:
@@ -2960,7 +2964,6 @@ class Api:
             raise BadRequest("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {_json_type(data)}")
-        check_json(data)
         return data
 
     def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
@@ -3247,8 +3250,10 @@ def openapi_schema(decl: Dict[str, Any]) -> Dict[str, Any]:
             out[name] = decl[key]
     if kind == "str":
         out["maxLength"] = decl.get("max_length", 100_000)
-        if "pattern" in decl:
-            out["pattern"] = f"^(?:{decl['pattern']})$"
+        if decl.get("min_length"):
+            out["minLength"] = decl["min_length"]
+        # a NUL is refused in any string (a real adbd cuts a command there)
+        out["pattern"] = f"^(?:{decl['pattern']})$" if "pattern" in decl else "^[^\\x00]*$"
     if kind == "list":
         out["maxItems"] = decl.get("max_items", 10_000)
         items = decl.get("items")

@@ -70,8 +70,7 @@ def test_every_body_string_with_bad_text_is_refused_by_name(ready):
     def check(data):
         spec = data.draw(st.sampled_from(body_routes(app)))
         body = data.draw(fields_of(spec["body"]))
-        body.setdefault("script_config", {})
-        if isinstance(body["script_config"], dict):      # a key no script declares
+        if isinstance(body.get("script_config"), dict):  # a key no script declares
             body["script_config"]["free"] = data.draw(st.text(max_size=5))
         assume(clean(body))                              # one bad string: the one put in
         places = list(strings_of(body))
@@ -89,6 +88,14 @@ def test_every_body_string_with_bad_text_is_refused_by_name(ready):
         assert app.lite.store.query("SELECT COUNT(*) FROM tasks")[0][0] == before
 
     check()
+
+
+def test_bad_text_in_a_field_nobody_reads_is_ignored(ready):
+    _, client = ready
+    reply = send(client, "POST", "/task", {"serials": ["d1"], "script_name": "echo",
+                                           "script_config": {"text": "x"},
+                                           "unused\x00": ["\ud800", "\x00"]}).json
+    assert reply["code"] == 0
 
 
 def test_a_bad_key_is_named_printably(ready):

@@ -19,7 +19,9 @@ import tikmatrix_lite as tml
 API = tml.API_PREFIX
 #: what a request the schema allows must never be told: its shape was wrong
 SHAPE_WORDS = ("must be ", "is required", "is longer than", "has more than",
-               "is out of range", "is not valid JSON")
+               "is out of range", "is not valid JSON", "contains a NUL", "is empty")
+#: text as the schema allows it where it has no pattern of its own: anything but a NUL
+TEXT = st.characters(blacklist_characters="\x00")
 
 
 @pytest.fixture
@@ -67,6 +69,8 @@ def test_named_schemas_are_used_by_the_answers(doc):
     listing = {p["name"]: p["schema"] for p in doc["paths"][API + "/task"]["get"]["parameters"]}
     assert listing["page_size"]["minimum"] == 1 and "maximum" not in listing["page_size"]
     assert "security" in doc and doc["components"]["securitySchemes"]
+    assert create["properties"]["script_name"]["minLength"] == 1
+    assert listing["serial"]["pattern"] == "^[^\\x00]*$"     # no NUL in any string
 
 
 def test_security_is_required_when_a_key_is_set(make_app, make_config, make_client):
@@ -89,7 +93,8 @@ def value_of(decl, name=""):
         elif "pattern" in decl:
             base = st.from_regex(decl["pattern"], fullmatch=True)
         else:
-            base = st.text(max_size=min(decl.get("max_length", 100_000), 30))
+            base = st.text(TEXT, min_size=decl.get("min_length", 0),
+                           max_size=min(decl.get("max_length", 100_000), 30))
         base = base.filter(lambda t: len(t) <= decl.get("max_length", 100_000))
         return st.sampled_from(KNOWN[name]) | base if name in KNOWN else base
     if kind == "int":
