@@ -8,10 +8,11 @@ unchanged, keeps tasks, devices and accounts in one sqlite file beside the progr
 runs each task on its phone through a real adb server (``adbutils``), one task at a time
 per phone.
 
-The module reads top to bottom: configuration, errors, store, events, scripts, devices,
-phone helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined
-above it, except that the runner and scheduler are handed the objects they call. The
-dashboard (``GET /``) is plain HTML, CSS and JavaScript in ``web/`` beside this file.
+The module reads top to bottom: configuration, errors, time, store, events, scripts,
+devices, phone helpers, runner, scheduler, task operations, server, HTTP API, main.
+Anything a section uses is defined above it, except that the runner and scheduler are
+handed the objects they call. The dashboard (``GET /``) is plain HTML, CSS and JavaScript
+in ``web/`` beside this file.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
 """
@@ -173,13 +174,24 @@ def _key_file(text: str) -> str:
     return key
 
 
+class _DefaultsOnce(argparse.HelpFormatter):
+    """Shows a flag's default unless its help already says it or it has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "(default" in text or action.default is None or action.default is False \
+                or action.default == argparse.SUPPRESS:
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
         description="TikMatrix Lite: the TikMatrix local task API for a box of Android "
                     "phones. Every flag can also be set by the environment variable named "
                     "in brackets; a flag wins over its variable.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsOnce)
     add = parser.add_argument
     add("--host", help="address to listen on [TMLITE_HOST]", default=DEFAULT_HOST)
     add("--port", type=_port, default=DEFAULT_PORT, help="port to listen on [TMLITE_PORT]")
@@ -189,8 +201,8 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="folder of automation scripts [TMLITE_SCRIPTS]")
     add("--adb-server", dest="adb_servers", action="append", type=_adb_address,
         metavar="HOST:PORT",
-        help="adb server to use; repeat for several hosts. A local server is started when "
-             f"none answers at {DEFAULT_ADB_SERVER} [TMLITE_ADB_SERVERS, comma list] "
+        help="adb server to use; repeat for several hosts. One on 127.0.0.1 or localhost "
+             "is started when none answers there [TMLITE_ADB_SERVERS, comma list] "
              f"(default: {DEFAULT_ADB_SERVER})")
     key = parser.add_mutually_exclusive_group()
     key.add_argument("--api-key", help="when set, every request must send it as "
@@ -294,7 +306,7 @@ class BadRequest(LiteError):
 
     def __init__(self, field_name: str, reason: str):
         super().__init__(f"{field_name}: {reason}" if field_name else reason)
-        self.field = field_name
+        self.field, self.reason = field_name, reason
 
 
 class MissingScriptName(LiteError):
@@ -349,6 +361,24 @@ class DeviceLost(Exception):
 
 class CommandTimeout(Exception):
     """A device command did not finish within its timeout."""
+
+
+class DeviceError(RuntimeError):
+    """The phone answered, but not with what was asked: ``kind`` says which.
+
+    Kinds: "push" (a file copy refused), "screenshot" (no PNG), "ui_dump" (no window
+    dump), "keyboard" (cannot type this text), "app_missing" (the app is not installed:
+    trying again cannot help). A RuntimeError, as scripts written before it expect.
+    """
+
+    KINDS = ("push", "screenshot", "ui_dump", "keyboard", "app_missing")
+
+    def __init__(self, kind: str, message: str):
+        if kind not in self.KINDS:
+            raise ValueError(f"unknown DeviceError kind {kind!r}")
+        super().__init__(message)
+        self.kind = kind
+        self.retry = kind != "app_missing"
 
 
 class StepFailed(Exception):
@@ -416,8 +446,8 @@ def local_timezone_name() -> str:
 # Store #######################################################################
 ###############################################################################
 
-STATUS_TEXT = {0: "pending", 1: "running", 2: "completed", 3: "failed"}
 PENDING, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
+STATUS_TEXT = {PENDING: "pending", RUNNING: "running", COMPLETED: "completed", FAILED: "failed"}
 STOPPED_BY_USER = "stopped by user"
 INTERRUPTED = "interrupted by restart"
 DISCONNECTED = "device disconnected"
@@ -612,11 +642,16 @@ class Store:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
 
+    def _conn(self) -> sqlite3.Connection:
+        """Inside write() a read sees the transaction's own changes; elsewhere it is a
+        reader's."""
+        return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
-        return self._reader().execute(sql, params).fetchall()
+        return self._conn().execute(sql, params).fetchall()
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Optional[sqlite3.Row]:
-        return self._reader().execute(sql, params).fetchone()
+        return self._conn().execute(sql, params).fetchone()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -771,13 +806,16 @@ class Store:
 
     # -- tasks: what runners write ------------------------------------------
     def add_log(self, task_id: int, line: str) -> None:
+        """A line in the task's log; none if the task was deleted meanwhile (its script
+        may still be winding down)."""
         with self.write() as conn:
-            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
-                         (task_id, self.clock(), line))
+            conn.execute("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                         " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)",
+                         (task_id, self.clock(), line, task_id))
 
     def set_progress(self, task_id: int, percent: int, message: str) -> None:
         with self.write() as conn:
-            conn.execute("UPDATE tasks SET progress=?, message=? WHERE id=? AND status=1",
+            conn.execute(f"UPDATE tasks SET progress=?, message=? WHERE id=? AND status={RUNNING}",
                          (percent, message, task_id))
             self._note("task", task_id)
 
@@ -791,7 +829,7 @@ class Store:
         with self.write() as conn:
             row = conn.execute(
                 "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-                " WHERE t.serial=? AND t.status=0 AND t.start_time <= ?"
+                f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
                 " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
                 " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
                 (serial, now, now)).fetchone()
@@ -799,8 +837,8 @@ class Store:
                 return None
             try:
                 cur = conn.execute(
-                    "UPDATE tasks SET status=1, started_at=?, progress=0, message='', error=''"
-                    " WHERE id=? AND status=0", (now, row["id"]))
+                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+                    f" error='' WHERE id=? AND status={PENDING}", (now, row["id"]))
             except sqlite3.IntegrityError:   # the device already has a running task
                 log.error("device %s already has a running task in the store", serial)
                 return None
@@ -815,58 +853,93 @@ class Store:
         rows = self.query(
             "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
             " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-            " WHERE t.status=0 GROUP BY t.serial")
+            f" WHERE t.status={PENDING} GROUP BY t.serial")
         return {serial: due for serial, due in rows}
 
     def running_count(self) -> int:
-        return self.query_one("SELECT COUNT(*) FROM tasks WHERE status=1")[0]
+        return self.query_one(f"SELECT COUNT(*) FROM tasks WHERE status={RUNNING}")[0]
 
-    def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
-               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
-        """End a running task; returns 'completed', 'failed', 'retrying' or 'gone'.
+    def _end_running(self, conn: sqlite3.Connection, task_id: int,
+                     now: float) -> Optional[sqlite3.Row]:
+        """The running task about to end (None if it is not running); its phone's rest
+        interval starts now."""
+        row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
+        if row is None or row["status"] != RUNNING:
+            return None
+        self._note("task", task_id)
+        self._note("device", row["serial"])
+        conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
+                     (now, now, row["serial"]))
+        return row
 
-        A failed task with auto_retry goes back to pending after a random 5-60 s, until
-        its retry limit is reached; a stop by the user is never retried.
+    def complete(self, task_id: int, result: Any = None) -> bool:
+        """running -> completed, with the script's result."""
+        now = self.clock()
+        with self.write() as conn:
+            if self._end_running(conn, task_id, now) is None:
+                return False
+            conn.execute(f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
+                         f" error='', result=? WHERE id=? AND status={RUNNING}",
+                         (now, _dump_json(result), task_id))
+            self._use_materials(conn, task_id, now)
+            return True
+
+    def fail(self, task_id: int, error: str, result: Any = None) -> bool:
+        """running -> failed, for good (no auto-retry)."""
+        now = self.clock()
+        with self.write() as conn:
+            if self._end_running(conn, task_id, now) is None:
+                return False
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?"
+                         f" WHERE id=? AND status={RUNNING}",
+                         (now, error or "failed", _dump_json(result), task_id))
+            self._release_materials(conn, task_id)
+            return True
+
+    def stop(self, task_id: int, error: str = STOPPED_BY_USER) -> bool:
+        """running -> failed because the user (or a shutdown) stopped it: never retried."""
+        return self.fail(task_id, error)
+
+    def back_to_pending(self, task_id: int, error: str, rng: random.Random = random) -> bool:
+        """running -> pending again after a random 5-60 s: an auto-retry of a failure.
+
+        False if the task is not running or its auto-retry is off or used up.
         """
         now = self.clock()
         with self.write() as conn:
             row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None or row["status"] != RUNNING:
-                return "gone"
-            self._note("task", task_id)
-            self._note("device", row["serial"])
-            conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
-                         (now, now, row["serial"]))
+            if row is None or not row["auto_retry"] \
+                    or row["retry_count"] >= row["max_retry_count"] \
+                    or self._end_running(conn, task_id, now) is None:
+                return False
+            delay = rng.uniform(5, 60)
+            conn.execute(
+                f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
+                " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
+                f" message=? WHERE id=? AND status={RUNNING}",
+                (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
+            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                         (task_id, now, f"failed: {error}; auto-retry "
+                          f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
+                          f"{delay:.0f} s"))
+            return True
+
+    def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
+               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
+        """End a running task by the move that fits; returns 'completed', 'failed',
+        'retrying' or 'gone' (it was not running). All in one transaction."""
+        with self.write():
             if ok:
-                conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
-                             " result=? WHERE id=? AND status=1",
-                             (now, _dump_json(result), task_id))
-                self._use_materials(conn, task_id, now)
-                return "completed"
-            if (allow_auto_retry and row["auto_retry"]
-                    and row["retry_count"] < row["max_retry_count"]):
-                delay = rng.uniform(5, 60)
-                conn.execute(
-                    "UPDATE tasks SET status=0, retry_count=retry_count+1, error='',"
-                    " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
-                    " message=? WHERE id=? AND status=1",
-                    (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
-                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
-                             (task_id, now, f"failed: {error}; auto-retry "
-                              f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
-                              f"{delay:.0f} s"))
+                return "completed" if self.complete(task_id, result) else "gone"
+            if allow_auto_retry and self.back_to_pending(task_id, error, rng):
                 return "retrying"
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?"
-                         " WHERE id=? AND status=1",
-                         (now, error or "failed", _dump_json(result), task_id))
-            self._release_materials(conn, task_id)
-            return "failed"
+            return "failed" if self.fail(task_id, error, result) else "gone"
 
     def cancel_pending(self, task_id: int) -> bool:
         """A pending task stopped by the user ends failed without ever running."""
         with self.write() as conn:
-            cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?"
-                               " WHERE id=? AND status=0",
+            cur = conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
+                               f" WHERE id=? AND status={PENDING}",
                                (self.clock(), STOPPED_BY_USER, task_id))
             if cur.rowcount == 1:
                 self._note_tasks(conn, [task_id])
@@ -877,9 +950,10 @@ class Store:
         """A failed task under its retry limit goes back to pending (compare-and-set)."""
         with self.write() as conn:
             cur = conn.execute(
-                "UPDATE tasks SET status=0, retry_count=retry_count+1, error='', progress=0,"
-                " message='', result=NULL, started_at=NULL, end_time=NULL"
-                " WHERE id=? AND status=3 AND retry_count < max_retry_count", (task_id,))
+                f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
+                " progress=0, message='', result=NULL, started_at=NULL, end_time=NULL"
+                f" WHERE id=? AND status={FAILED} AND retry_count < max_retry_count",
+                (task_id,))
             if cur.rowcount == 1:
                 self._note_tasks(conn, [task_id])
                 self._rereserve_materials(conn, task_id)
@@ -888,16 +962,24 @@ class Store:
     def retry_all(self) -> List[int]:
         with self.write() as conn:
             ids = [r[0] for r in conn.execute(
-                "SELECT id FROM tasks WHERE status=3 AND retry_count < max_retry_count")]
+                f"SELECT id FROM tasks WHERE status={FAILED}"
+                " AND retry_count < max_retry_count")]
             for task_id in ids:
                 self.retry(task_id)
             return ids
 
-    def delete_task(self, task_id: int) -> bool:
+    def delete_task(self, task_id: int, running_too: bool = True) -> bool:
+        """Delete a task; ``running_too=False`` spares it if it is running (a claim got
+        there first), so the caller can stop its script before deleting it."""
+        sql = "DELETE FROM tasks WHERE id=?" + ("" if running_too else
+                                                  f" AND status != {RUNNING}")
         with self.write() as conn:
+            row = conn.execute("SELECT status FROM tasks WHERE id=?", (task_id,)).fetchone()
+            if row is None or (not running_too and row[0] == RUNNING):
+                return False
             self._note_tasks(conn, [task_id])
             self._release_materials(conn, task_id)
-            return conn.execute("DELETE FROM tasks WHERE id=?", (task_id,)).rowcount == 1
+            return conn.execute(sql, (task_id,)).rowcount == 1
 
     def clear(self, statuses: Sequence[int]) -> List[int]:
         """Delete finished tasks (completed and/or failed) and return their ids."""
@@ -912,8 +994,9 @@ class Store:
     def recover_interrupted(self) -> List[int]:
         """At start-up: tasks left running by a crash or kill end failed, retryable."""
         with self.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM tasks WHERE status=1")]
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=? WHERE status=1",
+            ids = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE status={RUNNING}")]
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
+                         f" WHERE status={RUNNING}",
                          (self.clock(), INTERRUPTED))
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
@@ -954,9 +1037,9 @@ class Store:
 
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         return self.query(
-            "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1)"
+            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING})"
             " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
-            " status=0) AS pending_count FROM devices d"
+            f" status={PENDING}) AS pending_count FROM devices d"
             + (" WHERE d.serial=?" if serial is not None else "") + " ORDER BY d.serial",
             () if serial is None else (serial,))
 
@@ -1360,7 +1443,9 @@ NOT_API_SCRIPTS = frozenset({"like", "message", "super_marketing", "profile", "s
 PARAM_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                "list": (list,), "dict": (dict,)}
 PARAM_KEYS = {"type", "default", "choices", "min", "max", "required", "description",
-              "items", "max_length", "max_items"}
+              "items", "min_length", "max_length", "max_items", "pattern"}
+#: The range of an sqlite INTEGER: a larger whole number is refused, never overflows.
+INT64 = (-2 ** 63, 2 ** 63 - 1)
 PLATFORM_NAMES = ("tiktok", "instagram")
 
 
@@ -1390,71 +1475,154 @@ class Script:
 
     def check_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """Validate a script_config against PARAMS; returns it with defaults filled in."""
-        out = dict(config)           # keys a script does not declare are kept as sent
-        for name, decl in self.params.items():
-            where = f"script_config.{name}"
-            if name not in config or config[name] is None:
-                if decl.get("required"):
-                    raise BadRequest(where, "is required")
-                if "default" in decl:
-                    out[name] = json.loads(json.dumps(decl["default"]))
-                continue
-            out[name] = check_param(where, config[name], decl)
+        out = {**config, **check_fields(config, self.params, "script_config.")}
         if self.validate is not None:
-            try:
+            with _script_errors():
                 self.validate(out)
-            except ValueError as exc:
-                if len(exc.args) == 2:
-                    raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
-                raise BadRequest("script_config", str(exc))
         return out
 
     def expand_config(self, config: Dict[str, Any]) -> List[Dict[str, Any]]:
         """One request config -> the configs of the tasks it makes (usually just itself)."""
         if self.expand is None:
             return [config]
-        try:
+        with _script_errors():
             configs = list(self.expand(dict(config)))
-        except ValueError as exc:
-            if len(exc.args) == 2:
-                raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1]))
-            raise BadRequest("script_config", str(exc))
         if not configs or not all(isinstance(c, dict) for c in configs):
             raise BadRequest("script_config", f"script {self.name} made no task from it")
         return configs
 
 
-def check_param(where: str, value: Any, decl: Dict[str, Any]) -> Any:
+@contextlib.contextmanager
+def _script_errors() -> Iterator[None]:
+    """A script's validate/expand refuses a config with BadRequest(field, reason) (or the
+    older ValueError(field, reason)); the field is inside script_config."""
+    try:
+        yield
+    except BadRequest as exc:
+        raise BadRequest(f"script_config.{exc.field}" if exc.field else "script_config",
+                         exc.reason) from None
+    except ValueError as exc:
+        if len(exc.args) == 2:
+            raise BadRequest(f"script_config.{exc.args[0]}", str(exc.args[1])) from None
+        raise BadRequest("script_config", str(exc)) from None
+
+
+def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix: str = "",
+                 *, switches: bool = True) -> Dict[str, Any]:
+    """The one validation of script parameters, request bodies and queries.
+
+    Returns the declared fields, checked, with defaults filled in (a null counts as
+    absent). ``switches`` lets 0/1 stand for false/true, as TikMatrix clients send in
+    script configs; API bodies want real booleans.
+    """
+    out: Dict[str, Any] = {}
+    for name, decl in decls.items():
+        where = prefix + name
+        if data.get(name) is None:
+            if decl.get("required"):
+                raise BadRequest(where, "is required")
+            if "default" in decl:
+                out[name] = json.loads(json.dumps(decl["default"]))
+            continue
+        out[name] = check_param(where, data[name], decl, switches=switches)
+    return out
+
+
+def check_param(where: str, value: Any, decl: Dict[str, Any], *,
+                switches: bool = True) -> Any:
     """Check one value against its declaration; raise BadRequest naming the field."""
     types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
-    if "bool" in types and isinstance(value, int) and not isinstance(value, bool) \
-            and value in (0, 1):
+    if switches and "bool" in types and isinstance(value, int) \
+            and not isinstance(value, bool) and value in (0, 1):
         value = bool(value)                  # TikMatrix clients send 0/1 for switches
     ok = any(isinstance(value, PARAM_TYPES[t]) and
              not (t in ("int", "float") and isinstance(value, bool)) for t in types)
     if not ok and "int" in types and isinstance(value, float) and value.is_integer():
         value, ok = int(value), True
     if not ok:
-        raise BadRequest(where, f"must be {' or '.join(types)}, got {_json_type(value)}")
+        words = " or ".join(f"{_JSON_WORDS[t]} ({t})" for t in types)
+        raise BadRequest(where, f"must be {words}, got {_json_type(value)}")
     if "choices" in decl and value not in decl["choices"]:
         raise BadRequest(where, f"must be one of {', '.join(map(repr, decl['choices']))}, "
                                 f"got {value!r}")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "min" in decl and value < decl["min"]:
-            raise BadRequest(where, f"must be at least {decl['min']}, got {value}")
-        if "max" in decl and value > decl["max"]:
-            raise BadRequest(where, f"must be at most {decl['max']}, got {value}")
-    if isinstance(value, str) and len(value) > decl.get("max_length", 100_000):
-        raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
+        _check_range(where, value, decl)
+    if isinstance(value, str):
+        _check_text(where, value, decl)
     if isinstance(value, list):
         if len(value) > decl.get("max_items", 10_000):
             raise BadRequest(where, f"has more than {decl.get('max_items', 10_000)} items")
-        item_type = decl.get("items")
-        for i, item in enumerate(value):
-            if item_type and not (isinstance(item, PARAM_TYPES[item_type])
-                                  and not isinstance(item, bool)):
-                raise BadRequest(f"{where}[{i}]", f"must be {item_type}, got {_json_type(item)}")
+        items = decl.get("items")
+        if items:
+            items = {"type": items} if isinstance(items, str) else items
+            value = [check_param(f"{where}[{i}]", item, items, switches=switches)
+                     for i, item in enumerate(value)]
     return value
+
+
+def _check_range(where: str, value: Any, decl: Dict[str, Any]) -> None:
+    if isinstance(value, int) and not INT64[0] <= value <= INT64[1]:
+        raise BadRequest(where, f"is out of range: {value}")
+    if "min" in decl and value < decl["min"]:
+        raise BadRequest(where, f"must be at least {decl['min']}, got {value}")
+    if "max" in decl and value > decl["max"]:
+        raise BadRequest(where, f"must be at most {decl['max']}, got {value}")
+
+
+def _check_text(where: str, value: str, decl: Dict[str, Any]) -> None:
+    _check_chars(where, value)
+    if len(value) < decl.get("min_length", 0):
+        raise BadRequest(where, "is empty" if not value else
+                         f"is shorter than {decl['min_length']} characters")
+    if len(value) > decl.get("max_length", 100_000):
+        raise BadRequest(where, f"is longer than {decl.get('max_length', 100_000)} characters")
+    if "pattern" in decl and not re.fullmatch(decl["pattern"], value):
+        raise BadRequest(where, f"must be {decl.get('description') or decl['pattern']}, "
+                                f"got {value!r}")
+
+
+#: How deep a request's JSON may nest: deeper is no TikMatrix request, and unbounded
+#: depth ends in a RecursionError somewhere.
+MAX_JSON_DEPTH = 32
+
+
+def check_json(value: Any, where: str = "") -> None:
+    """Every string of a request, keys too, is text that sqlite and a phone can take (no
+    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep."""
+    stack = [(value, where, 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise BadRequest(where or "body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, str):
+            _check_chars(where or "body", value)
+        elif isinstance(value, list):
+            stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = _printable(key)
+                name = f"{where}.{name}" if where else name
+                _check_chars(name, key)
+                stack.append((item, name, depth + 1))
+
+
+def _check_chars(where: str, text: str) -> None:
+    if "\x00" in text:
+        raise BadRequest(_printable(where), "contains a NUL character")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(_printable(where), "contains a lone UTF-16 surrogate") from None
+
+
+def _printable(text: str) -> str:
+    """A name that is safe to put in an answer (a lone surrogate cannot be encoded)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\0")
+
+
+#: a declared type as the JSON word a client knows
+_JSON_WORDS = {"str": "a string", "int": "an integer", "float": "a number",
+               "bool": "true or false", "list": "an array", "dict": "an object"}
 
 
 def _json_type(value: Any) -> str:
@@ -1511,10 +1679,11 @@ def load_script(path: Path) -> Script:
 
 
 def load_scripts(folder: Path) -> Dict[str, Script]:
-    """Every .py in the folder but _helpers; a broken script is logged and left out."""
+    """Every .py in the folder but those named _*.py (modules the scripts share, such
+    as _common.py); a broken script is logged and left out."""
     scripts: Dict[str, Script] = {}
     folder_text = str(folder)
-    if folder_text not in sys.path:          # lets scripts import their _helpers
+    if folder_text not in sys.path:          # lets scripts import their _*.py modules
         sys.path.insert(0, folder_text)
     # run as a program this module is __main__: scripts that `import tikmatrix_lite` (for
     # StepFailed) must get this very module, not a second copy with other classes
@@ -2023,10 +2192,10 @@ class DeviceManager:
                 reply = _recv_exact(sock, 8)
                 if reply[:4] == b"FAIL":
                     message = _recv_exact(sock, struct.unpack("<I", reply[4:])[0])
-                    raise RuntimeError(f"push to {remote} failed: "
-                                       f"{message.decode('utf-8', 'replace')}")
+                    raise DeviceError("push", f"push to {remote} failed: "
+                                      f"{message.decode('utf-8', 'replace')}")
                 if reply[:4] != b"OKAY":
-                    raise RuntimeError(f"push to {remote}: unexpected reply {reply[:4]!r}")
+                    raise DeviceError("push", f"push to {remote}: unexpected reply {reply[:4]!r}")
                 with contextlib.suppress(OSError):
                     sock.sendall(b"QUIT" + struct.pack("<I", 0))
             except socket.timeout:
@@ -2046,7 +2215,7 @@ class DeviceManager:
     def screenshot(self, serial: str, token: Optional[CancelToken] = None) -> bytes:
         png = self.run(serial, "exec:screencap -p", timeout=20, token=token or CancelToken())
         if not png.startswith(b"\x89PNG"):
-            raise RuntimeError("the phone did not return a PNG screenshot")
+            raise DeviceError("screenshot", "the phone did not return a PNG screenshot")
         if not png.rstrip().endswith(b"IEND\xaeB`\x82"):       # the stream was cut short
             raise DeviceLost(f"{DISCONNECTED} (the screenshot was cut short)")
         return png
@@ -2308,7 +2477,7 @@ class UiTree:
         try:
             root = ET.fromstring(xml.encode("utf-8"))
         except ET.ParseError as exc:
-            raise RuntimeError(f"the window dump is not XML: {exc}") from None
+            raise DeviceError("ui_dump", f"the window dump is not XML: {exc}") from None
         for el in root.iter("node"):
             nums = [int(n) for n in re.findall(r"-?\d+", el.get("bounds", ""))] + [0] * 4
             self.nodes.append(Node(
@@ -2425,7 +2594,7 @@ class Phone:
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
             elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
                 self.press("back")
-        raise RuntimeError(f"uiautomator dump failed: {error}")
+        raise DeviceError("ui_dump", f"uiautomator dump failed: {error}")
 
     def screen_size(self) -> Tuple[int, int]:
         match = re.search(r"(\d+)x(\d+)", self.shell(["wm", "size"]))
@@ -2511,8 +2680,8 @@ class Phone:
                 for piece in input_text_args(line):
                     self.shell(["input", "text", piece])
         else:
-            raise RuntimeError(
-                "cannot type non-ASCII text: this phone has no broadcast input method; "
+            raise DeviceError(
+                "keyboard", "cannot type non-ASCII text: this phone has no broadcast input method; "
                 f"install TikMatrix's FastInputIME ({FAST_INPUT_IME}) or ADBKeyBoard "
                 f"({ADB_KEYBOARD_IME})")
 
@@ -2588,8 +2757,8 @@ class Phone:
         for package in APP_PACKAGES.get(platform, ()):
             if package in installed:
                 return package
-        raise RuntimeError(f"{platform} is not installed on {self.serial} "
-                           f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
+        raise DeviceError("app_missing", f"{platform} is not installed on {self.serial} "
+                          f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
 
     def screenshot(self) -> bytes:
         return self.devices.screenshot(self.serial, self.token)
@@ -2647,6 +2816,39 @@ def remote_input(devices: DeviceManager, serial: str, action: Dict[str, Any]) ->
 # Runner ######################################################################
 ###############################################################################
 
+@dataclass
+class Failure:
+    """How a task that raised ends: its error, whether artifacts are saved, whether it
+    may auto-retry, and whether the log gets a traceback (only for the unexpected)."""
+
+    error: str
+    artifacts: bool = True
+    retry: bool = True
+    traceback: bool = False
+
+    @classmethod
+    def of(cls, exc: BaseException) -> "Failure":
+        """The one mapping of exceptions to outcomes."""
+        if isinstance(exc, Stopped):            # the token's reason says why
+            return cls(str(exc) or STOPPED_BY_USER, artifacts=False, retry=False)
+        if isinstance(exc, DeviceLost):
+            return cls(DISCONNECTED, artifacts=False)
+        if isinstance(exc, CommandTimeout):
+            return cls(f"timed out: {exc}")
+        if isinstance(exc, (StepFailed, DeviceError)):    # expected: no traceback
+            return cls(str(exc), retry=exc.retry)
+        if isinstance(exc, BadRequest):         # the config cannot work: no screen to keep
+            return cls(exc.message, artifacts=False, retry=False)
+        return cls(f"{exc}" or type(exc).__name__, traceback=True)
+
+    def log(self, task_id: int, exc: BaseException) -> None:
+        """Called in the except block, so the traceback is the exception's."""
+        if self.traceback:
+            log.warning("task %s failed: %s\n%s", task_id, self.error, traceback.format_exc())
+        elif isinstance(exc, DeviceLost):
+            log.warning("task %s: %s", task_id, exc)
+
+
 class TaskContext:
     """What a script knows of its task (SPEC 6): config, progress, log, stop-aware sleep."""
 
@@ -2657,7 +2859,8 @@ class TaskContext:
         self.script_name: str = row["script_name"]
         self.config: Dict[str, Any] = json.loads(row["script_config"])
         self.retry_count: int = row["retry_count"]
-        #: per-task randomness (spintax picks, waits): seeded by the task id
+        #: per-run randomness (spintax picks, waits): seeded by the task, its retry and
+        #: the time, so a retry does not repeat the same picks
         self.random = random.Random(f"{row['id']}-{row['retry_count']}-{time.time()}")
         self._store = store
         self._token = token
@@ -2732,13 +2935,26 @@ class Runner:
         with self._lock:
             return len(self._active)
 
-    def claim_and_start(self, serial: str, now: float) -> Optional[sqlite3.Row]:
+    def claim_and_start(self, serial: str, now: float,
+                        inline: bool = False) -> Optional[sqlite3.Row]:
         """Claim the phone's next due task and start it, as one step.
 
         Under the runner's lock a task is either pending or registered here as running,
         never running in the store but unknown to the runner: a stop in between would
-        otherwise mark it stopped while its script still starts.
+        otherwise mark it stopped while its script still starts. ``inline`` runs it to
+        its end in the caller's thread instead (tests of the scheduling rules).
         """
+        if inline:
+            with self._lock:
+                if serial in self._active:
+                    return None
+                row = self.store.claim_next(serial, now)
+                if row is None:
+                    return None
+                running = self._active[serial] = RunningTask(row["id"], serial,
+                                                             CancelToken())
+            self._work(row, running)
+            return row
         with self._lock:
             if serial in self._active:
                 return None
@@ -2753,8 +2969,7 @@ class Runner:
                 thread.start()
             except BaseException:
                 del self._active[serial]
-                self.store.finish(row["id"], ok=False, error="internal error: no thread",
-                                  allow_auto_retry=False)
+                self.store.fail(row["id"], "internal error: no thread")
                 raise
             return row
 
@@ -2764,8 +2979,7 @@ class Runner:
         with self._lock:
             running = next((r for r in self._active.values() if r.task_id == task_id), None)
             if running is None:
-                return self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
-                                         allow_auto_retry=False) != "gone"
+                return self.store.stop(task_id)
             running.token.cancel("stopped")
         if wait:
             running.done.wait(wait)
@@ -2833,45 +3047,43 @@ class Runner:
         script = self.scripts.get(row["script_name"])
         log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
         context.log(f"started on {serial}")
-        result, error, save_artifacts, may_retry = None, "", False, True
+        result, failure = None, None
         try:
             if script is None:
-                raise RuntimeError(f"script {row['script_name']!r} is no longer loaded")
+                raise StepFailed(f"script {row['script_name']!r} is no longer loaded",
+                                 retry=False)
             result = script.run(phone, context)
             _dump_json(result)
-        except Stopped:
-            pass                                # the token's reason says why, below
-        except DeviceLost as exc:
-            error = DISCONNECTED
-            log.warning("task %s: %s", task_id, exc)
-            if token.reason is None:           # it did not answer; adb may still list it
-                self.devices.mark_unresponsive(serial)
-        except CommandTimeout as exc:
-            error, save_artifacts = f"timed out: {exc}", True
-        except StepFailed as exc:               # expected: no traceback in the log
-            error, save_artifacts, may_retry = str(exc), True, exc.retry
         except BaseException as exc:            # a script's SystemExit fails its task only
-            error, save_artifacts = f"{exc}" or type(exc).__name__, True
-            log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
+            failure = Failure.of(exc)
+            failure.log(task_id, exc)
+            if isinstance(exc, DeviceLost) and token.reason is None:
+                self.devices.mark_unresponsive(serial)   # silent; adb may still list it
         if token.reason is not None:            # whatever the script did after the cancel
-            error = CANCEL_ERRORS[token.reason]
+            failure = Failure(CANCEL_ERRORS[token.reason], artifacts=False,
+                              retry=token.reason == "lost")
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
-        if not error:
-            outcome = self.write_end(task_id, serial, ok=True, result=result)
+        outcome = self._record(task_id, context, result, failure, phone.last_dump)
+        log.info("task %s on %s: %s%s", task_id, serial, outcome,
+                 f" ({failure.error})" if failure else "")
+        return outcome
+
+    def _record(self, task_id: int, context: TaskContext, result: Any,
+                failure: Optional["Failure"], last_dump: Optional[str]) -> str:
+        """Write the task's end by the move that fits; returns its name."""
+        serial = context.serial
+        if failure is None:
             with contextlib.suppress(StorageFull):
                 context.log("completed")
-        else:
-            if save_artifacts:
-                self.save_artifacts(task_id, phone)
-            with contextlib.suppress(StorageFull):
-                context.log(f"failed: {error}")
-            outcome = self.write_end(task_id, serial, ok=False, error=error[:2000],
-                                     allow_auto_retry=may_retry
-                                     and token.reason in (None, "lost"))
-        log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
-        return outcome
+            return self.write_end(task_id, serial, ok=True, result=result)
+        if failure.artifacts and self.store.get_task(task_id) is not None:   # not deleted
+            self.save_artifacts(task_id, serial, last_dump)
+        with contextlib.suppress(StorageFull):
+            context.log(f"failed: {failure.error}")
+        return self.write_end(task_id, serial, ok=False, error=failure.error[:2000],
+                              allow_auto_retry=failure.retry)
 
     def write_end(self, task_id: int, serial: str, **outcome: Any) -> str:
         """Store a task's end; if the disk is full, keep it and write it once space is
@@ -2912,15 +3124,17 @@ class Runner:
                     self._unwritten_writer = None
                     return
 
-    def save_artifacts(self, task_id: int, phone: Phone) -> None:
-        """A failure keeps the screen and the last UI dump, to see what the script saw."""
+    def save_artifacts(self, task_id: int, serial: str, last_dump: Optional[str]) -> None:
+        """A failure keeps the screen and the last UI dump, to see what the script saw.
+
+        The screenshot gets a token of its own: the task's may be cancelled already.
+        """
         folder = self.artifacts_dir / str(task_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            if phone.last_dump:
-                (folder / "ui_dump.xml").write_text(phone.last_dump, encoding="utf-8")
-            fresh = Phone(self.devices, phone.serial, CancelToken())
-            (folder / "screenshot.png").write_bytes(fresh.screenshot())
+            if last_dump:
+                (folder / "ui_dump.xml").write_text(last_dump, encoding="utf-8")
+            (folder / "screenshot.png").write_bytes(self.devices.screenshot(serial))
         except Exception as exc:
             log.warning("task %s: could not save all artifacts: %s", task_id, exc)
 
@@ -2998,6 +3212,19 @@ class Scheduler:
             started.append(row["id"])
         return started, next_due
 
+    def run_next_due(self, now: Optional[float] = None) -> Optional[int]:
+        """Run the task that is due first, to its end, in this thread (as huey's tests
+        do); returns its id, or None if nothing is due. For tests of the rules."""
+        now = self.clock() if now is None else now
+        if self.max_running and self.runner.active_count() >= self.max_running:
+            return None
+        for serial, due in sorted(self.store.due_times().items(), key=lambda kv: kv[1]):
+            if due <= now and self.devices.is_online(serial) and not self.runner.busy(serial):
+                row = self.runner.claim_and_start(serial, now, inline=True)
+                if row is not None:
+                    return row["id"]
+        return None
+
     def _loop(self) -> None:
         while True:
             with self._cond:
@@ -3015,6 +3242,264 @@ class Scheduler:
                 if not self._dirty:
                     timeout = None if next_due is None else max(0.0, next_due - self.clock())
                     self._cond.wait(timeout)
+
+
+###############################################################################
+# Task operations #############################################################
+###############################################################################
+
+#: ``POST /task``'s body, declared like a script's PARAMS.
+TASK_CREATE: Dict[str, Dict[str, Any]] = {
+    "serials": {"type": "list", "items": {"type": "str", "max_length": 1000},
+                "description": "devices to run on (this or usernames)"},
+    "usernames": {"type": "list", "items": {"type": "str", "max_length": 1000},
+                  "description": "accounts to run as (this or serials)"},
+    "script_name": {"type": "str", "required": True, "min_length": 1, "max_length": 1000},
+    "script_config": {"type": "dict", "required": True,
+                      "description": "the script's parameters (GET /script)"},
+    "enable_multi_account": {"type": "bool", "default": False,
+                             "description": "one task per enabled account of each device"},
+    "start_time": {"type": "str", "default": "", "max_length": 1000,
+                   "pattern": r" *(([01]?\d|2[0-3]):[0-5]\d)? *",
+                   "description": "a time of day HH:MM (00:00-23:59), next occurrence"},
+    "min_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
+                     "description": "minutes the phone rests before the task, at least"},
+    "max_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
+                     "description": "minutes the phone rests before the task, at most"},
+    "priority": {"type": "int", "default": 0, "min": -100, "max": 100},
+    "max_retry_count": {"type": "int", "default": 3, "min": 1, "max": 10},
+    "auto_retry": {"type": "bool", "default": False},
+    "groups": {"type": "list", "items": {"type": "str", "max_length": 1000},
+               "description": "every phone of these groups, as if listed in serials"},
+    "source": {"type": "str", "default": "api", "choices": ["api", "ui"],
+               "description": "who made the task: a client of the API or the dashboard"},
+}
+MAX_TASKS_PER_REQUEST = 10_000
+
+
+class TaskOps:
+    """What may be done to tasks, and the rules of it: the one place the HTTP API (and
+    the dashboard) go through. Each operation raises NotFound or BadRequest itself."""
+
+    def __init__(self, store: Store, scripts: Dict[str, Script], runner: Optional[Runner],
+                 artifacts_dir: Path, wake: Callable[[], None],
+                 materials_dir: Optional[Path] = None):
+        self.store, self.scripts, self.runner = store, scripts, runner
+        self.artifacts_dir, self.wake = artifacts_dir, wake
+        #: the material library's files, named in the config of a task that reserves some
+        self.materials_dir = materials_dir or artifacts_dir.with_name("materials")
+        #: how long stop and delete wait for a running script to end
+        self.stop_wait = 3.0
+
+    def get(self, task_id: int) -> sqlite3.Row:
+        row = self.store.get_task(task_id)
+        if row is None:
+            raise NotFound(f"task {task_id} not found")
+        return row
+
+    # -- create ------------------------------------------------------------------
+    def create(self, body: Dict[str, Any]) -> List[int]:
+        """The tasks one request asks for, all validated before any is written."""
+        check_json({k: v for k, v in body.items() if k in TASK_CREATE})  # others: unused
+        name, script = self._script(body.get("script_name"))
+        fields = check_fields(body, TASK_CREATE, switches=False)
+        fields["serials"] = self._with_groups(fields.get("serials"), fields.get("groups"))
+        if fields.get("serials") and fields.get("usernames"):
+            raise BadRequest("serials", "give serials or usernames, not both")
+        if not fields.get("serials") and not fields.get("usernames"):
+            raise BadRequest("serials", "give a non-empty serials or usernames array")
+        now = self.store.clock()
+        start = next_occurrence(fields["start_time"], now) \
+            if fields["start_time"].strip() else now
+        low, high = fields["min_interval"], fields["max_interval"]
+        if low > high:
+            raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
+        configs = script.expand_config(script.check_config(fields["script_config"]))
+        if fields.get("serials"):
+            targets = self._device_targets(script, fields["serials"],
+                                           fields["enable_multi_account"])
+        else:
+            targets = self._account_targets(script, fields["usernames"])
+        if len(targets) * len(configs) > MAX_TASKS_PER_REQUEST:
+            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks;"
+                                        f" the limit is {MAX_TASKS_PER_REQUEST} per request")
+        wants = [self._material_request(script, config) for config in configs]
+        ids = self.store.create_tasks([NewTask(
+            serial=serial, username=username, script_name=name, script_config=config,
+            priority=fields["priority"], start_time=start,
+            rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
+            max_interval=high, max_retry_count=fields["max_retry_count"],
+            auto_retry=fields["auto_retry"], source=fields["source"], materials=want)
+            for serial, username in targets for config, want in zip(configs, wants)])
+        self.wake()
+        return ids
+
+    def _with_groups(self, serials: Optional[List[str]], groups: Optional[List[str]]):
+        """SPEC 7.3: every phone of the groups, as if listed in serials."""
+        if not groups:
+            return serials
+        in_groups = self.store.devices_in_groups(groups)
+        if not in_groups:
+            raise BadRequest("groups", f"no phone is in {', '.join(groups)}")
+        return (serials or []) + in_groups
+
+    def _material_request(self, script: Script, config: Dict[str, Any]):
+        """What the script reserves from the library for one task (SPEC 7.2), if any:
+        the store reserves it in the transaction that writes the task."""
+        want = script.reserve_materials(config) if script.reserve_materials else None
+        if want:
+            want = dict(want, folder=str(self.materials_dir))
+        return want
+
+    def _script(self, name: Any) -> Tuple[str, Script]:
+        """script_name is checked first, with codes of its own (40002, 40003)."""
+        if name is None or name == "":
+            raise MissingScriptName("script_name is required")
+        if not isinstance(name, str):
+            raise BadRequest("script_name", f"must be a string, got {_json_type(name)}")
+        script = self.scripts.get(name)
+        if script is None or name in NOT_API_SCRIPTS:
+            known = ", ".join(sorted(self.scripts))
+            raise ScriptNotSupported(f"script {name!r} is not supported through the API"
+                                     f" (loaded: {known or 'none'})")
+        return name, script
+
+    def _device_targets(self, script: Script, serials: List[str],
+                        multi: bool) -> List[Tuple[str, Optional[str]]]:
+        targets: List[Tuple[str, Optional[str]]] = []
+        for i, serial in _first_of_each(serials):
+            if self.store.get_device(serial) is None:
+                raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
+            if not multi:
+                targets.append((serial, None))
+                continue
+            accounts = [a for a in self.store.list_accounts(serial)
+                        if a["enabled"] and a["platform"] in script.platforms]
+            if not accounts:
+                raise BadRequest(f"serials[{i}]", f"device {serial!r} has no enabled "
+                                 f"account for {'/'.join(script.platforms)} "
+                                 "(enable_multi_account)")
+            targets += [(serial, a["username"]) for a in accounts]
+        return targets
+
+    def _account_targets(self, script: Script,
+                         usernames: List[str]) -> List[Tuple[str, Optional[str]]]:
+        targets: List[Tuple[str, Optional[str]]] = []
+        for i, text in _first_of_each(usernames, key=normalize_username):
+            account = self.store.get_account(normalize_username(text))
+            if account is None:
+                raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
+            if not account["enabled"]:
+                raise BadRequest(f"usernames[{i}]", f"account {text!r} is disabled")
+            if account["platform"] not in script.platforms:
+                raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
+                                 f"{account['platform']}, which {script.name} does not "
+                                 "support")
+            targets.append((account["serial"], account["username"]))
+        return targets
+
+    # -- one task ---------------------------------------------------------------------
+    def stop(self, task_id: int) -> None:
+        """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
+        stopped = False
+        for _ in range(10):           # until its status holds still under our change
+            row = self.store.get_task(task_id)
+            if row is None:
+                if stopped:
+                    return
+                raise NotFound(f"task {task_id} not found")
+            if row["status"] == PENDING:          # also a failure that was just auto-retried
+                if self.store.cancel_pending(task_id):
+                    return
+            elif row["status"] == RUNNING:
+                if stopped:                       # asked; it ends at its next phone call
+                    return
+                stopped = self.runner.stop(task_id, wait=self.stop_wait) \
+                    if self.runner is not None else self.store.stop(task_id)
+            elif stopped:
+                return
+            else:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only pending or running tasks can be stopped")
+        raise Unavailable(f"task {task_id} could not be stopped; try again")
+
+    def retry(self, task_id: int) -> sqlite3.Row:
+        """A failed task under its retry limit goes back to pending; returns it as it
+        is then. One transaction: a delete is wholly before or after it."""
+        with self.store.write():
+            row = self.get(task_id)
+            if row["status"] != FAILED:
+                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
+                                            " only failed tasks can be retried")
+            if not self.store.retry(task_id):
+                raise BadRequest("task_id", f"task {task_id} reached its retry limit "
+                                            f"({row['retry_count']}/{row['max_retry_count']})")
+            row = self.get(task_id)
+        self.wake()
+        return row
+
+    def delete(self, task_id: int) -> None:
+        """Delete a task and its artifacts; a running one is stopped first.
+
+        A pending task is deleted only while it is not running (compare-and-set): if
+        the scheduler claims it first, its script is stopped, then the row goes. A
+        script still winding down after that finds its task gone and writes nothing.
+        """
+        row = self.get(task_id)
+        if row["status"] == RUNNING or not self.store.delete_task(task_id, running_too=False):
+            if self.runner is not None:
+                self.runner.stop(task_id, wait=self.stop_wait)
+            if not self.store.delete_task(task_id):
+                raise NotFound(f"task {task_id} not found")
+        remove_artifacts(self.artifacts_dir, task_id)
+
+    # -- many tasks ------------------------------------------------------------------
+    def retry_all(self) -> List[int]:
+        ids = self.store.retry_all()
+        self.wake()
+        return ids
+
+    def clear(self, statuses: Sequence[int]) -> List[int]:
+        """Delete finished tasks (completed and/or failed) with their artifacts."""
+        for i, status in enumerate(statuses):
+            if status not in (COMPLETED, FAILED):
+                raise BadRequest(f"status[{i}]", f"only finished tasks ({COMPLETED} completed,"
+                                 f" {FAILED} failed) can be cleared, got {status}")
+        ids = self.store.clear(sorted(set(statuses))) if statuses else []
+        for task_id in ids:
+            remove_artifacts(self.artifacts_dir, task_id)
+        return ids
+
+    @staticmethod
+    def batch(ids: Sequence[int],
+              action: Callable[[int], None]) -> Tuple[List[int], Dict[str, str]]:
+        """Apply one operation to each task; (ids done, id -> why not) for the rest."""
+        done, errors = [], {}
+        for task_id in dict.fromkeys(ids):
+            try:
+                action(task_id)
+                done.append(task_id)
+            except NotFound:
+                errors[str(task_id)] = "task not found"
+            except BadRequest as exc:
+                errors[str(task_id)] = exc.reason
+            except LiteError as exc:
+                errors[str(task_id)] = exc.message
+        return done, errors
+
+
+def normalize_username(text: str) -> str:
+    return text.strip().lstrip("@")
+
+
+def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
+    """(index, item) of each item's first occurrence: duplicates count once, and an
+    error names the index the client sent."""
+    seen = set()
+    for i, item in enumerate(items):
+        if key(item) not in seen:
+            seen.add(key(item))
+            yield i, item
 
 
 ###############################################################################
@@ -3043,8 +3528,8 @@ def sniff_media(head: bytes) -> Optional[Tuple[str, str]]:
     return None
 
 
-class Lite:
-    """Store, scripts, devices, runner and scheduler of one server.
+class Server:
+    """Store, scripts, devices, runner, scheduler and task operations of one server.
 
     ``with_devices=False`` leaves out everything that touches adb: the HTTP API then
     works fully on the store, tasks stay pending, and the live-phone endpoints answer
@@ -3079,6 +3564,8 @@ class Lite:
             self.devices.on_online = self.scheduler.wake
             self.devices.on_offline = self.runner.device_lost
             self.runner.on_finished = self.scheduler.wake
+        self.tasks = TaskOps(self.store, self.scripts, self.runner, config.artifacts_dir,
+                             self.wake, config.materials_dir)
 
     def start(self) -> None:
         """Recover from a crash, then start watching phones and scheduling tasks."""
@@ -3111,56 +3598,6 @@ class Lite:
             raise Unavailable("device layer not available")
         return self.devices
 
-    # -- task operations shared by single and batch endpoints ------------------
-    def stop_task(self, task_id: int) -> None:
-        """Cancel a pending task or interrupt a running one; both end 'stopped by user'."""
-        stopped = False
-        for _ in range(10):           # until its status holds still under our change
-            row = self.store.get_task(task_id)
-            if row is None:
-                if stopped:
-                    return
-                raise NotFound(f"task {task_id} not found")
-            if row["status"] == PENDING:          # also a failure that was just auto-retried
-                if self.store.cancel_pending(task_id):
-                    return
-            elif row["status"] == RUNNING:
-                if stopped:                       # asked; it ends at its next phone call
-                    return
-                if self.runner is not None:
-                    stopped = self.runner.stop(task_id, wait=3)
-                else:
-                    stopped = self.store.finish(task_id, ok=False, error=STOPPED_BY_USER,
-                                                allow_auto_retry=False) != "gone"
-            elif stopped:
-                return
-            else:
-                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
-                                            " only pending or running tasks can be stopped")
-        raise Unavailable(f"task {task_id} could not be stopped; try again")
-
-    def retry_task(self, task_id: int) -> None:
-        row = self.store.get_task(task_id)
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if not self.store.retry(task_id):
-            row = self.store.get_task(task_id)
-            if row["status"] != FAILED:
-                raise BadRequest("task_id", f"task {task_id} is {STATUS_TEXT[row['status']]}:"
-                                            " only failed tasks can be retried")
-            raise BadRequest("task_id", f"task {task_id} reached its retry limit "
-                                        f"({row['retry_count']}/{row['max_retry_count']})")
-        self.wake()
-
-    def delete_task(self, task_id: int) -> None:
-        row = self.store.get_task(task_id)
-        if row is None:
-            raise NotFound(f"task {task_id} not found")
-        if row["status"] == RUNNING and self.runner is not None:
-            self.runner.stop(task_id, wait=3)
-        self.store.delete_task(task_id)
-        remove_artifacts(self.config.artifacts_dir, task_id)
-
     # -- farm view: phones and materials (SPEC 7.2, 7.3) ------------------------
     def known_device(self, serial: str) -> sqlite3.Row:
         row = self.store.get_device(serial)
@@ -3190,13 +3627,13 @@ class Lite:
         """Drive a phone by hand; a running task is refused unless the user takes over."""
         devices = self.online_device(serial)
         running = self.store.query_one("SELECT id, script_name FROM tasks WHERE serial=?"
-                                       " AND status=1", (serial,))
+                                       f" AND status={RUNNING}", (serial,))
         if running is not None:
             if not take_over:
                 raise BadRequest("take_over", f"task {running['id']} "
                                  f"({running['script_name']}) is running on {serial}: send "
                                  "take_over true to stop it and take the phone")
-            self.stop_task(running["id"])
+            self.tasks.stop(running["id"])
         try:
             remote_input(devices, serial, action)
         except (DeviceLost, CommandTimeout) as exc:
@@ -3255,6 +3692,10 @@ class Lite:
             raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
 
 
+#: the name callers and tests have always used
+Lite = Server
+
+
 def _lock_database(db: Path):
     """Hold an exclusive lock beside the database for the life of the server."""
     try:
@@ -3282,107 +3723,146 @@ WEB_DIR = HERE / "web"
 API_THREADS = 8
 EVENT_STREAMS = 16
 
+#: Letters, digits, '.' and '_': what TikTok and Instagram allow in a user name.
+USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
+PACKAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
+_PORT = r"([1-9]\d{0,3}|[1-5]\d{4}|6[0-4]\d{3}|65[0-4]\d\d|655[0-2]\d|6553[0-5])"
+
+# Bodies and queries, declared like a script's PARAMS: checked by check_fields, and
+# turned into the OpenAPI document, so the two cannot disagree.
+TASK_IDS = {"task_ids": {"type": "list", "items": "int", "required": True,
+                         "max_items": 10_000}}
+TASK_CLEAR = {"status": {"type": "list", "required": True, "max_items": 10_000,
+                         "items": {"type": "int", "choices": [COMPLETED, FAILED]},
+                         "description": "2 (completed) and/or 3 (failed)"}}
+DEVICE_ADDRESS = {"address": {
+    "type": "str", "required": True, "max_length": 1000, "description": "host:port",
+    "pattern": r" *([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]):" + _PORT + r" *"}}
+ACCOUNT_FIELDS = {
+    "serial": {"type": "str", "max_length": 1000, "description": "the device it is on"},
+    "platform": {"type": "str", "choices": list(PLATFORM_NAMES)},
+    "package": {"type": "str", "max_length": 1000, "pattern": PACKAGE_RE.pattern,
+                "description": "an Android package name (default: the platform's app)"},
+    "enabled": {"type": "bool"},
+}
+ACCOUNT_CREATE = {
+    "username": {"type": "str", "required": True, "max_length": 1000,
+                 "pattern": r" *@*" + USERNAME_RE.pattern + r" *",
+                 "description": "1-64 letters, digits, '.' or '_', an optional leading @"},
+    **{k: {**v, "required": k in ("serial", "platform")} for k, v in ACCOUNT_FIELDS.items()},
+}
+TASK_QUERY = {
+    "status": {"type": "str", "pattern": r" *[0-3]? *(, *[0-3]? *)*",
+               "description": "0-3 or a comma list of them"},
+    "serial": {"type": "str"}, "script_name": {"type": "str"},
+    "source": {"type": "str", "description": "api or ui"}, "username": {"type": "str"},
+    "start_timestamp": {"type": "float", "description": "creation time from (epoch s)"},
+    "end_timestamp": {"type": "float", "description": "creation time to (epoch s)"},
+    "page": {"type": "int", "default": 1, "min": 1, "max": 10 ** 9},
+    "page_size": {"type": "int", "default": 20, "min": 1,
+                  "description": "at most 100; a larger size is clamped to 100"},
+}
+ACCOUNT_QUERY = {"serial": {"type": "str"}}
+MAX_PAGE_SIZE = 100
+
+# The farm view's (SPEC 7). Tags and groups are short names without a comma.
+_NAME = {"type": "str", "max_length": 64, "pattern": r"[^,\x00]*",
+         "description": "at most 64 characters, no comma"}
+EVENTS_QUERY = {"after": {"type": "int", "min": 0, "max": 10 ** 18 - 1,
+                          "description": "the last event id seen (or header Last-Event-ID)"}}
+DEVICE_FIELDS = {"alias": {"type": "str", "max_length": 64},
+                 "groups": {"type": "list", "items": _NAME, "max_items": 50}}
+SCREENSHOT_QUERY = {
+    "format": {"type": "str", "choices": ["png", "jpeg"], "default": "png"},
+    "max_age_ms": {"type": "int", "min": 0, "max": 3_600_000,
+                   "description": "a shared capture this recent will do"},
+    "view": {"type": "str", "choices": ["grid", "focus"],
+             "description": "counted in the --screen-fps budget as a grid tile or the "
+                            "opened phone"},
+}
+_SCREEN_XY = {"type": "int", "min": 0, "max": 100_000}
+DEVICE_INPUT = {
+    "action": {"type": "str", "required": True, "choices": ["tap", "swipe", "key", "text"],
+               "description": "tap needs x, y; swipe x1, y1, x2, y2; key key; text text"},
+    **{name: dict(_SCREEN_XY) for name in ("x", "y", "x1", "y1", "x2", "y2")},
+    "duration_ms": {"type": "int", "default": 300, "min": 1, "max": 10_000},
+    "key": {"type": "str", "max_length": 40,
+            "pattern": r"[A-Za-z0-9_]{1,32}|[Kk][Ee][Yy][Cc][Oo][Dd][Ee]_[A-Za-z0-9_]{1,32}",
+            "description": "a key name like BACK, HOME, APP_SWITCH (KEYCODE_ optional)"},
+    "text": {"type": "str", "min_length": 1, "max_length": 5000},
+    "take_over": {"type": "bool", "default": False,
+                  "description": "stop the task running on the phone first"},
+}
+_MATERIAL_USERNAME = {"type": "str", "max_length": 1000,
+                      "pattern": r" *(@*" + USERNAME_RE.pattern + r")? *",
+                      "description": "the account it is for, or empty for any account"}
+_CAPTION = {"type": "str", "max_length": 5000}
+MATERIAL_UPLOAD = {"tags": {"type": "str", "max_length": 5000, "description": "comma list"},
+                   "username": _MATERIAL_USERNAME, "caption": _CAPTION}
+MATERIAL_FIELDS = {
+    "tags": {"type": ["list", "str"], "items": _NAME, "max_items": 50, "max_length": 5000,
+             "description": "an array of tags or a comma list"},
+    "username": {**_MATERIAL_USERNAME, "description": "the account it is for; empty or "
+                                                      "null for any account"},
+    "caption": _CAPTION,
+}
+MATERIAL_QUERY = {
+    "kind": {"type": "str", "choices": ["video", "image"]}, "tag": {"type": "str"},
+    "username": {"type": "str"}, "unused": {"type": "str", "description": "1: never used"},
+    "page": {"type": "int", "default": 1, "min": 1, "max": 10 ** 9},
+    "page_size": {"type": "int", "default": 20, "min": 1,
+                  "description": "at most 100; a larger size is clamped to 100"},
+}
+
 
 def _ok(data: Any) -> Dict[str, Any]:
     return {"code": 0, "message": "success", "data": data}
 
 
-class _Body:
-    """A request's JSON object, read with checks that name the wrong field."""
+def route(method: str, path: str, summary: str, *, body: Optional[dict] = None,
+          query: Optional[dict] = None, data: Optional[dict] = None,
+          produces: str = "application/json", checks_body: bool = False,
+          consumes: str = "application/json"):
+    """Mark an Api method as the handler of an endpoint.
 
-    def __init__(self, data: Dict[str, Any]):
-        self.data = data
-
-    def has(self, name: str) -> bool:
-        return self.data.get(name) is not None
-
-    def str(self, name: str, *, required: bool = False, default: Optional[str] = None,
-            choices: Sequence[str] = (), max_length: int = 1000) -> Optional[str]:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise BadRequest(name, "is required")
-            return default
-        if not isinstance(value, str):
-            raise BadRequest(name, f"must be a string, got {_json_type(value)}")
-        if len(value) > max_length:
-            raise BadRequest(name, f"is longer than {max_length} characters")
-        if choices and value not in choices:
-            raise BadRequest(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def int(self, name: str, default: int, low: int, high: int) -> int:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadRequest(name, f"must be an integer, got {_json_type(value)}")
-        if not low <= value <= high:
-            raise BadRequest(name, f"must be between {low} and {high}, got {value}")
-        return value
-
-    def bool(self, name: str, default: bool) -> bool:
-        value = self.data.get(name)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise BadRequest(name, f"must be true or false, got {_json_type(value)}")
-        return value
-
-    def list(self, name: str, item_type: type, *, required: bool = False,
-             max_items: int = 10_000) -> Optional[List[Any]]:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                raise BadRequest(name, "is required")
-            return None
-        if not isinstance(value, list):
-            raise BadRequest(name, f"must be an array, got {_json_type(value)}")
-        if len(value) > max_items:
-            raise BadRequest(name, f"has more than {max_items} items")
-        for i, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, item_type):
-                kind = "an integer" if item_type is int else "a string"
-                raise BadRequest(f"{name}[{i}]", f"must be {kind}, got {_json_type(item)}")
-            if item_type is int and not -2 ** 63 <= item < 2 ** 63:
-                raise BadRequest(f"{name}[{i}]", f"is out of range: {item}")
-        return value
-
-    def task_ids(self) -> List[int]:
-        return self.list("task_ids", int, required=True)
-
-
-def normalize_username(text: str) -> str:
-    return text.strip().lstrip("@")
-
-
-USERNAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
-SERIAL_RE = re.compile(r"[^\s\x00-\x1f]{1,128}")
-PACKAGE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+")
-ADDRESS_RE = re.compile(r"([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:]+\]):(\d{1,5})")
+    ``body`` and ``query`` are declarations (like a script's PARAMS): the handler gets
+    them checked as ``body=`` and ``query=``, unless ``checks_body`` says its operation
+    checks the body itself (a multipart ``consumes`` is always read by its handler).
+    ``data`` is the OpenAPI schema of a success's data.
+    """
+    def mark(handler):
+        handler.route = {"method": method, "path": path, "summary": summary, "body": body,
+                         "query": query or {}, "data": data, "produces": produces,
+                         "checks_body": checks_body, "consumes": consumes}
+        return handler
+    return mark
 
 
 class Api:
     """The routes of SPEC 4, on a bottle app, with the access rules of SPEC 3.
 
-    Every route is declared with its OpenAPI description beside it, so the document
-    at /openapi.json cannot drift from what is served.
+    Every endpoint is a method marked with ``@route``, which declares its body, query
+    and answer; the checks and the document at /openapi.json are made from those
+    declarations, so they cannot drift from what is served.
     """
 
-    def __init__(self, lite: Lite):
+    def __init__(self, lite: Server):
         import bottle
         self.bottle = bottle
         self.lite = lite
         self.store = lite.store
+        self.tasks = lite.tasks
         self.app = bottle.Bottle()
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
         self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
-        self._declare_routes()
-        self._declare_farm_view_routes()
+        for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
+            handler = getattr(self, name)
+            if hasattr(handler, "route"):
+                self._add_route(handler)
+        self.app.route("/", "GET", self.page)          # the dashboard: no envelope
+        self.app.route("/web/<name:path>", "GET", self.page_file)
 
     # -- plumbing ------------------------------------------------------------------
     def wsgi(self, environ, start_response):
@@ -3453,33 +3933,37 @@ class Api:
             self.bottle.response.set_header("Allow", http_error.headers.get("Allow", ""))
         return body
 
-    def route(self, method: str, path: str, summary: str, *, body: Optional[dict] = None,
-              query: Optional[Dict[str, dict]] = None, data: Optional[dict] = None,
-              produces: str = "application/json"):
-        """Declare an endpoint: its handler returns the `data` of a success envelope."""
-        def decorator(handler):
-            def endpoint(**kwargs):
-                try:
-                    if not -2 ** 63 <= kwargs.get("task_id", 0) < 2 ** 63:
-                        raise NotFound(f"task {kwargs['task_id']} not found")
-                    result = handler(**kwargs)
-                except LiteError as exc:
-                    return self._error(exc)
-                except Exception:
-                    log.exception("%s %s failed", method, path)
-                    return self._error(LiteError("internal error"))
-                if isinstance(result, self.bottle.HTTPResponse):
-                    return result
-                return self._respond(200, _ok(result))
-            self.app.route(API_PREFIX + re.sub(r"\{(\w+)\}", r"<\1>", path).replace(
-                "<task_id>", "<task_id:int>"), method, endpoint)
-            self.routes.append({"method": method, "path": path, "summary": summary,
-                                "body": body, "query": query or {}, "data": data,
-                                "produces": produces})
-            return handler
-        return decorator
+    def _add_route(self, handler: Callable[..., Any]) -> None:
+        """Serve one marked method: checked input in, the success envelope out."""
+        spec = handler.route
 
-    def json_body(self) -> _Body:
+        def endpoint(**kwargs):
+            try:
+                for name in ("task_id", "material_id"):
+                    if not INT64[0] <= kwargs.get(name, 0) <= INT64[1]:
+                        raise NotFound(f"{name[:-3]} {kwargs[name]} not found")
+                if spec["body"] and spec["consumes"] == "application/json":
+                    raw = self.json_body()
+                    check_json({k: v for k, v in raw.items() if k in spec["body"]})
+                    kwargs["body"] = raw if spec["checks_body"] else \
+                        check_fields(raw, spec["body"], switches=False)
+                if spec["query"]:
+                    kwargs["query"] = self.query(spec["query"])
+                result = handler(**kwargs)
+            except LiteError as exc:
+                return self._error(exc)
+            except Exception:
+                log.exception("%s %s failed", spec["method"], spec["path"])
+                return self._error(LiteError("internal error"))
+            if isinstance(result, self.bottle.HTTPResponse):
+                return result
+            return self._respond(200, _ok(result))
+        rule = re.sub(r"\{(\w+_id)\}", r"<\1:int>", spec["path"])
+        rule = re.sub(r"\{(\w+)\}", r"<\1>", rule)
+        self.app.route(API_PREFIX + rule, spec["method"], endpoint)
+        self.routes.append(spec)
+
+    def json_body(self) -> Dict[str, Any]:
         raw = self.bottle.request.environ["wsgi.input"].read(
             int(self.bottle.request.environ.get("CONTENT_LENGTH") or 0) or MAX_BODY_BYTES + 1)
         if len(raw) > MAX_BODY_BYTES:
@@ -3490,286 +3974,198 @@ class Api:
             data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError) as exc:
             raise BadRequest("body", f"is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise BadRequest("body", f"nests deeper than {MAX_JSON_DEPTH} levels") from None
         if not isinstance(data, dict):
             raise BadRequest("body", f"must be a JSON object, got {_json_type(data)}")
-        return _Body(data)
+        return data
 
-    def query(self) -> Dict[str, str]:
+    def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+        """The query string checked against its declarations (numbers read from text)."""
         from urllib.parse import parse_qsl
-        return dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
-                              keep_blank_values=False))
+        q = dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
+                           keep_blank_values=False))
+        values = {name: _query_value(name, q[name], decl["type"])
+                  for name, decl in decls.items() if name in q}
+        return check_fields(values, decls, switches=False)
 
-    # -- routes ------------------------------------------------------------------------
-    def _declare_routes(self) -> None:
-        route, store, lite = self.route, self.store, self.lite
-        task_list = {"items": "array of Task", "total": "integer", "page": "integer",
-                     "page_size": "integer"}
-        ids_body = {"task_ids": "array of integer (required)"}
-        done_errors = {"done": "array of integer", "errors": "object: id -> reason"}
+    # -- tasks ---------------------------------------------------------------------------
+    @route("POST", "/task", "Create tasks on devices or accounts", body=TASK_CREATE,
+           checks_body=True, data={"task_ids": [int], "created_count": int})
+    def create_task(self, body):
+        ids = self.tasks.create(body)
+        return {"task_ids": ids, "created_count": len(ids)}
 
-        @route("POST", "/task", "Create tasks on devices or accounts", body={
-            "serials": "array of string (this or usernames)",
-            "usernames": "array of string (this or serials)",
-            "script_name": "string (required)", "script_config": "object (required)",
-            "enable_multi_account": "boolean", "start_time": "string HH:MM",
-            "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
-            "priority": "integer -100..100", "max_retry_count": "integer 1-10",
-            "auto_retry": "boolean", "groups": "array of string (phones of these groups)",
-            "source": "api (default) or ui"},
-            data={"task_ids": "array of integer", "created_count": "integer"})
-        def create_task():
-            tasks = self.build_tasks(self.json_body())
-            ids = store.create_tasks(tasks)
-            lite.wake()
-            return {"task_ids": ids, "created_count": len(ids)}
+    @route("GET", "/task", "List tasks, newest first", query=TASK_QUERY,
+           data={"items": ["Task"], "total": int, "page": int, "page_size": int})
+    def list_tasks(self, query):
+        statuses = [int(p) for p in query.get("status", "").split(",") if p.strip()]
+        page, page_size = query["page"], min(query["page_size"], MAX_PAGE_SIZE)
+        username = query.get("username")
+        rows, total = self.store.list_tasks(
+            statuses=statuses, serial=query.get("serial"),
+            script_name=query.get("script_name"), source=query.get("source"),
+            username=None if username is None else normalize_username(username),
+            created_from=query.get("start_timestamp"), created_to=query.get("end_timestamp"),
+            page=page, page_size=page_size)
+        return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
+                "page_size": page_size}
 
-        @route("GET", "/task", "List tasks, newest first", query={
-            "status": "integer 0-3 or comma list", "serial": "string",
-            "script_name": "string", "source": "api or ui", "username": "string",
-            "start_timestamp": "epoch seconds (creation time from)",
-            "end_timestamp": "epoch seconds (creation time to)",
-            "page": "integer >= 1 (default 1)",
-            "page_size": "integer 1-100 (default 20; larger is clamped)"}, data=task_list)
-        def list_tasks():
-            q = self.query()
-            statuses = []
-            for part in q.get("status", "").split(","):
-                if part.strip():
-                    if part.strip() not in ("0", "1", "2", "3"):
-                        raise BadRequest("status", f"must be 0-3 or a comma list of them, "
-                                                   f"got {q['status']!r}")
-                    statuses.append(int(part))
-            page = _query_int(q, "page", 1, 1, 10 ** 9)
-            page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
-            rows, total = store.list_tasks(
-                statuses=statuses, serial=q.get("serial"), script_name=q.get("script_name"),
-                source=q.get("source"),
-                username=normalize_username(q["username"]) if "username" in q else None,
-                created_from=_query_number(q, "start_timestamp"),
-                created_to=_query_number(q, "end_timestamp"), page=page, page_size=page_size)
-            return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
-                    "page_size": page_size}
+    @route("GET", "/task/stats", "Count tasks by status",
+           data={k: int for k in ("total", "pending", "running", "completed", "failed")})
+    def task_stats(self):
+        return self.store.stats()
 
-        @route("GET", "/task/stats", "Count tasks by status",
-               data={"total": "integer", "pending": "integer", "running": "integer",
-                     "completed": "integer", "failed": "integer"})
-        def task_stats():
-            return store.stats()
+    @route("POST", "/task/retry-all", "Retry every failed task under its limit",
+           data={"retried_count": int})
+    def retry_all(self):
+        return {"retried_count": len(self.tasks.retry_all())}
 
-        @route("POST", "/task/retry-all", "Retry every failed task under its limit",
-               data={"retried_count": "integer"})
-        def retry_all():
-            ids = store.retry_all()
-            lite.wake()
-            return {"retried_count": len(ids)}
+    @route("DELETE", "/task/batch", "Delete tasks (running ones are stopped first)",
+           body=TASK_IDS, data={"deleted_count": int, "errors": {str: str}})
+    def delete_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.delete)
+        return {"deleted_count": len(done), "errors": errors}
 
-        @route("DELETE", "/task/batch", "Delete tasks (running ones are stopped first)",
-               body=ids_body, data={"deleted_count": "integer", "errors": "object"})
-        def delete_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.delete_task)
-            return {"deleted_count": len(done), "errors": errors}
+    @route("POST", "/task/batch/stop", "Stop tasks", body=TASK_IDS,
+           data={"done": [int], "errors": {str: str}})
+    def stop_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.stop)
+        return {"done": done, "errors": errors}
 
-        @route("POST", "/task/batch/stop", "Stop tasks", body=ids_body, data=done_errors)
-        def stop_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.stop_task)
-            return {"done": done, "errors": errors}
+    @route("POST", "/task/batch/retry", "Retry failed tasks", body=TASK_IDS,
+           data={"done": [int], "errors": {str: str}})
+    def retry_batch(self, body):
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.retry)
+        return {"done": done, "errors": errors}
 
-        @route("POST", "/task/batch/retry", "Retry failed tasks", body=ids_body,
-               data=done_errors)
-        def retry_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.retry_task)
-            return {"done": done, "errors": errors}
+    @route("POST", "/task/clear", "Delete finished tasks in the given states",
+           body=TASK_CLEAR, data={"deleted_count": int})
+    def clear_tasks(self, body):
+        return {"deleted_count": len(self.tasks.clear(body["status"]))}
 
-        @route("POST", "/task/clear", "Delete finished tasks in the given states",
-               body={"status": "array of 2 (completed) and/or 3 (failed) (required)"},
-               data={"deleted_count": "integer"})
-        def clear_tasks():
-            statuses = self.json_body().list("status", int, required=True)
-            for i, status in enumerate(statuses):
-                if status not in (COMPLETED, FAILED):
-                    raise BadRequest(f"status[{i}]", f"only finished tasks (2 completed, "
-                                                     f"3 failed) can be cleared, got {status}")
-            ids = store.clear(sorted(set(statuses))) if statuses else []
-            for task_id in ids:
-                remove_artifacts(lite.config.artifacts_dir, task_id)
-            return {"deleted_count": len(ids)}
+    @route("GET", "/task/{task_id}", "A task with its log and artifacts", data="TaskDetail")
+    def get_task(self, task_id):
+        out = task_to_json(self.tasks.get(task_id))
+        out["log"] = [f"{format_time(r['at'])} {r['line']}"
+                      for r in self.store.task_log(task_id)]
+        out["artifacts"] = [f"{API_PREFIX}/task/{task_id}/artifacts/{name}" for name in
+                            artifact_names(self.lite.config.artifacts_dir, task_id)]
+        return out
 
-        @route("GET", "/task/{task_id}", "A task with its log and artifacts",
-               data={"...Task": "", "log": "array of string", "artifacts": "array of URL"})
-        def get_task(task_id):
-            row = store.get_task(task_id)
-            if row is None:
-                raise NotFound(f"task {task_id} not found")
-            out = task_to_json(row)
-            out["log"] = [f"{format_time(r['at'])} {r['line']}" for r in store.task_log(task_id)]
-            out["artifacts"] = [f"{API_PREFIX}/task/{task_id}/artifacts/{name}" for name in
-                                artifact_names(lite.config.artifacts_dir, task_id)]
-            return out
+    @route("DELETE", "/task/{task_id}", "Delete a task (a running one is stopped first)",
+           data={"deleted": int})
+    def delete_task(self, task_id):
+        self.tasks.delete(task_id)
+        return {"deleted": task_id}
 
-        @route("DELETE", "/task/{task_id}", "Delete a task (a running one is stopped first)")
-        def delete_task(task_id):
-            lite.delete_task(task_id)
-            return {"deleted": task_id}
+    @route("POST", "/task/{task_id}/stop", "Stop a running task or cancel a pending one",
+           data="Task")
+    def stop_task(self, task_id):
+        self.tasks.stop(task_id)
+        return task_to_json(self.tasks.get(task_id))
 
-        @route("POST", "/task/{task_id}/stop", "Stop a running task or cancel a pending one",
-               data={"...Task": ""})
-        def stop_task(task_id):
-            lite.stop_task(task_id)
-            return task_to_json(store.get_task(task_id))
+    @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending", data="Task")
+    def retry_task(self, task_id):
+        return task_to_json(self.tasks.retry(task_id))
 
-        @route("POST", "/task/{task_id}/retry", "Put a failed task back to pending",
-               data={"...Task": ""})
-        def retry_task(task_id):
-            lite.retry_task(task_id)
-            return task_to_json(store.get_task(task_id))
+    @route("GET", "/task/{task_id}/artifacts/{name}",
+           "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
+    def get_artifact(self, task_id, name):
+        folder = self.lite.config.artifacts_dir
+        if name not in artifact_names(folder, task_id):
+            raise NotFound(f"task {task_id} has no artifact {name!r}")
+        return self.bottle.static_file(name, root=str(folder / str(task_id)))
 
-        @route("GET", "/task/{task_id}/artifacts/{name}",
-               "A failure screenshot (PNG) or UI dump (XML)", produces="image/png, text/xml")
-        def get_artifact(task_id, name):
-            if name not in artifact_names(lite.config.artifacts_dir, task_id):
-                raise NotFound(f"task {task_id} has no artifact {name!r}")
-            return self.bottle.static_file(name, root=str(lite.config.artifacts_dir /
-                                                          str(task_id)))
+    # -- phones ------------------------------------------------------------------------
+    @route("GET", "/device", "Every known device", data={"items": ["Device"], "total": int})
+    def list_devices(self):
+        items = [device_to_json(row, self.lite.devices) for row in self.store.list_devices()]
+        return {"items": items, "total": len(items)}
 
-        @route("GET", "/license/check", "What this server's plan allows",
-               data={"plan_name": "string", "api_enabled": "boolean",
-                     "device_limit": "integer", "message": "string"})
-        def license_check():
-            return {"plan_name": "Lite", "api_enabled": True, "device_limit": 0,
-                    "message": "API access enabled"}
+    @route("POST", "/device/connect", "adb connect a network or cloud phone",
+           body=DEVICE_ADDRESS, data={"address": str, "message": str})
+    def connect_device(self, body):
+        address = body["address"].strip()
+        message = self.lite.need_devices().connect(address)
+        if "connected to" not in message:
+            raise Unavailable(f"adb could not connect to {address}: {message.strip()}")
+        self.store.upsert_device(address, connection="tcp", last_seen=self.store.clock())
+        return {"address": address, "message": message.strip()}
 
-        @route("GET", "/device", "Every known device",
-               data={"items": "array of Device", "total": "integer"})
-        def list_devices():
-            items = [device_to_json(row, lite.devices) for row in store.list_devices()]
-            return {"items": items, "total": len(items)}
+    @route("POST", "/device/disconnect", "adb disconnect a network phone",
+           body=DEVICE_ADDRESS, data={"address": str, "message": str})
+    def disconnect_device(self, body):
+        address = body["address"].strip()
+        message = self.lite.need_devices().disconnect(address)
+        return {"address": address, "message": message.strip()}
 
-        @route("POST", "/device/connect", "adb connect a network or cloud phone",
-               body={"address": "string host:port (required)"},
-               data={"address": "string", "message": "string"})
-        def connect_device():
-            address = self._address(self.json_body())
-            devices = lite.need_devices()
-            message = devices.connect(address)
-            if "connected to" not in message:
-                raise Unavailable(f"adb could not connect to {address}: {message.strip()}")
-            store.upsert_device(address, connection="tcp", last_seen=store.clock())
-            return {"address": address, "message": message.strip()}
+    # -- accounts ----------------------------------------------------------------------
+    @route("GET", "/account", "Accounts", query=ACCOUNT_QUERY,
+           data={"items": ["Account"], "total": int})
+    def list_accounts(self, query):
+        items = [account_to_json(r) for r in self.store.list_accounts(query.get("serial"))]
+        return {"items": items, "total": len(items)}
 
-        @route("POST", "/device/disconnect", "adb disconnect a network phone",
-               body={"address": "string host:port (required)"},
-               data={"address": "string", "message": "string"})
-        def disconnect_device():
-            address = self._address(self.json_body())
-            message = lite.need_devices().disconnect(address)
-            return {"address": address, "message": message.strip()}
+    @route("POST", "/account", "Add an account bound to a device", body=ACCOUNT_CREATE,
+           data="Account")
+    def create_account(self, body):
+        username = normalize_username(body["username"])
+        serial, platform, package, enabled = self._account_fields(body, None)
+        if not self.store.save_account(username, serial, platform, package, enabled, True):
+            raise BadRequest("username", f"account {username} already exists")
+        return account_to_json(self.store.get_account(username))
 
-        @route("GET", "/account", "Accounts", query={"serial": "string"},
-               data={"items": "array of Account", "total": "integer"})
-        def list_accounts():
-            items = [account_to_json(r) for r in store.list_accounts(self.query().get("serial"))]
-            return {"items": items, "total": len(items)}
+    @route("GET", "/account/{username}", "One account", data="Account")
+    def get_account(self, username):
+        return account_to_json(self._account(username))
 
-        @route("POST", "/account", "Add an account bound to a device", body={
-            "username": "string (required)", "serial": "string (required)",
-            "platform": "tiktok or instagram (required)",
-            "package": "string (default: the platform's app)", "enabled": "boolean"},
-            data={"...Account": ""})
-        def create_account():
-            body = self.json_body()
-            username = self._username(body.str("username", required=True))
-            serial, platform, package, enabled = self._account_fields(body, None)
-            if not store.save_account(username, serial, platform, package, enabled, True):
-                raise BadRequest("username", f"account {username} already exists")
-            return account_to_json(store.get_account(username))
+    @route("PUT", "/account/{username}", "Change an account's device, platform, package "
+           "or enabled", body=ACCOUNT_FIELDS, data="Account")
+    def update_account(self, username, body):
+        row = self._account(username)
+        serial, platform, package, enabled = self._account_fields(body, row)
+        self.store.save_account(row["username"], serial, platform, package, enabled, False)
+        return account_to_json(self.store.get_account(row["username"]))
 
-        @route("GET", "/account/{username}", "One account", data={"...Account": ""})
-        def get_account(username):
-            return account_to_json(self._account(username))
+    @route("DELETE", "/account/{username}", "Remove an account", data={"deleted": str})
+    def delete_account(self, username):
+        row = self._account(username)
+        self.store.delete_account(row["username"])
+        return {"deleted": row["username"]}
 
-        @route("PUT", "/account/{username}", "Change an account's device, platform, package "
-               "or enabled", body={"serial": "string", "platform": "string",
-                                   "package": "string", "enabled": "boolean"},
-               data={"...Account": ""})
-        def update_account(username):
-            row = self._account(username)
-            serial, platform, package, enabled = self._account_fields(self.json_body(), row)
-            store.save_account(row["username"], serial, platform, package, enabled, False)
-            return account_to_json(store.get_account(row["username"]))
+    def _account(self, username: str) -> sqlite3.Row:
+        row = self.store.get_account(normalize_username(username))
+        if row is None:
+            raise NotFound(f"account {normalize_username(username)} not found")
+        return row
 
-        @route("DELETE", "/account/{username}", "Remove an account")
-        def delete_account(username):
-            row = self._account(username)
-            store.delete_account(row["username"])
-            return {"deleted": row["username"]}
+    def _account_fields(self, body: Dict[str, Any], row: Optional[sqlite3.Row]):
+        """A new account's fields, or a changed one's with what the body leaves out."""
+        serial = body.get("serial") or (row["serial"] if row is not None else "")
+        if self.store.get_device(serial) is None:
+            raise BadRequest("serial", f"unknown device {serial!r}: connect it first")
+        platform = body.get("platform") or row["platform"]
+        package = body.get("package")
+        if package is None:
+            same = row is not None and row["platform"] == platform
+            package = row["package"] if same else APP_PACKAGES[platform][0]
+        enabled = body.get("enabled")
+        if enabled is None:
+            enabled = True if row is None else bool(row["enabled"])
+        return serial, platform, package, enabled
 
-        @route("GET", "/script", "The loaded scripts and their parameters",
-               data={"items": "array of Script", "total": "integer"})
-        def list_scripts():
-            items = [s.describe() for _, s in sorted(lite.scripts.items())]
-            return {"items": items, "total": len(items)}
-
-        @route("GET", "/health", "Version, uptime, time, database and adb status")
-        def health():
-            return self.health()
-
-        @route("GET", "/openapi.json", "This API as an OpenAPI 3 document")
-        def openapi():
-            return self.bottle.HTTPResponse(
-                json.dumps(self.openapi(), ensure_ascii=False), status=200,
-                headers={"Content-Type": "application/json"})
-
-    # -- farm view: events, materials, phones --------------------------------------
-    def _declare_farm_view_routes(self) -> None:
-        """SPEC 7: each endpoint is a named method below, registered here."""
-        route = self.route
-        route("GET", "/events", "Live events (Server-Sent Events)",
-              query={"after": "integer: the last event id seen (or header Last-Event-ID)"},
-              produces="text/event-stream")(self.events_stream)
-        route("PUT", "/device/{serial}", "Rename a phone or put it in groups",
-              body={"alias": "string", "groups": "array of string"},
-              data={"...Device": ""})(self.update_device)
-        route("DELETE", "/device/{serial}", "Forget an offline phone with no pending or "
-              "running task")(self.forget_device)
-        route("GET", "/device/{serial}/screenshot", "The phone's screen (PNG, or JPEG where "
-              "the phone encodes it)", query={
-                  "format": "png or jpeg", "max_age_ms": "integer: a shared capture this "
-                  "recent will do", "view": "grid or focus: under the --screen-fps budget"},
-              produces="image/png, image/jpeg")(self.device_screenshot)
-        route("POST", "/device/{serial}/input", "Tap, swipe, press a key or type text",
-              body={"action": "tap, swipe, key or text (required)", "x": "integer",
-                    "y": "integer", "x1": "integer", "y1": "integer", "x2": "integer",
-                    "y2": "integer", "duration_ms": "integer", "key": "string",
-                    "text": "string", "take_over": "boolean"})(self.device_input)
-        route("POST", "/material", "Upload materials (multipart/form-data)",
-              body={"file": "file part(s) (required)", "tags": "comma list",
-                    "username": "string", "caption": "string"},
-              data={"items": "array of Material"})(self.upload_materials)
-        route("GET", "/material", "Materials, newest first", query={
-            "kind": "video or image", "tag": "string", "username": "string",
-            "unused": "1: never used", "page": "integer", "page_size": "integer"},
-            data={"items": "array of Material", "total": "integer", "page": "integer",
-                  "page_size": "integer"})(self.list_materials)
-        route("GET", "/material/{material_id}", "One material",
-              data={"...Material": ""})(self.get_material)
-        route("GET", "/material/{material_id}/file", "A material's bytes (range requests)",
-              produces="video/*, image/*")(self.material_file)
-        route("PUT", "/material/{material_id}", "Change a material's tags, account or "
-              "caption", body={"tags": "array of string or comma list",
-                               "username": "string or null", "caption": "string"},
-              data={"...Material": ""})(self.update_material)
-        route("DELETE", "/material/{material_id}", "Delete a material no task "
-              "holds")(self.delete_material)
-        self.app.route("/", "GET", self.page)
-        self.app.route("/web/<name:path>", "GET", self.page_file)
-
-    def events_stream(self):
+    # -- farm view: events, materials, phones (SPEC 7) ------------------------------------
+    @route("GET", "/events", "Live events (Server-Sent Events)", query=EVENTS_QUERY,
+           produces="text/event-stream")
+    def events_stream(self, query):
         """SPEC 7.1. A stream holds one of the threads kept for streams, never the API's."""
-        q = self.query()
-        text = q.get("after") or self.bottle.request.environ.get("HTTP_LAST_EVENT_ID", "")
-        if text and not re.fullmatch(r"\d{1,18}", text.strip()):
-            raise BadRequest("after", f"must be an event id, got {text!r}")
-        after = int(text) if text else None
+        after = query.get("after")
+        if after is None:
+            text = self.bottle.request.environ.get("HTTP_LAST_EVENT_ID", "").strip()
+            if text and not re.fullmatch(r"\d{1,18}", text):
+                raise BadRequest("Last-Event-ID", f"must be an event id, got {text!r}")
+            after = int(text) if text else None
         if not self._stream_slots.acquire(blocking=False):
             raise Unavailable(f"too many event streams open (at most {EVENT_STREAMS})")
         body = event_stream(self.lite.events, after, release=self._stream_slots.release)
@@ -3777,66 +4173,71 @@ class Api:
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no"})
 
-    def update_device(self, serial):
+    @route("PUT", "/device/{serial}", "Rename a phone or put it in groups",
+           body=DEVICE_FIELDS, data="Device")
+    def update_device(self, serial, body):
         self.lite.known_device(serial)
-        body = self.json_body()
         fields = {}
-        if body.has("alias"):
-            fields["alias"] = body.str("alias", max_length=64).strip()
-        if body.has("groups"):
-            fields["groups"] = _dump_json(clean_names("groups", body.list("groups", str)))
+        if "alias" in body:
+            fields["alias"] = body["alias"].strip()
+        if "groups" in body:
+            fields["groups"] = _dump_json(clean_names("groups", body["groups"]))
         self.store.upsert_device(serial, **fields)
         return device_to_json(self.store.list_devices(serial)[0], self.lite.devices)
 
+    @route("DELETE", "/device/{serial}", "Forget an offline phone with no pending or "
+           "running task", data={"deleted": str})
     def forget_device(self, serial):
         self.lite.forget_device(serial)
         return {"deleted": serial}
 
-    def device_screenshot(self, serial):
-        q = self.query()
-        fmt = q.get("format", "png")
-        if fmt not in ("png", "jpeg"):
-            raise BadRequest("format", f"must be png or jpeg, got {fmt!r}")
-        view = q.get("view")
-        if view not in (None, "grid", "focus"):
-            raise BadRequest("view", f"must be grid or focus, got {view!r}")
-        max_age = _query_int(q, "max_age_ms", None, 0, 3_600_000)
-        frame, wait = self.lite.screen(serial, fmt, max_age, view)
+    @route("GET", "/device/{serial}/screenshot", "The phone's screen (PNG, or JPEG where "
+           "the phone encodes it)", query=SCREENSHOT_QUERY, produces="image/png, image/jpeg")
+    def device_screenshot(self, serial, query):
+        frame, wait = self.lite.screen(serial, query["format"], query.get("max_age_ms"),
+                                       query.get("view"))
         return self.bottle.HTTPResponse(frame.data, status=200, headers={
             "Content-Type": frame.mime, "Cache-Control": "no-store",
             "X-Next-Frame-Ms": str(int(wait * 1000))})
 
-    def device_input(self, serial):
-        body = self.json_body()
+    @route("POST", "/device/{serial}/input", "Tap, swipe, press a key or type text",
+           body=DEVICE_INPUT, data={"serial": str, "action": str})
+    def device_input(self, serial, body):
         action = parse_input_action(body)
-        self.lite.device_input(serial, action, body.bool("take_over", False))
+        self.lite.device_input(serial, action, body["take_over"])
         return {"serial": serial, "action": action["action"]}
 
-    def upload_materials(self):
+    @route("POST", "/material", "Upload materials (multipart/form-data: file parts and "
+           "these fields)", body=MATERIAL_UPLOAD, checks_body=True,
+           consumes="multipart/form-data", data={"items": ["Material"]})
+    def upload_materials(self, body=None):
         form = read_multipart(self.bottle.request.environ, self.lite.config.materials_dir,
                               self.lite.config.max_upload_mb * 1024 * 1024)
         try:
+            check_fields(form.fields, MATERIAL_UPLOAD, switches=False)
             ids = self.lite.add_materials(form.files, **self._material_fields(form.fields))
         finally:
             form.discard()
         return {"items": [material_to_json(self.store.get_material(i)) for i in ids]}
 
-    def list_materials(self):
-        q = self.query()
-        if q.get("kind") not in (None, "video", "image"):
-            raise BadRequest("kind", f"must be video or image, got {q['kind']!r}")
-        page = _query_int(q, "page", 1, 1, 10 ** 9)
-        page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
+    @route("GET", "/material", "Materials, newest first", query=MATERIAL_QUERY,
+           data={"items": ["Material"], "total": int, "page": int, "page_size": int})
+    def list_materials(self, query):
+        page, page_size = query["page"], min(query["page_size"], MAX_PAGE_SIZE)
+        username = query.get("username")
         rows, total = self.store.list_materials(
-            kind=q.get("kind"), tag=q.get("tag"), unused=q.get("unused") == "1",
-            username=normalize_username(q["username"]) if "username" in q else None,
+            kind=query.get("kind"), tag=query.get("tag"), unused=query.get("unused") == "1",
+            username=None if username is None else normalize_username(username),
             page=page, page_size=page_size)
         return {"items": [material_to_json(r) for r in rows], "total": total, "page": page,
                 "page_size": page_size}
 
+    @route("GET", "/material/{material_id}", "One material", data="Material")
     def get_material(self, material_id):
         return material_to_json(self.lite.material(material_id))
 
+    @route("GET", "/material/{material_id}/file", "A material's bytes (range requests)",
+           produces="video/*, image/*")
     def material_file(self, material_id):
         row = self.lite.material(material_id)
         response = self.bottle.static_file(row["file"], root=str(
@@ -3845,20 +4246,23 @@ class Api:
                             f"{_url_quote(row['name'])}")
         return response
 
-    def update_material(self, material_id):
+    @route("PUT", "/material/{material_id}", "Change a material's tags, account or caption",
+           body=MATERIAL_FIELDS, checks_body=True, data="Material")
+    def update_material(self, material_id, body):
         row = self.lite.material(material_id)
-        body = self.json_body()
-        fields = self._material_fields({k: body.data[k] for k in ("tags", "username",
-                                                                  "caption")
-                                        if k in body.data}, partial=True)
+        check_fields(body, MATERIAL_FIELDS, switches=False)
+        fields = self._material_fields({k: body[k] for k in MATERIAL_FIELDS if k in body},
+                                       partial=True)
         if "tags" in fields:
             fields["tags"] = _dump_json(fields["tags"])
         self.store.update_material(row["id"], **fields)
         return material_to_json(self.store.get_material(row["id"]))
 
+    @route("DELETE", "/material/{material_id}", "Delete a material no task holds",
+           data={"deleted": int})
     def delete_material(self, material_id):
         self.lite.delete_material(self.lite.material(material_id)["id"])
-        return {"deleted": int(material_id)}
+        return {"deleted": material_id}
 
     def page(self):
         return self.page_file("index.html")
@@ -3878,167 +4282,34 @@ class Api:
             tags = data.get("tags") or []
             if isinstance(tags, str):
                 tags = tags.split(",")
-            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-                raise BadRequest("tags", "must be a comma list or an array of strings")
             out["tags"] = clean_names("tags", tags)
         if "username" in data or not partial:
             name = data.get("username")
-            if name is not None and not isinstance(name, str):
-                raise BadRequest("username", f"must be a string, got {_json_type(name)}")
             out["username"] = None
             if name and name.strip():
-                account = self.store.get_account(self._username(name))
+                account = self.store.get_account(normalize_username(name.strip()))
                 if account is None:
                     raise BadRequest("username", f"unknown account {name!r}")
                 out["username"] = account["username"]
         if "caption" in data or not partial:
-            caption = data.get("caption") or ""
-            if not isinstance(caption, str) or len(caption) > 5000:
-                raise BadRequest("caption", "must be a string of at most 5000 characters")
-            out["caption"] = caption
+            out["caption"] = data.get("caption") or ""
         return out
 
-    # -- helpers of the routes --------------------------------------------------------
-    def _each(self, ids: List[int], action: Callable[[int], None]):
-        done, errors = [], {}
-        for task_id in dict.fromkeys(ids):
-            try:
-                action(task_id)
-                done.append(task_id)
-            except NotFound:
-                errors[str(task_id)] = "task not found"
-            except LiteError as exc:
-                errors[str(task_id)] = exc.message.split(": ", 1)[-1]
-        return done, errors
+    # -- scripts and meta -------------------------------------------------------------
+    @route("GET", "/script", "The loaded scripts and their parameters",
+           data={"items": ["Script"], "total": int})
+    def list_scripts(self):
+        items = [s.describe() for _, s in sorted(self.lite.scripts.items())]
+        return {"items": items, "total": len(items)}
 
-    def _address(self, body: _Body) -> str:
-        address = body.str("address", required=True).strip()
-        match = ADDRESS_RE.fullmatch(address)
-        if not match or not 1 <= int(match[2]) <= 65535:
-            raise BadRequest("address", f"must be host:port, got {address!r}")
-        return address
+    @route("GET", "/license/check", "What this server's plan allows",
+           data={"plan_name": str, "api_enabled": bool, "device_limit": int, "message": str})
+    def license_check(self):
+        return {"plan_name": "Lite", "api_enabled": True, "device_limit": 0,
+                "message": "API access enabled"}
 
-    def _username(self, text: str) -> str:
-        username = normalize_username(text)
-        if not USERNAME_RE.fullmatch(username):
-            raise BadRequest("username", "must be 1-64 letters, digits, '.', '_' or '-' "
-                                         f"(an optional leading @), got {text!r}")
-        return username
-
-    def _account(self, username: str) -> sqlite3.Row:
-        row = self.store.get_account(normalize_username(username))
-        if row is None:
-            raise NotFound(f"account {normalize_username(username)} not found")
-        return row
-
-    def _account_fields(self, body: _Body, row: Optional[sqlite3.Row]):
-        required = row is None
-        serial = body.str("serial", required=required) or row["serial"]
-        if self.store.get_device(serial) is None:
-            raise BadRequest("serial", f"unknown device {serial!r}: connect it first")
-        platform = body.str("platform", required=required, choices=PLATFORM_NAMES) \
-            or row["platform"]
-        package = body.str("package")
-        if package is None:
-            same = row is not None and row["platform"] == platform
-            package = row["package"] if same else APP_PACKAGES[platform][0]
-        if not PACKAGE_RE.fullmatch(package):
-            raise BadRequest("package", f"is not an Android package name: {package!r}")
-        enabled = body.bool("enabled", True if row is None else bool(row["enabled"]))
-        return serial, platform, package, enabled
-
-    def build_tasks(self, body: _Body) -> List[NewTask]:
-        """The tasks one POST /task asks for, all validated before any is written."""
-        name = body.data.get("script_name")
-        if name is None or name == "":
-            raise MissingScriptName("script_name is required")
-        if not isinstance(name, str):
-            raise BadRequest("script_name", f"must be a string, got {_json_type(name)}")
-        script = self.lite.scripts.get(name)
-        if script is None or name in NOT_API_SCRIPTS:
-            known = ", ".join(sorted(self.lite.scripts))
-            raise ScriptNotSupported(f"script {name!r} is not supported through the API"
-                                     f" (loaded: {known or 'none'})")
-        if "script_config" not in body.data or body.data["script_config"] is None:
-            raise BadRequest("script_config", "is required")
-        if not isinstance(body.data["script_config"], dict):
-            raise BadRequest("script_config", "must be an object, got "
-                             f"{_json_type(body.data['script_config'])}")
-        serials = body.list("serials", str)
-        usernames = body.list("usernames", str)
-        serials = self._with_groups(serials, body.list("groups", str))
-        if serials and usernames:
-            raise BadRequest("serials", "give serials or usernames, not both")
-        if not serials and not usernames:
-            raise BadRequest("serials", "give a non-empty serials or usernames array")
-        source = body.str("source", default="api", choices=("api", "ui"))
-        multi = body.bool("enable_multi_account", False)
-        start_text = body.str("start_time", default="")
-        now = self.store.clock()
-        start = next_occurrence(start_text, now) if start_text.strip() else now
-        low = body.int("min_interval", 0, 0, 1440)
-        high = body.int("max_interval", 0, 0, 1440)
-        if low > high:
-            raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
-        priority = body.int("priority", 0, -100, 100)
-        max_retry = body.int("max_retry_count", 3, 1, 10)
-        auto_retry = body.bool("auto_retry", False)
-        configs = script.expand_config(script.check_config(body.data["script_config"]))
-
-        targets: List[Tuple[str, Optional[str]]] = []
-        if serials:
-            for i, serial in _first_of_each(serials):
-                if self.store.get_device(serial) is None:
-                    raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
-                if not multi:
-                    targets.append((serial, None))
-                    continue
-                accounts = [a for a in self.store.list_accounts(serial)
-                            if a["enabled"] and a["platform"] in script.platforms]
-                if not accounts:
-                    raise BadRequest(f"serials[{i}]", f"device {serial!r} has no enabled "
-                                     f"account for {'/'.join(script.platforms)} "
-                                     "(enable_multi_account)")
-                targets += [(serial, a["username"]) for a in accounts]
-        else:
-            for i, text in _first_of_each(usernames, key=normalize_username):
-                account = self.store.get_account(normalize_username(text))
-                if account is None:
-                    raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
-                if not account["enabled"]:
-                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is disabled")
-                if account["platform"] not in script.platforms:
-                    raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
-                                     f"{account['platform']}, which {name} does not support")
-                targets.append((account["serial"], account["username"]))
-        if len(targets) * len(configs) > 10_000:
-            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
-                                        "the limit is 10000 per request")
-        wants = [self._material_request(script, c) for c in configs]
-        return [NewTask(serial=serial, username=username, script_name=name,
-                        script_config=config, priority=priority, start_time=start,
-                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
-                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
-                        source=source, materials=want)
-                for serial, username in targets for config, want in zip(configs, wants)]
-
-    def _with_groups(self, serials: Optional[List[str]], groups: Optional[List[str]]):
-        """SPEC 7.3: every phone of the groups, as if listed in serials."""
-        if not groups:
-            return serials
-        in_groups = self.store.devices_in_groups(groups)
-        if not in_groups:
-            raise BadRequest("groups", f"no phone is in {', '.join(groups)}")
-        return (serials or []) + in_groups
-
-    def _material_request(self, script: Script, config: Dict[str, Any]):
-        """What the script reserves from the library for one task (SPEC 7.2), if any."""
-        want = script.reserve_materials(config) if script.reserve_materials else None
-        if want:
-            want = dict(want, folder=str(self.lite.config.materials_dir))
-        return want
-
-    def health(self) -> Dict[str, Any]:
+    @route("GET", "/health", "Version, uptime, time, database and adb status", data=dict)
+    def health(self):
         lite = self.lite
         try:
             schema = self.store.schema_version()
@@ -4056,92 +4327,218 @@ class Api:
             "running_tasks": lite.runner.active_count() if lite.runner else 0,
         }
 
+    @route("GET", "/openapi.json", "This API as an OpenAPI 3 document")
+    def openapi_document(self):
+        return self.bottle.HTTPResponse(
+            json.dumps(self.openapi(), ensure_ascii=False), status=200,
+            headers={"Content-Type": "application/json"})
+
     def openapi(self) -> Dict[str, Any]:
         """An OpenAPI 3 document made from the route declarations."""
-        def schema_of(fields: Optional[dict]) -> Dict[str, Any]:
-            if not fields:
-                return {"type": "object"}
-            return {"type": "object", "properties": {
-                k: {"description": v} for k, v in fields.items()}}
-
         paths: Dict[str, Dict[str, Any]] = {}
-        for r in self.routes:
-            params = [{"name": n, "in": "path", "required": True,
-                       "schema": {"type": "integer" if n == "task_id" else "string"}}
-                      for n in re.findall(r"\{(\w+)\}", r["path"])]
-            params += [{"name": n, "in": "query", "required": False,
-                        "description": d, "schema": {"type": "string"}}
-                       for n, d in r["query"].items()]
-            envelope = {"type": "object", "properties": {
-                "code": {"type": "integer"}, "message": {"type": "string"},
-                "data": schema_of(r["data"])}}
-            if r["produces"] != "application/json":
-                ok = {"description": "success", "content": {
-                    t.strip(): {} for t in r["produces"].split(",")}}
-            elif r["path"] == "/openapi.json":
-                ok = {"description": "the OpenAPI document itself (not enveloped)",
-                      "content": {"application/json": {"schema": {"type": "object"}}}}
-            else:
-                ok = {"description": "success",
-                      "content": {"application/json": {"schema": envelope}}}
-            operation = {
-                "summary": r["summary"], "parameters": params,
-                "responses": {"200": ok, "default": {
-                    "description": "error: code 40001, 40002, 40003, 40101, 40301, 40401, "
-                                   "40501, 41301 or 50001; HTTP status code // 100",
-                    "content": {"application/json": {"schema": {
-                        "$ref": "#/components/schemas/Error"}}}}}}
-            if r["body"]:
-                operation["requestBody"] = {"required": True, "content": {
-                    "application/json": {"schema": schema_of(r["body"])}}}
-            paths.setdefault(API_PREFIX + r["path"], {})[r["method"].lower()] = operation
+        for spec in self.routes:
+            paths.setdefault(API_PREFIX + spec["path"], {})[spec["method"].lower()] = \
+                openapi_operation(spec)
+        security = [{"bearer": []}, {"apiKey": []}]
         return {
             "openapi": "3.0.3",
             "info": {"title": "TikMatrix Lite", "version": __version__,
                      "description": "The TikMatrix local task API, served by TikMatrix Lite."},
             "paths": paths,
-            "components": {
-                "schemas": {"Error": {"type": "object", "properties": {
-                    "code": {"type": "integer"}, "message": {"type": "string"},
-                    "data": {"nullable": True}}}},
-                "securitySchemes": {
-                    "bearer": {"type": "http", "scheme": "bearer"},
-                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
+            "security": security if self.lite.config.api_key else [{}] + security,
+            "components": {"schemas": OPENAPI_SCHEMAS, "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
         }
 
 
-def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
-    """(index, item) of each item's first occurrence: duplicates count once, and an
-    error names the index the client sent."""
-    seen = set()
-    for i, item in enumerate(items):
-        if key(item) not in seen:
-            seen.add(key(item))
-            yield i, item
+def _query_value(name: str, text: str, kind: str) -> Any:
+    """A query's text as the number its declaration wants; other kinds stay text."""
+    if kind == "int":
+        if not re.fullmatch(r" *-?[0-9]{1,19} *", text):
+            raise BadRequest(name, f"must be an integer, got {text!r}")
+        return int(text)
+    if kind == "float":
+        try:
+            value = float(text)
+        except ValueError:
+            raise BadRequest(name, f"must be a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise BadRequest(name, f"must be a finite number, got {text!r}")
+        return value
+    return text
 
 
-def _query_int(q: Dict[str, str], name: str, default: int, low: int, high: int) -> int:
-    if name not in q:
-        return default
-    text = q[name].strip()
-    if not re.fullmatch(r"-?\d{1,12}", text):
-        raise BadRequest(name, f"must be an integer, got {q[name]!r}")
-    value = int(text)
-    if not low <= value <= high:
-        raise BadRequest(name, f"must be between {low} and {high}, got {value}")
-    return value
+# -- OpenAPI, from the declarations ----------------------------------------------------
+_OPENAPI_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
+                  "list": "array", "dict": "object"}
 
 
-def _query_number(q: Dict[str, str], name: str) -> Optional[float]:
-    if name not in q:
-        return None
-    try:
-        value = float(q[name])
-    except ValueError:
-        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise BadRequest(name, f"must be epoch seconds, got {q[name]!r}")
-    return value
+def openapi_schema(decl: Dict[str, Any]) -> Dict[str, Any]:
+    """One declaration (a script parameter, a body field, a query) as a JSON schema."""
+    types = decl["type"] if isinstance(decl["type"], (list, tuple)) else [decl["type"]]
+    if len(types) > 1:
+        return {"anyOf": [openapi_schema({**decl, "type": t}) for t in types]}
+    kind = types[0]
+    out: Dict[str, Any] = {"type": _OPENAPI_TYPES[kind]}
+    if kind == "int":
+        out["format"] = "int64"
+    for key, name in (("description", "description"), ("choices", "enum"),
+                      ("min", "minimum"), ("max", "maximum"), ("default", "default")):
+        if key in decl and not (key == "default" and decl[key] is None):
+            out[name] = decl[key]
+    if kind == "str":
+        out["maxLength"] = decl.get("max_length", 100_000)
+        if decl.get("min_length"):
+            out["minLength"] = decl["min_length"]
+        # a NUL is refused in any string (a real adbd cuts a command there)
+        out["pattern"] = f"^(?:{decl['pattern']})$" if "pattern" in decl else "^[^\\x00]*$"
+    if kind == "list":
+        out["maxItems"] = decl.get("max_items", 10_000)
+        items = decl.get("items")
+        items = {"type": items} if isinstance(items, str) else items
+        out["items"] = openapi_schema(items) if items else {}
+    return out
+
+
+def openapi_object(decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    out = {"type": "object", "properties": {n: openapi_schema(d) for n, d in decls.items()}}
+    required = [n for n, d in decls.items() if d.get("required")]
+    if required:
+        out["required"] = required
+    return out
+
+
+def _answer_schema(shape: Any) -> Dict[str, Any]:
+    """A success's data, written shortly: int/str/bool, "Name" of a component,
+    [item], {str: value} for a map, {field: shape} for an object."""
+    if shape in (int, str, bool):
+        return {"type": {int: "integer", str: "string", bool: "boolean"}[shape]}
+    if shape is dict:
+        return {"type": "object", "additionalProperties": True}
+    if isinstance(shape, str):
+        return {"$ref": f"#/components/schemas/{shape}"}
+    if isinstance(shape, list):
+        return {"type": "array", "items": _answer_schema(shape[0])}
+    if set(shape) == {str}:
+        return {"type": "object", "additionalProperties": _answer_schema(shape[str])}
+    return {"type": "object", "required": list(shape),
+            "properties": {k: _answer_schema(v) for k, v in shape.items()}}
+
+
+def openapi_operation(spec: Dict[str, Any]) -> Dict[str, Any]:
+    params = [{"name": n, "in": "path", "required": True,
+               "schema": {"type": "integer", "format": "int64"} if n.endswith("_id")
+               else {"type": "string"}} for n in re.findall(r"\{(\w+)\}", spec["path"])]
+    params += [{"name": n, "in": "query", "required": bool(d.get("required")),
+                "schema": openapi_schema(d)} for n, d in spec["query"].items()]
+    if spec["produces"] != "application/json":
+        ok = {"description": "success", "content": {
+            t.strip(): {"schema": {"type": "string", "format": "binary"}}
+            for t in spec["produces"].split(",")}}
+    elif spec["path"] == "/openapi.json":
+        ok = {"description": "the OpenAPI document itself (not enveloped)",
+              "content": {"application/json": {"schema": {"type": "object"}}}}
+    else:
+        envelope = {"type": "object", "required": ["code", "message", "data"],
+                    "properties": {"code": {"type": "integer", "enum": [0]},
+                                   "message": {"type": "string"},
+                                   "data": _answer_schema(spec["data"] or dict)}}
+        ok = {"description": "success", "content": {"application/json": {"schema": envelope}}}
+    operation = {
+        "summary": spec["summary"], "operationId": _operation_id(spec),
+        "parameters": params, "responses": {"200": ok, "default": {
+            "description": "error: code 40001, 40002, 40003, 40101, 40301, 40401, "
+                           "40501, 41301 or 50001; HTTP status code // 100",
+            "content": {"application/json": {"schema": {
+                "$ref": "#/components/schemas/Error"}}}}}}
+    if spec["body"]:
+        schema = openapi_object(spec["body"])
+        if spec["consumes"] == "multipart/form-data":
+            schema["properties"]["file"] = {"type": "array", "description": "file part(s)",
+                                            "items": {"type": "string", "format": "binary"}}
+            schema["required"] = ["file"]
+        operation["requestBody"] = {"required": True, "content": {
+            spec["consumes"]: {"schema": schema}}}
+    return operation
+
+
+def _operation_id(spec: Dict[str, Any]) -> str:
+    words = re.findall(r"[a-z]+", (spec["method"] + spec["path"]).lower().replace(
+        "{", "by_"))
+    return "_".join(words)
+
+
+def _nullable(kind: str, **extra: Any) -> Dict[str, Any]:
+    return {"type": kind, "nullable": True, **extra}
+
+
+_TIME = _nullable("string", description="local time YYYY-MM-DD HH:MM:SS")
+_TASK = {
+    "id": {"type": "integer"}, "serial": {"type": "string"},
+    "username": _nullable("string"), "script_name": {"type": "string"},
+    "script_config": {"type": "object", "additionalProperties": True},
+    "status": {"type": "integer", "enum": list(STATUS_TEXT)},
+    "status_text": {"type": "string", "enum": list(STATUS_TEXT.values())},
+    "source": {"type": "string"}, "priority": {"type": "integer"},
+    "start_time": _TIME, "started_at": _TIME, "end_time": _TIME, "created_at": _TIME,
+    "progress": {"type": "integer", "minimum": 0, "maximum": 100},
+    "message": {"type": "string"}, "error": {"type": "string"},
+    "result": _nullable("object", additionalProperties=True,
+                        description="what the script returned"),
+    "retry_count": {"type": "integer"}, "max_retry_count": {"type": "integer"},
+    "auto_retry": {"type": "boolean"}, "min_interval": {"type": "integer"},
+    "max_interval": {"type": "integer"},
+}
+OPENAPI_SCHEMAS: Dict[str, Any] = {
+    "Error": {"type": "object", "required": ["code", "message", "data"], "properties": {
+        "code": {"type": "integer"}, "message": {"type": "string"},
+        "data": _nullable("object")}},
+    "Task": {"type": "object", "required": list(_TASK), "properties": _TASK},
+    "TaskDetail": {"allOf": [{"$ref": "#/components/schemas/Task"}, {
+        "type": "object", "required": ["log", "artifacts"], "properties": {
+            "log": {"type": "array", "items": {"type": "string"}},
+            "artifacts": {"type": "array", "items": {"type": "string"}}}}]},
+    "Device": {"type": "object", "properties": {
+        "serial": {"type": "string"},
+        "state": {"type": "string", "description": "device, offline, unauthorized, "
+                                                   "disconnected, ..."},
+        "model": {"type": "string"}, "android_version": {"type": "string"},
+        "battery": _nullable("integer"), "adb_server": {"type": "string"},
+        "connection": {"type": "string", "enum": ["usb", "tcp"]},
+        "running_task_id": _nullable("integer"), "pending_count": {"type": "integer"},
+        "last_seen": _TIME,
+        # the farm view's (SPEC 7.3)
+        "alias": {"type": "string", "description": "a name given on the dashboard"},
+        "groups": {"type": "array", "items": {"type": "string"}},
+        "ime": _nullable("string", description="the keyboard the phone had before Lite's"),
+        "screen": _nullable("string", description="WIDTHxHEIGHT"),
+        "apps": {"type": "object", "description": "package -> version of the apps scripts "
+                                                 "drive", "additionalProperties": True},
+        "last_error": _nullable("string", description="what last went wrong with it")}},
+    "Material": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["video", "image"]},
+        "size": {"type": "integer"}, "sha256": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "username": _nullable("string", description="the account it is for (null: any)"),
+        "caption": {"type": "string"}, "used_count": {"type": "integer"},
+        "last_used_at": _TIME, "created_at": _TIME,
+        "reserved_by": _nullable("integer", description="the task that holds it"),
+        "url": {"type": "string", "description": "its bytes"}}},
+    "Account": {"type": "object", "properties": {
+        "username": {"type": "string"}, "serial": {"type": "string"},
+        "platform": {"type": "string", "enum": list(PLATFORM_NAMES)},
+        "package": {"type": "string"}, "enabled": {"type": "boolean"},
+        "created_at": _TIME}},
+    "Script": {"type": "object", "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "platforms": {"type": "array", "items": {"type": "string",
+                                                 "enum": list(PLATFORM_NAMES)}},
+        "params": {"type": "object", "description": "parameter name -> declaration",
+                   "additionalProperties": {"type": "object", "additionalProperties": True}},
+        "expands": {"type": "boolean"}}},
+}
 
 
 def clean_names(field_name: str, names: Sequence[str]) -> List[str]:
@@ -4155,32 +4552,26 @@ def clean_names(field_name: str, names: Sequence[str]) -> List[str]:
     return out
 
 
-def parse_input_action(body: _Body) -> Dict[str, Any]:
-    """The body of POST /device/{serial}/input (SPEC 7.3), checked field by field."""
-    action = body.str("action", required=True, choices=("tap", "swipe", "key", "text"))
+def parse_input_action(body: Dict[str, Any]) -> Dict[str, Any]:
+    """POST /device/{serial}/input (SPEC 7.3), its body checked by DEVICE_INPUT: the
+    fields each action needs."""
+    action = body["action"]
 
-    def number(name: str, low: int = 0, high: int = 100_000) -> int:
-        if not body.has(name):
+    def number(name: str) -> int:
+        if name not in body:
             raise BadRequest(name, f"is required for {action}")
-        return body.int(name, 0, low, high)
+        return body[name]
 
     if action == "tap":
         return {"action": action, "x": number("x"), "y": number("y")}
     if action == "swipe":
-        out = {"action": action, **{n: number(n) for n in ("x1", "y1", "x2", "y2")}}
-        out["duration_ms"] = body.int("duration_ms", 300, 1, 10_000)
-        return out
+        return {"action": action, **{n: number(n) for n in ("x1", "y1", "x2", "y2")},
+                "duration_ms": body["duration_ms"]}
     if action == "key":
-        key = body.str("key", required=True, max_length=40).upper()
-        key = key[len("KEYCODE_"):] if key.startswith("KEYCODE_") else key
-        if not re.fullmatch(r"[A-Z0-9_]{1,32}", key):
-            raise BadRequest("key", f"must be a key name like BACK, HOME, APP_SWITCH, got "
-                                    f"{key!r}")
-        return {"action": action, "key": key}
-    text = body.str("text", required=True, max_length=5000)
-    if not text:
-        raise BadRequest("text", "is empty")
-    return {"action": action, "text": text}
+        key = number("key").upper()
+        return {"action": action,
+                "key": key[len("KEYCODE_"):] if key.startswith("KEYCODE_") else key}
+    return {"action": action, "text": number("text")}
 
 
 @dataclass
@@ -4365,12 +4756,12 @@ def account_to_json(row: sqlite3.Row) -> Dict[str, Any]:
             "enabled": bool(row["enabled"]), "created_at": format_time(row["created_at"])}
 
 
-def create_app(config: Config, lite: Optional[Lite] = None):
+def create_app(config: Config, lite: Optional[Server] = None):
     """The WSGI application for a configuration (a Lite without adb unless one is given).
 
     The returned callable carries ``.lite`` and ``.api`` so tests can reach the store.
     """
-    lite = lite or Lite(config, with_devices=False)
+    lite = lite or Server(config, with_devices=False)
     api = Api(lite)
 
     def application(environ, start_response):
@@ -4395,7 +4786,7 @@ CONNECTIONS_PER_STRANGER = 4
 IDLE_CONNECTION_TIMEOUT = 30
 
 
-def make_server(config: Config, lite: Lite):
+def make_server(config: Config, lite: Server):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
     try:
@@ -4518,7 +4909,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except OSError as exc:
             raise ConfigError(f"cannot create the folder of database {config.db}: "
                               f"{exc.strerror or exc}") from None
-        lite = Lite(config)
+        lite = Server(config)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         with _shutdown_signals_to_main_thread():
             server = make_server(config, lite)

@@ -273,6 +273,15 @@ def test_help_mentions_every_flag_and_variable(run_program):
     assert result.stderr == ""
 
 
+def test_help_gives_each_default_once():
+    text = " ".join(tml.build_arg_parser().format_help().split())
+    assert "(default: None)" not in text
+    for default in ("(default: 127.0.0.1:5037)", "(default: 50809)", "(default: 0)",
+                    "(default: loopback and private ranges)"):
+        assert text.count(default) == 1, default
+    assert "127.0.0.1 or localhost is started" in text
+
+
 def test_version(run_program):
     result = run_program("--version")
     assert result.returncode == 0 and tml.__version__ in result.stdout

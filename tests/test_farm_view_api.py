@@ -200,7 +200,7 @@ def test_forget_device(web, app, add_device):
     ({}, ["action", "required"]),
     ({"action": "fly"}, ["action", "one of"]),
     ({"action": "tap", "x": 1}, ["y", "required"]),
-    ({"action": "tap", "x": -1, "y": 5}, ["x", "between"]),
+    ({"action": "tap", "x": -1, "y": 5}, ["x", "at least"]),
     ({"action": "swipe", "x1": 1, "y1": 1, "x2": 1}, ["y2"]),
     ({"action": "key", "key": "BACK; reboot"}, ["key"]),
     ({"action": "text", "text": ""}, ["text"]),

@@ -1,7 +1,8 @@
 """The scheduler, end to end: real adb server, simulated phones, Lite's own threads.
 
-Start times and rest intervals are tested with an injected clock: the test moves the
-clock and wakes the scheduler instead of sleeping.
+The scheduling rules themselves (priority, start time, rest, auto-retry) are tested
+synchronously, without adb, in test_scheduling_policy.py; these check that the rules
+hold with real phones and the scheduler's own thread. Time moves by an injected clock.
 """
 import pytest
 
@@ -42,40 +43,6 @@ def test_three_phones_run_at_once_one_task_each(farm):
         assert said(phone) == [f"first-{i}", f"second-{i}"]
 
 
-def test_priority_then_start_time_then_id(farm):
-    phone = farm.add_phone()
-    ids = farm.lite.store.create_tasks([                      # one transaction: all seen at once
-        farm_task(phone, "low-a", 0), farm_task(phone, "high", 50),
-        farm_task(phone, "low-b", 0), farm_task(phone, "mid", 10)])
-    farm.wake()
-    for task_id in ids:
-        farm.wait_status(task_id, 2)
-    assert said(phone) == ["high", "mid", "low-a", "low-b"]
-
-
-def farm_task(phone, word, priority=0, start=0.0, script="say"):
-    import tikmatrix_lite as t
-    return t.NewTask(serial=phone.address, script_name=script, script_config={"word": word},
-                     priority=priority, start_time=start)
-
-
-def test_start_time_waits_for_the_clock(farm):
-    phone = farm.add_phone()
-    clock = farm.clock
-    later = farm.lite.store.create_tasks([farm_task(phone, "later", 99, clock.now + 3600)])[0]
-    now = farm.create([phone.address], "say", {"word": "now"})[0]
-    farm.wait_status(now, 2)
-    assert farm.task(later)["status"] == 0 and said(phone) == ["now"]
-
-    clock.advance(3599)
-    farm.wake()
-    assert farm.lite.scheduler.tick()[0] == []               # one second early: nothing
-    clock.advance(1)
-    farm.wake()
-    assert farm.wait_status(later, 2)["result"] == {"said": "said later"}
-    assert said(phone) == ["now", "later"]
-
-
 def test_start_time_hhmm_is_the_next_occurrence(farm):
     phone = farm.add_phone()
     ids = farm.create([phone.address], "say", {"word": "tomorrow"}, start_time="00:00")
@@ -84,23 +51,6 @@ def test_start_time_hhmm_is_the_next_occurrence(farm):
     farm.clock.advance(24 * 3600)
     farm.wake()
     farm.wait_status(ids[0], 2)
-
-
-def test_rest_interval_between_tasks_of_a_phone(farm):
-    phone = farm.add_phone()
-    ids = farm.create([phone.address], "say", {"word": "one"}, min_interval=2,
-                      max_interval=2)
-    ids += farm.create([phone.address], "say", {"word": "two"}, min_interval=2,
-                       max_interval=2)
-    farm.wait_status(ids[0], 2)
-    farm.wait_idle(phone)
-    assert farm.task(ids[1])["status"] == 0                  # resting 2 minutes
-    _, next_due = farm.lite.scheduler.tick()
-    assert next_due == pytest.approx(farm.clock.now + 120, abs=1)
-    farm.clock.advance(121)
-    farm.wake()
-    farm.wait_status(ids[1], 2)
-    assert said(phone) == ["one", "two"]
 
 
 def test_max_running_caps_tasks_across_phones(tmp_path, adb, sim):
@@ -135,23 +85,3 @@ def test_offline_phone_keeps_its_tasks_waiting(farm):
     farm.adb.run("disconnect", phone.address)
     farm.adb.connect(phone.address)
     farm.wait_status(ids[0], 2, timeout=20)
-
-
-def test_auto_retry_runs_again_after_a_random_wait(farm):
-    phone = farm.add_phone()
-    ids = farm.create([phone.address], "flaky", {}, auto_retry=True, max_retry_count=2)
-    task = wait_until(lambda: (lambda t: t if t["retry_count"] == 1 else None)(
-        farm.task(ids[0])), 10, "first auto-retry")
-    assert task["status"] == 0 and task["error"] == ""
-    assert "auto-retry 1/2" in " ".join(task["log"])
-    farm.wait_idle(phone)
-    _, next_due = farm.lite.scheduler.tick()
-    assert 5 <= next_due - farm.clock.now <= 60
-    farm.clock.advance(61)
-    farm.wake()
-    wait_until(lambda: farm.task(ids[0])["retry_count"] == 2, 10, "second auto-retry")
-    farm.clock.advance(61)
-    farm.wake()
-    task = farm.wait_status(ids[0], 3)
-    assert task["error"] == "the app crashed" and task["retry_count"] == 2
-    assert [a[-1] for a in phone.commands("echo") if a[1] == "flaky"] == ["0", "1", "2"]
