@@ -1540,8 +1540,10 @@ def check_param(where: str, value: Any, decl: Dict[str, Any], *,
     if not ok and "int" in types and isinstance(value, float) and value.is_integer():
         value, ok = int(value), True
     if not ok:
-        words = " or ".join(f"{_JSON_WORDS[t]} ({t})" for t in types)
-        raise BadRequest(where, f"must be {words}, got {_json_type(value)}")
+        # the declared type names first (the words a script's PARAMS use), then JSON's
+        words = " or ".join(_JSON_WORDS[t] for t in types)
+        raise BadRequest(where, f"must be {' or '.join(types)} ({words}), "
+                                f"got {_json_type(value)}")
     if "choices" in decl and value not in decl["choices"]:
         raise BadRequest(where, f"must be one of {', '.join(map(repr, decl['choices']))}, "
                                 f"got {value!r}")
