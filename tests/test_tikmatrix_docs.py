@@ -11,6 +11,9 @@ against the real waitress server of the program (``make_server``), with phones s
 behind a private adb server. Where an example polls (``wait_for_completion``,
 ``auto_retry_failed``), the loop is run as the page writes it and must end as it says.
 
+The examples that take their media from TikMatrix's material library (``material_source:
+"materialLibrary"``, the default) run as a TikMatrix user runs them on Lite: material is
+uploaded to Lite's library first (``POST /material``, SPEC 7.2), then the body is sent.
 Examples that cannot work on Lite (the README lists them) are tested for the clear 40001
 they get instead.
 """
@@ -183,6 +186,22 @@ class DocsFarm(Farm):
             assert t["status"] == COMPLETED, (t["error"], t["log"])
         return tasks
 
+    def library(self, *files, tags="", username=None, caption=None):
+        """Upload (name, bytes) files to Lite's material library through its API, as a
+        user does before sending the examples (setup, not an example)."""
+        fields = {"tags": tags}
+        if username is not None:
+            fields["username"] = username
+        if caption is not None:
+            fields["caption"] = caption
+        reply = requests.post(f"{self.base_url}/material", data=fields,
+                              files=[("file", (name, data)) for name, data in files]).json()
+        assert reply["code"] == 0, reply
+        return reply["data"]["items"]
+
+    def materials(self, **query):
+        return requests.get(f"{self.base_url}/material", params=query).json()["data"]
+
     def media(self, *names):
         """Media files on the box (what C:/Videos/... stands for in the examples)."""
         paths = []
@@ -199,6 +218,17 @@ def farm(tmp_path, adb, sim):
     f = DocsFarm(tmp_path, adb, sim)
     yield f
     f.close()
+
+
+def mp4(n):
+    """A small video the server's content check takes (an ISO-BMFF ftyp box); `n` makes
+    the bytes unique (the library keeps the same bytes once)."""
+    return b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes([n]) * 512
+
+
+def jpeg(n):
+    """A small JPEG as far as the content check goes (SOI + APP0), unique per `n`."""
+    return b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes([n]) * 512
 
 
 def on_farm(body, replace):
@@ -361,23 +391,45 @@ def test_examples_auto_retry_failed_ends_after_max_retries(farm):
 
 def test_local_api_quick_start(farm):
     """Local API Overview, "Quick Start": 1. check API access (the documented fields),
-    2. create a post without media (refused: Lite has no material library yet, see the
-    README), 3. list tasks (the unquoted cURL URL sends only ?status=0 from a shell)."""
+    2. create a post with no media (content_type 1: images from the material library,
+    TikMatrix's default source; two images uploaded first), 3. list tasks (the unquoted
+    cURL URL sends only ?status=0 from a shell): both posts wait for 14:30, each holding
+    its own image."""
     d1, _ = farm.phone()
     d2, _ = farm.phone()
     check = requests.get(f"{farm.base_url}/license/check").json()
     assert check["code"] == 0 and check["message"] == "success"
     assert set(check["data"]) >= {"plan_name", "api_enabled", "device_limit", "message"}
+    images = farm.library(("a.jpg", jpeg(1)), ("b.jpg", jpeg(2)))
+    assert [m["kind"] for m in images] == ["image", "image"]
     body = {"serials": ["device_serial_1", "device_serial_2"], "script_name": "post",
             "script_config": {"content_type": 1, "captions": "Check out my new video! #viral"},
             "enable_multi_account": False, "start_time": "14:30"}
-    message = error_of(farm.send(on_farm(body, {"device_serial_1": d1.address,
-                                                "device_serial_2": d2.address})))
-    assert message.startswith("script_config.material_list: TikMatrix Lite has no "
-                              "material library")
+    ids = farm.created(on_farm(body, {"device_serial_1": d1.address,
+                                      "device_serial_2": d2.address}), 2)
+    tasks = [farm.task(i) for i in ids]
+    assert {t["serial"] for t in tasks} == {d1.address, d2.address}
+    assert all(t["status"] == PENDING and t["start_time"].endswith(" 14:30:00")
+               for t in tasks)
+    held = sorted(i for t in tasks for i in t["script_config"]["material_ids"])
+    assert held == sorted(m["id"] for m in images)
     for query in ("?status=0&page=1&page_size=20", "?status=0"):
         listed = requests.get(f"{farm.base_url}/task{query}").json()
-        assert listed["code"] == 0 and listed["data"]["total"] == 0
+        assert listed["code"] == 0 and listed["data"]["total"] == 2
+
+
+def test_local_api_quick_start_with_an_empty_library(farm):
+    """Local API Overview, "Quick Start" step 2 on a box whose library has no images: a
+    40001 naming the field, the kind of material and how many are left; no task."""
+    d1, _ = farm.phone()
+    farm.library(("clip.mp4", mp4(1)))                  # a video is not an image
+    body = {"serials": [d1.address], "script_name": "post",
+            "script_config": {"content_type": 1, "captions": "Check out my new video! #viral"},
+            "enable_multi_account": False, "start_time": "14:30"}
+    assert error_of(farm.send(body)) == ("script_config.materials_tags: not enough unused "
+                                         "image material with any tag: 1 needed per task, "
+                                         "0 left")
+    assert farm.client.get_stats()["data"]["total"] == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -466,19 +518,83 @@ MATERIAL_LIBRARY_POSTS = {
 }
 
 
-@pytest.mark.parametrize("section", list(MATERIAL_LIBRARY_POSTS))
-def test_post_material_library_examples_are_refused_clearly(farm, section):
-    """Post Script Configuration, the three examples that take their media from
-    TikMatrix's material library: Lite has none yet (README), so each gets a 40001 that
-    says what to send instead, and no task."""
+def library_post(farm, section, devices):
+    """The example's body, with its placeholder serials replaced by these phones'."""
+    return on_farm(MATERIAL_LIBRARY_POSTS[section],
+                   {f"device_serial_{n + 1}": d.address for n, d in enumerate(devices)})
+
+
+def test_post_material_library_tiktok(farm):
+    """Post Script Configuration, "Post Task with Material Library (TikTok)": two phones,
+    videos tagged "trending, dance" in the library (uploaded first, one more with another
+    tag); each task takes its own matching video at creation, both posts are published,
+    and the library counts those two as used."""
+    (d1, (app1,)), (d2, (app2,)) = farm.phone(), farm.phone()
+    trending, = farm.library(("trend.mp4", mp4(1)), tags="trending")
+    dance, = farm.library(("dance.mp4", mp4(2)), tags="dance, tutorial")
+    other, = farm.library(("cat.mp4", mp4(3)), tags="cats")
+    ids = farm.created(library_post(farm, "Post Task with Material Library (TikTok)",
+                                    [d1, d2]), 2)
+    held = {farm.task(i)["script_config"]["material_ids"][0] for i in ids}
+    assert held == {trending["id"], dance["id"]}
+    tasks = farm.finished(ids, timeout=90)
+    assert all(t["result"]["post_way"] == "share" for t in tasks)
+    for app in (app1, app2):
+        assert [p["caption"] for p in app.posts] == ["Check out my new video! #viral #fyp"]
+    assert sorted(t["result"]["media"][0] for t in tasks) == sorted(
+        Path(t["script_config"]["material_list"][0]).name for t in tasks)
+    unused = farm.materials(unused=1)
+    assert [m["id"] for m in unused["items"]] == [other["id"]]
+
+
+def test_post_material_library_tiktok_without_enough_material(farm):
+    """Post Script Configuration, "Post Task with Material Library (TikTok)" on an empty
+    library, then with one matching video for its two phones: each time a 40001 naming
+    materials_tags and the tags, and nothing is created or held."""
     d1, _ = farm.phone()
     d2, _ = farm.phone()
-    body = on_farm(MATERIAL_LIBRARY_POSTS[section], {"device_serial_1": d1.address,
-                                                     "device_serial_2": d2.address})
+    body = library_post(farm, "Post Task with Material Library (TikTok)", [d1, d2])
+    assert error_of(farm.send(body)) == ("script_config.materials_tags: not enough unused "
+                                         "video material with tags dance, trending: 1 "
+                                         "needed per task, 0 left")
+    farm.library(("trend.mp4", mp4(1)), tags="trending")
+    farm.library(("cat.mp4", mp4(2)), tags="cats")
     message = error_of(farm.send(body))
-    assert message.startswith("script_config.material_list: TikMatrix Lite has no "
-                              "material library yet: send the media files in material_list")
+    assert message.startswith("script_config.materials_tags: not enough unused video "
+                              "material with tags dance, trending")
     assert farm.client.get_stats()["data"]["total"] == 0
+    assert all(m["reserved_by"] is None for m in farm.materials()["items"])
+
+
+def test_post_material_library_custom_sound_is_not_applied(farm):
+    """Post Script Configuration, "Post with Custom Sound" with a video in the library:
+    the post is published with the library's video, but Lite does not add the custom
+    sound yet (README: add_sound and its volumes are accepted, not applied): the task log
+    says so and the published post has no added sound."""
+    device, (app,) = farm.phone()
+    video, = farm.library(("clip.mp4", mp4(1)))
+    task, = farm.finished(farm.created(library_post(farm, "Post with Custom Sound",
+                                                    [device]), 1))
+    assert task["script_config"]["material_ids"] == [video["id"]]
+    assert task["script_config"]["custom_sound_keyword"] == "trending dance 2024"
+    assert any("add_sound / add_product_link are accepted but not applied" in str(line)
+               for line in task["log"])
+    assert [(p["caption"], p["sound"]) for p in app.posts] == \
+        [("Dancing to this trending sound!", None)]
+
+
+def test_post_material_library_specific_sound_url(farm):
+    """Post Script Configuration, "Post Using Specific Sound URL": the library's video
+    posted from the sound's page (the link opened, "Use sound", then the gallery)."""
+    device, (app,) = farm.phone()
+    video, = farm.library(("clip.mp4", mp4(1)), caption="from the library")
+    task, = farm.finished(farm.created(library_post(farm, "Post Using Specific Sound URL",
+                                                    [device]), 1))
+    assert task["script_config"]["material_ids"] == [video["id"]]
+    assert task["result"]["post_way"] == "useSound"
+    assert [(p["caption"], p["sound"]) for p in app.posts] == \
+        [("Using this awesome sound!", "original-sound-7123456789")]
+    assert farm.materials(unused=1)["total"] == 0
 
 
 def test_post_by_username_list(farm):
