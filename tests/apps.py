@@ -39,6 +39,7 @@ Behaviour the scripts must cope with, as on a phone:
 - media pushed to /sdcard/DCIM/Camera and scanned show first in the gallery, newest first.
 
 Knobs (constructor keywords, or attributes a test sets on the app):
+- `locale="fr"`: the dumps show the French labels of the real dumps (ids unchanged);
 - `accounts=[...]`: logged-in accounts, the first current; `users={name: followed}`:
   the profiles that exist (followed by the first account);
 - `popup_rate`: chance of a pop-up with each new screen (it shows in the next dump);
@@ -92,6 +93,11 @@ FRENCH = {
     "Pour toi": "For You", "Boutique": "Shop", "PUBLIER": "POST", "CRÉER": "CREATE",
     "TEXTE": "TEXT",
 }
+
+#: English -> French, for a phone in French (`locale="fr"`): the dump's labels only.
+ENGLISH_TO_FRENCH = {}
+for _fr, _en in FRENCH.items():
+    ENGLISH_TO_FRENCH.setdefault(_en, _fr)
 
 #: Pop-ups that show at random: (title, closing button) (kept for older tests; the
 #: models draw from POPUP_KINDS below).
@@ -316,8 +322,10 @@ class ModelApp(App):
     platform = ""
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
-                 popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None):
+                 popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en"):
         super().__init__(package=package)
+        self.locale = locale                    #: "fr": the labels of the real dumps
+
         self.accounts = list(accounts)          #: logged in on this phone, in order
         self.current = self.accounts[0]
         self.users = dict(users or {})          #: profiles that exist (-> followed by
@@ -376,6 +384,11 @@ class ModelApp(App):
                 self.toast = ""
         if self.popup:
             root.append(self.popup["window"])
+        if self.locale == "fr":                 # the ids stay, the labels are French
+            for el in root.iter("node"):
+                for attr in ("text", "content-desc"):
+                    if el.get(attr) in ENGLISH_TO_FRENCH:
+                        el.set(attr, ENGLISH_TO_FRENCH[el.get(attr)])
         return serialize_hierarchy(root)
 
     def render(self) -> ET.Element:

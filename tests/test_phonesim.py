@@ -649,3 +649,20 @@ def test_block_screens_refuse_the_action(sim, adb):
     assert tt.follows["bob"] is False
     toast = node(dump_tree(d), text="You're tapping too fast. Take a break.")
     assert toast is not None and toast.get("resource-id") == "android:id/message"
+
+
+def test_french_phone_keeps_ids_and_no_stranger_account_is_acted_as(sim, adb):
+    from apps import TikTokApp
+    app = TikTokApp("43.1.4", users={"alice": False}, locale="fr", accounts=["main"])
+    device, d = model_phone(sim, adb, app)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    tree = dump_tree(d)
+    assert node(tree, text="Follow") is None
+    tap_node(d, tree, resource_id=app.package + ":id/eme", text="Suivre")
+    assert app.follows["alice"] is True
+    d.shell("input keyevent KEYCODE_BACK")
+    tap_node(d, dump_tree(d), **{"content-desc": "Profil"})
+    tap_node(d, dump_tree(d), text="main", clickable="false")
+    tap_node(d, dump_tree(d), text="Add account")      # not an account: nothing changes
+    assert app.current == "main" and {a["account"] for a in app.actions} == {"main"}
