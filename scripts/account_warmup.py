@@ -46,7 +46,8 @@ def validate(config):
 
 def run(phone, task):
     config, rng = task.config, task.random
-    app = _common.open_app(phone, task)
+    app = _common.open_app(phone, task, text=config["comment"] + config["topic"]
+                           if config["comment_probable"] else config["topic"])
     topics = _common.lines(config["topic"])
     if topics:
         topic = rng.choice(topics)

@@ -39,10 +39,10 @@ def expand(config):
 
 def run(phone, task):
     config = task.config
-    app = _common.open_app(phone, task)
     url = config["target_post_url"]
     text = _common.pick_comment(config, task.random, config.get("comment_index", 0),
                                 "comment_content")
+    app = _common.open_app(phone, task, text=text, launch=False)
     task.progress(30, f"opening {url}")
     app.open_url(url)
     _common.write_comment(app, text)

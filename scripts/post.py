@@ -36,14 +36,6 @@ PARAMS = {
                  "description": "Lite: the app when the task has no account"},
 }
 
-#: Activities that receive a shared file (android.intent.action.SEND).
-SHARE_ACTIVITIES = {
-    "tiktok": "com.ss.android.ugc.aweme.share.SystemShareActivity",
-    ("instagram", "reel"): "com.instagram.share.handleractivity.ClipsShareHandlerActivity",
-    ("instagram", "story"): "com.instagram.share.handleractivity.StoryShareHandlerActivity",
-}
-
-
 def validate(config):
     """Checks that need the box: the media files exist (40001 at creation, not a failed
     task later), and the library Lite does not have is refused with what to send instead."""
@@ -75,6 +67,27 @@ def validate(config):
         raise ValueError("add_sound", "must be -1, 0, 1 or custom")
     if str(config["add_sound"]) == "custom" and not config["custom_sound_keyword"].strip():
         raise ValueError("custom_sound_keyword", "is required when add_sound is custom")
+    refuse_unapplied(config)
+
+
+def refuse_unapplied(config):
+    """Parameters Lite cannot apply are refused here, at creation, never ignored."""
+    if str(config["add_sound"]) in ("1", "custom"):
+        raise ValueError("add_sound", "Lite cannot add a sound in the editor yet: use "
+                         "post_way useSound with sound_name (-1 or 0 are accepted)")
+    if config["custom_sound_keyword"].strip():
+        raise ValueError("custom_sound_keyword", "Lite cannot add a sound in the editor "
+                         "yet: use post_way useSound with sound_name")
+    if config["sound_name"].strip() and config["post_way"] != "useSound":
+        raise ValueError("sound_name", f"is only used with post_way useSound (post_way is "
+                         f"{config['post_way']}: the media keeps its own sound)")
+    for name in ("origin_sound_volume", "add_sound_volume"):
+        if config[name] != 50:
+            raise ValueError(name, "Lite cannot set volumes in the editor yet (only the "
+                             "default 50 is accepted)")
+    if config["add_product_link"]:
+        raise ValueError("add_product_link", "Lite cannot add product links (TikTok Shop "
+                         "needs a seller account flow Lite does not drive)")
 
 
 def choose_media(config, username):
@@ -88,13 +101,12 @@ def choose_media(config, username):
 
 def run(phone, task):
     config = task.config
-    app = _common.open_app(phone, task)
     files = choose_media(config, task.username)
     caption = _common.spintax(config["captions"], task.random)
     title, description = _common.split_title(caption)
+    app = _common.open_app(phone, task, text=caption,
+                           launch=config["post_way"] != "share" or bool(task.username))
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")
-    if str(config["add_sound"]) not in ("-1", "0") or config["add_product_link"]:
-        task.log("add_sound / add_product_link are accepted but not applied by Lite yet")
     remote = []
     try:
         task.progress(10, "pushing media")
@@ -114,62 +126,46 @@ def run(phone, task):
             "post_way": config["post_way"], "platform": app.platform}
 
 
-def share_into(app, activity, remote, content_type):
-    """Send the pushed files to the app like the gallery's Share button does."""
-    mime = "video/*" if content_type == 0 else "image/*"
-    uris = ["file://" + r for r in remote]
-    if len(uris) == 1:
-        extra = ["-a", "android.intent.action.SEND", "--eu", "android.intent.extra.STREAM",
-                 uris[0]]
-    else:
-        extra = ["-a", "android.intent.action.SEND_MULTIPLE", "--eua",
-                 "android.intent.extra.STREAM", ",".join(uris)]
-    app.phone.shell(["am", "start", "-n", f"{app.package}/{activity}", "-t", mime,
-                     "--grant-read-uri-permission"] + extra)
-
-
 def open_sound(app, config):
     """useSound: the sound's page (a link, or the first search result), then Use sound."""
     name = config["sound_name"].strip()
     if name.startswith(("http://", "https://")):
         app.open_url(name)
     else:
-        app.tap("search", "useSound: open search")
+        app.step("useSound: open search", "search", expect="search_field", timeout=30)
         app.type_into("search_field", name, "useSound: type the sound name")
         app.phone.press("enter")
-        app.phone.tap(app.wait("sound_tab", "useSound: open the Sounds tab",
-                               alternatives=[{"text": "Sounds"}, {"desc": "Sounds"}]))
-        app.phone.tap(app.wait("sound_row", f"useSound: find the sound {name!r}",
-                               alternatives=[{"text": name}, {"text_contains": name}]))
-    app.tap("use_sound", "useSound: tap Use sound", timeout=config["sound_wait_time"])
+        row = [{"text": name, "editable": False}, {"text_contains": name, "editable": False}]
+        app.step("useSound: open the Sounds tab", "sounds_tab", expect=row)
+        app.step(f"useSound: open the sound {name!r}", row, expect="use_sound")
+    app.step("useSound: tap Use sound", "use_sound", timeout=config["sound_wait_time"],
+             expect="upload" if app.platform == "tiktok" else ["tab_reel", "gallery_item"])
 
 
 def pick_in_gallery(app, key, count, step):
-    """Select the newest `count` items: the first cells, where the pushed files are."""
-    app.wait(key, step)
-    cells = app.find_all(key)
-    if len(cells) < count:
-        raise _common.StepFailed(f"post: {step}: {len(cells)} item(s) in the gallery, "
-                                 f"{count} needed")
-    for node in cells[:count]:
-        app.phone.tap(node)
+    """Select the newest `count` items (the first cells, where the pushed files are),
+    each confirmed by its selection badge."""
+    for index in range(count):
+        app.step(f"{step} ({index + 1} of {count})", lambda tree, i=index: cell(app, key, tree, i),
+                 expect=lambda tree, i=index: is_selected(app, key, tree, i))
 
 
-def publish_tiktok(app, config, remote, title, description):
-    count = len(remote)
-    if config["post_way"] == "share":
-        share_into(app, SHARE_ACTIVITIES["tiktok"], remote, config["content_type"])
-    else:
-        if config["post_way"] == "useSound":
-            open_sound(app, config)
-        else:
-            app.tap("create", "addButton: tap Create (+)")
-        app.tap("upload", "open Upload (the gallery)")
-        if config["content_type"] == 1:
-            app.tap_if_present("gallery_photos_tab")
-        pick_in_gallery(app, "gallery_select", count, "select the media")
-        app.tap("gallery_next", "gallery: Next")
-    app.tap("editor_next", "editor: Next", timeout=20)
+def cell(app, key, tree, index):
+    cells = app.find_all(key, tree)
+    return cells[index] if len(cells) > index else None
+
+
+def is_selected(app, key, tree, index):
+    """The item shows selected: its own flag, its number in the badge, or the Next
+    button's count."""
+    node = cell(app, key, tree, index)
+    if node is not None and (node.selected or node.text.strip() == str(index + 1)):
+        return True
+    return tree.find(text_regex=rf".*\({index + 1}\)") is not None
+
+
+def caption_and_post(app, title, description, post_key, step_name):
+    """The post screen: the title where the app has one, the caption, then Post."""
     if title and app.find("title") is not None:
         app.type_into("title", title, "type the title")
         text = description
@@ -177,41 +173,58 @@ def publish_tiktok(app, config, remote, title, description):
         text = "\n".join(t for t in (title, description) if t)
     if text:
         app.type_into("caption", text, "type the caption")
-    app.tap("post", "tap Post")
-    key, node = app.wait_any({"confirm": app.alternatives("publish_now"),
-                              "progress": app.alternatives("upload_progress"),
-                              "posted": app.alternatives("posted")},
-                             "after Post", timeout=15)
-    if key == "confirm":
-        app.phone.tap(node)
+    app.step(step_name, post_key, expect=app.any_of("publish_now", "upload_progress",
+                                                    "posted"))
 
 
-def publish_instagram(app, config, remote, title, description):
-    placement = config["placement"]
+def publish_tiktok(app, config, remote, title, description):
     if config["post_way"] == "share":
-        share_into(app, SHARE_ACTIVITIES[("instagram", placement)], remote,
-                   config["content_type"])
+        app.share(remote, config["content_type"])
     else:
         if config["post_way"] == "useSound":
             open_sound(app, config)
         else:
-            app.tap("create", "addButton: tap Create (+)")
-        app.tap("tab_story" if placement == "story" else "tab_reel",
-                f"choose {placement.upper()}")
+            app.step("addButton: tap Create (+)", "create", expect="upload", timeout=30)
+        app.step("open Upload (the gallery)", "upload", expect="gallery_select")
+        if config["content_type"] == 1:
+            app.tap_if_present("gallery_photos_tab")
+        pick_in_gallery(app, "gallery_select", len(remote), "select the media")
+        app.step("gallery: Next", "gallery_next", expect="editor_next")
+    app.step("editor: Next", "editor_next", expect="caption", timeout=30)
+    caption_and_post(app, title, description, "post", "tap Post")
+    if app.find("publish_now") is not None:
+        app.step("confirm Publish now", "publish_now",
+                 expect=app.any_of("upload_progress", "posted"))
+
+
+def publish_instagram(app, config, remote, title, description):
+    placement = config["placement"]
+    tab = "tab_story" if placement == "story" else "tab_reel"
+    if config["post_way"] == "share":
+        app.share(remote, config["content_type"], placement)
+    else:
+        if config["post_way"] == "useSound":
+            open_sound(app, config)
+        else:
+            app.step("addButton: tap Create (+)", "create", expect=tab, timeout=30)
+        if not any(n.selected for n in app.find_all(tab)):
+            app.step(f"choose {placement.upper()}", tab,
+                     expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
         if len(remote) > 1:
-            app.tap("gallery_multi", "select multiple")
+            app.tap_if_present("gallery_multi")
         pick_in_gallery(app, "gallery_item", len(remote), "select the media")
-        app.tap("gallery_next", "gallery: Next")
+        app.step("gallery: Next", "gallery_next",
+                 expect=app.any_of("story_share", "editor_next"))
     if placement == "story":
-        app.tap("story_share", "share to Your story", timeout=20)
+        app.step("share to Your story", "story_share", timeout=30,
+                 expect=app.any_of("upload_progress", "posted", "home_tab"))
         return
-    app.tap("editor_next", "editor: Next", timeout=20)
-    key, node = app.wait_any({"nux": app.alternatives("nux_continue"),
-                              "caption": app.alternatives("caption")},
-                             "open the caption screen", timeout=15)
-    if key == "nux":
-        app.phone.tap(node)
+    app.step("editor: Next", "editor_next", timeout=30,
+             expect=app.any_of("nux_continue", "caption"))
+    if app.find("nux_continue") is not None:
+        app.step("accept the download notice", "nux_continue", expect="caption")
     text = "\n".join(t for t in (title, description) if t)
     if text:
         app.type_into("caption", text, "type the caption")
-    app.tap("share", "tap Share")
+    app.step("tap Share", "share", expect=app.any_of("upload_progress", "posted",
+                                                      "home_tab"))
