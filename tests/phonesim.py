@@ -55,7 +55,10 @@ from ``device.rng``, re-seeded with ``device.seed(n)``)
     ``NULL_ROOT_ERROR``) and write nothing; ``dump_failure_rate``: that at random.
     ``dumps`` and ``round_trips`` count dumps and adb services opened (``reset_counters``).
     ``uiautomator dump /dev/tty`` writes the XML then "UI hierchary dumped to: /dev/tty"
-    on stdout (one round trip), the file form writes the file.
+    on stdout (one round trip), the file form writes the file. ``tty_dump``: "any"
+    (default), "exec" (only through ``exec:``, as measured on API 30 and 36 by a public
+    adb helper: through ``adb shell`` the XML is lost and only the status line comes
+    back, exit 0), "none" (never): the file form is the fallback.
     ``screen_off()``: display off and keyguard locked (no PIN): dumps show the keyguard,
     input is lost until ``input keyevent KEYCODE_WAKEUP`` (or POWER) and ``wm
     dismiss-keyguard`` (or MENU, or a swipe up); ``sleep_after_inputs = N``: the screen
@@ -1247,7 +1250,9 @@ class AndroidShell:
             io.err(error + "\n")     # real uiautomator still exits 0 here
             return 0
         if path in ("/dev/tty", "/dev/stdout"):
-            io.out(xml)
+            tty = self.device.tty_dump
+            if tty == "any" or (tty == "exec" and self.service == "exec"):
+                io.out(xml)          # else lost: no terminal to write to (exit 0 still)
         else:
             self.device.fs.write(path, xml.encode("utf-8"), make_parents=True)
         io.out("UI hierchary dumped to: %s\n" % path)
@@ -1638,6 +1643,7 @@ class SimDevice:
         self.crash_rate = 0.0            #: chance that a tap crashes the app in front
         self.crash_dialog = False        #: a crash shows "<App> keeps stopping"
         self.sleep_after_inputs = None   #: the screen times out after N inputs
+        self.tty_dump = "any"        #: where `uiautomator dump /dev/tty` prints: any/exec/none
         self._taps_to_drop = 0
         self._crash_after_taps = None
         self._inputs_since_wake = 0
