@@ -1864,7 +1864,7 @@ class Phone:
         it, then dumped again.
         """
         error = ""
-        for attempt in range(3):
+        for attempt in range(5):
             xml, error = self._dump_once()
             if xml is not None:
                 self.dumps += 1
@@ -1876,8 +1876,8 @@ class Phone:
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
             elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
                 self.press("back")
-            elif attempt:
-                self.sleep(BACKOFF[attempt])
+            else:
+                self.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
         raise StepFailed("read the screen", f"uiautomator dump failed: {error}")
 
     def _dump_once(self) -> Tuple[Optional[str], str]:
@@ -2034,7 +2034,8 @@ class Phone:
                     wanted = next(iter(choices.values())) if len(choices) == 1 \
                         else {"any_of": [c for c in choices.values() if not callable(c)]}
                     raise ElementNotFound(step or "wait", wanted, f"waited {timeout:g} s; "
-                                          f"the screen showed {tree.describe()}")
+                                          "the app must be in English where no id is "
+                                          f"known; the screen showed {tree.describe()}")
                 self._backoff(looks, deadline)
                 looks += 1
 
