@@ -1884,7 +1884,11 @@ class Phone:
         to_file = self.devices.recall(self.serial, "dump_to_file")
         command = (f"rm -f {DUMP_FILE}; uiautomator dump {DUMP_FILE} >/dev/null; "
                    f"cat {DUMP_FILE}") if to_file else "uiautomator dump /dev/tty"
-        out = self._run(command, timeout=30)
+        if to_file:
+            out = self._run(command, timeout=30)
+        else:                              # exec: no terminal in between, raw bytes
+            out = self.devices.run(self.serial, "exec:" + command, timeout=30,
+                                   token=self.token).decode("utf-8", "replace")
         xml = _xml_of(out)
         if xml is not None or "idle" in out:
             return xml, out.strip()
