@@ -1574,6 +1574,19 @@ class AccountBlocked(StepFailed):
         self.said = said
 
 
+class AppLeft(StepFailed):
+    """The app the task drives is no longer in front (it crashed back to the launcher):
+    the flow can start again from the app's start."""
+
+
+#: Android's "<App> keeps stopping" dialog: its close button (AOSP
+#: frameworks/base/core/res/res/layout/app_error_dialog.xml).
+CRASH_CLOSE_ID = "android:id/aerr_close"
+#: Looks in a row without the app in front before a step gives up on it (an app
+#: starting cold shows the launcher for a look or two).
+APP_ABSENT_LOOKS = 4
+
+
 @dataclass
 class Node:
     """One element of a uiautomator window dump."""
@@ -1762,6 +1775,7 @@ class Phone:
     ElementNotFound = ElementNotFound
     StepFailed = StepFailed
     AccountBlocked = AccountBlocked
+    AppLeft = AppLeft
 
     def __init__(self, devices: DeviceManager, serial: str, token: CancelToken,
                  log: Callable[[str], None] = None):
@@ -1774,6 +1788,8 @@ class Phone:
         self._screen: Optional[UiTree] = None     # the last dump, while nothing changed
         self._popups: List[Selector] = [{"text": label} for label in POPUP_BUTTONS]
         self._blocks: List[Selector] = []
+        self._app: Optional[str] = None           # the package a task drives, if told
+        self._absent = 0                          # looks in a row without it in front
         self._ime: Optional[str] = None           # the broadcast IME found, "" for none
         self._ime_selected = False
         self._sdk: Optional[int] = None
@@ -1919,11 +1935,34 @@ class Phone:
     def exists(self, **sel: Any) -> bool:
         return self.find(**sel) is not None
 
-    def watch(self, popups: Sequence[Selector] = (), blocks: Sequence[Selector] = ()) -> None:
-        """Teach the phone an app's pop-ups (the button that closes each) and the
-        screens that say the account is blocked; every step checks for them first."""
+    def watch(self, popups: Sequence[Selector] = (), blocks: Sequence[Selector] = (),
+              package: Optional[str] = None) -> None:
+        """Teach the phone an app's pop-ups (the button that closes each), the screens
+        that say the account is blocked, and the app's package (a step whose app left
+        the screen raises AppLeft); every look checks for them first."""
         self._popups = list(popups) + [p for p in self._popups if p not in popups]
         self._blocks = list(blocks) + [b for b in self._blocks if b not in blocks]
+        self._app = package or self._app
+
+    def check_screen(self, tree: UiTree, step: str) -> None:
+        """What every look checks before anything else: a block screen, and whether the
+        app is still in front (a crash dialog is closed; AppLeft either way)."""
+        self.check_blocked(tree, step)
+        if self._app is None:
+            return
+        crash = tree.find(resource_id=CRASH_CLOSE_ID)
+        if crash is not None:
+            self.tap(crash)
+            self._absent = 0
+            raise AppLeft(step, "the app stopped (a crash dialog showed)")
+        if any(n.package == self._app for n in tree.nodes):
+            self._absent = 0
+            return
+        self._absent += 1
+        if self._absent >= APP_ABSENT_LOOKS:
+            self._absent = 0
+            raise AppLeft(step, f"{self._app} is no longer on the screen (it closed or "
+                          f"crashed); the screen showed {tree.describe()}")
 
     def check_blocked(self, tree: UiTree, step: str) -> None:
         for sel in self._blocks:
@@ -1962,7 +2001,7 @@ class Phone:
     # -- closed-loop steps ----------------------------------------------------------
     def step(self, name: str, target: Any, *, expect: Expectation = None,
              act: Optional[Callable[[Node], None]] = None, timeout: float = 15,
-             attempts: int = 3) -> Node:
+             attempts: int = 4) -> Node:
         """One step of a flow: find what it acts on, act, and see the effect.
 
         ``target`` is a selector (or a function of the screen giving a node or None);
@@ -1980,7 +2019,7 @@ class Phone:
         acted, node, swallowed, looks, popups = 0, None, False, 0, 0
         while True:
             tree = self.screen()
-            self.check_blocked(tree, name)
+            self.check_screen(tree, name)
             if popups < 5 and self.dismiss_popup(tree, keep=keep):
                 swallowed, popups = acted > 0, popups + 1
                 continue
@@ -2028,7 +2067,7 @@ class Phone:
         deadline, looks = time.monotonic() + timeout, 0
         while True:
             tree = self.screen()
-            self.check_blocked(tree, step or "wait")
+            self.check_screen(tree, step or "wait")
             if not (dismiss_popups and self.dismiss_popup(tree)):
                 for name, sel in choices.items():
                     node = self._locate(tree, sel)
@@ -2058,7 +2097,7 @@ class Phone:
     def tap_if_present(self, **sel: Any) -> bool:
         """Tap the element if the current screen has it (no waiting)."""
         tree = self.screen()
-        self.check_blocked(tree, "tap if present")
+        self.check_screen(tree, "tap if present")
         if self.dismiss_popup(tree, keep=sel):
             tree = self.screen()
         node = tree.find(**sel)

@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from _selectors import (BLOCKS, LAUNCH_ACTIVITIES, POPUPS, PROFILE_URLS, SELECTORS,
                         SHARE_ACTIVITIES)
 from tikmatrix_lite import (APP_PACKAGES, GONE, AccountBlocked,  # noqa: F401
-                            StepFailed)
+                            AppLeft, StepFailed)
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
 APP_NAMES = {"tiktok": "TikTok", "instagram": "Instagram"}
@@ -147,7 +147,7 @@ class App:
             self.phone.tap(node)
             self.phone.type_text(text)
         self.step(step, key, expect=typed if shown else None, act=focus_and_type,
-                  attempts=2)
+                  attempts=3)
 
     # -- app lifecycle -------------------------------------------------------------------
     def launch(self) -> None:
@@ -155,6 +155,25 @@ class App:
         first step looks for its element with a longer wait while the app starts."""
         self.phone.stop_app(self.package)
         self.phone.start_app(self.package, LAUNCH_ACTIVITIES.get(self.package))
+
+    def restart(self) -> None:
+        """After the app left the screen mid-flow: start it again, on the account."""
+        self.launch()
+        if self.task.username:
+            switch_account(self, self.task.username)
+
+    def recovering(self, what: str, flow: Any, attempts: int = 3) -> Any:
+        """Run a flow; when the app closes under it (a crash back to the launcher),
+        start the app again and run the flow again from its start. Only for flows that
+        are safe to repeat (they check the state they find)."""
+        for attempt in range(attempts):
+            try:
+                return flow()
+            except AppLeft as exc:
+                if attempt == attempts - 1:
+                    raise
+                self.task.log(f"{what}: {exc.reason}; starting the app again")
+                self.restart()
 
     def open_url(self, url: str) -> None:
         self.phone.open_url(url, self.package)
@@ -171,7 +190,7 @@ def english_rule():
     """A step that found nothing says the rule: labels are English ones."""
     try:
         yield
-    except AccountBlocked:
+    except (AccountBlocked, AppLeft):
         raise
     except StepFailed as exc:
         if not exc.retry or "English" in str(exc):
@@ -211,7 +230,7 @@ def open_app(phone: Any, task: Any, default_platform: str = "tiktok", text: str 
                          f"{app.name} {app.version or '(unknown version)'} has no known "
                          "resource ids: set the phone to English", retry=False)
     phone.check_can_type(text)
-    phone.watch(popups=POPUPS[platform], blocks=BLOCKS[platform])
+    phone.watch(popups=POPUPS[platform], blocks=BLOCKS[platform], package=package)
     if launch or task.username:
         app.launch()
     else:
@@ -397,9 +416,11 @@ def search_user(app: App, username: str) -> None:
     app.type_into("search_field", username, "type the user name in search")
     app.phone.press("enter")
     rows = user_rows(app, username)
-    found = app.any_of(rows, "profile_missing")
-    if app.platform == "tiktok":
-        app.step("open the Users tab", "users_tab", expect=found)
+    key, _ = app.wait_any({"user": rows, "missing": "profile_missing",
+                           "tab": "users_tab"}, f"search @{username}")
+    if key == "tab":                    # results open on "Top" / "For you": the users
+        app.step("open the users tab", "users_tab",
+                 expect=app.any_of(rows, "profile_missing"))
     key, _ = app.wait_any({"user": rows, "missing": "profile_missing"},
                           f"find @{username} in the search results")
     if key == "missing":
@@ -416,6 +437,13 @@ def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
     method = task.config["access_method"]
     app = open_app(phone, task, launch=method == "search")
     task.progress(30, f"opening @{name} ({method})")
+    return app.recovering(f"@{name}", lambda: follow_once(app, name, method,
+                                                           want_following))
+
+
+def follow_once(app: App, name: str, method: str, want_following: bool) -> Dict[str, Any]:
+    """The follow flow from the app's start: safe to run again (it reads the state)."""
+    task = app.task
     state = open_profile(app, name, method)
     if (state == "following") == want_following:
         task.log(f"@{name}: already {'following' if want_following else 'not following'}")
@@ -431,14 +459,23 @@ def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
     return {"user": name, "already": False, "following": want_following}
 
 
-def write_comment(app: App, text: str) -> None:
-    """On an open video or post: comments -> type -> send -> the comment shows."""
-    shown = as_dumped(text)
+def type_comment(app: App, text: str) -> None:
+    """On an open video or post: comments -> type (safe to do again after a crash)."""
     app.step("open the comments", "comments", expect="comment_field", timeout=30)
     app.type_into("comment_field", text, "type the comment")
+
+
+def send_comment(app: App, text: str) -> None:
+    """Send the typed comment, once, and see it in the list."""
+    shown = as_dumped(text)
     app.step("send the comment", "comment_send",
              expect=[{"text": shown, "editable": False},
                      {"text_contains": shown[:60], "editable": False}])
+
+
+def write_comment(app: App, text: str) -> None:
+    type_comment(app, text)
+    send_comment(app, text)
 
 
 def open_topic(app: App, topic: str) -> None:

@@ -44,6 +44,10 @@ def run(phone, task):
                                 "comment_content")
     app = _common.open_app(phone, task, text=text, launch=False)
     task.progress(30, f"opening {url}")
-    app.open_url(url)
-    _common.write_comment(app, text)
+
+    def open_and_type():
+        app.open_url(url)
+        _common.type_comment(app, text)
+    app.recovering("comment", open_and_type)
+    _common.send_comment(app, text)
     return {"url": url, "comment": text}

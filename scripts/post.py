@@ -113,10 +113,16 @@ def run(phone, task):
         for path in reversed(files):        # the first file ends up newest: first in gallery
             remote.insert(0, phone.push_media(path))
         task.progress(30, f"opening the editor ({config['post_way']})")
+        # up to the caption the flow can start again if the app crashes; the tap that
+        # publishes is done once (a second one could post twice)
         if app.platform == "tiktok":
-            publish_tiktok(app, config, remote, title, description)
+            app.recovering("post", lambda: edit_tiktok(app, config, remote, title,
+                                                       description))
+            publish_tiktok(app)
         else:
-            publish_instagram(app, config, remote, title, description)
+            app.recovering("post", lambda: edit_instagram(app, config, remote, title,
+                                                          description))
+            publish_instagram(app, config["placement"])
         task.progress(80, "uploading")
         _common.wait_upload(app, config["upload_wait_time"])
     finally:
@@ -164,8 +170,8 @@ def is_selected(app, key, tree, index):
     return tree.find(text_regex=rf".*\({index + 1}\)") is not None
 
 
-def caption_and_post(app, title, description, post_key, step_name):
-    """The post screen: the title where the app has one, the caption, then Post."""
+def type_caption(app, title, description):
+    """The post screen: the title where the app has one, then the caption."""
     if title and app.find("title") is not None:
         app.type_into("title", title, "type the title")
         text = description
@@ -173,11 +179,10 @@ def caption_and_post(app, title, description, post_key, step_name):
         text = "\n".join(t for t in (title, description) if t)
     if text:
         app.type_into("caption", text, "type the caption")
-    app.step(step_name, post_key, expect=app.any_of("publish_now", "upload_progress",
-                                                    "posted"))
 
 
-def publish_tiktok(app, config, remote, title, description):
+def edit_tiktok(app, config, remote, title, description):
+    """From the app's start to the post screen with its caption typed."""
     if config["post_way"] == "share":
         app.share(remote, config["content_type"])
     else:
@@ -191,13 +196,19 @@ def publish_tiktok(app, config, remote, title, description):
         pick_in_gallery(app, "gallery_select", len(remote), "select the media")
         app.step("gallery: Next", "gallery_next", expect="editor_next")
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
-    caption_and_post(app, title, description, "post", "tap Post")
+    type_caption(app, title, description)
+
+
+def publish_tiktok(app):
+    app.step("tap Post", "post", expect=app.any_of("publish_now", "upload_progress",
+                                                   "posted"))
     if app.find("publish_now") is not None:
         app.step("confirm Publish now", "publish_now",
                  expect=app.any_of("upload_progress", "posted"))
 
 
-def publish_instagram(app, config, remote, title, description):
+def edit_instagram(app, config, remote, title, description):
+    """From the app's start to the story editor, or the reel's caption typed."""
     placement = config["placement"]
     tab = "tab_story" if placement == "story" else "tab_reel"
     if config["post_way"] == "share":
@@ -216,15 +227,18 @@ def publish_instagram(app, config, remote, title, description):
         app.step("gallery: Next", "gallery_next",
                  expect=app.any_of("story_share", "editor_next"))
     if placement == "story":
-        app.step("share to Your story", "story_share", timeout=30,
-                 expect=app.any_of("upload_progress", "posted", "home_tab"))
         return
     app.step("editor: Next", "editor_next", timeout=30,
              expect=app.any_of("nux_continue", "caption"))
     if app.find("nux_continue") is not None:
         app.step("accept the download notice", "nux_continue", expect="caption")
-    text = "\n".join(t for t in (title, description) if t)
-    if text:
-        app.type_into("caption", text, "type the caption")
-    app.step("tap Share", "share", expect=app.any_of("upload_progress", "posted",
-                                                      "home_tab"))
+    type_caption(app, "", "\n".join(t for t in (title, description) if t))
+
+
+def publish_instagram(app, placement):
+    if placement == "story":
+        app.step("share to Your story", "story_share", timeout=30,
+                 expect=app.any_of("upload_progress", "posted", "home_tab"))
+    else:
+        app.step("tap Share", "share", expect=app.any_of("upload_progress", "posted",
+                                                          "home_tab"))

@@ -347,8 +347,12 @@ def test_warmup_interacts(farm, kind):
         "collect_probable": 100, "floow_probable": 100 if kind != "instagram" else 0,
         "comment_probable": 100, "comment": "so {good|nice}", "platform": PLATFORM[kind]})
     result = ok(task)
-    assert result["videos"] >= 2 and app.likes == result["likes"] >= 2
-    assert app.collects >= 2 and sum(len(v) for v in app.comments.values()) >= 2
+    # every video watched got each interaction (the count of videos in 3 s depends
+    # on the machine's load, what was done on each does not)
+    assert result["videos"] >= 1 and app.likes == result["likes"] == result["videos"]
+    assert app.collects == result["collects"] == result["videos"]
+    assert sum(len(v) for v in app.comments.values()) == result["comments"] == \
+        result["videos"]
 
 
 def test_warmup_topic_and_stop_within_two_seconds(farm):
