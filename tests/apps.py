@@ -521,11 +521,15 @@ class ModelApp(App):
         self._pause()
 
     def _play(self):
-        """A playing video keeps uiautomator from getting an idle state: dumps fail
-        until a tap pauses it."""
+        """A playing video keeps uiautomator from getting an idle state: the next three
+        dumps fail unless a tap pauses it (a state, not a count: playing again does not
+        add more failures than three)."""
         self.playing = True
         if self.device is not None:
-            self.device.fail_dumps(3)
+            with self.device.lock:
+                missing = 3 - len(self.device._dump_failures)
+            if missing > 0:
+                self.device.fail_dumps(missing)
 
     def _pause(self):
         if self.playing and self.device is not None:
@@ -602,6 +606,11 @@ class ModelApp(App):
 def _inside(el, x, y) -> bool:
     x1, y1, x2, y2 = bounds(el)
     return x1 <= x < x2 and y1 <= y < y2
+
+
+def _full_name(user: str) -> str:
+    """A display name unlike the handle ("carol_x" -> "Carol X")."""
+    return user.replace("_", " ").replace(".", " ").title()
 
 
 def _texts(el) -> set:
@@ -1176,8 +1185,11 @@ class InstagramApp(ModelApp):
             self.goto("search_results" if s else "search", focus="search")
 
     def render_search_results(self):
+        """The real typeahead page: a keyword row (the query itself, opening the full
+        results) above the account rows; an avatar with a story ring opens the story."""
         root = load("ig410_fr_account_search_results")
         first(root, rid="action_bar_search_edit_text").set("text", self.query)
+        first(root, rid="row_search_keyword_title").set("text", self.query)
         matches = [u for u in self.users if self.query.lower() in u.lower()]
         rows = find_all(root, rid="row_search_user_container")
         for row, name in zip(rows, matches + [None] * len(rows)):
@@ -1186,25 +1198,84 @@ class InstagramApp(ModelApp):
                 remove(root, lambda el, row=row: el is row)
             elif label is not None:
                 label.set("text", name)
+                first(row, rid="row_search_user_fullname").set("text", _full_name(name))
         if not matches:                          # INVENTED: no dump of an empty result
             overlay(root, text_node("No results found.", (40, 500, 1040, 600)),
                     package=self.package)
         return root
 
     def tap_search_results(self, h, x, y):
-        root = self.render_search_results()
-        for row in find_all(root, rid="row_search_user_container"):
-            x1, y1, x2, y2 = bounds(row)
-            if x1 <= x < x2 and y1 <= y < y2:
-                label = first(row, rid="row_search_user_username")
-                self.target = label.get("text")
-                self.goto("profile")
-                return
         if hit(h, rid="action_bar_search_edit_text"):
             self.focus = "search"
+            return
+        if any(short_id(el) == "row_search_avatar_with_ring" and el.get("content-desc")
+               for el in h):
+            self.goto("story")                   # the ring: that account's story
+            return
+        root = self.render_search_results()
+        for row in find_all(root, rid="row_search_user_container"):
+            if _inside(row, x, y):
+                self.target = first(row, rid="row_search_user_username").get("text")
+                self.goto("profile")
+                return
+        if 253 <= y < 407:                       # the keyword row: all the results
+            self.on_enter()
 
     def on_enter(self):
-        pass
+        if self.screen in ("search", "search_results"):
+            self.tab = "For you"
+            self.goto("serp")
+
+    # INVENTED (no dump): the full results after the keyboard's search key, with tabs;
+    # the field keeps the query; "Accounts" lists rows with the typeahead rows' ids.
+    SERP_TABS = ("For you", "Accounts", "Audio", "Tags", "Places")
+
+    def render_serp(self):
+        pkg = self.package
+        field = ui_node("android.widget.EditText", (154, 107, 1025, 204), text=self.query,
+                        clickable=True, resource_id=f"{pkg}:id/action_bar_search_edit_text")
+        tabs = [ui_node("android.widget.TextView", (20 + 210 * i, 230, 220 + 210 * i, 330),
+                        text=t, desc=t, clickable=True, selected=t == self.tab)
+                for i, t in enumerate(self.SERP_TABS)]
+        if self.tab == "Accounts":
+            names = [u for u in self.users if self.query.lower() in u.lower()]
+            items = [ui_node("android.widget.Button", (0, 360 + 200 * i, W, 550 + 200 * i),
+                             clickable=True, resource_id=f"{pkg}:id/row_search_user_container",
+                             children=[
+                text_node(n, (253, 400 + 200 * i, 700, 450 + 200 * i),
+                          rid=f"{pkg}:id/row_search_user_username"),
+                text_node(_full_name(n), (253, 450 + 200 * i, 700, 500 + 200 * i),
+                          rid=f"{pkg}:id/row_search_user_fullname")])
+                     for i, n in enumerate(names)]
+        else:
+            items = [ui_node("android.widget.FrameLayout", (360 * (i % 3), 360 + 480 * (i // 3),
+                                                            360 * (i % 3 + 1),
+                                                            840 + 480 * (i // 3)),
+                             clickable=True, desc=f"Reel by sim_creator about {self.query}")
+                     for i in range(6)]
+        return hierarchy(field, *tabs, *items, package=pkg)
+
+    def tap_serp(self, h, x, y):
+        for el in h:
+            if el.get("text") in self.SERP_TABS:
+                self.tab = el.get("text")
+                return
+            if short_id(el) == "action_bar_search_edit_text":
+                self.fields["search"] = self.query
+                self.goto("search_results", focus="search")
+                return
+            if short_id(el) == "row_search_user_container":
+                self.target = first(el, rid="row_search_user_username").get("text")
+                self.goto("profile")
+                return
+            if "Reel by" in el.get("content-desc", ""):
+                self.goto("home")
+                return
+
+    def render_story(self):                       # INVENTED: a story plays
+        return hierarchy(ui_node("android.view.View", (0, 0, W, H), desc="Story",
+                                 resource_id=f"{self.package}:id/reel_viewer_root"),
+                         package=self.package)
 
     # -- profiles (real: followed / not followed) ---------------------------------------
     def render_profile(self):
@@ -1387,6 +1458,9 @@ class InstagramApp(ModelApp):
     def on_back(self):
         if self.screen == "comments":
             self.goto("post_page" if self.target else "home")
+            return True
+        if self.screen in ("serp", "story"):
+            self.goto("search_results", focus="search")
             return True
         return super().on_back()
 

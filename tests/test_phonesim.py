@@ -672,3 +672,30 @@ def test_french_phone_keeps_ids_and_no_stranger_account_is_acted_as(sim, adb):
     tap_node(d, dump_tree(d), text="main", clickable="false")
     tap_node(d, dump_tree(d), text="Add account")      # not an account: nothing changes
     assert app.current == "main" and {a["account"] for a in app.actions} == {"main"}
+
+
+def test_instagram_search_keyword_row_full_results_and_story_ring(sim, adb):
+    from apps import InstagramApp
+    app = InstagramApp(users={"carol": False, "carol.b": False})
+    device, d = model_phone(sim, adb, app)
+    pkg = app.package
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/search_tab")
+    d.shell(["input", "text", "carol"])
+    tree = dump_tree(d)
+    assert node(tree, resource_id=pkg + ":id/row_search_keyword_title").get("text") == "carol"
+    assert [n.get("text") for n in tree.iter("node") if n.get("resource-id") ==
+            pkg + ":id/row_search_user_username"] == ["carol", "carol.b"]
+    ring = node(tree, resource_id=pkg + ":id/row_search_avatar_with_ring",
+                **{"content-desc": "name_2 la story"})
+    tap_node(d, tree, **{"content-desc": ring.get("content-desc")})
+    assert app.screen == "story"                     # the ring opens the story
+    d.shell("input keyevent KEYCODE_BACK")
+    d.shell("input keyevent KEYCODE_ENTER")          # the keyboard's search key
+    tree = dump_tree(d)
+    assert node(tree, resource_id=pkg + ":id/action_bar_search_edit_text"
+                ).get("text") == "carol"
+    assert node(tree, resource_id=pkg + ":id/row_search_user_username") is None
+    tap_node(d, tree, text="Accounts")
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/row_search_user_username",
+             text="carol.b")
+    assert app.screen == "profile" and app.target == "carol.b"
