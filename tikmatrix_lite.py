@@ -1871,13 +1871,14 @@ class Phone:
         return match.group(1) if match else ""
 
     # -- the screen -----------------------------------------------------------------
-    def dump(self) -> UiTree:
+    def dump(self, step: str = "read the screen") -> UiTree:
         """The current window hierarchy, in one round trip.
 
-        The XML comes on stdout (`uiautomator dump /dev/tty`); a phone that cannot write
-        there gets the file form from then on. uiautomator cannot dump while a video
-        plays ("could not get idle state"): the screen is tapped in the middle to pause
-        it, then dumped again.
+        The XML comes on stdout (`uiautomator dump /dev/tty` through exec:, like `adb
+        exec-out`); a phone that prints only the status line there gets the file form
+        from then on. uiautomator cannot dump while a video plays ("could not get idle
+        state"): the screen is tapped in the middle to pause it, then dumped again; any
+        other failure is tried again after a pause.
         """
         error = ""
         for attempt in range(5):
@@ -1887,14 +1888,15 @@ class Phone:
                 self.last_dump = xml
                 self._screen = UiTree(xml)
                 return self._screen
-            if "idle" in error and attempt == 0:       # pause the video
+            if "idle" in error and attempt in (0, 2):      # pause the video
                 size = self.screen_size()
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
-            elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
+            elif "idle" in error and attempt == 3:         # a dialog took the taps
                 self.press("back")
             else:
                 self.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
-        raise StepFailed("read the screen", f"uiautomator dump failed: {error}")
+        raise StepFailed(step, f"could not read the screen: uiautomator dump failed "
+                         f"5 times: {error.splitlines()[0] if error else 'no output'}")
 
     def _dump_once(self) -> Tuple[Optional[str], str]:
         to_file = self.devices.recall(self.serial, "dump_to_file")
@@ -1906,17 +1908,16 @@ class Phone:
             out = self.devices.run(self.serial, "exec:" + command, timeout=30,
                                    token=self.token).decode("utf-8", "replace")
         xml = _xml_of(out)
-        if xml is not None or "idle" in out:
-            return xml, out.strip()
-        if not to_file:                    # no /dev/tty for a shell without a terminal
+        if xml is None and not to_file and "dumped to" in out and "ERROR" not in out:
+            # only the status line: this phone's uiautomator cannot write to /dev/tty
             self.devices.remember(self.serial, "dump_to_file", True)
             return self._dump_once()
-        return None, out.strip() or "no output"
+        return xml, out.strip() or "no output"
 
-    def screen(self) -> UiTree:
+    def screen(self, step: str = "read the screen") -> UiTree:
         """The screen as last dumped, if nothing was done to the phone since; else a
         fresh dump."""
-        return self._screen if self._screen is not None else self.dump()
+        return self._screen if self._screen is not None else self.dump(step)
 
     def changed(self) -> None:
         """Something may have changed the screen: the next look dumps it anew."""
@@ -2018,7 +2019,7 @@ class Phone:
         keep = None if callable(target) else target
         acted, node, swallowed, looks, popups = 0, None, False, 0, 0
         while True:
-            tree = self.screen()
+            tree = self.screen(name)
             self.check_screen(tree, name)
             if popups < 5 and self.dismiss_popup(tree, keep=keep):
                 swallowed, popups = acted > 0, popups + 1
@@ -2066,7 +2067,7 @@ class Phone:
                 check_selector(sel)
         deadline, looks = time.monotonic() + timeout, 0
         while True:
-            tree = self.screen()
+            tree = self.screen(step or "wait")
             self.check_screen(tree, step or "wait")
             if not (dismiss_popups and self.dismiss_popup(tree)):
                 for name, sel in choices.items():

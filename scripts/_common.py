@@ -28,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from _selectors import (BLOCKS, LAUNCH_ACTIVITIES, POPUPS, PROFILE_URLS, SELECTORS,
                         SHARE_ACTIVITIES)
 from tikmatrix_lite import (APP_PACKAGES, GONE, AccountBlocked,  # noqa: F401
-                            AppLeft, StepFailed)
+                            AppLeft, ElementNotFound, StepFailed)
 
 USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
 APP_NAMES = {"tiktok": "TikTok", "instagram": "Instagram"}
@@ -193,7 +193,8 @@ def english_rule():
     except (AccountBlocked, AppLeft):
         raise
     except StepFailed as exc:
-        if not exc.retry or "English" in str(exc):
+        found_nothing = isinstance(exc, ElementNotFound) or "did not show" in exc.reason
+        if not found_nothing or not exc.retry or "English" in str(exc):
             raise
         raise StepFailed(exc.step, f"{exc.reason}; where no resource id is known for "
                          "this app version, the app must be in English") from None
@@ -218,9 +219,27 @@ def open_app(phone: Any, task: Any, default_platform: str = "tiktok", text: str 
     a keyboard for the text, a language the selectors can read; then the app on the
     task's account. `launch=False` leaves starting the app to a link the script opens
     (unless the task runs as an account, which needs the app's own profile)."""
+    script = getattr(task, "script_name", "") or "script"
     account = getattr(task, "account", None)
     platform = account["platform"] if account is not None else \
         task.config.get("platform", default_platform)
+    try:
+        app = check_phone(phone, task, platform, account, text)
+    except StepFailed as exc:               # "post: check the phone: ..."
+        raise StepFailed(f"{script}: {exc.step}", exc.reason, retry=exc.retry) from None
+    phone.watch(popups=POPUPS[platform], blocks=BLOCKS[platform], package=app.package)
+    if launch or task.username:
+        app.launch()
+    else:
+        phone.stop_app(app.package)
+    if task.username:
+        switch_account(app, task.username)
+    return app
+
+
+def check_phone(phone: Any, task: Any, platform: str, account: Any, text: str) -> App:
+    """The pre-task checks, in two round trips: fail fast, without retry, with what is
+    missing (the app, a keyboard for the text, a language the selectors can read)."""
     package = app_package(phone, platform, account)
     facts = phone.prepare(package)
     app = App(phone, task, platform, package, facts.get("version", ""))
@@ -230,13 +249,6 @@ def open_app(phone: Any, task: Any, default_platform: str = "tiktok", text: str 
                          f"{app.name} {app.version or '(unknown version)'} has no known "
                          "resource ids: set the phone to English", retry=False)
     phone.check_can_type(text)
-    phone.watch(popups=POPUPS[platform], blocks=BLOCKS[platform], package=package)
-    if launch or task.username:
-        app.launch()
-    else:
-        phone.stop_app(package)
-    if task.username:
-        switch_account(app, task.username)
     return app
 
 
