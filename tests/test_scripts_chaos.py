@@ -3,9 +3,11 @@
 Each run is a real task (HTTP API -> scheduler -> runner -> real adb server -> simulated
 phone with the app models of tests/apps.py) on a phone whose app throws pop-ups on new
 screens and between a dump and the next tap (drawn over the target), crashes back to
-the launcher now and then, loses the odd tap and the odd dump; a few runs per script
-have slow dumps. The randomness is seeded: the seed is printed (run with -s) and in
-every assertion message; CHAOS_SEED=<n> replays a run.
+the launcher now and then, loses the odd tap and the odd dump, and whose screen turns
+off after a few dozen inputs unless kept awake; a few runs per script have slow dumps,
+a few start on a phone asleep behind its keyguard. The randomness is seeded: the seed
+is printed (run with -s) and in every assertion message; CHAOS_SEED=<n> replays a run
+(as far as threads allow: the draws are per phone, their order follows the tasks).
 
 A script passes when at least 19 of its 20 runs complete AND did what they claim, as
 the account the phone acts as (checked on the app model), and every failed run says
@@ -35,7 +37,9 @@ SLOW_PHONES = 1                         # of the 5: dumps take DUMP_SECONDS
 DUMP_SECONDS = 0.25
 NEEDED = 19
 CHAOS = dict(popup_rate=0.2, popup_on_tap_rate=0.08)        # app knobs
-FAULTS = dict(crash_rate=0.01, dump_failure_rate=0.03, tap_drop_rate=0.02)  # phone knobs
+FAULTS = dict(crash_rate=0.01, dump_failure_rate=0.03, tap_drop_rate=0.02,  # phone knobs
+              sleep_after_inputs=40)    # the screen times out unless kept awake
+ASLEEP_PHONES = (1,)                    # these start with the screen off and locked
 TT_ASIA = "com.ss.android.ugc.trill"
 KINDS = {
     "tiktok47": lambda **kw: TikTokApp("47.0.3", **kw),
@@ -138,6 +142,8 @@ class ChaosRun:
             setattr(device, knob, value)
         if index < SLOW_PHONES:
             device.dump_seconds = DUMP_SECONDS
+        if index in ASLEEP_PHONES:
+            device.screen_off()
         self.farm.adb.connect(device.address)
         wait_until(lambda: self.farm.lite.devices.is_online(device.address), 20,
                    "device online")
