@@ -699,3 +699,24 @@ def test_instagram_search_keyword_row_full_results_and_story_ring(sim, adb):
     tap_node(d, dump_tree(d), resource_id=pkg + ":id/row_search_user_username",
              text="carol.b")
     assert app.screen == "profile" and app.target == "carol.b"
+
+
+def test_swipe_tutorial_takes_the_tap_and_instagram_popups_close_with_back(sim, adb):
+    from apps import InstagramApp, TikTokApp
+    tt = TikTokApp("43.1.4", users={"alice": False})
+    device, d = model_phone(sim, adb, tt)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    below = dump_tree(d)
+    tt.show_popup("swipe_tutorial")
+    assert node(dump_tree(d)[-1], text="Swipe up for more") is not None
+    tap_node(d, below, text="Follow")                 # closes the overlay, nothing else
+    assert tt.popup is None and tt.follows["alice"] is False
+    ig = InstagramApp()
+    device, d = model_phone(sim, adb, ig)
+    ig.show_popup("save_login")
+    tree = dump_tree(d)
+    assert [n.get("text") for n in tree[-1].iter("node") if n.get("clickable") == "true"] \
+        == ["Not now", "Save"]
+    d.shell("input keyevent KEYCODE_BACK")
+    assert ig.popup is None and device.foreground == ig.package
