@@ -57,11 +57,14 @@ class App:
         """The selectors of a step, in the order they are tried (see the module doc)."""
         entry = self.table[key]
         ids = entry["ids"]
-        if self.known_version(key):
-            id_list = next(ids[v] for v in ids if self.version.startswith(v))
-            return [self._id_selector(i) for i in id_list] + list(entry["labels"])
         every = [self._id_selector(i) for v in ids.values() for i in v]
         every = [sel for n, sel in enumerate(every) if sel not in every[:n]]
+        if self.known_version(key):
+            # this version's ids, the labels, then the other versions' ids (screens
+            # that did not change their ids between releases)
+            id_list = next(ids[v] for v in ids if self.version.startswith(v))
+            own = [self._id_selector(i) for i in id_list]
+            return own + list(entry["labels"]) + [sel for sel in every if sel not in own]
         if entry.get("ids_first"):
             return every + list(entry["labels"])
         return list(entry["labels"]) + every

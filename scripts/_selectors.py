@@ -4,8 +4,9 @@ Not a script (the name starts with "_"). Each entry names a step's element:
 ``"ids": {app version: [resource ids, or an id with more conditions]}`` and ``"labels":
 [selector dicts on the English text / content-desc]``. How they are tried is
 ``_common.App.alternatives``: for a known version its ids first (so a phone in another
-language works where ids are known), then the labels; ``ids_first`` puts every known id
-before the labels when the version is unknown.
+language works where ids are known), then the labels, then the other versions' ids
+(screens whose ids did not change); for an unknown version the labels, then every id
+(``ids_first`` puts the ids before the labels).
 
 Where each id comes from is noted beside it. Abbreviations:
     DUMP        real window dumps copied in tests/fixtures/ui/ (masterFuf/taktik-bot,

@@ -506,3 +506,24 @@ def test_post_parameters_not_applied_are_refused(farm, tmp_path):
         reply = farm.submit(device.address, "post", dict({"material_list": files}, **extra),
                             40001)
         assert reply["message"].startswith("script_config." + field), reply
+
+
+def test_french_tiktok_posts_where_the_ids_are_known(farm, tmp_path):
+    """The create flow of TikTok 47.0.3 has known ids for every step: a phone and app
+    in French post without needing one English label."""
+    device, app = farm.phone("tiktok47", locale="fr")
+    device.props["persist.sys.locale"] = "fr-FR"
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton", "captions": "bonjour"})[0])
+    assert app.posts[0]["caption"] == "bonjour"
+
+
+def test_french_phone_with_an_unknown_app_version_fails_fast(farm, tmp_path):
+    device, app = farm.phone("tiktok47", locale="fr")
+    app.version = "48.2.0"
+    device.props["persist.sys.locale"] = "fr-FR"
+    task = farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                             "post_way": "addButton"})[0]
+    assert task["status"] == 3 and task["retry_count"] == 0
+    assert "fr-FR" in task["error"] and "set the phone to English" in task["error"]
+    assert not device.commands("uiautomator")
