@@ -1631,6 +1631,15 @@ class SimDevice:
         self._state = threading.Condition()      # silence, transports, listener
         self.silent = False
         self.unauthorized = False
+        self._transports = set()
+        self._listener = None
+        self._closing = threading.Event()
+        self._init_faults(serial_name)
+        self.port = port
+        self._listen()
+
+    def _init_faults(self, serial_name: str) -> None:
+        """The fault knobs, all off, and the counters (see the module docstring)."""
         self._dump_failures = collections.deque()
         self._dump_delay = 0.0
         self.rng = random.Random(serial_name)    #: the random faults' draws (``seed``)
@@ -1648,11 +1657,6 @@ class SimDevice:
         self._crash_after_taps = None
         self._inputs_since_wake = 0
         self.system_windows = []     #: system dialogs on top: (window, {id: action})
-        self._transports = set()
-        self._listener = None
-        self._closing = threading.Event()
-        self.port = port
-        self._listen()
 
     # -- identity -----------------------------------------------------------
 
@@ -2392,7 +2396,7 @@ def app_factory(name: str, users: dict, **knobs):
     return lambda: getattr(models, class_name)(users=dict(users), **kwargs, **knobs)
 
 
-def main(argv=None) -> int:
+def _arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Simulated Android phones for adb (device side of the protocol).")
     parser.add_argument("--devices", type=int, default=3, help="how many phones")
@@ -2423,7 +2427,11 @@ def main(argv=None) -> int:
                         help="chance that a tap crashes the app back to the launcher")
     parser.add_argument("--sleep-after-inputs", type=int, default=None,
                         help="the screen turns off after N inputs unless kept awake")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    options = _arg_parser().parse_args(argv)
 
     sim = PhoneSim()
     users = {name.strip().lstrip("@"): False for name in options.users.split(",") if name}
@@ -2438,11 +2446,9 @@ def main(argv=None) -> int:
                                 sdk=options.sdk, apps=apps, port=port,
                                 ime=None if options.ime == "none" else options.ime)
         device.seed(options.seed + number)
-        device.dump_seconds = options.dump_seconds
-        device.dump_failure_rate = options.dump_failure_rate
-        device.tap_drop_rate = options.tap_drop_rate
-        device.crash_rate = options.crash_rate
-        device.sleep_after_inputs = options.sleep_after_inputs
+        for knob in ("dump_seconds", "dump_failure_rate", "tap_drop_rate", "crash_rate",
+                     "sleep_after_inputs"):
+            setattr(device, knob, getattr(options, knob))
     print("phonesim: %d phone(s) listening" % len(sim.devices))
     for device in sim.devices:
         print("  adb connect %s    # %s, Android %s, serial %s"
