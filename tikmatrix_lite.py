@@ -1553,7 +1553,7 @@ KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"
         "wakeup": "KEYCODE_WAKEUP"}
 SELECTOR_KEYS = {"text", "text_contains", "text_regex", "desc", "desc_contains",
                  "desc_regex", "resource_id", "class_name", "clickable", "editable",
-                 "selected", "inside", "any_of"}
+                 "selected", "focused", "inside", "any_of"}
 MEDIA_DIR = "/sdcard/DCIM/Camera"
 #: Seconds between two dumps of a wait that sees nothing new: a dump costs 1-2 s on a
 #: phone, so waits back off instead of dumping back to back.
@@ -1641,6 +1641,7 @@ _MATCHERS: Dict[str, Callable[[Node, Any], bool]] = {
     "class_name": _class_matches,
     "clickable": lambda n, w: n.clickable == bool(w),
     "selected": lambda n, w: n.selected == bool(w),
+    "focused": lambda n, w: n.focused == bool(w),
     # a search field keeps the query after submitting: a result row is told apart from
     # the field by not being an EditText
     "editable": lambda n, w: _class_matches(n, "EditText") == bool(w),

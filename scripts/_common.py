@@ -277,8 +277,9 @@ def switch_account(app: App, username: str) -> None:
     if current.lower() == name.lower():
         app.task.log(f"already on @{name}")
         return
-    rows = [{"text": name, "editable": False}, {"text": "@" + name, "editable": False},
-            {"desc": name}]
+    rows = named_rows(app, "switcher_row", name) + [
+        {"text": name, "editable": False}, {"text": "@" + name, "editable": False},
+        {"desc": name, "clickable": True}, {"desc": name}]
     open_switcher(app, current, app.any_of("add_account", rows))
     if app.phone.screen().find(any_of=rows) is None:
         raise StepFailed(f"{app.script}: switch account", f"@{name} is not logged in on "
@@ -419,14 +420,17 @@ def user_rows(app: App, username: str) -> List[Dict[str, Any]]:
     keeps the query after it is submitted."""
     rows = [{"text": username, "editable": False},
             {"text": "@" + username, "editable": False}]
-    if app.platform == "instagram":
-        rows = [dict(sel, text=username) for sel in app.alternatives("user_row_name")] + rows
-    return rows
+    return named_rows(app, "user_row_name", username) + rows
+
+
+def named_rows(app: App, key: str, name: str) -> List[Dict[str, Any]]:
+    """The row ids a step knows (a list's name field), each with this name as text."""
+    return [dict(sel, text=name) for sel in app.alternatives(key) if "resource_id" in sel]
 
 
 def search_user(app: App, username: str) -> None:
-    """Search -> type the name -> (TikTok: Users tab) -> the row whose name is exactly
-    it -> the profile shows."""
+    """Search -> type the name -> the users tab (when the results open on another) ->
+    the row whose name is exactly it -> the profile shows."""
     app.step("open search", "search", expect="search_field", timeout=30)
     app.type_into("search_field", username, "type the user name in search")
     app.phone.press("enter")
