@@ -575,17 +575,16 @@ class ModelApp(App):
         self.record("follow" if following else "unfollow", self.target)
 
     # -- the account switcher (both apps) --------------------------------------------------
-    def switcher_rows(self, top, package):
+    def switcher_rows(self, top, package, name_id=""):
         """INVENTED rows of the account list (no dump of it): one clickable row per
-        logged-in account (name and a radio button, checked for the current one),
-        then "Add account"."""
+        logged-in account (name, with `name_id`, and a radio button checked for the
+        current one), then "Add account"."""
         rows = []
         for i, name in enumerate(self.accounts):
             y = top + 150 * i
             rows.append(ui_node("android.widget.LinearLayout", (0, y, W, y + 140),
                                 clickable=True, children=[
-                text_node(name, (180, y + 30, 800, y + 110),
-                          rid=f"{package}:id/row_user_textview"),
+                text_node(name, (180, y + 30, 800, y + 110), rid=name_id),
                 ui_node("android.widget.RadioButton", (920, y + 30, 1040, y + 110),
                         checkable=True, checked=name == self.current)]))
         y = top + 150 * len(self.accounts)
@@ -864,6 +863,7 @@ class TikTokApp(ModelApp):
             overlay(root, ui_node("android.widget.FrameLayout", (0, 1100, W, H), children=[
                 text_node("Switch account", (40, 1120, 1040, 1220))]
                 + self.switcher_rows(1250, self.package)), package=self.package)
+            # (TikTok's obfuscated ids of these rows are unknown: the rows have none)
         elif self.screen == "profile_menu":
             items = ["TikTok Studio", "Your orders", "Balance", "Your QR code",
                      "Settings and privacy"]
@@ -1328,7 +1328,8 @@ class InstagramApp(ModelApp):
         if self.screen == "switcher":
             nodes.append(ui_node("android.widget.FrameLayout", (0, 1100, W, H),
                                  resource_id=f"{pkg}:id/bottom_sheet_container",
-                                 children=self.switcher_rows(1200, pkg)))
+                                 children=self.switcher_rows(
+                                     1200, pkg, f"{pkg}:id/row_user_textview")))
         return hierarchy(*nodes, package=pkg)
 
     render_switcher = render_own_profile
