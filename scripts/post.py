@@ -148,12 +148,35 @@ def open_sound(app, config):
              expect="upload" if app.platform == "tiktok" else ["tab_reel", "gallery_item"])
 
 
-def pick_in_gallery(app, key, count, step):
-    """Select the newest `count` items (the first cells, where the pushed files are),
-    each confirmed by its selection badge."""
+def pick_in_gallery(app, key, count, step, first=None):
+    """Select the newest `count` items (the first cells, where the pushed files are).
+
+    The cells are tapped in order and one look confirms them all (their badges or the
+    Next button's count). If it does not, a pop-up or a lost tap got in the way: what
+    was selected is unselected and each item is selected with its own closed-loop step,
+    so the order stays the gallery's. `first`: a key tapped before the cells on the
+    same look (a multi-select switch that moves nothing)."""
+    app.wait(key, step)
+    cells = app.find_all(key)
+    if first is not None and app.find(first) is not None:
+        app.phone.tap(app.find(first))
+    if len(cells) < count:
+        raise _common.StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
+                                 f"{count} needed")
+    for node in cells[:count]:
+        app.phone.tap(node)
+    tree = app.phone.screen()
+    if all_selected(app, key, tree, count):
+        return
+    app.task.log(f"{step}: the selection did not show; selecting one by one")
+    for index, node in enumerate(app.find_all(key, tree)):
+        if shows_selected(node):
+            app.step(f"{step}: unselect item {index + 1}",
+                     lambda t, i=index: cell(app, key, t, i),
+                     expect=lambda t, i=index: not shows_selected(cell(app, key, t, i)))
     for index in range(count):
-        app.step(f"{step} ({index + 1} of {count})", lambda tree, i=index: cell(app, key, tree, i),
-                 expect=lambda tree, i=index: is_selected(app, key, tree, i))
+        app.step(f"{step} ({index + 1} of {count})", lambda t, i=index: cell(app, key, t, i),
+                 expect=lambda t, i=index: is_selected(app, key, t, i))
 
 
 def cell(app, key, tree, index):
@@ -161,13 +184,22 @@ def cell(app, key, tree, index):
     return cells[index] if len(cells) > index else None
 
 
+def shows_selected(node):
+    return node is not None and (node.selected or node.text.strip().isdigit())
+
+
 def is_selected(app, key, tree, index):
-    """The item shows selected: its own flag, its number in the badge, or the Next
-    button's count."""
+    """The item shows selected: its own flag or its number in the badge."""
     node = cell(app, key, tree, index)
-    if node is not None and (node.selected or node.text.strip() == str(index + 1)):
+    return node is not None and (node.selected or node.text.strip() == str(index + 1))
+
+
+def all_selected(app, key, tree, count):
+    """All `count` first items show selected, or the Next button counts them."""
+    if all(is_selected(app, key, tree, i) for i in range(count)):
         return True
-    return tree.find(text_regex=rf".*\({index + 1}\)") is not None
+    return count > 1 and tree.find(text_regex=rf".*\({count}\)") is not None and \
+        all(shows_selected(cell(app, key, tree, i)) for i in range(count))
 
 
 def type_caption(app, title, description):
@@ -221,9 +253,8 @@ def edit_instagram(app, config, remote, title, description):
         if not any(n.selected for n in app.find_all(tab)):
             app.step(f"choose {placement.upper()}", tab,
                      expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
-        if len(remote) > 1:
-            app.tap_if_present("gallery_multi")
-        pick_in_gallery(app, "gallery_item", len(remote), "select the media")
+        pick_in_gallery(app, "gallery_item", len(remote), "select the media",
+                        first="gallery_multi" if len(remote) > 1 else None)
         app.step("gallery: Next", "gallery_next",
                  expect=app.any_of("story_share", "editor_next"))
     if placement == "story":
