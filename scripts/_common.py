@@ -445,8 +445,15 @@ def search_user(app: App, username: str) -> None:
     if key == "missing":
         raise StepFailed(app.script, f"the profile @{username} does not exist",
                          retry=False)
-    app.step(f"open @{username} from the results", rows,
-             expect=app.any_of("follow", "following"))
+    follow_state = app.any_of("follow", "following")
+
+    def profile_shown(tree: Any) -> bool:
+        """The profile, not the results (whose rows have Follow buttons too): the
+        field holding the query is gone."""
+        return follow_state(tree) and not any(
+            n.class_name.endswith("EditText") and username in n.text for n in tree.nodes)
+    profile_shown.__doc__ = f"the profile of @{username} (Follow or Following)"
+    app.step(f"open @{username} from the results", rows, expect=profile_shown)
 
 
 def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
