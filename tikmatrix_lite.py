@@ -1553,7 +1553,7 @@ KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER"
         "wakeup": "KEYCODE_WAKEUP"}
 SELECTOR_KEYS = {"text", "text_contains", "text_regex", "desc", "desc_contains",
                  "desc_regex", "resource_id", "class_name", "clickable", "editable",
-                 "selected", "focused", "inside", "any_of"}
+                 "selected", "focused", "package", "inside", "any_of"}
 MEDIA_DIR = "/sdcard/DCIM/Camera"
 #: Seconds between two dumps of a wait that sees nothing new: a dump costs 1-2 s on a
 #: phone, so waits back off instead of dumping back to back.
@@ -1576,7 +1576,10 @@ class AccountBlocked(StepFailed):
 
 class AppLeft(StepFailed):
     """The app the task drives is no longer in front (it crashed back to the launcher):
-    the flow can start again from the app's start."""
+    the flow can start again from the app's start. ``acted``: the step had already
+    acted (its tap may have taken effect before the app went)."""
+
+    acted = False
 
 
 #: Android's "<App> keeps stopping" dialog: its close button (AOSP
@@ -1642,6 +1645,7 @@ _MATCHERS: Dict[str, Callable[[Node, Any], bool]] = {
     "clickable": lambda n, w: n.clickable == bool(w),
     "selected": lambda n, w: n.selected == bool(w),
     "focused": lambda n, w: n.focused == bool(w),
+    "package": lambda n, w: n.package == w,
     # a search field keeps the query after submitting: a result row is told apart from
     # the field by not being an EditText
     "editable": lambda n, w: _class_matches(n, "EditText") == bool(w),
@@ -2021,7 +2025,11 @@ class Phone:
         acted, node, swallowed, looks, popups = 0, None, False, 0, 0
         while True:
             tree = self.screen(name)
-            self.check_screen(tree, name)
+            try:
+                self.check_screen(tree, name)
+            except AppLeft as exc:
+                exc.acted = acted > 0
+                raise
             if popups < 5 and self.dismiss_popup(tree, keep=keep):
                 swallowed, popups = acted > 0, popups + 1
                 continue

@@ -59,15 +59,19 @@ class App:
         ids = entry["ids"]
         every = [self._id_selector(i) for v in ids.values() for i in v]
         every = [sel for n, sel in enumerate(every) if sel not in every[:n]]
+        # a label only counts in the app's own windows: the navigation bar's "Home"
+        # button (com.android.systemui) is not the app's Home tab
+        labels = [dict(sel, package=self.package) if "resource_id" not in sel else sel
+                  for sel in entry["labels"]]
         if self.known_version(key):
             # this version's ids, the labels, then the other versions' ids (screens
             # that did not change their ids between releases)
             id_list = next(ids[v] for v in ids if self.version.startswith(v))
             own = [self._id_selector(i) for i in id_list]
-            return own + list(entry["labels"]) + [sel for sel in every if sel not in own]
+            return own + labels + [sel for sel in every if sel not in own]
         if entry.get("ids_first"):
-            return every + list(entry["labels"])
-        return list(entry["labels"]) + every
+            return every + labels
+        return labels + every
 
     def known_version(self, key: str) -> bool:
         ids = self.table[key]["ids"]
@@ -520,8 +524,10 @@ def open_topic(app: App, topic: str) -> None:
 def wait_upload(app: App, seconds: float) -> None:
     """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
     that was showing goes away. Looks back off; fails after `seconds` with the last
-    progress seen."""
+    progress seen. If the app closes meanwhile it is started again once: the apps go on
+    with a pending upload and show its end."""
     seen = {"progress": False, "last": ""}
+    deadline = time.monotonic() + seconds
 
     def finished(tree: Any) -> bool:
         if app.find("posted", tree) is not None:
@@ -532,12 +538,21 @@ def wait_upload(app: App, seconds: float) -> None:
             app.task.progress(90, f"uploading {progress.text}")
             return False
         return seen["progress"]
-    try:
-        app.phone.wait_until(finished, seconds, f"{app.script}: wait for the upload")
-    except StepFailed:
-        raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
-                         f"(upload_wait_time; last progress {seen['last'] or 'none seen'})"
-                         ) from None
+    for attempt in range(2):
+        try:
+            app.phone.wait_until(finished, max(1.0, deadline - time.monotonic()),
+                                 f"{app.script}: wait for the upload")
+            return
+        except (AccountBlocked, AppLeft) as exc:
+            if not isinstance(exc, AppLeft) or attempt:
+                raise
+            app.task.log(f"{app.script}: {exc.reason}; starting the app again to see "
+                         "the upload finish")
+            app.launch()
+        except StepFailed:
+            break
+    raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
+                     f"(upload_wait_time; last progress {seen['last'] or 'none seen'})")
 
 
 # ---------------------------------------------------------------------------------------

@@ -113,16 +113,16 @@ def run(phone, task):
         for path in reversed(files):        # the first file ends up newest: first in gallery
             remote.insert(0, phone.push_media(path))
         task.progress(30, f"opening the editor ({config['post_way']})")
-        # up to the caption the flow can start again if the app crashes; the tap that
-        # publishes is done once (a second one could post twice)
+        # if the app crashes before the publishing tap the flow starts again; the tap
+        # itself is done once (a second one could post twice)
         if app.platform == "tiktok":
-            app.recovering("post", lambda: edit_tiktok(app, config, remote, title,
-                                                       description))
-            publish_tiktok(app)
+            app.recovering("post", lambda: (
+                edit_tiktok(app, config, remote, title, description),
+                publish_once(app, lambda: publish_tiktok(app))))
         else:
-            app.recovering("post", lambda: edit_instagram(app, config, remote, title,
-                                                          description))
-            publish_instagram(app, config["placement"])
+            app.recovering("post", lambda: (
+                edit_instagram(app, config, remote, title, description),
+                publish_once(app, lambda: publish_instagram(app, config["placement"]))))
         task.progress(80, "uploading")
         _common.wait_upload(app, config["upload_wait_time"])
     finally:
@@ -229,6 +229,19 @@ def edit_tiktok(app, config, remote, title, description):
         app.step("gallery: Next", "gallery_next", expect="editor_next")
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
     type_caption(app, title, description)
+
+
+def publish_once(app, publish):
+    """The publishing tap: if the app closes before it, the flow starts again; if it
+    closes after, the post may be out: never tapped twice, and no auto-retry."""
+    try:
+        publish()
+    except _common.AppLeft as exc:
+        if not exc.acted:
+            raise
+        raise _common.StepFailed(f"post: {exc.step.split(': ', 1)[-1]}", f"{exc.reason} "
+                                 "right after the publishing tap: the post may or may not "
+                                 "be published, so it is not repeated", retry=False) from None
 
 
 def publish_tiktok(app):
