@@ -2017,8 +2017,9 @@ class Phone:
         block screen (AccountBlocked) and a pop-up on top (dismissed BEFORE acting: the
         screen below stays in the dump but the pop-up would swallow the tap). A tap
         without effect is tried again, ``attempts`` times in all. The dump that
-        confirms is kept for the next step. Returns the node acted on, or the expected
-        node when ``expect`` is a selector.
+        confirms is kept for the next step (a tap a pop-up took does not count; at most
+        5 pop-ups a step). Returns the node acted on, or the expected node when
+        ``expect`` is a selector.
         """
         deadline = time.monotonic() + timeout
         keep = None if callable(target) else target
@@ -2048,14 +2049,16 @@ class Phone:
                     return node if done is True else done
                 again = self._locate(tree, target)
                 if again is not None and (swallowed or looks):
-                    if acted >= attempts:
+                    if acted >= attempts and not swallowed:
                         raise StepFailed(name, f"{self._wanted(expect, target)} did not "
                                          f"show after {acted} attempts; the screen showed "
                                          f"{tree.describe()}")
                     self._log(f"{name}: no effect yet; acting again")
                     (act or self.tap)(again)
                     self.changed()
-                    node, acted, swallowed, looks = again, acted + 1, False, 0
+                    # a tap a pop-up took is not an attempt that had no effect
+                    acted += 0 if swallowed else 1
+                    node, swallowed, looks = again, False, 0
                     continue
             if time.monotonic() >= deadline:
                 self._fail(name, tree, None if acted else target, expect, timeout)

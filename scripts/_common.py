@@ -103,7 +103,7 @@ class App:
 
     # -- steps -------------------------------------------------------------------------
     def step(self, name: str, target: Any, expect: Any = None, timeout: float = 15,
-             act: Any = None, attempts: int = 3) -> Any:
+             act: Any = None, attempts: int = 4) -> Any:
         """A closed-loop step (the phone's): act on `target`, confirm `expect`."""
         with english_rule():
             return self.phone.step(f"{self.script}: {name}", self.sel(target),
