@@ -64,6 +64,10 @@ def phone(farm):
     app = StepsApp()
     device = farm.add_phone(apps=[app])
     device.start_app(PKG)
+    # the farm view reads a new phone's screen size and keyboard in the background:
+    # wait for it, so that the round trips counted below are the helpers' own
+    wait_until(lambda: farm.lite.store.get_device(device.address) is not None
+               and farm.lite.store.get_device(device.address)["screen"], 10, "identified")
     token = lite.CancelToken()
     p = lite.Phone(farm.lite.devices, device.address, token, log=app_log(app))
     p.watch(package=PKG)
@@ -94,6 +98,35 @@ def test_dump_is_one_round_trip_on_stdout(phone):
     p.dump()
     assert device.round_trips == 1
     assert device.commands("uiautomator")[-1] == ["uiautomator", "dump", "/dev/tty"]
+
+
+def test_stdout_dump_carries_the_end_marker(phone):
+    """A dump through exec: ends with the same marker as a shell command, so a stream
+    cut short by a lost phone (adb 29 ends it as if finished) is no partial screen."""
+    p, device, _ = phone
+    device.clear_log()
+    p.dump()
+    assert ("exec", ["echo", "tmlite-end"]) in [(r.service, r.argv) for r in device.command_log]
+
+
+def test_exec_output_cut_short_is_a_lost_phone(farm):
+    import threading
+    device = farm.add_phone()
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(farm.lite.devices.run(device.address, "exec:echo partial; sleep 60",
+                                                 timeout=90, token=lite.CancelToken(),
+                                                 marked=True))
+        except Exception as exc:
+            outcome.append(exc)
+    worker = threading.Thread(target=run)
+    worker.start()
+    assert device.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    device.unplug()
+    worker.join(15)
+    assert not worker.is_alive() and isinstance(outcome[0], lite.DeviceLost), outcome
 
 
 @pytest.mark.parametrize("mode", ["exec", "none"])
