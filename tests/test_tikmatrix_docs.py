@@ -263,7 +263,8 @@ def test_examples_target_username_forms_and_errors(farm):
     assert message.startswith("script_config.target_username:")
     message = error_of(farm.send({"serials": [device.address], "script_name": "follow",
                                   "script_config": {"target_username": 7}}))
-    assert "script_config.target_username: must be str or list" in message
+    assert "script_config.target_username: must be a string (str) or an array (list)" \
+        in message
 
 
 def take_offline(farm, device):
@@ -329,7 +330,7 @@ def test_examples_auto_retry_failed_ends_when_none_failed(farm):
     ids = farm.created({"serials": [device.address], "script_name": "follow",
                         "script_config": {"target_username": "@late_user"}}, 1)
     assert farm.wait_status(ids[0], FAILED, 60)["error"]
-    app.follows["late_user"] = False
+    app.users["late_user"] = False          # the profile appears
     c = farm.client
     c.auto_retry_failed()
     assert c.said[0] == "Retrying 1 failed tasks (attempt 1)"
@@ -361,8 +362,8 @@ def test_examples_auto_retry_failed_ends_after_max_retries(farm):
 
 def test_local_api_quick_start(farm):
     """Local API Overview, "Quick Start": 1. check API access (the documented fields),
-    2. create a post without media (refused: Lite has no material library yet, see the
-    README), 3. list tasks (the unquoted cURL URL sends only ?status=0 from a shell)."""
+    2. create a post without media (refused: the material library is empty, said with the
+    field), 3. list tasks (the unquoted cURL URL sends only ?status=0 from a shell)."""
     d1, _ = farm.phone()
     d2, _ = farm.phone()
     check = requests.get(f"{farm.base_url}/license/check").json()
@@ -373,8 +374,8 @@ def test_local_api_quick_start(farm):
             "enable_multi_account": False, "start_time": "14:30"}
     message = error_of(farm.send(on_farm(body, {"device_serial_1": d1.address,
                                                 "device_serial_2": d2.address})))
-    assert message.startswith("script_config.material_list: TikMatrix Lite has no "
-                              "material library")
+    assert message.startswith("script_config.materials_tags: not enough unused image "
+                              "material")
     for query in ("?status=0&page=1&page_size=20", "?status=0"):
         listed = requests.get(f"{farm.base_url}/task{query}").json()
         assert listed["code"] == 0 and listed["data"]["total"] == 0
@@ -466,18 +467,27 @@ MATERIAL_LIBRARY_POSTS = {
 }
 
 
+MATERIAL_LIBRARY_REFUSALS = {
+    "Post Task with Material Library (TikTok)":
+        "script_config.materials_tags: not enough unused video material with tags dance, "
+        "trending",
+    "Post with Custom Sound": "script_config.add_sound: Lite cannot add a sound",
+    "Post Using Specific Sound URL":
+        "script_config.materials_tags: not enough unused video material",
+}
+
+
 @pytest.mark.parametrize("section", list(MATERIAL_LIBRARY_POSTS))
 def test_post_material_library_examples_are_refused_clearly(farm, section):
     """Post Script Configuration, the three examples that take their media from
-    TikMatrix's material library: Lite has none yet (README), so each gets a 40001 that
-    says what to send instead, and no task."""
+    TikMatrix's material library: on an empty library each gets a 40001 naming the field
+    (the materials missing, or the sound Lite cannot add), and no task."""
     d1, _ = farm.phone()
     d2, _ = farm.phone()
     body = on_farm(MATERIAL_LIBRARY_POSTS[section], {"device_serial_1": d1.address,
                                                      "device_serial_2": d2.address})
     message = error_of(farm.send(body))
-    assert message.startswith("script_config.material_list: TikMatrix Lite has no "
-                              "material library yet: send the media files in material_list")
+    assert message.startswith(MATERIAL_LIBRARY_REFUSALS[section]), message
     assert farm.client.get_stats()["data"]["total"] == 0
 
 
@@ -622,7 +632,7 @@ def test_follow_unfollow_schedule_with_start_time(farm, script):
 
 def test_follow_by_username_list(farm):
     """Follow Script Configuration, "Follow Users by Username List Mode": each of two
-    accounts (on one phone) follows the target, as itself."""
+    accounts (on one phone) follows the target, as itself (follows are per account)."""
     device, (app,) = farm.phone(tiktok={"target_user": False},
                                 accounts=["my_account1", "my_account2"])
     farm.account("my_account1", device, app)
@@ -637,7 +647,8 @@ def test_follow_by_username_list(farm):
     }
     tasks = farm.finished(farm.created(body, 2), timeout=90)
     assert sorted(t["username"].lstrip("@") for t in tasks) == ["my_account1", "my_account2"]
-    assert sorted(t["result"]["already"] for t in tasks) == [False, True]
+    assert sorted(t["result"]["already"] for t in tasks) == [False, False]
+    assert all(app.follow_state[a]["target_user"] for a in ("my_account1", "my_account2"))
 
 
 @pytest.mark.parametrize("script, target", [("follow", "@influencer_account"),
