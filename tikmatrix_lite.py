@@ -1988,7 +1988,9 @@ class DeviceManager:
         self._state: Dict[str, Tuple[str, AdbServerLink]] = {}
         self._unresponsive: set = set()
         #: serial -> the phone's own keyboard, set aside while a task types with ours
-        self.keyboards: Dict[str, str] = {}
+        self._keyboards: Dict[str, str] = {}
+        #: serial -> what was learnt about the phone (its screen size, dump form...)
+        self._facts: Dict[str, Dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -2111,6 +2113,26 @@ class DeviceManager:
             raise DeviceLost(f"device {serial} is not connected")
         return entry[1]
 
+    # -- what is known of each phone ----------------------------------------------
+    def set_aside_keyboard(self, serial: str, ime: str) -> None:
+        """A task switched the phone to our input method: remember the phone's own,
+        across tasks, so that a task that failed before giving it back is repaired by
+        the next one rather than taking ours for the phone's."""
+        with self._lock:
+            self._keyboards[serial] = ime
+
+    def own_keyboard(self, serial: str) -> Optional[str]:
+        with self._lock:
+            return self._keyboards.get(serial)
+
+    def remember(self, serial: str, key: str, value: Any) -> None:
+        with self._lock:
+            self._facts.setdefault(serial, {})[key] = value
+
+    def recall(self, serial: str, key: str) -> Any:
+        with self._lock:
+            return self._facts.get(serial, {}).get(key)
+
     # -- I/O with deadlines -----------------------------------------------------
     @contextlib.contextmanager
     def open_service(self, serial: str, service: str, token: CancelToken,
@@ -2137,14 +2159,16 @@ class DeviceManager:
             conn.close()
 
     def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
-            answer_timeout: float = DEVICE_ANSWER_TIMEOUT) -> bytes:
+            answer_timeout: float = DEVICE_ANSWER_TIMEOUT,
+            marked: Optional[bool] = None) -> bytes:
         """Run a shell:/exec: service and return all it printed, within the timeout.
 
         A shell command's output must end with SHELL_END: one cut short by a lost phone
-        is DeviceLost, never a success with partial output.
+        is DeviceLost, never a success with partial output. An exec: command gets the
+        marker too when ``marked`` (text output; a binary one checks its own end).
         """
         deadline = time.monotonic() + timeout
-        shell = service.startswith("shell:")
+        shell = service.startswith("shell:") if marked is None else marked
         if shell:
             service += "\necho " + SHELL_END
         chunks = []
@@ -2170,7 +2194,8 @@ class DeviceManager:
             return out
         end = out.rfind(SHELL_END.encode())
         if end < 0 or out[end + len(SHELL_END):].strip():
-            raise DeviceLost(f"{DISCONNECTED} (the output of {service[6:46]!r} was cut short)")
+            command = service.partition(":")[2][:40]
+            raise DeviceLost(f"{DISCONNECTED} (the output of {command!r} was cut short)")
         return out[:end]
 
     def push(self, serial: str, source: Any, remote: str, *, token: CancelToken,
@@ -2400,26 +2425,63 @@ APP_PACKAGES = {
     "tiktok": ("com.zhiliaoapp.musically", "com.ss.android.ugc.trill"),
     "instagram": ("com.instagram.android",),
 }
-LAUNCH_ACTIVITIES = {
-    "com.zhiliaoapp.musically": "com.ss.android.ugc.aweme.splash.SplashActivity",
-    "com.ss.android.ugc.trill": "com.ss.android.ugc.aweme.splash.SplashActivity",
-}
-#: Buttons of pop-ups that appear at random and are dismissed while waiting.
+#: Buttons that close the pop-ups any app may show (system permission prompts, rating
+#: and notification nags). Apps add their own with ``Phone.watch``.
 POPUP_BUTTONS = (
     "Allow", "While using the app", "Only this time", "Not now", "Not Now", "Skip",
     "Got it", "Dismiss", "Agree and continue", "Remind me later", "Continue anyway",
-    "Post anyway", "Maybe later", "No thanks", "Don't allow",
+    "Maybe later", "No thanks", "Don't allow",
 )
+#: Packages whose windows are pop-ups over the app (runtime permission prompts).
+POPUP_PACKAGES = ("com.android.permissioncontroller", "com.google.android.permissioncontroller",
+                  "com.android.packageinstaller")
+#: The ids of an Android AlertDialog: a window with these is a dialog over the screen.
+DIALOG_IDS = ("android:id/alertTitle", "android:id/message", "android:id/parentPanel")
 FAST_INPUT_IME = "com.github.tikmatrix/.FastInputIME"
 ADB_KEYBOARD_IME = "com.android.adbkeyboard/.AdbIME"
 KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER",
         "delete": "KEYCODE_DEL", "search": "KEYCODE_SEARCH", "menu": "KEYCODE_MENU",
         "tab": "KEYCODE_TAB", "space": "KEYCODE_SPACE", "recent": "KEYCODE_APP_SWITCH",
         "volume_up": "KEYCODE_VOLUME_UP", "volume_down": "KEYCODE_VOLUME_DOWN",
-        "power": "KEYCODE_POWER", "play_pause": "KEYCODE_MEDIA_PLAY_PAUSE"}
+        "power": "KEYCODE_POWER", "play_pause": "KEYCODE_MEDIA_PLAY_PAUSE",
+        "wakeup": "KEYCODE_WAKEUP"}
 SELECTOR_KEYS = {"text", "text_contains", "text_regex", "desc", "desc_contains",
-                 "desc_regex", "resource_id", "class_name", "clickable", "any_of"}
+                 "desc_regex", "resource_id", "class_name", "clickable", "editable",
+                 "selected", "focused", "package", "inside", "any_of"}
 MEDIA_DIR = "/sdcard/DCIM/Camera"
+#: Seconds between two dumps of a wait that sees nothing new: a dump costs 1-2 s on a
+#: phone, so waits back off instead of dumping back to back.
+BACKOFF = (0.25, 0.5, 1.0, 2.0)
+#: The file form of the dump, for phones whose uiautomator cannot write to /dev/tty.
+#: One round trip still: the old file is removed first, so a failed dump prints no
+#: stale screen.
+DUMP_FILE = "/sdcard/tmlite_window_dump.xml"
+
+
+class AccountBlocked(StepFailed):
+    """The app said the account may not act now ("Action Blocked", "Try again later",
+    "You're tapping too fast"). Retrying soon makes it worse: no auto-retry; ``said`` is
+    the app's words, for a cooldown."""
+
+    def __init__(self, step: str, said: str):
+        super().__init__(step, f"account blocked: {said}", retry=False)
+        self.said = said
+
+
+class AppLeft(StepFailed):
+    """The app the task drives is no longer in front (it crashed back to the launcher):
+    the flow can start again from the app's start. ``acted``: the step had already
+    acted (its tap may have taken effect before the app went)."""
+
+    acted = False
+
+
+#: Android's "<App> keeps stopping" dialog: its close button (AOSP
+#: frameworks/base/core/res/res/layout/app_error_dialog.xml).
+CRASH_CLOSE_ID = "android:id/aerr_close"
+#: Looks in a row without the app in front before a step gives up on it (an app
+#: starting cold shows the launcher for a look or two).
+APP_ABSENT_LOOKS = 4
 
 
 @dataclass
@@ -2437,37 +2499,51 @@ class Node:
     selected: bool
     checked: bool
     focused: bool
+    #: index of the parent node in its UiTree, None for a window's root
+    parent: Optional[int] = None
 
     @property
     def center(self) -> Tuple[int, int]:
         left, top, right, bottom = self.bounds
         return (left + right) // 2, (top + bottom) // 2
 
+    @property
+    def label(self) -> str:
+        return self.text.strip() or self.desc.strip()
+
     def matches(self, sel: Dict[str, Any]) -> bool:
+        """Whether this node alone satisfies a selector (``inside`` is the tree's)."""
         if "any_of" in sel:
             return any(self.matches(alt) for alt in sel["any_of"])
-        for key, want in sel.items():
-            if key == "text" and self.text.strip() != want:
-                return False
-            if key == "text_contains" and want.lower() not in self.text.lower():
-                return False
-            if key == "text_regex" and not re.fullmatch(want, self.text.strip()):
-                return False
-            if key == "desc_regex" and not re.fullmatch(want, self.desc.strip()):
-                return False
-            if key == "desc" and self.desc.strip() != want:
-                return False
-            if key == "desc_contains" and want.lower() not in self.desc.lower():
-                return False
-            if key == "resource_id" and not (self.resource_id == want or
-                                             self.resource_id.endswith(":id/" + want)):
-                return False
-            if key == "class_name" and not (self.class_name == want or
-                                            self.class_name.endswith("." + want)):
-                return False
-            if key == "clickable" and self.clickable != bool(want):
-                return False
-        return True
+        return all(_MATCHERS[key](self, want) for key, want in sel.items()
+                   if key != "inside")
+
+
+def _id_matches(node: Node, want: str) -> bool:
+    return node.resource_id == want or node.resource_id.endswith(":id/" + want)
+
+
+def _class_matches(node: Node, want: str) -> bool:
+    return node.class_name == want or node.class_name.endswith("." + want)
+
+
+_MATCHERS: Dict[str, Callable[[Node, Any], bool]] = {
+    "text": lambda n, w: n.text.strip() == w,
+    "text_contains": lambda n, w: w.lower() in n.text.lower(),
+    "text_regex": lambda n, w: re.fullmatch(w, n.text.strip()) is not None,
+    "desc": lambda n, w: n.desc.strip() == w,
+    "desc_contains": lambda n, w: w.lower() in n.desc.lower(),
+    "desc_regex": lambda n, w: re.fullmatch(w, n.desc.strip()) is not None,
+    "resource_id": _id_matches,
+    "class_name": _class_matches,
+    "clickable": lambda n, w: n.clickable == bool(w),
+    "selected": lambda n, w: n.selected == bool(w),
+    "focused": lambda n, w: n.focused == bool(w),
+    "package": lambda n, w: n.package == w,
+    # a search field keeps the query after submitting: a result row is told apart from
+    # the field by not being an EditText
+    "editable": lambda n, w: _class_matches(n, "EditText") == bool(w),
+}
 
 
 class UiTree:
@@ -2480,7 +2556,12 @@ class UiTree:
             root = ET.fromstring(xml.encode("utf-8"))
         except ET.ParseError as exc:
             raise DeviceError("ui_dump", f"the window dump is not XML: {exc}") from None
-        for el in root.iter("node"):
+        self._add(root, None)
+
+    def _add(self, element: ET.Element, parent: Optional[int]) -> None:
+        for el in element:
+            if el.tag != "node":
+                continue
             nums = [int(n) for n in re.findall(r"-?\d+", el.get("bounds", ""))] + [0] * 4
             self.nodes.append(Node(
                 text=el.get("text", ""), resource_id=el.get("resource-id", ""),
@@ -2488,7 +2569,8 @@ class UiTree:
                 package=el.get("package", ""), bounds=tuple(nums[:4]),
                 clickable=el.get("clickable") == "true", enabled=el.get("enabled") != "false",
                 selected=el.get("selected") == "true", checked=el.get("checked") == "true",
-                focused=el.get("focused") == "true"))
+                focused=el.get("focused") == "true", parent=parent))
+            self._add(el, len(self.nodes) - 1)
 
     def find(self, **sel: Any) -> Optional[Node]:
         found = self.find_all(**sel)
@@ -2506,10 +2588,34 @@ class UiTree:
         common = {k: v for k, v in sel.items() if k != "any_of"}
         for alternative in sel.get("any_of") or [{}]:
             wanted = {**common, **alternative}
-            nodes = [n for n in visible if n.matches(wanted)]
+            nodes = [n for n in visible if n.matches(wanted)
+                     and ("inside" not in wanted or self.inside(n, wanted["inside"]))]
             if nodes:
                 return nodes
         return []
+
+    def inside(self, node: Node, sel: Dict[str, Any]) -> bool:
+        """Whether an ancestor of the node matches the selector."""
+        index = node.parent
+        while index is not None:
+            ancestor = self.nodes[index]
+            if ancestor.matches(sel):
+                return True
+            index = ancestor.parent
+        return False
+
+    def labels(self, limit: int = 15) -> List[str]:
+        """The first texts and descriptions shown: what a failure says the screen was."""
+        seen: List[str] = []
+        for node in self.nodes:
+            if node.label and node.label not in seen and node.bounds[2] > node.bounds[0]:
+                seen.append(node.label[:40])
+        return seen[:limit]
+
+    def describe(self) -> str:
+        packages = [n.package for n in self.nodes if n.package]
+        app = max(set(packages), key=packages.count) if packages else "nothing"
+        return f"{app}: " + ", ".join(repr(s) for s in self.labels())
 
 
 def check_selector(sel: Dict[str, Any]) -> None:
@@ -2522,6 +2628,8 @@ def check_selector(sel: Dict[str, Any]) -> None:
         raise ValueError("any_of needs at least one alternative")
     for alt in sel.get("any_of", ()):
         check_selector(alt)
+    if "inside" in sel:
+        check_selector(sel["inside"])
 
 
 def input_text_args(text: str) -> List[str]:
@@ -2534,30 +2642,66 @@ def input_text_args(text: str) -> List[str]:
     return [piece.replace(" ", "%s") for piece in re.split(r"(?<=%)(?=s)", text) if piece]
 
 
+def _xml_of(output: str) -> Optional[str]:
+    """The hierarchy in a dump's output: uiautomator prints its "dumped to" line after
+    the XML (to the same stream with /dev/tty), and some phones print warnings before."""
+    start, end = output.find("<?xml"), output.rfind("</hierarchy>")
+    if start < 0:
+        start = output.find("<hierarchy")
+    if start < 0 or end < 0:
+        return None
+    return output[start:end + len("</hierarchy>")]
+
+
+Selector = Dict[str, Any]
+#: what a step expects afterwards: a selector that must show, or a test of the screen
+Expectation = Any
+GONE = "gone"        #: expect=GONE: the element acted on is no longer shown
+
+
 class Phone:
     """What a script drives a phone with (SPEC 6). Every call checks the stop flag.
 
     Arguments given as a list are quoted for the device shell, so text from users never
     reaches it unquoted; a string command is passed as it is and is for constants only.
+
+    Screens are read with closed-loop steps (``step``, ``wait_any``): the last dump is
+    kept until something is done to the phone, so the dump that confirms one step is the
+    one the next step acts on. ``dumps`` counts them (a dump takes 1-2 s on a phone).
     """
 
-    #: scripts raise this (they do not import the server) for a step that finds nothing
+    #: scripts raise these (they do not import the server) for a step that fails
     ElementNotFound = ElementNotFound
+    StepFailed = StepFailed
+    AccountBlocked = AccountBlocked
+    AppLeft = AppLeft
 
     def __init__(self, devices: DeviceManager, serial: str, token: CancelToken,
-                 account: Optional[sqlite3.Row] = None, log: Callable[[str], None] = None):
+                 log: Callable[[str], None] = None):
         self.devices = devices
         self.serial = serial
         self.token = token
-        self.account = account
         self._log = log or (lambda line: None)
         self.last_dump: Optional[str] = None
+        self.dumps = 0
+        self._screen: Optional[UiTree] = None     # the last dump, while nothing changed
+        self._popups: List[Selector] = [{"text": label} for label in POPUP_BUTTONS]
+        self._blocks: List[Selector] = []
+        self._app: Optional[str] = None           # the package a task drives, if told
+        self._absent = 0                          # looks in a row without it in front
         self._ime: Optional[str] = None           # the broadcast IME found, "" for none
-        self._ime_before: Optional[str] = None
+        self._ime_selected = False
         self._sdk: Optional[int] = None
+        self._stay_on_before: Optional[str] = None
 
     # -- shell ------------------------------------------------------------------
     def shell(self, args: Any, timeout: float = 30) -> str:
+        """Run a command; it may change the screen, so the next look dumps anew."""
+        self.changed()
+        return self._run(args, timeout)
+
+    def _run(self, args: Any, timeout: float = 30) -> str:
+        """Run a command that changes nothing on the screen."""
         command = " ".join(shlex.quote(str(a)) for a in args) \
             if isinstance(args, (list, tuple)) else str(args)
         out = self.devices.run(self.serial, "shell:" + command, timeout=timeout,
@@ -2571,85 +2715,338 @@ class Phone:
 
     def sdk(self) -> int:
         if self._sdk is None:
-            text = self.shell(["getprop", "ro.build.version.sdk"]).strip()
+            text = self._run(["getprop", "ro.build.version.sdk"]).strip()
             self._sdk = int(text) if text.isdigit() else 0
         return self._sdk
 
-    # -- the screen -----------------------------------------------------------------
-    def dump(self) -> UiTree:
-        """The current window hierarchy.
+    # -- before and after a task -------------------------------------------------------
+    def prepare(self, package: str) -> Dict[str, str]:
+        """Make the phone usable and say what it has, in one round trip: wake the screen,
+        dismiss a keyguard without PIN, keep the screen on while plugged in (given back
+        by ``restore``), and read the package's version and the phone's language.
 
-        uiautomator cannot dump while a video plays ("could not get idle state"): the
-        screen is tapped in the middle to pause it, then dumped again.
+        Fails at once (no auto-retry) when the app is not installed."""
+        pkg = shlex.quote(package)
+        self.changed()
+        out = self._run(
+            "input keyevent KEYCODE_WAKEUP; wm dismiss-keyguard; "
+            "echo tmlite:stay; settings get global stay_on_while_plugged_in; "
+            "settings put global stay_on_while_plugged_in 7; "
+            "echo tmlite:locale; getprop persist.sys.locale; getprop ro.product.locale; "
+            f"echo tmlite:path; pm path {pkg}; echo tmlite:package; dumpsys package {pkg}")
+        facts: Dict[str, str] = {}
+        for section in re.split(r"^tmlite:", out, flags=re.M)[1:]:
+            name, _, body = section.partition("\n")
+            facts[name.strip()] = body.strip()
+        version = re.search(r"versionName=([\w.]+)", facts.pop("package", ""))
+        facts["version"] = version.group(1) if version else ""
+        facts["locale"] = (facts.get("locale", "").split() or [""])[0]
+        if self._stay_on_before is None:
+            self._stay_on_before = facts.get("stay", "").strip() or "0"
+        if "package:" not in facts.get("path", ""):
+            raise StepFailed("check the phone", f"{package} is not installed on "
+                             f"{self.serial}", retry=False)
+        return facts
+
+    def restore(self) -> None:
+        """After a task, however it ended (a fresh token: the task's own may be
+        cancelled): the phone's own keyboard and screen timeout back."""
+        commands = []
+        own = self.devices.own_keyboard(self.serial)
+        if self._ime and own and own not in (self._ime, "null"):
+            commands.append("ime set " + shlex.quote(own))
+        if self._stay_on_before is not None and self._stay_on_before != "7":
+            value = self._stay_on_before if self._stay_on_before.isdigit() else "0"
+            commands.append(f"settings put global stay_on_while_plugged_in {value}")
+        if commands:
+            self.devices.run(self.serial, "shell:" + "; ".join(commands), timeout=10,
+                             token=CancelToken())
+
+
+    def app_version(self, package: str) -> str:
+        """versionName from `dumpsys package`, or "" when the phone does not say."""
+        out = self._run(["dumpsys", "package", package])
+        match = re.search(r"versionName=([\w.]+)", out)
+        return match.group(1) if match else ""
+
+    # -- the screen -----------------------------------------------------------------
+    def dump(self, step: str = "read the screen") -> UiTree:
+        """The current window hierarchy, in one round trip.
+
+        The XML comes on stdout (`uiautomator dump /dev/tty` through exec:, like `adb
+        exec-out`); a phone that prints only the status line there gets the file form
+        from then on. uiautomator cannot dump while a video plays ("could not get idle
+        state"): the screen is tapped in the middle to pause it, then dumped again; any
+        other failure is tried again after a pause.
         """
-        path = "/sdcard/tmlite_window_dump.xml"
         error = ""
-        for attempt in range(3):
-            out = self.shell(["uiautomator", "dump", path], timeout=30)
-            if "dumped to" in out:
-                xml = self.shell(["cat", path], timeout=30)
+        for attempt in range(5):
+            xml, error = self._dump_once()
+            if xml is not None:
+                self.dumps += 1
                 self.last_dump = xml
-                return UiTree(xml)
-            error = out.strip() or "no output"
-            if "idle" in error and attempt == 0:       # pause the video
+                self._screen = UiTree(xml)
+                return self._screen
+            if "idle" in error and attempt in (0, 2):      # pause the video
                 size = self.screen_size()
                 self.shell(["input", "tap", str(size[0] // 2), str(size[1] // 2)])
-            elif "idle" in error and attempt == 1:     # a dialog took the tap: close it
+            elif "idle" in error and attempt == 3:         # a dialog took the taps
                 self.press("back")
-        raise DeviceError("ui_dump", f"uiautomator dump failed: {error}")
+            else:
+                self.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+        raise StepFailed(step, f"could not read the screen: uiautomator dump failed "
+                         f"5 times: {error.splitlines()[0] if error else 'no output'}")
+
+    def _dump_once(self) -> Tuple[Optional[str], str]:
+        to_file = self.devices.recall(self.serial, "dump_to_file")
+        command = (f"rm -f {DUMP_FILE}; uiautomator dump {DUMP_FILE} >/dev/null; "
+                   f"cat {DUMP_FILE}") if to_file else "uiautomator dump /dev/tty"
+        if to_file:
+            out = self._run(command, timeout=30)
+        else:      # exec: no terminal in between, raw bytes; a dump cut short is no screen
+            out = self.devices.run(self.serial, "exec:" + command, timeout=30,
+                                   token=self.token, marked=True).decode("utf-8", "replace")
+        xml = _xml_of(out)
+        if xml is None and not to_file and "dumped to" in out and "ERROR" not in out:
+            # only the status line: this phone's uiautomator cannot write to /dev/tty
+            self.devices.remember(self.serial, "dump_to_file", True)
+            return self._dump_once()
+        return xml, out.strip() or "no output"
+
+    def screen(self, step: str = "read the screen") -> UiTree:
+        """The screen as last dumped, if nothing was done to the phone since; else a
+        fresh dump."""
+        return self._screen if self._screen is not None else self.dump(step)
+
+    def changed(self) -> None:
+        """Something may have changed the screen: the next look dumps it anew."""
+        self._screen = None
 
     def screen_size(self) -> Tuple[int, int]:
-        match = re.search(r"(\d+)x(\d+)", self.shell(["wm", "size"]))
-        return (int(match[1]), int(match[2])) if match else (1080, 2400)
+        if self.devices.recall(self.serial, "size") is None:
+            match = re.search(r"(\d+)x(\d+)", self._run(["wm", "size"]))
+            self.devices.remember(self.serial, "size", (int(match[1]), int(match[2]))
+                                  if match else (1080, 2400))
+        return self.devices.recall(self.serial, "size")
 
     def find(self, **sel: Any) -> Optional[Node]:
         return self.dump().find(**sel)
 
-    def wait(self, timeout: float = 10, step: str = "", dismiss_popups: bool = True,
-             **sel: Any) -> Node:
-        """Dump until the element shows, dismissing known pop-ups meanwhile."""
-        return self.wait_any({"": sel}, timeout, step, dismiss_popups)[1]
+    def exists(self, **sel: Any) -> bool:
+        return self.find(**sel) is not None
 
-    def wait_any(self, choices: Dict[str, Dict[str, Any]], timeout: float = 10,
-                 step: str = "", dismiss_popups: bool = True) -> Tuple[str, Node]:
+    def watch(self, popups: Sequence[Selector] = (), blocks: Sequence[Selector] = (),
+              package: Optional[str] = None) -> None:
+        """Teach the phone an app's pop-ups (the button that closes each), the screens
+        that say the account is blocked, and the app's package (a step whose app left
+        the screen raises AppLeft); every look checks for them first."""
+        self._popups = list(popups) + [p for p in self._popups if p not in popups]
+        self._blocks = list(blocks) + [b for b in self._blocks if b not in blocks]
+        self._app = package or self._app
+
+    def check_screen(self, tree: UiTree, step: str) -> None:
+        """What every look checks before anything else: a block screen, and whether the
+        app is still in front (a crash dialog is closed; AppLeft either way)."""
+        self.check_blocked(tree, step)
+        if self._app is None:
+            return
+        crash = tree.find(resource_id=CRASH_CLOSE_ID)
+        if crash is not None:
+            self.tap(crash)
+            self._absent = 0
+            raise AppLeft(step, "the app stopped (a crash dialog showed)")
+        if any(n.package == self._app for n in tree.nodes):
+            self._absent = 0
+            return
+        self._absent += 1
+        if self._absent >= APP_ABSENT_LOOKS:
+            self._absent = 0
+            raise AppLeft(step, f"{self._app} is no longer on the screen (it closed or "
+                          f"crashed); the screen showed {tree.describe()}")
+
+    def check_blocked(self, tree: UiTree, step: str) -> None:
+        for sel in self._blocks:
+            node = tree.find(**sel)
+            if node is not None:
+                said = " ".join(n.label for n in tree.nodes if n.label and (
+                    n is node or n.resource_id == "android:id/message"))
+                raise AccountBlocked(step, said or node.label)
+
+    def popup(self, tree: UiTree, keep: Optional[Selector] = None) -> Optional[Node]:
+        """The button that closes a pop-up on top of the screen, if one shows: a known
+        pop-up, a permission prompt, or an Android dialog (its positive button). Not
+        when the step's own target is that button."""
+        for sel in self._popups:
+            node = tree.find(**sel)
+            if node is not None and not (keep and tree.find(**keep) is node):
+                return node
+        for node in reversed(tree.nodes):           # the topmost window is drawn last
+            foreign = node.package in POPUP_PACKAGES and node.clickable and node.label
+            dialog = node.resource_id == "android:id/button1" and any(
+                n.resource_id in DIALOG_IDS for n in tree.nodes)
+            if (foreign or dialog) and not (keep and tree.find(**keep) is node):
+                return node
+        return None
+
+    def dismiss_popup(self, tree: Optional[UiTree] = None,
+                      keep: Optional[Selector] = None) -> bool:
+        tree = tree or self.screen()
+        node = self.popup(tree, keep)
+        if node is None:
+            return False
+        self._log(f"dismissed a pop-up ({node.label or node.resource_id})")
+        self.tap(node)
+        return True
+
+    # -- closed-loop steps ----------------------------------------------------------
+    def step(self, name: str, target: Any, *, expect: Expectation = None,
+             act: Optional[Callable[[Node], None]] = None, timeout: float = 15,
+             attempts: int = 4) -> Node:
+        """One step of a flow: find what it acts on, act, and see the effect.
+
+        ``target`` is a selector (or a function of the screen giving a node or None);
+        ``act`` defaults to a tap; ``expect`` is what must be true afterwards: a
+        selector that must show, ``GONE`` (the target went away), a function of the
+        screen, or None (the next step's own find confirms it). Each look handles a
+        block screen (AccountBlocked) and a pop-up on top (dismissed BEFORE acting: the
+        screen below stays in the dump but the pop-up would swallow the tap). A tap
+        without effect is tried again, ``attempts`` times in all. The dump that
+        confirms is kept for the next step (a tap a pop-up took does not count; at most
+        5 pop-ups a step). Returns the node acted on, or the expected node when
+        ``expect`` is a selector.
+        """
+        deadline = time.monotonic() + timeout
+        keep = None if callable(target) else target
+        acted, node, swallowed, looks, popups = 0, None, False, 0, 0
+        while True:
+            tree = self.screen(name)
+            try:
+                self.check_screen(tree, name)
+            except AppLeft as exc:
+                exc.acted = acted > 0
+                raise
+            if popups < 5 and self.dismiss_popup(tree, keep=keep):
+                swallowed, popups = acted > 0, popups + 1
+                continue
+            if not acted:
+                node = self._locate(tree, target)
+                if node is not None:
+                    (act or self.tap)(node)
+                    self.changed()
+                    acted, looks = 1, 0
+                    if expect is None:
+                        return node
+                    continue
+            else:
+                done = self._expected(tree, expect, target)
+                if done is not None:
+                    return node if done is True else done
+                again = self._locate(tree, target)
+                if again is not None and (swallowed or looks):
+                    if acted >= attempts and not swallowed:
+                        raise StepFailed(name, f"{self._wanted(expect, target)} did not "
+                                         f"show after {acted} attempts; the screen showed "
+                                         f"{tree.describe()}")
+                    self._log(f"{name}: no effect yet; acting again")
+                    (act or self.tap)(again)
+                    self.changed()
+                    # a tap a pop-up took is not an attempt that had no effect
+                    acted += 0 if swallowed else 1
+                    node, swallowed, looks = again, False, 0
+                    continue
+            if time.monotonic() >= deadline:
+                self._fail(name, tree, None if acted else target, expect, timeout)
+            self._backoff(looks, deadline)
+            looks += 1
+
+    def wait_any(self, choices: Dict[str, Any], timeout: float = 10, step: str = "",
+                 dismiss_popups: bool = True) -> Tuple[str, Node]:
         """Wait for whichever of several elements shows first: (its name, the node).
 
         A flow often cannot know which screen comes next (a dialog, or straight to the
-        result); this dumps once per round for all of them. Pop-ups are dismissed first,
-        because a modal pop-up swallows the taps meant for what lies under it.
+        result); each look serves all of them, and the screen already dumped is looked
+        at first. Block screens fail the step; pop-ups are dismissed first, because a
+        modal pop-up swallows the taps meant for what lies under it.
         """
         for sel in choices.values():
-            check_selector(sel)
-        deadline = time.monotonic() + timeout
+            if not callable(sel):
+                check_selector(sel)
+        deadline, looks = time.monotonic() + timeout, 0
         while True:
-            tree = self.dump()
-            dismissed = dismiss_popups and self.dismiss_popup(tree)
-            if not dismissed:
+            tree = self.screen(step or "wait")
+            self.check_screen(tree, step or "wait")
+            if not (dismiss_popups and self.dismiss_popup(tree)):
                 for name, sel in choices.items():
-                    node = tree.find(**sel)
+                    node = self._locate(tree, sel)
                     if node is not None:
                         return name, node
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                wanted = next(iter(choices.values())) if len(choices) == 1 \
-                    else {"any_of": list(choices.values())}
-                raise ElementNotFound(step or "wait", wanted,
-                                      f"waited {timeout:g} s; the app must be in English")
-            if not dismissed:
-                self.sleep(min(0.3, remaining))
+                if time.monotonic() >= deadline:
+                    wanted = next(iter(choices.values())) if len(choices) == 1 \
+                        else {"any_of": [c for c in choices.values() if not callable(c)]}
+                    raise ElementNotFound(step or "wait", wanted, f"waited {timeout:g} s; "
+                                          "the app must be in English where no id is "
+                                          f"known; the screen showed {tree.describe()}")
+                self._backoff(looks, deadline)
+                looks += 1
 
-    def dismiss_popup(self, tree: Optional[UiTree] = None) -> bool:
-        tree = tree or self.dump()
-        for label in POPUP_BUTTONS:
-            node = tree.find(text=label)       # by text: icons labelled "Dismiss" stay
-            if node is not None:
-                self._log(f"dismissed a pop-up ({label})")
-                self.tap(node)
-                return True
-        return False
+    def wait(self, timeout: float = 10, step: str = "", dismiss_popups: bool = True,
+             **sel: Any) -> Node:
+        """The element once it shows (see ``wait_any``)."""
+        return self.wait_any({"": sel}, timeout, step, dismiss_popups)[1]
 
-    def exists(self, **sel: Any) -> bool:
-        return self.find(**sel) is not None
+    def wait_until(self, predicate: Callable[[UiTree], Any], timeout: float, step: str,
+                   what: str = "") -> Any:
+        """Look at the screen, backing off, until ``predicate(screen)`` is truthy; its
+        value. Pop-ups are dismissed and block screens fail the step meanwhile."""
+        _, value = self.wait_any({"": lambda tree: predicate(tree) or None}, timeout, step)
+        return value
+
+    def tap_if_present(self, **sel: Any) -> bool:
+        """Tap the element if the current screen has it (no waiting)."""
+        tree = self.screen()
+        self.check_screen(tree, "tap if present")
+        if self.dismiss_popup(tree, keep=sel):
+            tree = self.screen()
+        node = tree.find(**sel)
+        if node is not None:
+            self.tap(node)
+        return node is not None
+
+    def _locate(self, tree: UiTree, target: Any) -> Optional[Node]:
+        if callable(target):
+            return target(tree)
+        return tree.find(**target)
+
+    def _expected(self, tree: UiTree, expect: Expectation, target: Any) -> Any:
+        """True or the expected node when the step's effect shows; None when not yet."""
+        if expect is GONE:
+            return True if self._locate(tree, target) is None else None
+        if callable(expect):
+            return True if expect(tree) else None
+        return tree.find(**expect)
+
+    @staticmethod
+    def _wanted(expect: Expectation, target: Any) -> str:
+        if expect is GONE:
+            return f"({describe_selector(target)}) to go away"
+        if callable(expect):
+            return getattr(expect, "__doc__", None) or "the expected screen"
+        return describe_selector(expect)
+
+    def _fail(self, name: str, tree: UiTree, target: Any, expect: Expectation,
+              timeout: float) -> None:
+        if target is not None and not callable(target):
+            raise ElementNotFound(name, target, f"waited {timeout:g} s; the screen "
+                                  f"showed {tree.describe()}")
+        wanted = "the element" if target is not None else self._wanted(expect, target)
+        raise StepFailed(name, f"{wanted} did not show within {timeout:g} s; the screen "
+                         f"showed {tree.describe()}")
+
+    def _backoff(self, looks: int, deadline: float) -> None:
+        """Wait before the next dump, longer each time nothing changed; then look anew."""
+        pause = BACKOFF[min(looks, len(BACKOFF) - 1)]
+        self.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+        self.changed()
 
     # -- input ----------------------------------------------------------------------
     def tap(self, node: Optional[Node] = None, *, x: Optional[int] = None,
@@ -2669,47 +3066,49 @@ class Phone:
         one, else ASCII through `input text`."""
         if not text:
             return
+        self.check_can_type(text)
         ime = self._broadcast_ime()
         encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
         if ime == FAST_INPUT_IME:
             self.shell(["am", "broadcast", "-a", "ADB_INPUT_TEXT", "--es", "text", encoded])
         elif ime == ADB_KEYBOARD_IME:
             self.shell(["am", "broadcast", "-a", "ADB_INPUT_B64", "--es", "msg", encoded])
-        elif all(32 <= ord(c) < 127 for c in text):
+        else:
             for line_no, line in enumerate(text.split("\n")):
                 if line_no:
                     self.press("enter")
                 for piece in input_text_args(line):
                     self.shell(["input", "text", piece])
-        else:
-            raise DeviceError(
-                "keyboard", "cannot type non-ASCII text: this phone has no broadcast input method; "
-                f"install TikMatrix's FastInputIME ({FAST_INPUT_IME}) or ADBKeyBoard "
-                f"({ADB_KEYBOARD_IME})")
 
-    def _broadcast_ime(self) -> str:
+    def check_can_type(self, text: str) -> None:
+        """Before a task types: text other than ASCII needs a broadcast IME."""
+        if all(32 <= ord(c) < 127 or c == "\n" for c in text) or self._find_ime():
+            return
+        raise StepFailed(
+            "check the keyboard", "cannot type non-ASCII text: this phone has no "
+            f"broadcast input method; install TikMatrix's FastInputIME ({FAST_INPUT_IME}) "
+            f"or ADBKeyBoard ({ADB_KEYBOARD_IME})", retry=False)
+
+    def _find_ime(self) -> str:
         if self._ime is None:
-            installed = self.shell(["ime", "list", "-a", "-s"]).split()
+            installed = self._run(["ime", "list", "-a", "-s"]).split()
             self._ime = next((i for i in (FAST_INPUT_IME, ADB_KEYBOARD_IME)
                               if i in installed), "")
-            if self._ime:
-                current = self.shell(
-                    ["settings", "get", "secure", "default_input_method"]).strip()
-                if current != self._ime:
-                    # the phone's own keyboard, remembered per phone: a task that failed
-                    # before restoring it must not make the next one take ours for it
-                    self.devices.keyboards[self.serial] = current
-                    self.shell(["ime", "enable", self._ime])
-                    self.shell(["ime", "set", self._ime])
+            self._ime_selected = False
         return self._ime
 
-    def restore_keyboard(self) -> None:
-        """Give the phone back its own keyboard after the task typed, however the task
-        ended (a fresh token: the task's own may be cancelled)."""
-        own = self.devices.keyboards.get(self.serial)
-        if self._ime and own and own not in (self._ime, "null"):
-            self.devices.run(self.serial, "shell:" + " ".join(
-                shlex.quote(a) for a in ("ime", "set", own)), timeout=10, token=CancelToken())
+    def _broadcast_ime(self) -> str:
+        ime = self._find_ime()
+        if ime and not self._ime_selected:
+            current = self._run(["settings", "get", "secure", "default_input_method"]).strip()
+            if current != ime:
+                # the phone's own keyboard, remembered per phone by the device manager:
+                # a task that failed before restoring it must not make the next one
+                # take ours for it
+                self.devices.set_aside_keyboard(self.serial, current)
+                self._run(f"ime enable {shlex.quote(ime)}; ime set {shlex.quote(ime)}")
+            self._ime_selected = True
+        return ime
 
     def press(self, key: Any) -> None:
         code = KEYS.get(str(key).lower(), str(key))
@@ -2736,8 +3135,8 @@ class Phone:
             args += ["-p", package]
         self.shell(args)
 
-    def start_app(self, package: str) -> None:
-        activity = LAUNCH_ACTIVITIES.get(package)
+    def start_app(self, package: str, activity: Optional[str] = None) -> None:
+        """Start an app: its given activity, else the launcher's."""
         if activity:
             self.shell(["am", "start", "-n", f"{package}/{activity}"])
         else:
@@ -2747,20 +3146,21 @@ class Phone:
     def stop_app(self, package: str) -> None:
         self.shell(["am", "force-stop", package])
 
-    def installed_packages(self) -> List[str]:
-        out = self.shell(["pm", "list", "packages"])
-        return [l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("package:")]
+    def share(self, package: str, activity: str, remote: Sequence[str], mime: str) -> None:
+        """Send files of the phone to an app like the gallery's Share button does."""
+        uris = ["file://" + r for r in remote]
+        if len(uris) == 1:
+            extra = ["-a", "android.intent.action.SEND", "--eu",
+                     "android.intent.extra.STREAM", uris[0]]
+        else:
+            extra = ["-a", "android.intent.action.SEND_MULTIPLE", "--eua",
+                     "android.intent.extra.STREAM", ",".join(uris)]
+        self.shell(["am", "start", "-n", f"{package}/{activity}", "-t", mime,
+                    "--grant-read-uri-permission"] + extra)
 
-    def app_package(self, platform: str) -> str:
-        """The package to drive: the account's own, else the first installed one."""
-        if self.account is not None and self.account["platform"] == platform:
-            return self.account["package"]
-        installed = set(self.installed_packages())
-        for package in APP_PACKAGES.get(platform, ()):
-            if package in installed:
-                return package
-        raise DeviceError("app_missing", f"{platform} is not installed on {self.serial} "
-                          f"(looked for {', '.join(APP_PACKAGES.get(platform, ()))})")
+    def installed_packages(self) -> List[str]:
+        out = self._run(["pm", "list", "packages"])
+        return [l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("package:")]
 
     def screenshot(self) -> bytes:
         return self.devices.screenshot(self.serial, self.token)
@@ -2769,20 +3169,21 @@ class Phone:
         """Push a photo or video where the gallery finds it first; returns its phone path."""
         local = Path(local_path)
         remote = posixpath.join(MEDIA_DIR, local.name)
-        self.shell(["mkdir", "-p", MEDIA_DIR])
+        self._run(["mkdir", "-p", MEDIA_DIR])
         self.push(local, remote)
-        self.shell(["touch", remote])
-        self.shell(["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
-                    "-d", "file://" + remote])
+        scan = ["touch", remote, ";", "am", "broadcast", "-a",
+                "android.intent.action.MEDIA_SCANNER_SCAN_FILE", "-d", "file://" + remote]
         if self.sdk() >= 29:
-            self.shell(["content", "call", "--uri", "content://media", "--method",
-                        "scan_file", "--arg", remote])
+            scan += [";", "content", "call", "--uri", "content://media", "--method",
+                     "scan_file", "--arg", remote]
+        self._run(" ".join(a if a == ";" else shlex.quote(a) for a in scan))
+        self.changed()
         return remote
 
     def remove(self, remote: str) -> None:
-        self.shell(["rm", "-f", remote])
-        self.shell(["am", "broadcast", "-a", "android.intent.action.MEDIA_SCANNER_SCAN_FILE",
-                    "-d", "file://" + remote])
+        self._run(f"rm -f {shlex.quote(remote)}; am broadcast -a "
+                  f"android.intent.action.MEDIA_SCANNER_SCAN_FILE -d "
+                  f"{shlex.quote('file://' + remote)}")
 
     def sleep(self, seconds: float) -> None:
         """Wait, but wake at once when the task is stopped or the phone is lost."""
@@ -2811,7 +3212,7 @@ def remote_input(devices: DeviceManager, serial: str, action: Dict[str, Any]) ->
             phone.type_text(action["text"])
         finally:
             with contextlib.suppress(Exception):
-                phone.restore_keyboard()
+                phone.restore()
 
 
 ###############################################################################
@@ -2854,10 +3255,13 @@ class Failure:
 class TaskContext:
     """What a script knows of its task (SPEC 6): config, progress, log, stop-aware sleep."""
 
-    def __init__(self, row: sqlite3.Row, store: Store, token: CancelToken):
+    def __init__(self, row: sqlite3.Row, store: Store, token: CancelToken,
+                 account: Optional[sqlite3.Row] = None):
         self.id: int = row["id"]
         self.serial: str = row["serial"]
         self.username: Optional[str] = row["username"]
+        #: the account the task runs as (platform, package), None for the phone's current
+        self.account: Optional[sqlite3.Row] = account
         self.script_name: str = row["script_name"]
         self.config: Dict[str, Any] = json.loads(row["script_config"])
         self.retry_count: int = row["retry_count"]
@@ -3043,9 +3447,9 @@ class Runner:
     def run_task(self, row: sqlite3.Row, token: CancelToken) -> str:
         """Run one claimed task to its end in this thread; returns how it ended."""
         task_id, serial = row["id"], row["serial"]
-        context = TaskContext(row, self.store, token)
         account = self.store.get_account(row["username"]) if row["username"] else None
-        phone = Phone(self.devices, serial, token, account=account, log=context.log)
+        context = TaskContext(row, self.store, token, account)
+        phone = Phone(self.devices, serial, token, log=context.log)
         script = self.scripts.get(row["script_name"])
         log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
         context.log(f"started on {serial}")
@@ -3066,7 +3470,7 @@ class Runner:
                               retry=token.reason == "lost")
         if token.reason != "lost":
             with contextlib.suppress(Exception):
-                phone.restore_keyboard()
+                phone.restore()
         outcome = self._record(task_id, context, result, failure, phone.last_dump)
         log.info("task %s on %s: %s%s", task_id, serial, outcome,
                  f" ({failure.error})" if failure else "")
@@ -3640,7 +4044,7 @@ class Server:
             remote_input(devices, serial, action)
         except (DeviceLost, CommandTimeout) as exc:
             raise Unavailable(f"device {serial}: {exc}") from None
-        except RuntimeError as exc:                # text the phone cannot type
+        except (StepFailed, RuntimeError) as exc:  # text the phone cannot type
             raise BadRequest(action["action"], str(exc)) from None
 
     def material(self, material_id: Any) -> sqlite3.Row:

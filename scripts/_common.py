@@ -1,197 +1,53 @@
-"""Shared pieces of the TikTok / Instagram scripts: selectors, flows, text helpers.
+"""The scripts' app layer: TikTok and Instagram driven with closed-loop steps.
 
 Not a script (the name starts with "_"): the server puts the scripts folder on sys.path and
-the scripts `import _common`.
+the scripts `import _common`. The selectors are data in `_selectors.py`; the generic
+Android mechanics (dumps, closed-loop steps, pop-ups, typing) are the phone helpers of
+the server (SPEC 6). What is here is app knowledge: which package, how to start it, which
+selectors for which version, the account switcher, the flows several scripts share.
 
-Why a selector is a list of alternatives, tried in order
-    TikTok's resource ids are short obfuscated names ("omm", "l34") that change with every
-    release, and the same short name can mean another element in another release. So each
-    step names the ids known for each app version (taken from real window dumps, see
-    tests/fixtures/ui/SOURCES.md), then the English text or content-desc. When the app's
-    version is known only that version's ids are tried, before the English labels; when
-    it is not, the English labels come first and the ids of every known version after.
-    The first alternative that matches wins (not the first node in document order), so a
-    stale id cannot shadow a correct label. The app must be in English, and a step that
-    finds nothing says so.
+A step names what it acts on and what must show afterwards::
 
-Waiting is the phone's: ``phone.wait`` / ``phone.wait_any`` take the alternatives as
-``any_of`` (tried in order), dismiss pop-ups meanwhile, and fail with the step's name,
-what was looked for and the English rule; the runner then saves a screenshot and the
-last UI dump.
+    app.step("tap Create (+)", "create", expect="upload")
+
+The phone dumps the screen (or reuses the dump that confirmed the previous step),
+fails on a block screen, dismisses a pop-up on top first, taps, and confirms the effect
+from the next dump, retrying a tap that had none; a failure names the step, what was
+expected and what the screen showed. Selectors are tried in order: for a known app
+version its resource ids, then the English labels (so a phone in another language works
+where ids are known).
 """
 
+import contextlib
 import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-# ---------------------------------------------------------------------------------------
-# Selectors per app and step
-# ---------------------------------------------------------------------------------------
-# Each entry: "ids": {app version: [resource ids]}, "labels": [selector dicts on English
-# text / content-desc]. Versions: 47.0.3, 43.1.4, 46.9.3, 46.6.3 from the real dumps.
+from _selectors import (BLOCKS, LAUNCH_ACTIVITIES, POPUPS, PROFILE_URLS, SELECTORS,
+                        SHARE_ACTIVITIES)
+from tikmatrix_lite import (APP_PACKAGES, GONE, USERNAME_RE, AccountBlocked,  # noqa: F401
+                            AppLeft, ElementNotFound, StepFailed)
 
-TIKTOK: Dict[str, Dict[str, Any]] = {
-    "home_tab": {"ids": {"47.0.3": ["omq"], "43.1.4": ["mkq"], "46.9.3": ["olw"],
-                         "46.6.3": ["ofc"]},
-                 "labels": [{"desc": "Home"}]},
-    "profile_tab": {"ids": {"47.0.3": ["oms"], "43.1.4": ["mks"], "46.9.3": ["oly"],
-                            "46.6.3": ["ofe"]},
-                    "labels": [{"desc": "Profile"}]},
-    "create": {"ids": {"47.0.3": ["omm"], "43.1.4": ["mkn"], "46.9.3": ["ols"],
-                       "46.6.3": ["of9"]},
-               "labels": [{"desc": "Create"}]},
-    "search": {"ids": {"47.0.3": ["k_8"], "46.9.3": ["k9z"], "46.6.3": ["map"]},
-               "labels": [{"desc": "Search", "clickable": True}]},
-    "upload": {"ids": {"47.0.3": ["upload_hot_area"]},
-               "labels": [{"text": "Upload"}, {"desc": "Upload"}]},
-    "gallery_select": {"ids": {"47.0.3": ["l34"]}, "labels": []},
-    "gallery_photos_tab": {"ids": {}, "labels": [{"desc": "Photos"}, {"text": "Photos"}]},
-    "gallery_next": {"ids": {"47.0.3": ["xyk"]},
-                     "labels": [{"text_regex": r"Next( \(\d+\))?"}]},
-    "editor_next": {"ids": {"47.0.3": ["q05"]}, "labels": [{"text": "Next"}]},
-    "caption": {"ids": {"47.0.3": ["h8e"]},
-                "labels": [{"class_name": "android.widget.EditText",
-                            "text_contains": "description"},
-                           {"class_name": "android.widget.EditText"}]},
-    "title": {"ids": {}, "labels": [{"class_name": "android.widget.EditText",
-                                     "text_contains": "title"}]},
-    "post": {"ids": {"47.0.3": ["tiq"]}, "labels": [{"text": "Post"}]},
-    "publish_now": {"ids": {}, "labels": [{"text": "Publish now"}, {"text": "Post now"}]},
-    "upload_progress": {"ids": {"47.0.3": ["tvProgress"], "46.6.3": ["tvProgress"]},
-                        "labels": [{"text_regex": r"\d{1,3}%"}]},
-    "posted": {"ids": {}, "labels": [{"text_contains": "posted"},
-                                     {"text_contains": "successfully"}]},
-    "use_sound": {"ids": {}, "labels": [{"text": "Use sound"}, {"desc": "Use sound"},
-                                        {"text": "Use this sound"}]},
-    # Follow: one id serves "Follow", "Following" and "Message" (43.1.4 "eme", 47.0.3
-    # "fmp"), so an id alone cannot tell the state: id and label together. "Following" is
-    # also the label of the followings count, so alone it would match the wrong node:
-    # the ids come first there, and the label fallbacks are the unambiguous ones.
-    "follow": {"ids": {"43.1.4": [{"resource_id": "eme", "text_regex": "Follow( back)?"}],
-                       "47.0.3": [{"resource_id": "fmp", "text_regex": "Follow( back)?"}]},
-               "labels": [{"text": "Follow"}, {"text": "Follow back"}]},
-    "following": {"ids_first": True,
-                  "ids": {"43.1.4": [{"resource_id": "eme", "text_regex": "Following|Friends"}],
-                          "47.0.3": [{"resource_id": "fmp",
-                                      "text_regex": "Following|Friends"}]},
-                  "labels": [{"text": "Friends"}, {"text": "Requested"}]},
-    "unfollow_confirm": {"ids": {}, "labels": [{"text": "Unfollow"}]},
-    "profile_missing": {"ids": {}, "labels": [
-        {"text_contains": "Couldn't find this account"},
-        {"text_contains": "account doesn't exist"},
-        {"text_contains": "account isn't available"},
-        {"text_contains": "This account is banned"},
-        {"text_contains": "No results found"}]},
-    "own_handle": {"ids": {"43.1.4": ["qh5"], "47.0.3": ["t3y"]},
-                   "labels": [{"text_regex": r"@[\w.]+"}]},
-    "switch_account": {"ids": {}, "labels": [{"desc": "Switch account"},
-                                             {"text": "Switch account"}]},
-    "search_field": {"ids": {}, "labels": [{"class_name": "android.widget.EditText"}]},
-    "users_tab": {"ids": {}, "labels": [{"text": "Users"}, {"desc": "Users"},
-                                        {"text": "Accounts"}]},
-    "like": {"ids": {}, "labels": [{"desc_contains": "Like video"}, {"desc": "Like"}]},
-    "feed_follow": {"ids": {"46.9.3": ["ivc"]}, "labels": [{"desc_contains": "Follow "}]},
-    "collect": {"ids": {"46.9.3": ["i74"]},
-                "labels": [{"desc_contains": "from Favorites"}]},
-    "comments": {"ids": {"46.9.3": ["eor"]},
-                 "labels": [{"desc_contains": "Read or add comments"}]},
-    "comment_field": {"ids": {}, "labels": [{"class_name": "android.widget.EditText"}]},
-    "comment_send": {"ids": {}, "labels": [{"desc": "Post comment"}, {"text": "Post"},
-                                           {"desc": "Send"}]},
-    "video": {"ids": {"47.0.3": ["long_press_layout"], "46.9.3": ["long_press_layout"]},
-              "labels": [{"desc": "Video"}]},
-}
-
-INSTAGRAM: Dict[str, Dict[str, Any]] = {
-    "home_tab": {"ids": {"410": ["feed_tab"]}, "labels": [{"desc": "Home"}]},
-    "profile_tab": {"ids": {"410": ["profile_tab"]}, "labels": [{"desc": "Profile"}]},
-    "create": {"ids": {"410": ["creation_tab"]}, "labels": [{"desc": "Create"}]},
-    "search": {"ids": {"410": ["search_tab"]},
-               "labels": [{"desc": "Search and explore"}, {"desc": "Search"}]},
-    "tab_reel": {"ids": {"410": ["cam_dest_clips"]}, "labels": [{"text": "REEL"}]},
-    "tab_story": {"ids": {"410": ["cam_dest_story"]}, "labels": [{"text": "STORY"}]},
-    "tab_post": {"ids": {"410": ["cam_dest_feed"]}, "labels": [{"text": "POST"}]},
-    "gallery_item": {"ids": {"410": ["gallery_grid_item_thumbnail"]}, "labels": []},
-    "gallery_multi": {"ids": {"410": ["multi_select_slide_button_alt"]},
-                      "labels": [{"desc": "Select multiple button"}]},
-    "gallery_next": {"ids": {"410": ["next_button_textview"]}, "labels": [{"text": "Next"}]},
-    "editor_next": {"ids": {"410": ["clips_right_action_button"]},
-                    "labels": [{"desc": "Next"}]},
-    "nux_continue": {"ids": {"410": ["clips_download_privacy_nux_button"]},
-                     "labels": [{"desc": "Continue"}]},
-    "caption": {"ids": {"410": ["caption_input_text_view"]},
-                "labels": [{"text_contains": "Write a caption"}]},
-    "share": {"ids": {"410": ["share_button"]}, "labels": [{"desc": "Share"}]},
-    "story_share": {"ids": {}, "labels": [{"desc": "Your story"}, {"text": "Your story"}]},
-    "upload_progress": {"ids": {}, "labels": [{"text_contains": "Sharing"},
-                                              {"text_contains": "Posting"}]},
-    "posted": {"ids": {}, "labels": [{"text_contains": "shared"},
-                                     {"text_contains": "posted"}]},
-    "use_sound": {"ids": {}, "labels": [{"text": "Use audio"}, {"desc": "Use audio"}]},
-    "follow": {"ids": {}, "labels": [{"resource_id": "profile_header_follow_button",
-                                      "text": "Follow"},
-                                     {"resource_id": "profile_header_follow_button",
-                                      "text": "Follow Back"},
-                                     {"text": "Follow"}]},
-    "following": {"ids": {}, "labels": [{"resource_id": "profile_header_follow_button",
-                                         "text": "Following"},
-                                        {"resource_id": "profile_header_follow_button",
-                                         "text": "Requested"},
-                                        {"text": "Following"}]},
-    "unfollow_confirm": {"ids": {"410": ["follow_sheet_unfollow_row"]},
-                         "labels": [{"text": "Unfollow"}]},
-    "profile_missing": {"ids": {}, "labels": [
-        {"text_contains": "this page isn't available"},
-        {"text_contains": "User not found"},
-        {"text_contains": "No results found"}]},
-    "own_handle": {"ids": {"410": ["action_bar_title"]}, "labels": []},
-    "switch_account": {"ids": {"410": ["action_bar_title_chevron"]},
-                       "labels": [{"desc": "Switch account"}]},
-    "search_field": {"ids": {"410": ["action_bar_search_edit_text"]},
-                     "labels": [{"class_name": "android.widget.EditText"}]},
-    "users_tab": {"ids": {}, "labels": [{"text": "Accounts"}]},
-    "user_row_name": {"ids": {"410": ["row_search_user_username"]}, "labels": []},
-    "like": {"ids": {"410": ["row_feed_button_like"]}, "labels": [{"desc": "Like"}]},
-    "feed_follow": {"ids": {}, "labels": [{"text": "Follow"}]},
-    "collect": {"ids": {"410": ["row_feed_button_save"]},
-                "labels": [{"desc": "Add to Saved"}, {"desc": "Save"}]},
-    "comments": {"ids": {"410": ["row_feed_button_comment"]}, "labels": [{"desc": "Comment"}]},
-    "comment_field": {"ids": {"410": ["layout_comment_thread_edittext"]},
-                      "labels": [{"class_name": "android.widget.EditText"}]},
-    "comment_send": {"ids": {"410": ["layout_comment_thread_post_button_click_area"]},
-                     "labels": [{"text": "Post"}, {"desc": "Post"}]},
-    "video": {"ids": {}, "labels": [{"desc_contains": "Video"}]},
-}
-
-SELECTORS = {"tiktok": TIKTOK, "instagram": INSTAGRAM}
-
-#: Where a profile lives on the web; the apps open these links themselves.
-PROFILE_URLS = {"tiktok": "https://www.tiktok.com/@{}",
-                "instagram": "https://www.instagram.com/{}/"}
-
-USERNAME_RE = re.compile(r"[A-Za-z0-9._]{1,64}")
+APP_NAMES = {"tiktok": "TikTok", "instagram": "Instagram"}
 
 
 # ---------------------------------------------------------------------------------------
 # The app being driven
 # ---------------------------------------------------------------------------------------
 
-from tikmatrix_lite import StepFailed  # noqa: E402  (the runner's; retry=False: no auto-retry)
-
-
 class App:
     """One app on one phone, driven for one task: the phone, the task, the platform,
     the package, its version (when the phone says) and the selectors for it.
 
-    Every wait names its step, so a failure reads "post: tap Create: not found ...".
-    """
+    Every step is named after the script, so a failure reads "post: tap Create: ..."."""
 
-    def __init__(self, phone: Any, task: Any, platform: str, package: Optional[str] = None):
+    def __init__(self, phone: Any, task: Any, platform: str, package: str,
+                 version: str = ""):
         self.phone, self.task, self.platform = phone, task, platform
-        self.package = package or phone.app_package(platform)
-        self.version = app_version(phone, self.package)
+        self.package, self.version = package, version
+        self.name = APP_NAMES[platform]
         self.table = SELECTORS[platform]
         self.script = getattr(task, "script_name", "") or "script"
 
@@ -200,14 +56,25 @@ class App:
         """The selectors of a step, in the order they are tried (see the module doc)."""
         entry = self.table[key]
         ids = entry["ids"]
-        if self.version and any(self.version.startswith(v) for v in ids):
-            id_list = next(ids[v] for v in ids if self.version.startswith(v))
-            return [self._id_selector(i) for i in id_list] + list(entry["labels"])
         every = [self._id_selector(i) for v in ids.values() for i in v]
         every = [sel for n, sel in enumerate(every) if sel not in every[:n]]
+        # a label only counts in the app's own windows: the navigation bar's "Home"
+        # button (com.android.systemui) is not the app's Home tab
+        labels = [dict(sel, package=self.package) if "resource_id" not in sel else sel
+                  for sel in entry["labels"]]
+        if self.known_version(key):
+            # this version's ids, the labels, then the other versions' ids (screens
+            # that did not change their ids between releases)
+            id_list = next(ids[v] for v in ids if self.version.startswith(v))
+            own = [self._id_selector(i) for i in id_list]
+            return own + labels + [sel for sel in every if sel not in own]
         if entry.get("ids_first"):
-            return every + list(entry["labels"])
-        return list(entry["labels"]) + every
+            return every + labels
+        return labels + every
+
+    def known_version(self, key: str) -> bool:
+        ids = self.table[key]["ids"]
+        return bool(self.version) and any(self.version.startswith(v) for v in ids)
 
     def _id_selector(self, entry: Any) -> Dict[str, Any]:
         """An id ("omm") or an id with more conditions ({"resource_id": "eme", ...})."""
@@ -215,13 +82,35 @@ class App:
         sel["resource_id"] = f"{self.package}:id/{sel['resource_id']}"
         return sel
 
+    def sel(self, wanted: Any) -> Any:
+        """A step's target or expectation: a key of the table, a selector, a function,
+        or a list of keys and selectors (any of them)."""
+        if isinstance(wanted, str) and wanted != GONE:
+            return {"any_of": self.alternatives(wanted)}
+        if isinstance(wanted, (list, tuple)):
+            return {"any_of": [alt for item in wanted for alt in (
+                self.alternatives(item) if isinstance(item, str) else [item])]}
+        return wanted
+
     def find(self, key: str, tree: Any = None) -> Optional[Any]:
-        tree = tree if tree is not None else self.phone.dump()
+        tree = tree if tree is not None else self.phone.screen()
         return tree.find(any_of=self.alternatives(key))
 
     def find_all(self, key: str, tree: Any = None) -> List[Any]:
-        tree = tree if tree is not None else self.phone.dump()
+        tree = tree if tree is not None else self.phone.screen()
         return tree.find_all(any_of=self.alternatives(key))
+
+    # -- steps -------------------------------------------------------------------------
+    def step(self, name: str, target: Any, expect: Any = None, timeout: float = 15,
+             act: Any = None, attempts: int = 4) -> Any:
+        """A closed-loop step (the phone's): act on `target`, confirm `expect`."""
+        with english_rule():
+            return self.phone.step(f"{self.script}: {name}", self.sel(target),
+                                   expect=self.sel(expect), act=act, timeout=timeout,
+                                   attempts=attempts)
+
+    def tap(self, key: str, step: str, timeout: float = 15, expect: Any = None) -> Any:
+        return self.step(step, key, expect, timeout)
 
     def wait(self, key: str, step: str, timeout: float = 15,
              alternatives: Optional[Sequence[Dict[str, Any]]] = None) -> Any:
@@ -229,67 +118,143 @@ class App:
         return self.phone.wait(timeout=timeout, step=f"{self.script}: {step}",
                                any_of=list(alternatives or self.alternatives(key)))
 
-    def wait_any(self, wanted: Dict[str, Sequence[Dict[str, Any]]], step: str,
-                 timeout: float = 15) -> Tuple[str, Any]:
+    def wait_any(self, wanted: Dict[str, Any], step: str, timeout: float = 15
+                 ) -> Tuple[str, Any]:
         """Whichever of several elements shows first: (its key, the node)."""
-        return self.phone.wait_any({key: {"any_of": list(alternatives)}
-                                    for key, alternatives in wanted.items()},
-                                   timeout=timeout, step=f"{self.script}: {step}")
+        with english_rule():
+            return self.phone.wait_any({key: self.sel(alternatives)
+                                        for key, alternatives in wanted.items()},
+                                       timeout=timeout, step=f"{self.script}: {step}")
 
-    def tap(self, key: str, step: str, timeout: float = 15) -> Any:
-        node = self.wait(key, step, timeout)
-        self.phone.tap(node)
-        return node
+    def any_of(self, *keys: str):
+        """An expectation: one of these elements shows."""
+        sels = [self.sel(k) for k in keys]
 
-    def tap_if_present(self, key: str, tree: Any = None) -> bool:
-        tree = tree if tree is not None else self.phone.dump()
-        if self.phone.dismiss_popup(tree):
-            tree = self.phone.dump()
-        node = self.find(key, tree)
-        if node is not None:
-            self.phone.tap(node)
-        return node is not None
+        def shown(tree: Any) -> bool:
+            return any(tree.find(**s) is not None for s in sels)
+        shown.__doc__ = " or ".join(k if isinstance(k, str) else "the row" for k in keys)
+        return shown
+
+    def tap_if_present(self, key: str) -> bool:
+        return self.phone.tap_if_present(any_of=self.alternatives(key))
 
     def type_into(self, key: str, text: str, step: str) -> None:
-        """Focus a field and type, through the phone's Unicode IME when it has one."""
-        self.tap(key, step)
-        try:
+        """Focus a field, type, and see the text in it (through the phone's Unicode IME
+        when it has one). Typed again only when the text did not land (a pop-up took
+        the tap on the field)."""
+        shown = as_dumped(text.split("\n")[0])[:30].strip()
+
+        def typed(tree: Any) -> bool:
+            return any(shown in n.text for n in tree.nodes
+                       if n.class_name.endswith(("EditText", "TextView")))
+        typed.__doc__ = f"the text {shown!r} in the field"
+
+        def focus_and_type(node: Any) -> None:
+            self.phone.tap(node)
             self.phone.type_text(text)
-        except RuntimeError as exc:
-            raise StepFailed(f"{self.script}: {step}: {exc}") from None
+        self.step(step, key, expect=typed if shown else None, act=focus_and_type,
+                  attempts=3)
 
     # -- app lifecycle -------------------------------------------------------------------
-    def launch(self, fresh: bool = True) -> None:
-        """Start the app on its home screen (stopped first so it starts from home)."""
-        if fresh:
-            self.phone.stop_app(self.package)
-        self.phone.start_app(self.package)
-        self.wait("home_tab", "open the app", timeout=30)
+    def launch(self) -> None:
+        """Start the app afresh (stopped first, so it starts from home). No dump: the
+        first step looks for its element with a longer wait while the app starts."""
+        self.phone.stop_app(self.package)
+        self.phone.start_app(self.package, LAUNCH_ACTIVITIES.get(self.package))
+
+    def restart(self) -> None:
+        """After the app left the screen mid-flow: start it again, on the account."""
+        self.launch()
+        if self.task.username:
+            switch_account(self, self.task.username)
+
+    def recovering(self, what: str, flow: Any, attempts: int = 3) -> Any:
+        """Run a flow; when the app closes under it (a crash back to the launcher),
+        start the app again and run the flow again from its start. Only for flows that
+        are safe to repeat (they check the state they find)."""
+        for attempt in range(attempts):
+            try:
+                return flow()
+            except AppLeft as exc:
+                if attempt == attempts - 1:
+                    raise
+                self.task.log(f"{what}: {exc.reason}; starting the app again")
+                self.restart()
 
     def open_url(self, url: str) -> None:
         self.phone.open_url(url, self.package)
 
+    def share(self, remote: Sequence[str], content_type: int, placement: str = "") -> None:
+        activity = SHARE_ACTIVITIES["tiktok" if self.platform == "tiktok"
+                                    else (self.platform, placement)]
+        self.phone.share(self.package, activity, remote,
+                         "video/*" if content_type == 0 else "image/*")
 
-def app_version(phone: Any, package: str) -> str:
-    """versionName from `dumpsys package`, or "" when the phone does not say."""
+
+@contextlib.contextmanager
+def english_rule():
+    """A step that found nothing says the rule: labels are English ones."""
     try:
-        out = phone.shell(["dumpsys", "package", package])
-    except Exception:
-        return ""
-    match = re.search(r"versionName=([\w.]+)", out)
-    return match.group(1) if match else ""
+        yield
+    except (AccountBlocked, AppLeft):
+        raise
+    except StepFailed as exc:
+        found_nothing = isinstance(exc, ElementNotFound) or "did not show" in exc.reason
+        if not found_nothing or not exc.retry or "English" in str(exc):
+            raise
+        raise StepFailed(exc.step, f"{exc.reason}; where no resource id is known for "
+                         "this app version, the app must be in English") from None
 
 
-def open_app(phone: Any, task: Any, default_platform: str = "tiktok") -> App:
-    """The app this task drives: the account's platform and package when the task runs
-    as an account, else the platform in the config; then on the right account."""
-    account = getattr(phone, "account", None)
+def app_package(phone: Any, platform: str, account: Any) -> str:
+    """The package to drive: the account's own, else the first installed one."""
+    if account is not None and account["platform"] == platform:
+        return account["package"]
+    installed = set(phone.installed_packages())
+    for package in APP_PACKAGES.get(platform, ()):
+        if package in installed:
+            return package
+    raise StepFailed("check the phone", f"{APP_NAMES[platform]} is not installed on "
+                     f"{phone.serial} (looked for {', '.join(APP_PACKAGES[platform])})",
+                     retry=False)
+
+
+def open_app(phone: Any, task: Any, default_platform: str = "tiktok", text: str = "",
+             launch: bool = True) -> App:
+    """Before the task's first step: the phone awake and unlocked, the app installed,
+    a keyboard for the text, a language the selectors can read; then the app on the
+    task's account. `launch=False` leaves starting the app to a link the script opens
+    (unless the task runs as an account, which needs the app's own profile)."""
+    script = getattr(task, "script_name", "") or "script"
+    account = getattr(task, "account", None)
     platform = account["platform"] if account is not None else \
         task.config.get("platform", default_platform)
-    app = App(phone, task, platform)
-    app.launch()
+    try:
+        app = check_phone(phone, task, platform, account, text)
+    except StepFailed as exc:               # "post: check the phone: ..."
+        raise StepFailed(f"{script}: {exc.step}", exc.reason, retry=exc.retry) from None
+    phone.watch(popups=POPUPS[platform], blocks=BLOCKS[platform], package=app.package)
+    if launch or task.username:
+        app.launch()
+    else:
+        phone.stop_app(app.package)
     if task.username:
         switch_account(app, task.username)
+    return app
+
+
+def check_phone(phone: Any, task: Any, platform: str, account: Any, text: str) -> App:
+    """The pre-task checks, in two round trips: fail fast, without retry, with what is
+    missing (the app, a keyboard for the text, a language the selectors can read)."""
+    package = app_package(phone, platform, account)
+    facts = phone.prepare(package)
+    app = App(phone, task, platform, package, facts.get("version", ""))
+    locale = facts.get("locale", "")
+    if locale and not locale.lower().startswith("en") and not app.known_version("create"):
+        raise StepFailed("check the phone", f"the phone's language is {locale} and "
+                         f"{app.name} {app.version or '(unknown version)'} has no known "
+                         "resource ids: set the phone to English", retry=False)
+    phone.check_can_type(text)
     return app
 
 
@@ -299,35 +264,66 @@ def open_app(phone: Any, task: Any, default_platform: str = "tiktok") -> App:
 
 def current_account(app: App) -> str:
     """The handle shown on the own profile (without "@")."""
-    app.tap("profile_tab", "open own profile")
-    node = app.wait("own_handle", "read the current account")
-    return node.text.strip().lstrip("@") or node.desc.strip().lstrip("@")
+    node = app.step("open own profile", "profile_tab", expect="own_handle", timeout=30)
+    return (node.text.strip() or node.desc.strip()).lstrip("@")
 
 
 def switch_account(app: App, username: str) -> None:
-    """Make `username` the app's current account: profile -> account switcher -> row.
+    """Make `username` the app's current account: own profile -> account list -> its
+    row; on TikTok through the name at the top of the profile, else the long way
+    (profile menu -> Settings and privacy -> Switch account).
 
-    Fails clearly when the account is not logged in on this phone (no row for it)."""
-    username = username.lstrip("@")
-    if current_account(app).lower() == username.lower():
-        app.task.log(f"already on @{username}")
+    An account that is not in the list is not logged in on this phone: the task fails
+    naming it, without auto-retry, and nothing is done as another account."""
+    name = username.lstrip("@")
+    current = current_account(app)
+    if current.lower() == name.lower():
+        app.task.log(f"already on @{name}")
         return
-    app.tap("switch_account", "open the account switcher")
-    rows = [{"text": username}, {"text": "@" + username}, {"desc": username}]
-    key, node = app.wait_any({"row": rows, "sheet": [{"text": "Add account"},
-                                                     {"desc": "Add account"}]},
-                             "find the account in the switcher", timeout=10)
-    if key != "row":
-        raise StepFailed(f"{app.script}: switch account: @{username} is not logged in "
-                         f"on this phone's {app.platform} app (not in the account switcher)")
-    app.phone.tap(node)
-    app.wait("home_tab", "back home after switching", timeout=20)
+    rows = named_rows(app, "switcher_row", name) + [
+        {"text": name, "editable": False}, {"text": "@" + name, "editable": False},
+        {"desc": name, "clickable": True}, {"desc": name}]
+    open_switcher(app, current, app.any_of("add_account", rows))
+    if app.phone.screen().find(any_of=rows) is None:
+        raise StepFailed(f"{app.script}: switch account", f"@{name} is not logged in on "
+                         f"this phone's {app.name} (not in its account list)", retry=False)
+    app.step(f"choose @{name}", rows, expect=app.any_of("home_tab", "profile_tab"))
     now = current_account(app)
-    if now.lower() != username.lower():
-        raise StepFailed(f"{app.script}: switch account: still on @{now} after choosing "
-                         f"@{username}")
-    app.task.log(f"switched to @{username}")
-    app.tap("home_tab", "back to home")
+    if now.lower() != name.lower():
+        raise StepFailed(f"{app.script}: switch account",
+                         f"still on @{now} after choosing @{name}", retry=False)
+    app.task.log(f"switched to @{name}")
+
+
+def open_switcher(app: App, current: str, listed: Any) -> None:
+    """From the own profile to the list of the accounts logged in on the phone."""
+    def name_at_top(tree: Any) -> Any:
+        """TikTok: the account's name at the top of its profile, with a chevron."""
+        return next((n for n in tree.nodes if n.text.strip().lstrip("@") == current
+                     and n.bounds[1] < 400 and not n.class_name.endswith("EditText")), None)
+    tree = app.phone.screen()
+    if app.find("switcher_open", tree) is not None:
+        app.step("open the account switcher", "switcher_open", expect=listed)
+    elif app.platform == "tiktok" and name_at_top(tree) is not None:
+        app.step("open the account switcher (the name at the top)", name_at_top,
+                 expect=listed)
+    elif app.platform == "tiktok":              # the long way
+        app.step("open the profile menu", "profile_menu", expect="settings")
+        app.step("open Settings and privacy", "settings",
+                 expect=["settings_switch", {"text": "Account"}, {"text": "Privacy"}])
+        scroll_to(app, "settings_switch", "find Switch account in the settings")
+        app.step("open Switch account", "settings_switch", expect=listed)
+    else:
+        app.step("open the account switcher", "switcher_open", expect=listed)
+
+
+def scroll_to(app: App, key: str, step: str, swipes: int = 6) -> None:
+    """Swipe up until the element shows (a long list: the element under the fold)."""
+    for _ in range(swipes):
+        if app.find(key) is not None:
+            return
+        app.phone.swipe("up")
+    app.wait(key, step, timeout=2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -409,36 +405,153 @@ def check_username(field: str, name: str) -> str:
 
 def open_profile(app: App, username: str, method: str) -> str:
     """Open a user's profile by link or by the app's search; returns "follow" or
-    "following" (the button's state). A missing profile fails clearly."""
+    "following" (the button's state). A missing profile fails clearly, without retry."""
+    states = {"follow": "follow", "following": "following", "missing": "profile_missing"}
     if method == "search":
         search_user(app, username)
     else:
         app.open_url(PROFILE_URLS[app.platform].format(username))
-    key, _ = app.wait_any({"follow": app.alternatives("follow"),
-                           "following": app.alternatives("following"),
-                           "missing": app.alternatives("profile_missing")},
-                          f"open the profile of @{username}", timeout=20)
+    key, _ = app.wait_any(states, f"open the profile of @{username}", timeout=30)
     if key == "missing":
-        raise StepFailed(f"{app.script}: the profile @{username} does not exist "
-                         f"(or is not available) on {app.platform}")
+        raise StepFailed(f"{app.script}", f"the profile @{username} does not exist "
+                         f"(or is not available) on {app.name}", retry=False)
     return key
 
 
+def user_rows(app: App, username: str) -> List[Dict[str, Any]]:
+    """A search result's row for exactly this user; never the search field, which
+    keeps the query after it is submitted."""
+    rows = [{"text": username, "editable": False},
+            {"text": "@" + username, "editable": False}]
+    return named_rows(app, "user_row_name", username) + rows
+
+
+def named_rows(app: App, key: str, name: str) -> List[Dict[str, Any]]:
+    """The row ids a step knows (a list's name field), each with this name as text."""
+    return [dict(sel, text=name) for sel in app.alternatives(key) if "resource_id" in sel]
+
+
 def search_user(app: App, username: str) -> None:
-    """Search -> type the name -> Users tab -> the row whose name is exactly it."""
-    app.tap("search", "open search")
+    """Search -> type the name -> the users tab (when the results open on another) ->
+    the row whose name is exactly it -> the profile shows."""
+    app.step("open search", "search", expect="search_field", timeout=30)
     app.type_into("search_field", username, "type the user name in search")
     app.phone.press("enter")
-    if app.platform == "tiktok":
-        app.tap("users_tab", "open the Users tab")
-    rows = [{"text": username}, {"text": "@" + username}]
-    if app.platform == "instagram":
-        rows = [{"resource_id": "row_search_user_username", "text": username}] + rows
-    key, node = app.wait_any({"user": rows, "missing": app.alternatives("profile_missing")},
-                             f"find @{username} in the search results", timeout=15)
+    rows = user_rows(app, username)
+    key, _ = app.wait_any({"user": rows, "missing": "profile_missing",
+                           "tab": "users_tab"}, f"search @{username}")
+    if key == "tab":                    # results open on "Top" / "For you": the users
+        app.step("open the users tab", "users_tab",
+                 expect=app.any_of(rows, "profile_missing"))
+    key, _ = app.wait_any({"user": rows, "missing": "profile_missing"},
+                          f"find @{username} in the search results")
     if key == "missing":
-        raise StepFailed(f"{app.script}: the profile @{username} does not exist")
-    app.phone.tap(node)
+        raise StepFailed(app.script, f"the profile @{username} does not exist",
+                         retry=False)
+    follow_state = app.any_of("follow", "following")
+
+    def profile_shown(tree: Any) -> bool:
+        """The profile, not the results (whose rows have Follow buttons too): the
+        field holding the query is gone."""
+        return follow_state(tree) and not any(
+            n.class_name.endswith("EditText") and username in n.text for n in tree.nodes)
+    profile_shown.__doc__ = f"the profile of @{username} (Follow or Following)"
+    app.step(f"open @{username} from the results", rows, expect=profile_shown)
+
+
+def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
+    """Follow (or unfollow) the task's one target; already in that state: completed
+    with {"already": true}. A profile that does not exist fails clearly."""
+    name = task.config["target_user"].lstrip("@")
+    method = task.config["access_method"]
+    app = open_app(phone, task, launch=method == "search")
+    task.progress(30, f"opening @{name} ({method})")
+    return app.recovering(f"@{name}", lambda: follow_once(app, name, method,
+                                                           want_following))
+
+
+def follow_once(app: App, name: str, method: str, want_following: bool) -> Dict[str, Any]:
+    """The follow flow from the app's start: safe to run again (it reads the state)."""
+    task = app.task
+    state = open_profile(app, name, method)
+    if (state == "following") == want_following:
+        task.log(f"@{name}: already {'following' if want_following else 'not following'}")
+        return {"user": name, "already": True}
+    task.progress(70, f"{'follow' if want_following else 'unfollow'} @{name}")
+    if want_following:
+        app.step(f"tap Follow on @{name}", "follow", expect="following")
+    else:
+        app.step(f"tap Following on @{name}", "following",
+                 expect=app.any_of("unfollow_confirm", "follow"))
+        if app.find("unfollow_confirm") is not None:
+            app.step(f"confirm Unfollow of @{name}", "unfollow_confirm", expect="follow")
+    return {"user": name, "already": False, "following": want_following}
+
+
+def type_comment(app: App, text: str) -> None:
+    """On an open video or post: comments -> type (safe to do again after a crash)."""
+    app.step("open the comments", "comments", expect="comment_field", timeout=30)
+    app.type_into("comment_field", text, "type the comment")
+
+
+def send_comment(app: App, text: str) -> None:
+    """Send the typed comment, once, and see it in the list."""
+    shown = as_dumped(text)
+    app.step("send the comment", "comment_send",
+             expect=[{"text": shown, "editable": False},
+                     {"text_contains": shown[:60], "editable": False}])
+
+
+def write_comment(app: App, text: str) -> None:
+    type_comment(app, text)
+    send_comment(app, text)
+
+
+def open_topic(app: App, topic: str) -> None:
+    """account_warmup: search the topic and open its first video."""
+    app.step("open search", "search", expect="search_field", timeout=30)
+    app.type_into("search_field", topic, "type the topic")
+    app.phone.press("enter")
+    app.step(f"open the first video for {topic!r}",
+             [{"desc_contains": "video by"}, {"desc_contains": "Reel by"}], expect="video")
+
+
+# ---------------------------------------------------------------------------------------
+# Waiting for an upload
+# ---------------------------------------------------------------------------------------
+
+def wait_upload(app: App, seconds: float) -> None:
+    """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
+    that was showing goes away. Looks back off; fails after `seconds` with the last
+    progress seen. If the app closes meanwhile it is started again once: the apps go on
+    with a pending upload and show its end."""
+    seen = {"progress": False, "last": ""}
+    deadline = time.monotonic() + seconds
+
+    def finished(tree: Any) -> bool:
+        if app.find("posted", tree) is not None:
+            return True
+        progress = app.find("upload_progress", tree)
+        if progress is not None:
+            seen.update(progress=True, last=progress.text)
+            app.task.progress(90, f"uploading {progress.text}")
+            return False
+        return seen["progress"]
+    for attempt in range(2):
+        try:
+            app.phone.wait_until(finished, max(1.0, deadline - time.monotonic()),
+                                 f"{app.script}: wait for the upload")
+            return
+        except (AccountBlocked, AppLeft) as exc:
+            if not isinstance(exc, AppLeft) or attempt:
+                raise
+            app.task.log(f"{app.script}: {exc.reason}; starting the app again to see "
+                         "the upload finish")
+            app.launch()
+        except StepFailed:
+            break
+    raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
+                     f"(upload_wait_time; last progress {seen['last'] or 'none seen'})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,37 +598,10 @@ def claim_media(folder: Path, content_type: int, count: int, task: Any = None) -
                 with open(ledger, "a", encoding="utf-8") as out:
                     out.writelines(p.name + "\n" for p in chosen)
     if len(chosen) < count:
-        raise StepFailed(f"post: {folder} has {len(chosen)} unused {kind} file(s), "
-                         f"{count} needed (files already posted are not used again)")
+        raise StepFailed("post", f"{folder} has {len(chosen)} unused {kind} file(s), "
+                         f"{count} needed (files already posted are not used again)",
+                         retry=False)
     return chosen
-
-
-# ---------------------------------------------------------------------------------------
-# Waiting for an upload
-# ---------------------------------------------------------------------------------------
-
-def wait_upload(app: App, seconds: float) -> None:
-    """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
-    that was showing goes away. Fails after `seconds` with the last progress seen."""
-    deadline = time.monotonic() + seconds
-    seen_progress, last = False, ""
-    while True:
-        tree = app.phone.dump()
-        if app.find("posted", tree) is not None:
-            return
-        progress = app.find("upload_progress", tree)
-        if progress is not None:
-            seen_progress, last = True, progress.text
-            app.task.progress(90, f"uploading {last}")
-        elif seen_progress:
-            return
-        else:
-            app.phone.dismiss_popup(tree)
-        if time.monotonic() >= deadline:
-            raise StepFailed(f"{app.script}: the upload did not finish within "
-                             f"{seconds:g} s (upload_wait_time; last progress "
-                             f"{last or 'none seen'})")
-        app.phone.sleep(0.5)
 
 
 # ---------------------------------------------------------------------------------------
@@ -559,48 +645,3 @@ def expand_targets(config: Dict[str, Any]) -> List[Dict[str, Any]]:
     return [dict(config, target_users=[n], target_user=n, target_username=n) for n in names]
 
 
-def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:
-    """Follow (or unfollow) the task's one target; already in that state: completed
-    with {"already": true}. A profile that does not exist fails clearly."""
-    name = task.config["target_user"].lstrip("@")
-    verb = "follow" if want_following else "unfollow"
-    app = open_app(phone, task)
-    task.progress(30, f"opening @{name} ({task.config['access_method']})")
-    state = open_profile(app, name, task.config["access_method"])
-    if (state == "following") == want_following:
-        task.log(f"@{name}: already {'following' if want_following else 'not following'}")
-        return {"user": name, "already": True}
-    task.progress(70, f"{verb} @{name}")
-    if want_following:
-        app.tap("follow", f"tap Follow on @{name}")
-        app.wait("following", f"check that @{name} is followed")
-    else:
-        app.tap("following", f"tap Following on @{name}")
-        key, node = app.wait_any({"confirm": app.alternatives("unfollow_confirm"),
-                                  "done": app.alternatives("follow")},
-                                 f"unfollow @{name}")
-        if key == "confirm":
-            app.phone.tap(node)
-            app.wait("follow", f"check that @{name} is no longer followed")
-    return {"user": name, "already": False, "following": want_following}
-
-
-def write_comment(app: App, text: str) -> None:
-    """On an open video or post: comments -> type -> send -> the comment shows."""
-    app.tap("comments", "open the comments")
-    app.type_into("comment_field", text, "type the comment")
-    app.tap("comment_send", "send the comment")
-    shown = as_dumped(text)
-    app.wait("comment_shown", "check that the comment shows",
-             alternatives=[{"text": shown}, {"text_contains": shown[:60]}])
-
-
-def open_topic(app: App, topic: str) -> None:
-    """account_warmup: search the topic and open its first video."""
-    app.tap("search", "open search")
-    app.type_into("search_field", topic, "type the topic")
-    app.phone.press("enter")
-    app.phone.tap(app.wait("first_video", f"open the first video for {topic!r}",
-                           alternatives=[{"desc_contains": "video by"},
-                                         {"desc_contains": "Reel by"}]))
-    app.wait("video", "the video plays")

@@ -53,26 +53,26 @@ def validate(config):
 
 def run(phone, task):
     config, rng = task.config, task.random
-    app = _common.open_app(phone, task)
+    app = _common.open_app(phone, task, text=config["comment"] + config["topic"]
+                           if config["comment_probable"] else config["topic"])
     topics = _common.lines(config["topic"])
-    if topics:
-        topic = rng.choice(topics)
+    topic = rng.choice(topics) if topics else ""
+    if topic:
         task.log(f"topic: {topic}")
-        _common.open_topic(app, topic)
+        app.recovering("warmup", lambda: _common.open_topic(app, topic))
     end = time.monotonic() + config["task_duration"]
     counts = {"videos": 0, "like": 0, "feed_follow": 0, "collect": 0, "comment": 0}
     while time.monotonic() < end:
         watch = rng.uniform(config["min_duration"], config["max_duration"])
         task.sleep(min(watch, max(0.0, end - time.monotonic())))
         counts["videos"] += 1
-        for param, action in ACTIONS:
-            if rng.randrange(100) < config[param] and app.tap_if_present(action):
-                counts[action] += 1
-        if rng.randrange(100) < config["comment_probable"]:
-            text = _common.pick_comment(config, rng, counts["comment"], "comment")
-            _common.write_comment(app, text)
-            counts["comment"] += 1
-            app.phone.press("back")               # close the comment sheet
+        try:
+            interact(app, config, rng, counts)
+        except _common.AppLeft as exc:        # a crash: back to watching
+            task.log(f"warmup: {exc.reason}; starting the app again")
+            app.restart()
+            if topic:
+                _common.open_topic(app, topic)
         elapsed = config["task_duration"] - max(0.0, end - time.monotonic())
         task.progress(100 * elapsed / config["task_duration"],
                       f"watched {counts['videos']} video(s)")
@@ -81,3 +81,15 @@ def run(phone, task):
     return {"videos": counts["videos"], "likes": counts["like"],
             "follows": counts["feed_follow"], "collects": counts["collect"],
             "comments": counts["comment"]}
+
+
+def interact(app, config, rng, counts):
+    """On the video playing: like / follow / collect / comment with their chances."""
+    for param, action in ACTIONS:
+        if rng.randrange(100) < config[param] and app.tap_if_present(action):
+            counts[action] += 1
+    if rng.randrange(100) < config["comment_probable"]:
+        text = _common.pick_comment(config, rng, counts["comment"], "comment")
+        _common.write_comment(app, text)
+        counts["comment"] += 1
+        app.phone.press("back")               # close the comment sheet

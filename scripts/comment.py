@@ -68,11 +68,15 @@ def link_platform(url):
 
 def run(phone, task):
     config = task.config
-    app = _common.open_app(phone, task)
     url = config["target_post_url"]
     text = _common.pick_comment(config, task.random, config.get("comment_index", 0),
                                 "comment_content")
+    app = _common.open_app(phone, task, text=text, launch=False)
     task.progress(30, f"opening {url}")
-    app.open_url(url)
-    _common.write_comment(app, text)
+
+    def open_and_type():
+        app.open_url(url)
+        _common.type_comment(app, text)
+    app.recovering("comment", open_and_type)
+    _common.send_comment(app, text)
     return {"url": url, "comment": text}

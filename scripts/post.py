@@ -36,14 +36,6 @@ PARAMS = {
                  "description": "Lite: the app when the task has no account"},
 }
 
-#: Activities that receive a shared file (android.intent.action.SEND).
-SHARE_ACTIVITIES = {
-    "tiktok": "com.ss.android.ugc.aweme.share.SystemShareActivity",
-    ("instagram", "reel"): "com.instagram.share.handleractivity.ClipsShareHandlerActivity",
-    ("instagram", "story"): "com.instagram.share.handleractivity.StoryShareHandlerActivity",
-}
-
-
 def validate(config):
     """Checks that need the box: the media files exist (40001 at creation, not a failed
     task later), and the library Lite does not have is refused with what to send instead."""
@@ -71,6 +63,27 @@ def validate(config):
         raise ValueError("add_sound", "must be -1, 0, 1 or custom")
     if str(config["add_sound"]) == "custom" and not config["custom_sound_keyword"].strip():
         raise ValueError("custom_sound_keyword", "is required when add_sound is custom")
+    refuse_unapplied(config)
+
+
+def refuse_unapplied(config):
+    """Parameters Lite cannot apply are refused here, at creation, never ignored."""
+    if str(config["add_sound"]) in ("1", "custom"):
+        raise ValueError("add_sound", "Lite cannot add a sound in the editor yet: use "
+                         "post_way useSound with sound_name (-1 or 0 are accepted)")
+    if config["custom_sound_keyword"].strip():
+        raise ValueError("custom_sound_keyword", "Lite cannot add a sound in the editor "
+                         "yet: use post_way useSound with sound_name")
+    if config["sound_name"].strip() and config["post_way"] != "useSound":
+        raise ValueError("sound_name", f"is only used with post_way useSound (post_way is "
+                         f"{config['post_way']}: the media keeps its own sound)")
+    for name in ("origin_sound_volume", "add_sound_volume"):
+        if config[name] != 50:
+            raise ValueError(name, "Lite cannot set volumes in the editor yet (only the "
+                             "default 50 is accepted)")
+    if config["add_product_link"]:
+        raise ValueError("add_product_link", "Lite cannot add product links (TikTok Shop "
+                         "needs a seller account flow Lite does not drive)")
 
 
 def reserve_materials(config):
@@ -94,23 +107,28 @@ def choose_media(config, username, task=None):
 
 def run(phone, task):
     config = task.config
-    app = _common.open_app(phone, task)
     files = choose_media(config, task.username, task)
     caption = _common.spintax(config["captions"], task.random)
     title, description = _common.split_title(caption)
+    app = _common.open_app(phone, task, text=caption,
+                           launch=config["post_way"] != "share" or bool(task.username))
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")
-    if str(config["add_sound"]) not in ("-1", "0") or config["add_product_link"]:
-        task.log("add_sound / add_product_link are accepted but not applied by Lite yet")
     remote = []
     try:
         task.progress(10, "pushing media")
         for path in reversed(files):        # the first file ends up newest: first in gallery
             remote.insert(0, phone.push_media(path))
         task.progress(30, f"opening the editor ({config['post_way']})")
+        # if the app crashes before the publishing tap the flow starts again; the tap
+        # itself is done once (a second one could post twice)
         if app.platform == "tiktok":
-            publish_tiktok(app, config, remote, title, description)
+            app.recovering("post", lambda: (
+                edit_tiktok(app, config, remote, title, description),
+                publish_once(app, lambda: publish_tiktok(app))))
         else:
-            publish_instagram(app, config, remote, title, description)
+            app.recovering("post", lambda: (
+                edit_instagram(app, config, remote, title, description),
+                publish_once(app, lambda: publish_instagram(app, config["placement"]))))
         task.progress(80, "uploading")
         _common.wait_upload(app, config["upload_wait_time"])
     finally:
@@ -120,62 +138,78 @@ def run(phone, task):
             "post_way": config["post_way"], "platform": app.platform}
 
 
-def share_into(app, activity, remote, content_type):
-    """Send the pushed files to the app like the gallery's Share button does."""
-    mime = "video/*" if content_type == 0 else "image/*"
-    uris = ["file://" + r for r in remote]
-    if len(uris) == 1:
-        extra = ["-a", "android.intent.action.SEND", "--eu", "android.intent.extra.STREAM",
-                 uris[0]]
-    else:
-        extra = ["-a", "android.intent.action.SEND_MULTIPLE", "--eua",
-                 "android.intent.extra.STREAM", ",".join(uris)]
-    app.phone.shell(["am", "start", "-n", f"{app.package}/{activity}", "-t", mime,
-                     "--grant-read-uri-permission"] + extra)
-
-
 def open_sound(app, config):
     """useSound: the sound's page (a link, or the first search result), then Use sound."""
     name = config["sound_name"].strip()
     if name.startswith(("http://", "https://")):
         app.open_url(name)
     else:
-        app.tap("search", "useSound: open search")
+        app.step("useSound: open search", "search", expect="search_field", timeout=30)
         app.type_into("search_field", name, "useSound: type the sound name")
         app.phone.press("enter")
-        app.phone.tap(app.wait("sound_tab", "useSound: open the Sounds tab",
-                               alternatives=[{"text": "Sounds"}, {"desc": "Sounds"}]))
-        app.phone.tap(app.wait("sound_row", f"useSound: find the sound {name!r}",
-                               alternatives=[{"text": name}, {"text_contains": name}]))
-    app.tap("use_sound", "useSound: tap Use sound", timeout=config["sound_wait_time"])
+        row = [{"text": name, "editable": False}, {"text_contains": name, "editable": False}]
+        app.step("useSound: open the Sounds tab", "sounds_tab", expect=row)
+        app.step(f"useSound: open the sound {name!r}", row, expect="use_sound")
+    app.step("useSound: tap Use sound", "use_sound", timeout=config["sound_wait_time"],
+             expect="upload" if app.platform == "tiktok" else ["tab_reel", "gallery_item"])
 
 
-def pick_in_gallery(app, key, count, step):
-    """Select the newest `count` items: the first cells, where the pushed files are."""
+def pick_in_gallery(app, key, count, step, first=None):
+    """Select the newest `count` items (the first cells, where the pushed files are).
+
+    The cells are tapped in order and one look confirms them all (their badges or the
+    Next button's count). If it does not, a pop-up or a lost tap got in the way: what
+    was selected is unselected and each item is selected with its own closed-loop step,
+    so the order stays the gallery's. `first`: a key tapped before the cells on the
+    same look (a multi-select switch that moves nothing)."""
     app.wait(key, step)
     cells = app.find_all(key)
+    if first is not None and app.find(first) is not None:
+        app.phone.tap(app.find(first))
     if len(cells) < count:
-        raise _common.StepFailed(f"post: {step}: {len(cells)} item(s) in the gallery, "
+        raise _common.StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
                                  f"{count} needed")
     for node in cells[:count]:
         app.phone.tap(node)
+    tree = app.phone.screen()
+    if all_selected(app, key, tree, count):
+        return
+    app.task.log(f"{step}: the selection did not show; selecting one by one")
+    for index, node in enumerate(app.find_all(key, tree)):
+        if shows_selected(node):
+            app.step(f"{step}: unselect item {index + 1}",
+                     lambda t, i=index: cell(app, key, t, i),
+                     expect=lambda t, i=index: not shows_selected(cell(app, key, t, i)))
+    for index in range(count):
+        app.step(f"{step} ({index + 1} of {count})", lambda t, i=index: cell(app, key, t, i),
+                 expect=lambda t, i=index: is_selected(app, key, t, i))
 
 
-def publish_tiktok(app, config, remote, title, description):
-    count = len(remote)
-    if config["post_way"] == "share":
-        share_into(app, SHARE_ACTIVITIES["tiktok"], remote, config["content_type"])
-    else:
-        if config["post_way"] == "useSound":
-            open_sound(app, config)
-        else:
-            app.tap("create", "addButton: tap Create (+)")
-        app.tap("upload", "open Upload (the gallery)")
-        if config["content_type"] == 1:
-            app.tap_if_present("gallery_photos_tab")
-        pick_in_gallery(app, "gallery_select", count, "select the media")
-        app.tap("gallery_next", "gallery: Next")
-    app.tap("editor_next", "editor: Next", timeout=20)
+def cell(app, key, tree, index):
+    cells = app.find_all(key, tree)
+    return cells[index] if len(cells) > index else None
+
+
+def shows_selected(node):
+    return node is not None and (node.selected or node.text.strip().isdigit())
+
+
+def is_selected(app, key, tree, index):
+    """The item shows selected: its own flag or its number in the badge."""
+    node = cell(app, key, tree, index)
+    return node is not None and (node.selected or node.text.strip() == str(index + 1))
+
+
+def all_selected(app, key, tree, count):
+    """All `count` first items show selected, or the Next button counts them."""
+    if all(is_selected(app, key, tree, i) for i in range(count)):
+        return True
+    return count > 1 and tree.find(text_regex=rf".*\({count}\)") is not None and \
+        all(shows_selected(cell(app, key, tree, i)) for i in range(count))
+
+
+def type_caption(app, title, description):
+    """The post screen: the title where the app has one, then the caption."""
     if title and app.find("title") is not None:
         app.type_into("title", title, "type the title")
         text = description
@@ -183,41 +217,78 @@ def publish_tiktok(app, config, remote, title, description):
         text = "\n".join(t for t in (title, description) if t)
     if text:
         app.type_into("caption", text, "type the caption")
-    app.tap("post", "tap Post")
-    key, node = app.wait_any({"confirm": app.alternatives("publish_now"),
-                              "progress": app.alternatives("upload_progress"),
-                              "posted": app.alternatives("posted")},
-                             "after Post", timeout=15)
-    if key == "confirm":
-        app.phone.tap(node)
 
 
-def publish_instagram(app, config, remote, title, description):
-    placement = config["placement"]
+def edit_tiktok(app, config, remote, title, description):
+    """From the app's start to the post screen with its caption typed."""
     if config["post_way"] == "share":
-        share_into(app, SHARE_ACTIVITIES[("instagram", placement)], remote,
-                   config["content_type"])
+        app.share(remote, config["content_type"])
     else:
         if config["post_way"] == "useSound":
             open_sound(app, config)
         else:
-            app.tap("create", "addButton: tap Create (+)")
-        app.tap("tab_story" if placement == "story" else "tab_reel",
-                f"choose {placement.upper()}")
-        if len(remote) > 1:
-            app.tap("gallery_multi", "select multiple")
-        pick_in_gallery(app, "gallery_item", len(remote), "select the media")
-        app.tap("gallery_next", "gallery: Next")
+            app.step("addButton: tap Create (+)", "create", expect="upload", timeout=30)
+        app.step("open Upload (the gallery)", "upload", expect="gallery_select")
+        if config["content_type"] == 1:
+            app.tap_if_present("gallery_photos_tab")
+        pick_in_gallery(app, "gallery_select", len(remote), "select the media")
+        app.step("gallery: Next", "gallery_next", expect="editor_next")
+    app.step("editor: Next", "editor_next", expect="caption", timeout=30)
+    type_caption(app, title, description)
+
+
+def publish_once(app, publish):
+    """The publishing tap: if the app closes before it, the flow starts again; if it
+    closes after, the post may be out: never tapped twice, and no auto-retry."""
+    try:
+        publish()
+    except _common.AppLeft as exc:
+        if not exc.acted:
+            raise
+        raise _common.StepFailed(f"post: {exc.step.split(': ', 1)[-1]}", f"{exc.reason} "
+                                 "right after the publishing tap: the post may or may not "
+                                 "be published, so it is not repeated", retry=False) from None
+
+
+def publish_tiktok(app):
+    app.step("tap Post", "post", expect=app.any_of("publish_now", "upload_progress",
+                                                   "posted"))
+    if app.find("publish_now") is not None:
+        app.step("confirm Publish now", "publish_now",
+                 expect=app.any_of("upload_progress", "posted"))
+
+
+def edit_instagram(app, config, remote, title, description):
+    """From the app's start to the story editor, or the reel's caption typed."""
+    placement = config["placement"]
+    tab = "tab_story" if placement == "story" else "tab_reel"
+    if config["post_way"] == "share":
+        app.share(remote, config["content_type"], placement)
+    else:
+        if config["post_way"] == "useSound":
+            open_sound(app, config)
+        else:
+            app.step("addButton: tap Create (+)", "create", expect=tab, timeout=30)
+        if not any(n.selected for n in app.find_all(tab)):
+            app.step(f"choose {placement.upper()}", tab,
+                     expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
+        pick_in_gallery(app, "gallery_item", len(remote), "select the media",
+                        first="gallery_multi" if len(remote) > 1 else None)
+        app.step("gallery: Next", "gallery_next",
+                 expect=app.any_of("story_share", "editor_next"))
     if placement == "story":
-        app.tap("story_share", "share to Your story", timeout=20)
         return
-    app.tap("editor_next", "editor: Next", timeout=20)
-    key, node = app.wait_any({"nux": app.alternatives("nux_continue"),
-                              "caption": app.alternatives("caption")},
-                             "open the caption screen", timeout=15)
-    if key == "nux":
-        app.phone.tap(node)
-    text = "\n".join(t for t in (title, description) if t)
-    if text:
-        app.type_into("caption", text, "type the caption")
-    app.tap("share", "tap Share")
+    app.step("editor: Next", "editor_next", timeout=30,
+             expect=app.any_of("nux_continue", "caption"))
+    if app.find("nux_continue") is not None:
+        app.step("accept the download notice", "nux_continue", expect="caption")
+    type_caption(app, "", "\n".join(t for t in (title, description) if t))
+
+
+def publish_instagram(app, placement):
+    if placement == "story":
+        app.step("share to Your story", "story_share", timeout=30,
+                 expect=app.any_of("upload_progress", "posted", "home_tab"))
+    else:
+        app.step("tap Share", "share", expect=app.any_of("upload_progress", "posted",
+                                                          "home_tab"))

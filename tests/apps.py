@@ -11,10 +11,12 @@ Why
 
 Invented screens (no real dump of them exists in the fixtures) are built with
 phonesim.ui_node and marked "INVENTED" where they are made: the TikTok search page and
-its results, the sound page, the account switcher, the comment sheets, the "Publish
-now" dialog and the missing-profile page; Instagram's home, own profile, switcher,
-unfollow sheet, story editor, post page, comments and "shared" banner. Pop-ups are
-invented too (a dialog with one closing button).
+its results, the sound page, the name-with-chevron, profile menu, settings and "Switch
+account" sheet, the comment sheets, the "Publish now" dialog and the missing-profile
+page; Instagram's home, own profile, switcher sheet, unfollow sheet, story editor, post
+page, comments and "shared" banner. Pop-ups and block screens are Android dialog windows
+(phonesim.alert_window, AOSP ids) with the apps' texts; their sources are cited at
+POPUP_KINDS and BLOCKS.
 
 Versions: TikTok 47.0.3 serves its own dumps (camera, gallery, editor, post screen,
 uploading, profiles); 43.1.4 serves its own profile (Follow) and own-profile/posted
@@ -23,12 +25,35 @@ only English feed dump (46.9.3) as home and video page.
 
 Behaviour the scripts must cope with, as on a phone:
 - taps land on bounds: the point is hit-tested against the nodes of the screen shown;
-- a modal pop-up (random, seeded; or `inject_popup`) swallows every tap but its button;
+- a pop-up is another window on top: the screen below stays in the dump, and every tap
+  but one on its buttons is swallowed (BACK closes the cancellable ones; the swipe-up
+  tutorial closes on any tap or swipe, which does nothing else);
 - while a video plays, `uiautomator dump` fails ("could not get idle state") until the
   screen is tapped (the tap pauses it);
 - typed text appears in the focused field; characters outside the BMP are written as
   two dots by the dumper (phonesim does that);
+- search fields keep the query after submitting; tapping the field goes back to typing
+  (TikTok: keyboard and suggestions), it opens no result;
+- several accounts can be logged in (`accounts`); follows are kept per account and
+  every action is recorded with the account that did it (`actions`);
 - media pushed to /sdcard/DCIM/Camera and scanned show first in the gallery, newest first.
+
+Knobs (constructor keywords, or attributes a test sets on the app):
+- `locale="fr"`: the dumps show the French labels of the real dumps (ids unchanged);
+- `accounts=[...]`: logged-in accounts, the first current; `users={name: followed}`:
+  the profiles that exist (followed by the first account);
+- `popup_rate`: chance of a pop-up with each new screen (it shows in the next dump);
+- `popup_on_tap_rate`: chance that a pop-up appears between a dump and the next tap,
+  drawn over the tapped point, so that tap is swallowed;
+- `popup_kinds=[...]`: which POPUP_KINDS of the platform are drawn (default: all);
+  `show_popup(kind)` / `inject_popup(title, button)`: one now;
+- `block_next(action, kind)`: the next "follow" / "comment" / "like" is refused with the
+  app's block screen (BLOCKS);
+- TikTok `switcher_paths=("name", "settings")`: the ways to the account list that work
+  (the name with chevron atop the own profile; profile menu -> Settings and privacy ->
+  swipe -> Switch account); `publish_dialog`; `sounds`; `version`, `package`.
+Device-side faults (screen off, keyguard, crashes, lost taps, slow and failing dumps)
+are phonesim's knobs (see its docstring).
 """
 
 import collections
@@ -39,7 +64,7 @@ import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from phonesim import App, SCREEN_SIZE, serialize_hierarchy, ui_node
+from phonesim import App, SCREEN_SIZE, alert_window, serialize_hierarchy, ui_node
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "ui"
 CAMERA_DIR = "/sdcard/DCIM/Camera/"
@@ -69,10 +94,109 @@ FRENCH = {
     "TEXTE": "TEXT",
 }
 
-#: Pop-ups that show at random: (title, closing button).
+#: English -> French, for a phone in French (`locale="fr"`): the dump's labels only.
+ENGLISH_TO_FRENCH = {}
+for _fr, _en in FRENCH.items():
+    ENGLISH_TO_FRENCH.setdefault(_en, _fr)
+
+#: Pop-ups that show at random: (title, closing button) (kept for older tests; the
+#: models draw from POPUP_KINDS below).
 POPUPS = [("Allow TikTok to access photos and videos on this device?", "Allow"),
           ("Turn on notifications?", "Not now"),
           ("Swipe up for more videos", "Got it")]
+
+PERMISSION = "com.google.android.permissioncontroller"
+#: Android's runtime permission dialog (AOSP packages/modules/Permission,
+#: PermissionController/res/layout/grant_permissions.xml: permission_message,
+#: permission_allow_button, permission_deny_button). Android writes "Don’t allow" with
+#: a typographic apostrophe (U+2019, string grant_dialog_button_deny).
+PERMISSION_IDS = {"title": PERMISSION + ":id/permission_message",
+                  "panel": PERMISSION + ":id/grant_dialog"}
+DONT_ALLOW = "Don\u2019t allow"
+
+#: Pop-ups by kind: where the window comes from ("app" = the app's own package), title,
+#: message, buttons (label, resource id; "{pkg}" is the app's package), whether BACK
+#: closes it, and "tutorial": a full-screen overlay without buttons that any tap or
+#: swipe closes (the tap itself does nothing else).
+#: Sources of the texts: the permission dialogs are Android's (above); Instagram's
+#: "Turn on Notifications"/"Not Now" and "Save your login info?"/"Not now" are the
+#: prompts public Instagram bots dismiss after logging in (a Playwright login flow and an
+#: Auto.js script, both found by the text "Save Your Login Info"; code search, 2026-12);
+#: TikTok's "Agree and continue" is its first-start Terms/Privacy Policy consent; the
+#: swipe-up tutorial's "Swipe up for more" is the hint TikTok shows on a first feed.
+#: Dialog layouts and the app dialogs' ids are INVENTED (AlertDialog ids of Android).
+POPUP_KINDS = {
+    "tiktok": {
+        "contacts": dict(window=PERMISSION, title="Allow TikTok to access your contacts?",
+                         buttons=[("Allow", PERMISSION + ":id/permission_allow_button"),
+                                  (DONT_ALLOW, PERMISSION + ":id/permission_deny_button")],
+                         ids=PERMISSION_IDS, back=True),
+        "notifications": dict(window=PERMISSION,
+                              title="Allow TikTok to send you notifications?",
+                              buttons=[("Allow", PERMISSION + ":id/permission_allow_button"),
+                                       (DONT_ALLOW, PERMISSION
+                                        + ":id/permission_deny_button")],
+                              ids=PERMISSION_IDS, back=True),
+        "terms": dict(window="app", title="We're updating our Terms of Service",
+                      message="Our updated Terms of Service and Privacy Policy take effect "
+                              "on 1 January. Tap Agree and continue to keep using TikTok.",
+                      buttons=[("Agree and continue", "android:id/button1")], back=False),
+        "swipe_tutorial": dict(window="app", title="Swipe up for more", tutorial=True),
+        "got_it": dict(window="app", title="Easily switch between accounts",
+                       message="Tap your name at the top of your profile.",
+                       buttons=[("Got it", "android:id/button1")], back=True),
+    },
+    "instagram": {
+        "notifications": dict(window="app", title="Turn on Notifications",
+                              message="Know right away when people follow you or like and "
+                                      "comment on your photos.",
+                              buttons=[("Turn On", "android:id/button1"),
+                                       ("Not Now", "android:id/button2")], back=True),
+        "save_login": dict(window="app", title="Save your login info?",
+                           message="We can save your login info on this device so you "
+                                   "don't need to enter it again.",
+                           buttons=[("Save", "android:id/button1"),
+                                    ("Not now", "android:id/button2")], back=True),
+        "terms": dict(window="app", title="We're updating our Terms and Privacy Policy",
+                      message="Review the updates and agree to keep using Instagram.",
+                      buttons=[("Agree and continue", "android:id/button1")], back=False),
+        "photos": dict(window=PERMISSION,
+                       title="Allow Instagram to access photos and videos on this device?",
+                       buttons=[("Allow", PERMISSION + ":id/permission_allow_button"),
+                                (DONT_ALLOW, PERMISSION + ":id/permission_deny_button")],
+                       ids=PERMISSION_IDS, back=True),
+    },
+}
+
+#: Block screens by kind (the texts are the apps' own, as users quote them):
+#: Instagram "Try Again Later" / "We restrict certain activity to protect our community"
+#: (reported by users in April 2024: noticias.marketingdigitalenrique.com,
+#: "why-does-instagram-say-we-restrict-certain-activity"), the older "Action Blocked"
+#: (qainsta.com, "what-does-action-blocked-mean-on-instagram"); TikTok's "You're tapping
+#: too fast. Take a break." (old.artsprofessional.co.uk, "why-is-tiktok-saying-im-tapping-
+#: too-fast") is a toast; its "Maximum number of attempts reached" dialog is INVENTED.
+BLOCKS = {
+    "instagram": {
+        "try_again_later": dict(title="Try Again Later",
+                                message="We restrict certain activity to protect our "
+                                        "community. Tell us if you think we made a "
+                                        "mistake.",
+                                buttons=[("OK", "android:id/button1"),
+                                         ("Tell us", "android:id/button2")]),
+        "action_blocked": dict(title="Action Blocked",
+                               message="This action was blocked. Please try again later. "
+                                       "We restrict certain content and actions to "
+                                       "protect our community.",
+                               buttons=[("OK", "android:id/button1"),
+                                        ("Tell us", "android:id/button2")]),
+    },
+    "tiktok": {
+        "tapping_too_fast": dict(toast="You're tapping too fast. Take a break."),
+        "try_again_later": dict(title="Maximum number of attempts reached",
+                                message="Try again later.",
+                                buttons=[("OK", "android:id/button1")]),
+    },
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -188,22 +312,33 @@ class ModelApp(App):
     """A small state machine: `screen` names what shows, `render_<screen>` draws it
     (mostly from a real dump), `tap_<screen>` reacts to the nodes under a tap.
 
-    State a test can read: posts, comments, follows (user -> bool), likes, collects,
-    feed_follows, current (account), typed text in `fields`.
+    State a test can read: posts, comments, follows (user -> bool, of the current
+    account; `follow_state` has every account's), likes, collects, feed_follows,
+    current (account), `actions` (every follow, unfollow, like, collect, comment and
+    post with the account that did it), typed text in `fields`.
     """
 
     PLAYING = ("home", "video")
+    platform = ""
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
-                 popup_rate=0.0):
+                 popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en"):
         super().__init__(package=package)
-        self.accounts = list(accounts)
+        self.locale = locale                    #: "fr": the labels of the real dumps
+
+        self.accounts = list(accounts)          #: logged in on this phone, in order
         self.current = self.accounts[0]
-        self.follows = dict(users or {})        #: user -> followed by the current account
+        self.users = dict(users or {})          #: profiles that exist (-> followed by
+        self.follow_state = {self.current: dict(self.users)}   # the first account)
         self.rng = random.Random(seed)
-        self.popup_rate = popup_rate
+        self.popup_rate = popup_rate            #: a pop-up on a new screen (in the dump)
+        self.popup_on_tap_rate = popup_on_tap_rate  #: one between a dump and the tap
+        self.popup_kinds = list(popup_kinds or POPUP_KINDS[self.platform])
         self.screen = "home"
         self.popup = None
+        self.blocks = {}                        #: action -> block kind, for the next one
+        self.toast, self.toast_dumps = "", 0
+        self.actions = []
         self.fields = collections.defaultdict(str)
         self.focus = None
         self.playing = False
@@ -213,6 +348,18 @@ class ModelApp(App):
         self.upload_pct = 0
         self.target = None                      #: the profile / post / sound on screen
         self.query = ""
+
+    @property
+    def follows(self):
+        """user -> followed, for the account the app acts as now."""
+        return self.follow_state.setdefault(self.current, {u: False for u in self.users})
+
+    @follows.setter
+    def follows(self, value):
+        self.follow_state[self.current] = dict(value)
+
+    def record(self, action, target=None):
+        self.actions.append({"account": self.current, "action": action, "target": target})
 
     # -- the phonesim App interface ------------------------------------------------------
     def on_start(self, activity):
@@ -225,44 +372,75 @@ class ModelApp(App):
 
     def on_stop(self):
         self.fields.clear()                     # a fresh start has empty fields
+        self.popup, self.toast = None, ""
         self.goto("closed")
 
     def dump(self) -> str:
         root = self.render()
+        if self.toast:                          # a toast is a window of its own
+            self.toast_dumps -= 1
+            root.append(_toast_window(self.toast, self.package))
+            if self.toast_dumps <= 0:
+                self.toast = ""
         if self.popup:
-            title, button = self.popup
-            overlay(root, ui_node("android.widget.FrameLayout", (0, 0, W, H),
-                                  resource_id="android:id/content", children=[
-                text_node(title, (90, 900, 990, 1050), rid="android:id/message"),
-                text_node(button, (600, 1100, 990, 1220), rid="android:id/button1",
-                          clickable=True, cls="android.widget.Button")]),
-                package=self.package)
+            root.append(self.popup["window"])
+        if self.locale == "fr":                 # the ids stay, the labels are French
+            for el in root.iter("node"):
+                for attr in ("text", "content-desc"):
+                    if el.get(attr) in ENGLISH_TO_FRENCH:
+                        el.set(attr, ENGLISH_TO_FRENCH[el.get(attr)])
         return serialize_hierarchy(root)
 
     def render(self) -> ET.Element:
         return getattr(self, "render_" + self.screen)()
 
     def tap(self, x, y):
-        hit_list = hits(self.render(), x, y)
-        if self.popup:                          # modal: only its button does something
-            if y >= 1100 and y < 1220 and x >= 600:
-                self.popup = None
-                if self.screen in self.PLAYING:
-                    self._play()
+        if self.popup:                          # modal: only its buttons do something
+            self._tap_popup(x, y)
             return
+        if self.popup_on_tap_rate and self.screen != "closed" \
+                and self.rng.random() < self.popup_on_tap_rate:
+            self.show_popup(self.rng.choice(self.popup_kinds), over=(x, y))
+            return                              # it came first: the tap hits it
+        hit_list = hits(self.render(), x, y)
         handler = getattr(self, "tap_" + self.screen, None)
         if handler is not None:
             handler(hit_list, x, y)
 
+    def _tap_popup(self, x, y):
+        popup = self.popup
+        if popup["tutorial"]:
+            self.close_popup()
+            return
+        for el in popup["window"].iter("node"):
+            if el.get("clickable") == "true" and _inside(el, x, y):
+                self.close_popup()
+                action = popup.get("action")
+                if action is not None and el.get("text") == popup.get("action_on"):
+                    action()
+                return
+        # outside the buttons (or outside the dialog): swallowed
+
+    def close_popup(self):
+        self.popup = None
+        if self.screen in self.PLAYING:
+            self._play()
+
     def text(self, s):
+        if self.popup:
+            return                              # the dialog has the focus
         if self.focus:
             self.fields[self.focus] += s
 
     def set_text(self, s):
-        if self.focus:
+        if self.focus and not self.popup:
             self.fields[self.focus] = s
 
     def key(self, code) -> bool:
+        if self.popup:
+            if code == "KEYCODE_BACK" and (self.popup["back"] or self.popup["tutorial"]):
+                self.close_popup()
+            return True
         if code == "KEYCODE_DEL" and self.focus:
             self.fields[self.focus] = self.fields[self.focus][:-1]
         elif code == "KEYCODE_ENTER":
@@ -272,6 +450,10 @@ class ModelApp(App):
         return True
 
     def swipe(self, x1, y1, x2, y2, ms):
+        if self.popup:
+            if self.popup["tutorial"]:
+                self.close_popup()
+            return
         if self.screen in self.PLAYING and y1 - y2 > 300:
             self.video_index = getattr(self, "video_index", 0) + 1
             self.goto(self.screen)              # the next video plays
@@ -285,20 +467,69 @@ class ModelApp(App):
         else:
             self._pause()
         if screen != "closed" and self.popup_rate and self.rng.random() < self.popup_rate:
-            self.inject_popup(*self.rng.choice(POPUPS))
+            self.show_popup(self.rng.choice(self.popup_kinds))
 
     def inject_popup(self, title="Turn on notifications?", button="Not now"):
-        """A pop-up now (tests of a pop-up in the middle of a flow). Like TikTok, the
-        video pauses while a dialog has the focus, and plays again when it closes."""
-        self.popup = (title, button)
+        """A pop-up now (tests of a pop-up in the middle of a flow): an AlertDialog
+        with one closing button. Like TikTok, the video pauses while a dialog has the
+        focus, and plays again when it closes."""
+        self._set_popup(dict(window="app", title=title, buttons=[(button,
+                                                                   "android:id/button1")],
+                             back=True))
+
+    def show_popup(self, kind, over=None):
+        """A pop-up of POPUP_KINDS now; `over`: a point it covers (the tap's target)."""
+        self._set_popup(POPUP_KINDS[self.platform][kind], over, kind)
+
+    def block_next(self, action="follow", kind=None):
+        """The next `action` ("follow", "comment", "like", "post") is refused: nothing
+        changes and the app's block screen shows (BLOCKS; default the first kind)."""
+        self.blocks[action] = kind or next(iter(BLOCKS[self.platform]))
+
+    def blocked(self, action) -> bool:
+        """True (and the block screen shows) when this action is to be refused."""
+        kind = self.blocks.pop(action, None)
+        if kind is None:
+            return False
+        spec = BLOCKS[self.platform][kind]
+        self.record("blocked " + action, self.target)
+        if "toast" in spec:
+            self.toast, self.toast_dumps = spec["toast"], 2
+        else:
+            self._set_popup(dict(spec, window="app", back=True), kind="block:" + kind)
+        return True
+
+    def _set_popup(self, spec, over=None, kind=""):
+        window = spec.get("window", "app")
+        package = self.package if window == "app" else window
+        if spec.get("tutorial"):
+            element = ui_node("android.widget.FrameLayout", (0, 0, W, H), package=package,
+                              clickable=True, children=[
+                ui_node("android.widget.TextView", (140, 1500, 940, 1600),
+                        text=spec["title"], package=package)])
+        else:
+            top = 820
+            if over is not None:                # drawn right over the tapped point
+                top = max(200, min(H - 900, over[1] - 300))
+            buttons = [(label, rid.replace("{pkg}", self.package))
+                       for label, rid in spec.get("buttons", ())]
+            element = alert_window(package, spec.get("title", ""), spec.get("message", ""),
+                                   buttons, bounds=(90, top, 990, top + 680),
+                                   ids=spec.get("ids"))
+        self.popup = {"kind": kind, "window": element, "tutorial": bool(spec.get("tutorial")),
+                      "back": spec.get("back", True)}
         self._pause()
 
     def _play(self):
-        """A playing video keeps uiautomator from getting an idle state: dumps fail
-        until a tap pauses it."""
+        """A playing video keeps uiautomator from getting an idle state: the next three
+        dumps fail unless a tap pauses it (a state, not a count: playing again does not
+        add more failures than three)."""
         self.playing = True
         if self.device is not None:
-            self.device.fail_dumps(3)
+            with self.device.lock:
+                missing = 3 - len(self.device._dump_failures)
+            if missing > 0:
+                self.device.fail_dumps(missing)
 
     def _pause(self):
         if self.playing and self.device is not None:
@@ -328,19 +559,74 @@ class ModelApp(App):
     def on_back(self) -> bool:
         back = {"comments": "video", "switcher": "own_profile", "gallery": "camera",
                 "camera": "home", "search": "home", "search_results": "search",
-                "profile": "home", "missing": "home", "editor": "home", "post": "editor"}
+                "profile": "home", "missing": "home", "editor": "home", "post": "editor",
+                "profile_menu": "own_profile", "settings": "own_profile"}
         if self.screen in back:
             self.goto(back[self.screen])
             return True
         return False
 
+    # -- following (both apps) -------------------------------------------------------------
+    def set_following(self, following: bool) -> None:
+        """A tap on Follow / Following of the profile on screen, unless blocked."""
+        if following and self.blocked("follow"):
+            return
+        self.follows[self.target] = following
+        self.record("follow" if following else "unfollow", self.target)
+
+    # -- the account switcher (both apps) --------------------------------------------------
+    def switcher_rows(self, top, package, name_id=""):
+        """INVENTED rows of the account list (no dump of it): one clickable row per
+        logged-in account (name, with `name_id`, and a radio button checked for the
+        current one), then "Add account"."""
+        rows = []
+        for i, name in enumerate(self.accounts):
+            y = top + 150 * i
+            rows.append(ui_node("android.widget.LinearLayout", (0, y, W, y + 140),
+                                clickable=True, children=[
+                text_node(name, (180, y + 30, 800, y + 110), rid=name_id),
+                ui_node("android.widget.RadioButton", (920, y + 30, 1040, y + 110),
+                        checkable=True, checked=name == self.current)]))
+        y = top + 150 * len(self.accounts)
+        rows.append(ui_node("android.widget.LinearLayout", (0, y, W, y + 140), clickable=True,
+                            children=[text_node("Add account", (180, y + 30, 800, y + 110))]))
+        return rows
+
     def tap_switcher(self, h, x, y):
         """The account switcher (both apps): tapping an account's row makes it current."""
-        for name in self.accounts:
-            if hit(h, text=name):
-                self.current = name
-                self.goto("home")
-                return
+        for el in h:
+            for node in el.iter("node"):
+                if node.get("text") in self.accounts and el.get("clickable") == "true":
+                    self.current = node.get("text")
+                    self.goto("home")
+                    return
+
+
+def _inside(el, x, y) -> bool:
+    x1, y1, x2, y2 = bounds(el)
+    return x1 <= x < x2 and y1 <= y < y2
+
+
+def _full_name(user: str) -> str:
+    """A display name unlike the handle ("carol_x" -> "Carol X")."""
+    return user.replace("_", " ").replace(".", " ").title()
+
+
+def _texts(el) -> set:
+    return {n.get("text") for n in el.iter("node")}
+
+
+def _parent_row(hit_list):
+    return next(el for el in hit_list if short_id(el) == "user_item")
+
+
+def _toast_window(text, package):
+    """A toast: a window of the app with one TextView (android:id/message, as
+    frameworks/base/core/res/res/layout/transient_notification.xml)."""
+    return ui_node("android.widget.LinearLayout", (140, 1900, 940, 2040), package=package,
+                   children=[ui_node("android.widget.TextView", (170, 1920, 910, 2020),
+                                     text=text, resource_id="android:id/message",
+                                     package=package)])
 
 
 # ---------------------------------------------------------------------------------------
@@ -353,13 +639,17 @@ class TikTokApp(ModelApp):
     label = "TikTok"
     launch_activity = "com.ss.android.ugc.aweme.splash.SplashActivity"
     hosts = ("tiktok.com",)
+    platform = "tiktok"
 
     def __init__(self, version="47.0.3", package="com.zhiliaoapp.musically",
-                 sounds=("original sound - sim_user",), publish_dialog=False, **kw):
+                 sounds=("original sound - sim_user",), publish_dialog=False,
+                 switcher_paths=("name", "settings"), **kw):
         super().__init__(package, **kw)
         self.version = version
         self.sounds = list(sounds)
         self.publish_dialog = publish_dialog
+        self.switcher_paths = tuple(switcher_paths)   #: ways to the account list
+        self.settings_scrolled = False
         self.sound = None
 
     def share_screen(self, activity):
@@ -371,7 +661,7 @@ class TikTokApp(ModelApp):
         path = parts.path.strip("/")
         if path.startswith("@") and "/video/" not in path:
             self.target = path[1:].split("/")[0]
-            self.goto("profile" if self.target in self.follows else "missing")
+            self.goto("profile" if self.target in self.users else "missing")
         elif "/video/" in path:
             self.target = path
             self.goto("video")
@@ -401,12 +691,17 @@ class TikTokApp(ModelApp):
         elif hit(h, desc="Search"):
             self.goto("search", focus="search")
         elif hit(h, desc_prefix="Like video"):
-            self.likes += 1
+            if not self.blocked("like"):
+                self.likes += 1
+                self.record("like", getattr(self, "video_index", 0))
         elif hit(h, rid="ivc"):
-            self.feed_follows += 1
-            self._feed_followed_at = getattr(self, "video_index", 0)
+            if not self.blocked("follow"):
+                self.feed_follows += 1
+                self._feed_followed_at = getattr(self, "video_index", 0)
+                self.record("feed follow", getattr(self, "video_index", 0))
         elif hit(h, desc_prefix="Add or remove this video from Favorites"):
             self.collects += 1
+            self.record("collect", getattr(self, "video_index", 0))
         elif hit(h, desc_prefix="Read or add comments"):
             self.goto("comments")
         elif self.playing:
@@ -434,7 +729,10 @@ class TikTokApp(ModelApp):
 
     def tap_comments(self, h, x, y):
         if hit(h, desc="Post comment"):
+            if self.blocked("comment"):
+                return
             self.comments[self.target or "feed"].append(self.fields.pop("comment"))
+            self.record("comment", self.target or "feed")
         elif any("EditText" in el.get("class") for el in h):
             self.focus = "comment"
 
@@ -525,6 +823,7 @@ class TikTokApp(ModelApp):
     def _publish(self):
         self.posts.append({"caption": self.fields["caption"], "media": list(self.selected),
                            "sound": self.sound, "account": self.current})
+        self.record("post", self.fields["caption"])
         self.upload_pct = 0
 
     # -- uploading, posted -----------------------------------------------------------------
@@ -543,31 +842,91 @@ class TikTokApp(ModelApp):
         return root
 
     # -- own profile and the account switcher ----------------------------------------------
+    # The real 43.1.4 own profile (after posting). Its top bar holds "Add friends" (wh8),
+    # profile views, share and the "Profile menu" button, with the middle empty: TikTok
+    # draws the account's name there with a chevron that opens the account list. That
+    # name and the sheets below are INVENTED (no dump of them): the profile menu sheet
+    # ("Settings and privacy"), the settings list (its "Switch account" row under the
+    # fold, after a swipe) and the "Switch account" sheet.
     def render_own_profile(self, progress=False):
         root = load("tt4314_fr_publish_posted", self.package)   # real 43.1.4 own profile
         first(root, rid="qh5").set("text", "@" + self.current)
-        # INVENTED label: the dump's top-left account button (wh8) has no content-desc
-        first(root, rid="wh8").set("content-desc", "Switch account")
         if not progress:
             remove(root, lambda el: re.fullmatch(r"\d+%", el.get("text", "")))
-        if self.screen == "switcher":               # INVENTED: no dump of the switcher
-            rows = [text_node(name, (40, 1300 + 130 * i, 1040, 1420 + 130 * i),
-                              clickable=True) for i, name in enumerate(self.accounts)]
-            overlay(root, ui_node("android.widget.FrameLayout", (0, 1200, W, H),
-                                  children=rows + [text_node(
-                                      "Add account", (40, 2200, 1040, 2320),
-                                      clickable=True)]), package=self.package)
+        if "name" in self.switcher_paths:
+            overlay(root, ui_node("android.widget.LinearLayout", (340, 148, 740, 253),
+                                  clickable=True, children=[
+                text_node(self.current, (360, 160, 660, 240)),
+                ui_node("android.widget.ImageView", (660, 170, 720, 230))]),
+                package=self.package)
+        if self.screen == "switcher":
+            overlay(root, ui_node("android.widget.FrameLayout", (0, 1100, W, H), children=[
+                text_node("Switch account", (40, 1120, 1040, 1220))]
+                + self.switcher_rows(1250, self.package)), package=self.package)
+            # (TikTok's obfuscated ids of these rows are unknown: the rows have none)
+        elif self.screen == "profile_menu":
+            items = ["TikTok Studio", "Your orders", "Balance", "Your QR code",
+                     "Settings and privacy"]
+            overlay(root, ui_node("android.widget.FrameLayout", (0, 1400, W, H), children=[
+                ui_node("android.widget.LinearLayout", (0, 1450 + 150 * i, W, 1590 + 150 * i),
+                        clickable=True, children=[text_node(t, (120, 1480 + 150 * i, 900,
+                                                                 1560 + 150 * i))])
+                for i, t in enumerate(items)]), package=self.package)
         return root
 
-    render_switcher = render_own_profile
+    render_switcher = render_profile_menu = render_own_profile
 
     def tap_own_profile(self, h, x, y):
-        if hit(h, desc="Switch account"):
+        if "name" in self.switcher_paths and 148 <= y < 253 and 340 <= x < 740:
             self.goto("switcher")
+        elif hit(h, desc="Profile menu"):
+            self.goto("profile_menu")
         elif hit(h, desc="Home"):
             self.goto("home")
         elif hit(h, desc="Create"):
             self.goto("camera")
+
+    def tap_profile_menu(self, h, x, y):
+        if any(_texts(el) & {"Settings and privacy"} for el in h if
+               el.get("clickable") == "true"):
+            self.settings_scrolled = False
+            self.goto("settings")
+        elif y < 1400:
+            self.goto("own_profile")            # a tap above the sheet closes it
+
+    SETTINGS_ROWS = ["Account", "Privacy", "Security & permissions", "Share profile",
+                     "Notifications", "LIVE", "Activity center", "Content preferences",
+                     "Ads", "Playback", "Display", "Language", "Screen time",
+                     "Family Pairing", "Accessibility", "Offline videos",
+                     "Free up space", "Report a problem", "Support", "Terms and Policies",
+                     "Switch account", "Log out"]
+
+    def render_settings(self):
+        rows = self.SETTINGS_ROWS[8:] if self.settings_scrolled else self.SETTINGS_ROWS[:13]
+        if "settings" not in self.switcher_paths:
+            rows = [r for r in rows if r != "Switch account"]
+        items = [ui_node("android.widget.LinearLayout", (0, 300 + 150 * i, W, 440 + 150 * i),
+                         clickable=True, children=[text_node(t, (120, 330 + 150 * i, 900,
+                                                                  410 + 150 * i))])
+                 for i, t in enumerate(rows)]
+        return hierarchy(ui_node("android.widget.ImageView", (20, 140, 140, 260),
+                                 desc="Back", clickable=True),
+                         text_node("Settings and privacy", (200, 150, 880, 250)),
+                         ui_node("androidx.recyclerview.widget.RecyclerView",
+                                 (0, 290, W, H), scrollable=True, children=items),
+                         package=self.package)
+
+    def tap_settings(self, h, x, y):
+        if hit(h, desc="Back"):
+            self.goto("own_profile")
+        elif any("Switch account" in _texts(el) for el in h if el.get("clickable") == "true"):
+            self.goto("switcher")
+
+    def swipe(self, x1, y1, x2, y2, ms):
+        if self.screen == "settings" and not self.popup:
+            self.settings_scrolled = y1 > y2
+            return
+        super().swipe(x1, y1, x2, y2, ms)
 
     # -- other users' profiles (real: 43.1.4 / 47.0.3 dumps) ----------------------------
     def render_profile(self):
@@ -598,32 +957,67 @@ class TikTokApp(ModelApp):
                         label = inner[0]
                         break
             if label is not None:
-                self.follows[self.target] = label == "Follow"
+                self.set_following(label == "Follow")
 
     # -- search, sounds, missing profile (INVENTED: no copyable dumps) ---------------------
+    # As on the real app, the field keeps the query after submitting; tapping it again
+    # goes back to typing (keyboard and suggestions), it opens no result. The Users tab's
+    # rows carry their own ids (INVENTED names): nickname, handle, a Follow button.
+    def _search_field(self, text, focused):
+        return ui_node("android.widget.EditText", (150, 140, 900, 270), text=text,
+                       clickable=True, focusable=True, focused=focused,
+                       resource_id=f"{self.package}:id/search_input")
+
     def render_search(self):
-        field = ui_node("android.widget.EditText", (150, 140, 900, 270),
-                        text=self.fields["search"] or "Search", clickable=True,
-                        focused=self.focus == "search")
-        return hierarchy(field, text_node("Search", (900, 140, 1060, 270), clickable=True),
-                         package=self.package)
+        typed = self.fields["search"]
+        suggestions = [ui_node("android.widget.LinearLayout", (0, 320 + 130 * i, W,
+                                                               440 + 130 * i),
+                               clickable=True, children=[text_node(
+                                   t, (120, 340 + 130 * i, 1000, 420 + 130 * i),
+                                   rid=f"{self.package}:id/sug_text")])
+                       for i, t in enumerate([typed, typed + " dance", typed + " edit"]
+                                             if typed else [])]
+        return hierarchy(self._search_field(typed or "Search", self.focus == "search"),
+                         text_node("Search", (900, 140, 1060, 270), clickable=True),
+                         *suggestions, package=self.package)
 
     def tap_search(self, h, x, y):
         if any("EditText" in el.get("class") for el in h):
             self.focus = "search"
+        elif hit(h, text="Search") or any(hit([el], rid="sug_text") for el in
+                                          (c for e in h for c in e.iter("node"))):
+            picked = next((c.get("text") for e in h for c in e.iter("node")
+                           if short_id(c) == "sug_text"), None)
+            if picked:
+                self.fields["search"] = picked
+            self.on_enter()
 
     def on_enter(self):
         if self.screen == "search":
-            self.query, self.tab = self.fields.pop("search", ""), "Top"
+            self.query, self.tab = self.fields["search"], "Top"
             self.goto("search_results")
+
+    def _user_row(self, i, name):
+        y = 450 + 200 * i
+        pkg = self.package
+        return ui_node("android.widget.RelativeLayout", (0, y, W, y + 190), clickable=True,
+                       resource_id=f"{pkg}:id/user_item", children=[
+            ui_node("android.widget.ImageView", (30, y + 20, 180, y + 170),
+                    resource_id=f"{pkg}:id/avatar"),
+            text_node(name.replace("_", " ").replace(".", " ").title(),
+                      (210, y + 25, 760, y + 90), rid=f"{pkg}:id/nickname"),
+            text_node(name, (210, y + 95, 760, y + 150), rid=f"{pkg}:id/unique_id"),
+            text_node("Following" if self.follows.get(name) else "Follow",
+                      (800, y + 50, 1050, y + 140), clickable=True,
+                      rid=f"{pkg}:id/follow_btn", cls="android.widget.Button")])
 
     def render_search_results(self):
         tabs = [text_node(t, (20 + 260 * i, 300, 260 + 260 * i, 400), clickable=True,
                           desc=t) for i, t in enumerate(("Top", "Videos", "Users", "Sounds"))]
         q = self.query.lower()
         if self.tab == "Users":
-            items = [text_node(u, (40, 450 + 160 * i, 1040, 590 + 160 * i), clickable=True)
-                     for i, u in enumerate(u for u in self.follows if q in u.lower())]
+            items = [self._user_row(i, u) for i, u in
+                     enumerate(u for u in self.users if q in u.lower())]
         elif self.tab == "Sounds":
             items = [text_node(s, (40, 450 + 160 * i, 1040, 590 + 160 * i), clickable=True)
                      for i, s in enumerate(s for s in self.sounds if q in s.lower())]
@@ -631,20 +1025,27 @@ class TikTokApp(ModelApp):
             items = [ui_node("android.widget.FrameLayout", (0 + 540 * i, 450, 540 + 540 * i,
                                                             1200), clickable=True,
                              desc="%s video by sim_creator" % self.query) for i in range(2)]
-        field = ui_node("android.widget.EditText", (150, 140, 900, 270), text=self.query,
-                        clickable=True)
-        return hierarchy(field, *tabs, *(items or [text_node("No results found",
-                                                             (40, 450, 1040, 590))]),
+        return hierarchy(self._search_field(self.query, False), *tabs,
+                         *(items or [text_node("No results found", (40, 450, 1040, 590))]),
                          package=self.package)
 
     def tap_search_results(self, h, x, y):
+        if any("EditText" in el.get("class") for el in h):
+            self.fields["search"] = self.query      # back to typing, the query kept
+            self.goto("search", focus="search")
+            return
         for el in h:
             text = el.get("text", "")
             if text in ("Top", "Videos", "Users", "Sounds") and y < 400:
                 self.tab = text
                 return
-            if self.tab == "Users" and text in self.follows:
-                self.target = text
+            if self.tab == "Users" and short_id(el) == "follow_btn":
+                name = first(_parent_row(h), rid="unique_id").get("text")
+                self.target = name
+                self.set_following(not self.follows.get(name))
+                return
+            if self.tab == "Users" and short_id(el) == "user_item":
+                self.target = first(el, rid="unique_id").get("text")
                 self.goto("profile")
                 return
             if self.tab == "Sounds" and text in self.sounds:
@@ -685,6 +1086,7 @@ class InstagramApp(ModelApp):
     launch_activity = "com.instagram.mainactivity.LauncherActivity"
     hosts = ("instagram.com",)
     PLAYING = ()
+    platform = "instagram"
 
     def __init__(self, **kw):
         super().__init__("com.instagram.android", **kw)
@@ -706,7 +1108,7 @@ class InstagramApp(ModelApp):
             self.goto("audio")
         elif path and "/" not in path:
             self.target = path
-            self.goto("profile" if path in self.follows else "missing")
+            self.goto("profile" if path in self.users else "missing")
         else:
             self.goto("home")
 
@@ -745,11 +1147,17 @@ class InstagramApp(ModelApp):
         elif hit(h, rid="feed_tab"):
             self.goto("home")
         elif hit(h, rid="row_feed_button_like"):
-            self.likes += 1
+            self._like()
         elif hit(h, rid="row_feed_button_save"):
             self.collects += 1
+            self.record("collect", "feed")
         elif hit(h, rid="row_feed_button_comment"):
             self.goto("comments")
+
+    def _like(self):
+        if not self.blocked("like"):
+            self.likes += 1
+            self.record("like", self.target or "feed")
 
     # -- search (real: keyboard-open page, then the results page) ----------------------
     def render_search(self):
@@ -766,14 +1174,23 @@ class InstagramApp(ModelApp):
 
     def text(self, s):
         super().text(s)
-        if self.screen == "search":
+        if self.screen in ("search", "search_results") and self.focus == "search":
             self.query = self.fields["search"]
             self.goto("search_results", focus="search")
 
+    def set_text(self, s):
+        super().set_text(s)
+        if self.screen in ("search", "search_results") and self.focus == "search":
+            self.query = self.fields["search"]
+            self.goto("search_results" if s else "search", focus="search")
+
     def render_search_results(self):
+        """The real typeahead page: a keyword row (the query itself, opening the full
+        results) above the account rows; an avatar with a story ring opens the story."""
         root = load("ig410_fr_account_search_results")
         first(root, rid="action_bar_search_edit_text").set("text", self.query)
-        matches = [u for u in self.follows if self.query.lower() in u.lower()]
+        first(root, rid="row_search_keyword_title").set("text", self.query)
+        matches = [u for u in self.users if self.query.lower() in u.lower()]
         rows = find_all(root, rid="row_search_user_container")
         for row, name in zip(rows, matches + [None] * len(rows)):
             label = first(row, rid="row_search_user_username")
@@ -781,25 +1198,84 @@ class InstagramApp(ModelApp):
                 remove(root, lambda el, row=row: el is row)
             elif label is not None:
                 label.set("text", name)
+                first(row, rid="row_search_user_fullname").set("text", _full_name(name))
         if not matches:                          # INVENTED: no dump of an empty result
             overlay(root, text_node("No results found.", (40, 500, 1040, 600)),
                     package=self.package)
         return root
 
     def tap_search_results(self, h, x, y):
-        root = self.render_search_results()
-        for row in find_all(root, rid="row_search_user_container"):
-            x1, y1, x2, y2 = bounds(row)
-            if x1 <= x < x2 and y1 <= y < y2:
-                label = first(row, rid="row_search_user_username")
-                self.target = label.get("text")
-                self.goto("profile")
-                return
         if hit(h, rid="action_bar_search_edit_text"):
             self.focus = "search"
+            return
+        if any(short_id(el) == "row_search_avatar_with_ring" and el.get("content-desc")
+               for el in h):
+            self.goto("story")                   # the ring: that account's story
+            return
+        root = self.render_search_results()
+        for row in find_all(root, rid="row_search_user_container"):
+            if _inside(row, x, y):
+                self.target = first(row, rid="row_search_user_username").get("text")
+                self.goto("profile")
+                return
+        if 253 <= y < 407:                       # the keyword row: all the results
+            self.on_enter()
 
     def on_enter(self):
-        pass
+        if self.screen in ("search", "search_results"):
+            self.tab = "For you"
+            self.goto("serp")
+
+    # INVENTED (no dump): the full results after the keyboard's search key, with tabs;
+    # the field keeps the query; "Accounts" lists rows with the typeahead rows' ids.
+    SERP_TABS = ("For you", "Accounts", "Audio", "Tags", "Places")
+
+    def render_serp(self):
+        pkg = self.package
+        field = ui_node("android.widget.EditText", (154, 107, 1025, 204), text=self.query,
+                        clickable=True, resource_id=f"{pkg}:id/action_bar_search_edit_text")
+        tabs = [ui_node("android.widget.TextView", (20 + 210 * i, 230, 220 + 210 * i, 330),
+                        text=t, desc=t, clickable=True, selected=t == self.tab)
+                for i, t in enumerate(self.SERP_TABS)]
+        if self.tab == "Accounts":
+            names = [u for u in self.users if self.query.lower() in u.lower()]
+            items = [ui_node("android.widget.Button", (0, 360 + 200 * i, W, 550 + 200 * i),
+                             clickable=True, resource_id=f"{pkg}:id/row_search_user_container",
+                             children=[
+                text_node(n, (253, 400 + 200 * i, 700, 450 + 200 * i),
+                          rid=f"{pkg}:id/row_search_user_username"),
+                text_node(_full_name(n), (253, 450 + 200 * i, 700, 500 + 200 * i),
+                          rid=f"{pkg}:id/row_search_user_fullname")])
+                     for i, n in enumerate(names)]
+        else:
+            items = [ui_node("android.widget.FrameLayout", (360 * (i % 3), 360 + 480 * (i // 3),
+                                                            360 * (i % 3 + 1),
+                                                            840 + 480 * (i // 3)),
+                             clickable=True, desc=f"Reel by sim_creator about {self.query}")
+                     for i in range(6)]
+        return hierarchy(field, *tabs, *items, package=pkg)
+
+    def tap_serp(self, h, x, y):
+        for el in h:
+            if el.get("text") in self.SERP_TABS:
+                self.tab = el.get("text")
+                return
+            if short_id(el) == "action_bar_search_edit_text":
+                self.fields["search"] = self.query
+                self.goto("search_results", focus="search")
+                return
+            if short_id(el) == "row_search_user_container":
+                self.target = first(el, rid="row_search_user_username").get("text")
+                self.goto("profile")
+                return
+            if "Reel by" in el.get("content-desc", ""):
+                self.goto("home")
+                return
+
+    def render_story(self):                       # INVENTED: a story plays
+        return hierarchy(ui_node("android.view.View", (0, 0, W, H), desc="Story",
+                                 resource_id=f"{self.package}:id/reel_viewer_root"),
+                         package=self.package)
 
     # -- profiles (real: followed / not followed) ---------------------------------------
     def render_profile(self):
@@ -821,13 +1297,13 @@ class InstagramApp(ModelApp):
 
     def tap_profile(self, h, x, y):
         if hit(h, rid="profile_header_follow_button", text="Follow"):
-            self.follows[self.target] = True
+            self.set_following(True)
         elif hit(h, rid="profile_header_follow_button", text="Following"):
             self.goto("unfollow_sheet")
 
     def tap_unfollow_sheet(self, h, x, y):
         if hit(h, text="Unfollow"):
-            self.follows[self.target] = False
+            self.set_following(False)
             self.goto("profile")
 
     def render_missing(self):                     # INVENTED
@@ -835,22 +1311,31 @@ class InstagramApp(ModelApp):
                          package=self.package)
 
     # -- own profile and switcher (INVENTED: no dump of the own profile) ---------------
+    # Current Instagram shows the own username as a large title: a clickable
+    # action_bar_username_container holding action_bar_large_title_auto_size (the name)
+    # and action_bar_title_chevron; any of them opens the account list as a bottom
+    # sheet (ids named in issue 7 from public automation projects; layout INVENTED).
     def render_own_profile(self):
-        nodes = [text_node(self.current, (176, 77, 700, 231),
-                           rid=f"{self.package}:id/action_bar_title"),
-                 ui_node("android.widget.ImageView", (700, 77, 800, 231), desc="Switch account",
-                         resource_id=f"{self.package}:id/action_bar_title_chevron",
+        pkg = self.package
+        nodes = [ui_node("android.widget.LinearLayout", (40, 77, 800, 231), clickable=True,
+                         resource_id=f"{pkg}:id/action_bar_username_container", children=[
+                     text_node(self.current, (40, 90, 620, 220),
+                               rid=f"{pkg}:id/action_bar_large_title_auto_size"),
+                     ui_node("android.widget.ImageView", (630, 120, 700, 190),
+                             resource_id=f"{pkg}:id/action_bar_title_chevron")]),
+                 ui_node("android.widget.Button", (960, 100, 1060, 200), desc="Options",
                          clickable=True)] + self._tab_bar()
         if self.screen == "switcher":
-            nodes += [text_node(n, (40, 1300 + 130 * i, 1040, 1420 + 130 * i), clickable=True)
-                      for i, n in enumerate(self.accounts)]
-            nodes.append(text_node("Add account", (40, 2050, 1040, 2170), clickable=True))
-        return hierarchy(*nodes, package=self.package)
+            nodes.append(ui_node("android.widget.FrameLayout", (0, 1100, W, H),
+                                 resource_id=f"{pkg}:id/bottom_sheet_container",
+                                 children=self.switcher_rows(
+                                     1200, pkg, f"{pkg}:id/row_user_textview")))
+        return hierarchy(*nodes, package=pkg)
 
     render_switcher = render_own_profile
 
     def tap_own_profile(self, h, x, y):
-        if hit(h, desc="Switch account"):
+        if hit(h, rid="action_bar_username_container"):
             self.goto("switcher")
         else:
             self.tap_home(h, x, y)
@@ -925,6 +1410,7 @@ class InstagramApp(ModelApp):
     def _publish(self):
         self.posts.append({"caption": self.fields["caption"], "media": list(self.selected),
                            "placement": self.placement, "account": self.current})
+        self.record("post", self.fields["caption"])
         self.upload_pct = 0
         self.goto("uploading")
 
@@ -947,7 +1433,7 @@ class InstagramApp(ModelApp):
         if hit(h, rid="row_feed_button_comment"):
             self.goto("comments")
         elif hit(h, rid="row_feed_button_like"):
-            self.likes += 1
+            self._like()
 
     def render_comments(self):
         rows = [text_node(c, (40, 400 + 90 * i, 1040, 480 + 90 * i))
@@ -963,13 +1449,19 @@ class InstagramApp(ModelApp):
 
     def tap_comments(self, h, x, y):
         if hit(h, rid="layout_comment_thread_post_button_click_area") and self.fields["comment"]:
+            if self.blocked("comment"):
+                return
             self.comments[self.target or "feed"].append(self.fields.pop("comment"))
+            self.record("comment", self.target or "feed")
         elif hit(h, rid="layout_comment_thread_edittext"):
             self.focus = "comment"
 
     def on_back(self):
         if self.screen == "comments":
             self.goto("post_page" if self.target else "home")
+            return True
+        if self.screen in ("serp", "story"):
+            self.goto("search_results", focus="search")
             return True
         return super().on_back()
 

@@ -48,6 +48,28 @@ Screen model (pluggable: app models for TikTok, Instagram... build on it)
     EditText when tapped and types into the focused EditText. Helpers ``ui_node``,
     ``hierarchy_xml``, ``parse_bounds`` and ``node_at`` build and query hierarchies.
 
+Knobs of a harder phone (attributes and methods of ``SimDevice``; all random draws come
+from ``device.rng``, re-seeded with ``device.seed(n)``)
+    ``dump_seconds`` (or ``slow_dumps(s)``): seconds per ``uiautomator dump``;
+    ``fail_dumps(n, message)``: the next n dumps print ``IDLE_ERROR`` (or
+    ``NULL_ROOT_ERROR``) and write nothing; ``dump_failure_rate``: that at random.
+    ``dumps`` and ``round_trips`` count dumps and adb services opened (``reset_counters``).
+    ``uiautomator dump /dev/tty`` writes the XML then "UI hierchary dumped to: /dev/tty"
+    on stdout (one round trip), the file form writes the file. ``tty_dump``: "any"
+    (default), "exec" (only through ``exec:``, as measured on API 30 and 36 by a public
+    adb helper: through ``adb shell`` the XML is lost and only the status line comes
+    back, exit 0), "none" (never): the file form is the fallback.
+    ``screen_off()``: display off and keyguard locked (no PIN): dumps show the keyguard,
+    input is lost until ``input keyevent KEYCODE_WAKEUP`` (or POWER) and ``wm
+    dismiss-keyguard`` (or MENU, or a swipe up); ``sleep_after_inputs = N``: the screen
+    times out after N inputs unless "stay awake" is on (``svc power stayon usb`` or
+    ``settings put global stay_on_while_plugged_in``). ``dumpsys power`` / ``window``
+    report it.
+    ``drop_taps(n)`` / ``tap_drop_rate``: taps that do nothing. ``crash_app()`` /
+    ``crash_after_taps(n)`` / ``crash_rate``: the app in front dies back to the launcher
+    (with ``crash_dialog``, Android's "keeps stopping" dialog on top).
+    ``show_system_window(window, actions)``: any system dialog (``alert_window``).
+
 Usage
     In tests::
 
@@ -74,6 +96,7 @@ import argparse
 import base64
 import collections
 import os
+import random
 import shutil
 import signal
 import socket
@@ -91,6 +114,7 @@ __all__ = [
     "App", "XmlApp", "LauncherApp", "ui_node", "hierarchy_xml", "parse_bounds",
     "node_at", "SimFS", "CommandRecord", "SimDevice", "PhoneSim", "AdbServer",
     "solid_png", "tokenize", "DEFAULT_IME", "FASTINPUT_IME", "ADBKEYBOARD_IME",
+    "alert_window", "keyguard_window", "with_windows", "IDLE_ERROR", "NULL_ROOT_ERROR",
 ]
 
 # ---------------------------------------------------------------------------
@@ -124,6 +148,12 @@ KEYCODES = {
     279: "PASTE",
 }
 KEYCODES.update({7 + i: str(i) for i in range(10)})
+
+#: What ``uiautomator dump`` prints when it cannot dump (AOSP
+#: frameworks/testing/uiautomator/cmds/uiautomator/src/.../DumpCommand.java): the
+#: window never went idle (a playing video), or there was no active window at all.
+IDLE_ERROR = "ERROR: could not get idle state."
+NULL_ROOT_ERROR = "ERROR: null root node returned by UiTestAutomationBridge."
 KEYCODES.update({29 + i: chr(ord("A") + i) for i in range(26)})
 
 
@@ -214,6 +244,97 @@ def node_at(root: ET.Element, x: int, y: int):
 def _dump_text(xml: str) -> str:
     """uiautomator writes each character outside the BMP (emoji...) as two dots."""
     return "".join(".." if ord(ch) > 0xFFFF else ch for ch in xml)
+
+
+# ---------------------------------------------------------------------------
+# Screen model: windows drawn on top (dialogs, the keyguard)
+# ---------------------------------------------------------------------------
+# A dialog is its own window: uiautomator (as uiautomator2's server and the real dumps in
+# tests/fixtures/ui show) writes every window as one more top-level <node> of the
+# <hierarchy>, so the screen below stays in the dump. Ids are Android's own.
+
+#: Where an AlertDialog window sits (Material dialog, 1080 px wide screen).
+DIALOG_BOUNDS = (90, 820, 990, 1500)
+
+
+def alert_window(package: str, title: str = "", message: str = "", buttons=(),
+                 bounds=DIALOG_BOUNDS, ids: dict = None) -> ET.Element:
+    """An AlertDialog window as uiautomator dumps it. ``buttons``: (label, id) pairs,
+    right to left as Android lays them out (``android:id/button1`` is the positive one).
+
+    Structure and ids from AOSP frameworks/base/core/res/res/layout/
+    alert_dialog_material.xml: parentPanel > topPanel > alertTitle, contentPanel >
+    message, buttonPanel > button3 / button2 / button1. ``ids`` renames the title and
+    message ids (the permission controller and app crash dialogs have their own)."""
+    ids = dict({"title": "android:id/alertTitle", "message": "android:id/message",
+                "panel": "android:id/parentPanel"}, **(ids or {}))
+    x1, y1, x2, y2 = bounds
+    children = []
+    if title:
+        children.append(ui_node("android.widget.LinearLayout", (x1, y1, x2, y1 + 170),
+                                resource_id="android:id/topPanel", children=[
+            ui_node("android.widget.TextView", (x1 + 60, y1 + 60, x2 - 60, y1 + 150),
+                    text=title, resource_id=ids["title"])]))
+    if message:
+        children.append(ui_node("android.widget.FrameLayout", (x1, y1 + 170, x2, y2 - 170),
+                                resource_id="android:id/contentPanel", children=[
+            ui_node("android.widget.TextView", (x1 + 60, y1 + 180, x2 - 60, y2 - 180),
+                    text=message, resource_id=ids["message"])]))
+    row, right = [], x2 - 40
+    for label, rid in buttons:
+        width = max(180, 28 * len(label) + 60)
+        row.append(ui_node("android.widget.Button", (right - width, y2 - 150, right, y2 - 30),
+                           text=label, resource_id=rid, clickable=True, focusable=True))
+        right -= width + 20
+    if row:
+        children.append(ui_node("android.widget.LinearLayout", (x1, y2 - 160, x2, y2),
+                                resource_id="android:id/buttonPanel", children=row[::-1]))
+    panel = ui_node("android.widget.LinearLayout", bounds, resource_id=ids["panel"],
+                    package=package, children=children)
+    window = ui_node("android.widget.FrameLayout", bounds, package=package, children=[
+        ui_node("android.widget.FrameLayout", bounds, resource_id="android:id/content",
+                package=package, children=[panel])])
+    _fill_defaults(window, 0, package)
+    return window
+
+
+def keyguard_window() -> ET.Element:
+    """The lock screen of a phone without PIN (swipe to unlock), as one window of
+    com.android.systemui. Ids from AOSP packages/SystemUI/res/layout/
+    super_notification_shade.xml, keyguard_status_view.xml and keyguard_bottom_area.xml."""
+    width, height = SCREEN_SIZE
+    package = "com.android.systemui"
+    window = ui_node("android.widget.FrameLayout", (0, 0, width, height), package=package,
+                     resource_id="com.android.systemui:id/notification_shade", children=[
+        ui_node("android.widget.FrameLayout", (0, 0, width, height),
+                resource_id="com.android.systemui:id/notification_panel", children=[
+            ui_node("android.widget.GridLayout", (0, 300, width, 900),
+                    resource_id="com.android.systemui:id/keyguard_status_view", children=[
+                ui_node("android.widget.TextView", (200, 400, 880, 700), text="12:00",
+                        resource_id="com.android.systemui:id/clock_view")]),
+            ui_node("android.widget.FrameLayout", (0, 2000, width, height),
+                    resource_id="com.android.systemui:id/keyguard_bottom_area", children=[
+                ui_node("android.widget.TextView", (200, 2150, 880, 2220),
+                        text="Swipe up to open",
+                        resource_id="com.android.systemui:id/keyguard_indication_text")]),
+            ui_node("android.widget.ImageView", (480, 1950, 600, 2070), desc="Unlock",
+                    resource_id="com.android.systemui:id/lock_icon")])])
+    _fill_defaults(window, 0, package)
+    return window
+
+
+def with_windows(xml: str, windows) -> str:
+    """A dump with more windows drawn on top (each a top-level <node>)."""
+    top = ET.fromstring(xml.encode("utf-8"))
+    for window in windows:
+        window.set("index", str(len(top)))
+        top.append(window)
+    return serialize_hierarchy(top)
+
+
+def in_bounds(element: ET.Element, x: int, y: int) -> bool:
+    x1, y1, x2, y2 = parse_bounds(element.get("bounds", "[0,0][0,0]"))
+    return x1 <= x < x2 and y1 <= y < y2
 
 
 # ---------------------------------------------------------------------------
@@ -993,9 +1114,23 @@ class AndroidShell:
             io.out("Physical size: %dx%d\n" % SCREEN_SIZE)
         elif args[:1] == ["density"]:
             io.out("Physical density: 420\n")
+        elif args[:1] == ["dismiss-keyguard"]:
+            self.device.dismiss_keyguard()
         else:
             io.err("Unknown command: %s\n" % " ".join(args))
             return 1
+
+    def cmd_svc(self, args, io):
+        """``svc power stayon true|false|usb|ac|wireless``: the "Stay awake" setting."""
+        if args[:2] == ["power", "stayon"] and len(args) > 2:
+            value = {"true": "7", "false": "0", "ac": "1", "usb": "2", "wireless": "4"}
+            if args[2] not in value:
+                io.err("Usage: svc power stayon [true|false|usb|ac|wireless]\n")
+                return 1
+            self.device.settings["global"]["stay_on_while_plugged_in"] = value[args[2]]
+            return 0
+        io.err("Usage: svc [power|data|wifi|usb|nfc|bluetooth] ...\n")
+        return 1
 
     def cmd_pm(self, args, io):
         device = self.device
@@ -1115,7 +1250,9 @@ class AndroidShell:
             io.err(error + "\n")     # real uiautomator still exits 0 here
             return 0
         if path in ("/dev/tty", "/dev/stdout"):
-            io.out(xml)
+            tty = self.device.tty_dump
+            if tty == "any" or (tty == "exec" and self.service == "exec"):
+                io.out(xml)          # else lost: no terminal to write to (exit 0 still)
         else:
             self.device.fs.write(path, xml.encode("utf-8"), make_parents=True)
         io.out("UI hierchary dumped to: %s\n" % path)
@@ -1196,13 +1333,21 @@ class AndroidShell:
             app = device.apps.get(package)
             activity = (app.activity if app is not None and app.activity else
                         package + ".MainActivity")
-            io.out("  mCurrentFocus=Window{1a2b3c u0 %s/%s}\n" % (package, activity))
+            if device.locked:            # Android 12+: the shade holds the focus
+                io.out("  mCurrentFocus=Window{4d5e6f u0 NotificationShade}\n")
+            else:
+                io.out("  mCurrentFocus=Window{1a2b3c u0 %s/%s}\n" % (package, activity))
+            io.out("  mDreamingLockscreen=%s mDreamingSleepToken=null\n"
+                   "  mShowingLockscreen=%s\n" % (_flag(device.locked), _flag(device.locked)))
         elif service == "display":
             io.out("  mCurrentOrientation=0\n  mOverrideDisplayInfo=DisplayInfo{\"Built-in "
                    "Screen\", real %d x %d, rotation 0, orientation=0}\n" % SCREEN_SIZE)
         elif service == "power":
-            io.out("  mWakefulness=Awake\n  mHoldingDisplaySuspendBlocker=true\n"
-                   "  Display Power: state=ON\n")
+            on = device.screen_on
+            io.out("  mWakefulness=%s\n  mHoldingDisplaySuspendBlocker=%s\n"
+                   "  mStayOn=%s\n  Display Power: state=%s\n"
+                   % ("Awake" if on else "Asleep", _flag(on), _flag(device.stay_awake),
+                      "ON" if on else "OFF"))
         elif service == "package" and len(args) > 1:
             app = device.apps.get(args[1])
             if app is None:
@@ -1439,9 +1584,12 @@ class SimDevice:
 
     Everything a test may look at or change is a plain attribute: ``props``,
     ``battery``, ``fs``, ``apps``, ``foreground``, ``settings``, ``events``,
-    ``broadcasts``, ``media_scans``, ``command_log``. Fault injection: ``unplug``,
-    ``replug``, ``set_unauthorized``, ``fail_dumps``, ``slow_dumps``, ``go_silent``,
-    ``wake``.
+    ``broadcasts``, ``media_scans``, ``command_log``, the counters ``dumps`` and
+    ``round_trips``, the power state ``screen_on`` / ``locked``. Fault injection:
+    ``unplug``, ``replug``, ``set_unauthorized``, ``fail_dumps``, ``slow_dumps``,
+    ``go_silent``, ``wake``, ``screen_off``, ``crash_app``, ``drop_taps``; and the knobs
+    of the module docstring (``dump_seconds``, ``dump_failure_rate``, ``tap_drop_rate``,
+    ``crash_rate``, ``crash_dialog``, ``sleep_after_inputs``), drawn from ``rng``.
     """
 
     def __init__(self, serial_name: str = "phonesim0001", model: str = "Pixel 7",
@@ -1483,13 +1631,32 @@ class SimDevice:
         self._state = threading.Condition()      # silence, transports, listener
         self.silent = False
         self.unauthorized = False
-        self._dump_failures = collections.deque()
-        self._dump_delay = 0.0
         self._transports = set()
         self._listener = None
         self._closing = threading.Event()
+        self._init_faults(serial_name)
         self.port = port
         self._listen()
+
+    def _init_faults(self, serial_name: str) -> None:
+        """The fault knobs, all off, and the counters (see the module docstring)."""
+        self._dump_failures = collections.deque()
+        self._dump_delay = 0.0
+        self.rng = random.Random(serial_name)    #: the random faults' draws (``seed``)
+        self.dumps = 0               #: ``uiautomator dump`` runs (failed ones too)
+        self.round_trips = 0         #: services opened (each shell/exec/sync call)
+        self.screen_on = True        #: the display is on
+        self.locked = False          #: the keyguard shows (no PIN: a swipe opens it)
+        self.dump_failure_rate = 0.0     #: chance that a dump fails (idle / null root)
+        self.tap_drop_rate = 0.0         #: chance that a tap does nothing
+        self.crash_rate = 0.0            #: chance that a tap crashes the app in front
+        self.crash_dialog = False        #: a crash shows "<App> keeps stopping"
+        self.sleep_after_inputs = None   #: the screen times out after N inputs
+        self.tty_dump = "any"        #: where `uiautomator dump /dev/tty` prints: any/exec/none
+        self._taps_to_drop = 0
+        self._crash_after_taps = None
+        self._inputs_since_wake = 0
+        self.system_windows = []     #: system dialogs on top: (window, {id: action})
 
     # -- identity -----------------------------------------------------------
 
@@ -1613,41 +1780,160 @@ class SimDevice:
             return package
 
     def tap(self, x: int, y: int) -> None:
+        """A touch: lost while the screen is off, taken by the keyguard or a system
+        dialog on top, maybe dropped or crashing the app (knobs); else the app's."""
         with self.lock:
             self.events.append(("tap", (x, y)))
-            self.screen.tap(x, y)
+            if not self._input_reaches_screen():
+                return
+            if self.system_windows:
+                self._tap_system_window(x, y)
+            elif self._taps_to_drop or (self.tap_drop_rate and
+                                        self.rng.random() < self.tap_drop_rate):
+                self._taps_to_drop = max(0, self._taps_to_drop - 1)
+                self.events.append(("tap-dropped", (x, y)))
+            elif self.foreground and self._crash_due():
+                self.crash_app()
+            else:
+                self.screen.tap(x, y)
 
     def swipe(self, x1, y1, x2, y2, ms=300) -> None:
         with self.lock:
             self.events.append(("swipe", (x1, y1, x2, y2, ms)))
-            self.screen.swipe(x1, y1, x2, y2, ms)
+            if self.screen_on and self.locked and y1 - y2 > 300:
+                self.locked = False          # no PIN: swiping up opens the keyguard
+                return
+            if self._input_reaches_screen() and not self.system_windows:
+                self.screen.swipe(x1, y1, x2, y2, ms)
 
     def type_text(self, text: str) -> None:
         """Deliver typed text to the screen (from ``input text`` or an IME broadcast)."""
         with self.lock:
             self.events.append(("text", text))
-            self.screen.text(text)
+            if self._input_reaches_screen() and not self.system_windows:
+                self.screen.text(text)
 
     def set_text(self, text: str) -> None:
         """Replace the focused field's text (an IME's "set text" action)."""
         with self.lock:
             self.events.append(("set_text", text))
-            self.screen.set_text(text)
+            if self._input_reaches_screen() and not self.system_windows:
+                self.screen.set_text(text)
 
     def press_key(self, key: str) -> None:
-        """``input keyevent``: HOME goes home, printable keys type, others go to the app
-        (an unhandled BACK leaves the app)."""
+        """``input keyevent``: power keys turn the screen on and off (MENU opens a
+        keyguard without PIN), HOME goes home, BACK closes a system dialog, printable
+        keys type, others go to the app (an unhandled BACK leaves the app)."""
         name = KEYCODES.get(int(key), key) if key.isdigit() else key
         name = name if name.startswith("KEYCODE_") else "KEYCODE_" + name
         with self.lock:
             self.events.append(("key", name))
             short = name[len("KEYCODE_"):]
+            if short in ("WAKEUP", "POWER", "SLEEP"):
+                self._power_key(short)
+                return
+            if self.screen_on and self.locked and short == "MENU":
+                self.locked = False
+                return
+            if not self._input_reaches_screen():
+                return
+            if self.system_windows and short in ("BACK", "HOME"):
+                self.system_windows.pop()
+                if short == "BACK":
+                    return
             if short == "HOME":
                 self.foreground = None
             elif short == "SPACE" or len(short) == 1:
                 self.screen.text(" " if short == "SPACE" else short.lower())
             elif not self.screen.key(name) and short == "BACK":
                 self.foreground = None
+
+    # -- power, keyguard, system dialogs, crashes ------------------------------
+
+    def _power_key(self, short: str) -> None:
+        if short == "WAKEUP" or (short == "POWER" and not self.screen_on):
+            self.screen_on, self._inputs_since_wake = True, 0
+        else:
+            self.screen_off()
+
+    def _input_reaches_screen(self) -> bool:
+        """Counts an input towards the screen timeout; False when the screen is off or
+        the keyguard takes it."""
+        if self.screen_on and self.sleep_after_inputs is not None and not self.stay_awake:
+            self._inputs_since_wake += 1
+            if self._inputs_since_wake > self.sleep_after_inputs:
+                self.screen_off()
+        return self.screen_on and not self.locked
+
+    @property
+    def stay_awake(self) -> bool:
+        """``svc power stayon`` / the developer option "Stay awake" (plugged in)."""
+        return self.settings["global"].get("stay_on_while_plugged_in", "0") not in ("0", "")
+
+    def screen_off(self) -> None:
+        """The display goes off and the keyguard locks (as after the screen timeout)."""
+        with self.lock:
+            self.screen_on, self.locked = False, True
+
+    def dismiss_keyguard(self) -> bool:
+        """``wm dismiss-keyguard``: opens a keyguard without PIN if the screen is on."""
+        with self.lock:
+            if self.screen_on:
+                self.locked = False
+            return not self.locked
+
+    def show_system_window(self, window: ET.Element, actions: dict) -> None:
+        """A system dialog on top of everything: ``actions`` maps the resource id of
+        each button to a callable (or None: just close). A tap anywhere else does
+        nothing; BACK closes it."""
+        with self.lock:
+            self.system_windows.append((window, actions))
+
+    def _tap_system_window(self, x: int, y: int) -> None:
+        window, actions = self.system_windows[-1]
+        for element in window.iter("node"):
+            rid = element.get("resource-id")
+            if rid in actions and in_bounds(element, x, y):
+                self.system_windows.pop()
+                if actions[rid] is not None:
+                    actions[rid]()
+                return
+        self.events.append(("tap-swallowed", (x, y)))
+
+    def _crash_due(self) -> bool:
+        if self._crash_after_taps is not None:
+            self._crash_after_taps -= 1
+            if self._crash_after_taps < 0:
+                self._crash_after_taps = None
+                return True
+            return False
+        return bool(self.crash_rate) and self.rng.random() < self.crash_rate
+
+    def crash_app(self, package: str = None, dialog: bool = None) -> None:
+        """The app (in front by default) dies: back to the launcher, its screens lost
+        as after a force-stop; with ``dialog`` (default ``crash_dialog``) Android's
+        "<App> keeps stopping" dialog shows on top (ids of AOSP
+        frameworks/base/core/res/res/layout/app_error_dialog.xml)."""
+        with self.lock:
+            package = package or self.foreground
+            if package is None:
+                return
+            self.events.append(("crash", package))
+            self.stop_app(package)
+            if self.crash_dialog if dialog is None else dialog:
+                label = self.apps[package].label if package in self.apps else package
+                buttons = [("Close app", "android:id/aerr_close"),
+                           ("App info", "android:id/aerr_app_info"),
+                           ("Open app again", "android:id/aerr_restart")]
+                window = alert_window("android", "%s keeps stopping" % label, "",
+                                      buttons, bounds=(90, 900, 990, 1500))
+                self.show_system_window(window, {
+                    "android:id/aerr_close": None, "android:id/aerr_app_info": None,
+                    "android:id/aerr_restart": lambda: self.start_app(package)})
+
+    def seed(self, value) -> None:
+        """Re-seed the random faults (the chaos tests print their seed)."""
+        self.rng.seed(value)
 
     def _broadcast(self, intent) -> None:
         """Deliver a broadcast: the current IME's text actions, the media scanner."""
@@ -1672,13 +1958,24 @@ class SimDevice:
                     self.fs.norm(urllib.parse.unquote(urllib.parse.urlsplit(intent["data"]).path)))
 
     def _take_dump(self):
-        """(error message or None, xml) for ``uiautomator dump``, honouring faults."""
+        """(error message or None, xml) for ``uiautomator dump``, honouring faults: the
+        delay, queued and random failures; a locked phone shows its keyguard; system
+        dialogs are windows on top of the app's."""
+        with self.lock:
+            self.dumps += 1
         if self._dump_delay:
             self._interruptible_sleep(self._dump_delay)
         with self.lock:
             if self._dump_failures:
                 return self._dump_failures.popleft(), None
-            return None, _dump_text(self.screen.dump())
+            if self.dump_failure_rate and self.rng.random() < self.dump_failure_rate:
+                return self.rng.choice((IDLE_ERROR, NULL_ROOT_ERROR)), None
+            if self.locked or not self.screen_on:
+                return None, hierarchy_xml(keyguard_window(), package="com.android.systemui")
+            xml = self.screen.dump()
+            if self.system_windows:
+                xml = with_windows(xml, [window for window, _ in self.system_windows])
+            return None, _dump_text(xml)
 
     def screenshot_png(self) -> bytes:
         seed = zlib.crc32((self.foreground or LAUNCHER_PACKAGE).encode())
@@ -1725,7 +2022,7 @@ class SimDevice:
             for transport in waiting:
                 transport.accept()
 
-    def fail_dumps(self, n: int = 1, message: str = "ERROR: could not get idle state.") -> None:
+    def fail_dumps(self, n: int = 1, message: str = IDLE_ERROR) -> None:
         """The next ``n`` uiautomator dumps print ``message`` and write nothing."""
         with self.lock:
             self._dump_failures.extend([message] * n)
@@ -1733,6 +2030,29 @@ class SimDevice:
     def slow_dumps(self, seconds: float) -> None:
         """Every uiautomator dump takes ``seconds`` (0 to stop)."""
         self._dump_delay = seconds
+
+    @property
+    def dump_seconds(self) -> float:
+        """Seconds per ``uiautomator dump`` (a real phone takes 1-2 s)."""
+        return self._dump_delay
+
+    @dump_seconds.setter
+    def dump_seconds(self, seconds: float) -> None:
+        self._dump_delay = seconds
+
+    def drop_taps(self, n: int = 1) -> None:
+        """The next ``n`` taps do nothing (an element that ignores the first tap)."""
+        with self.lock:
+            self._taps_to_drop += n
+
+    def crash_after_taps(self, n: int) -> None:
+        """The app in front crashes on the (n+1)-th tap from now (0: the next one)."""
+        with self.lock:
+            self._crash_after_taps = n
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.dumps = self.round_trips = 0
 
     def go_silent(self) -> None:
         """Freeze: connections stay open but everything received is swallowed and
@@ -1803,6 +2123,9 @@ class SimDevice:
         kind = kind.split(",")[0]    # "shell,v1,raw" -> "shell"
         handler = {"shell": self._serve_shell, "exec": self._serve_exec,
                    "sync": self._serve_sync}.get(kind)
+        if handler is not None:
+            with self.lock:
+                self.round_trips += 1
         try:
             if handler is None:
                 stream.transport.forget(stream.local_id)
@@ -2062,9 +2385,9 @@ APP_MODELS = {
 }
 
 
-def app_factory(name: str, users: dict):
+def app_factory(name: str, users: dict, **knobs):
     """A model name -> a factory of that app model (one per phone); a package name is
-    passed through (a blank app)."""
+    passed through (a blank app). ``knobs``: app model keywords (accounts, popup_rate...)."""
     if name not in APP_MODELS:
         return name
     # tests/apps.py imports this module by name: run as a script, this module is
@@ -2072,10 +2395,10 @@ def app_factory(name: str, users: dict):
     sys.modules.setdefault("phonesim", sys.modules[__name__])
     import apps as models
     class_name, kwargs = APP_MODELS[name]
-    return lambda: getattr(models, class_name)(users=dict(users), **kwargs)
+    return lambda: getattr(models, class_name)(users=dict(users), **kwargs, **knobs)
 
 
-def main(argv=None) -> int:
+def _arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Simulated Android phones for adb (device side of the protocol).")
     parser.add_argument("--devices", type=int, default=3, help="how many phones")
@@ -2091,16 +2414,43 @@ def main(argv=None) -> int:
                              % ", ".join(APP_MODELS))
     parser.add_argument("--users", default="nasa,natgeo",
                         help="comma-separated user names whose profiles the app models show")
-    options = parser.parse_args(argv)
+    parser.add_argument("--accounts", default="sim_user",
+                        help="comma-separated accounts logged in on each app (first: current)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random faults")
+    parser.add_argument("--popup-rate", type=float, default=0.0,
+                        help="chance of a pop-up with each new screen")
+    parser.add_argument("--popup-on-tap-rate", type=float, default=0.0,
+                        help="chance of a pop-up between a dump and the next tap")
+    parser.add_argument("--dump-seconds", type=float, default=0.0,
+                        help="seconds each uiautomator dump takes (real phones: 1-2)")
+    parser.add_argument("--dump-failure-rate", type=float, default=0.0)
+    parser.add_argument("--tap-drop-rate", type=float, default=0.0)
+    parser.add_argument("--crash-rate", type=float, default=0.0,
+                        help="chance that a tap crashes the app back to the launcher")
+    parser.add_argument("--sleep-after-inputs", type=int, default=None,
+                        help="the screen turns off after N inputs unless kept awake")
+    return parser
+
+
+def main(argv=None) -> int:
+    options = _arg_parser().parse_args(argv)
 
     sim = PhoneSim()
     users = {name.strip().lstrip("@"): False for name in options.users.split(",") if name}
-    apps = [app_factory(name.strip(), users) for name in options.apps.split(",") if name]
+    knobs = {"accounts": [a.strip() for a in options.accounts.split(",") if a.strip()],
+             "seed": options.seed, "popup_rate": options.popup_rate,
+             "popup_on_tap_rate": options.popup_on_tap_rate}
+    apps = [app_factory(name.strip(), users, **knobs)
+            for name in options.apps.split(",") if name]
     for number in range(options.devices):
         port = options.base_port + number if options.base_port else 0
-        sim.add_device(model=options.model, android=options.android, sdk=options.sdk,
-                       ime=None if options.ime == "none" else options.ime,
-                       apps=apps, port=port)
+        device = sim.add_device(model=options.model, android=options.android,
+                                sdk=options.sdk, apps=apps, port=port,
+                                ime=None if options.ime == "none" else options.ime)
+        device.seed(options.seed + number)
+        for knob in ("dump_seconds", "dump_failure_rate", "tap_drop_rate", "crash_rate",
+                     "sleep_after_inputs"):
+            setattr(device, knob, getattr(options, knob))
     print("phonesim: %d phone(s) listening" % len(sim.devices))
     for device in sim.devices:
         print("  adb connect %s    # %s, Android %s, serial %s"

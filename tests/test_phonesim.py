@@ -7,6 +7,7 @@ Waits are on conditions with deadlines; there are no sleeps to win races.
 """
 
 import base64
+import re
 import shlex
 import struct
 import threading
@@ -320,7 +321,9 @@ def test_command_line_phones_carry_the_app_models(adb):
     import sys
     from pathlib import Path
     script = Path(__file__).with_name("phonesim.py")
-    proc = subprocess.Popen([sys.executable, str(script), "--devices", "1"],
+    proc = subprocess.Popen([sys.executable, str(script), "--devices", "1",
+                             "--accounts", "main,shop", "--dump-seconds", "0.2",
+                             "--dump-failure-rate", "0"],
                             stdout=subprocess.PIPE, text=True)
     try:
         address = None
@@ -337,7 +340,383 @@ def test_command_line_phones_carry_the_app_models(adb):
         assert "package:com.zhiliaoapp.musically" in packages
         assert "package:com.instagram.android" in packages
         assert "versionName=47.0.3" in device.shell("dumpsys package com.zhiliaoapp.musically")
+        started = time.monotonic()
+        assert device.shell("uiautomator dump /dev/tty").endswith("dumped to: /dev/tty")
+        assert time.monotonic() - started >= 0.2          # --dump-seconds reached it
     finally:
         proc.send_signal(signal.SIGTERM)
         rest = proc.communicate(timeout=15)[0]
     assert proc.returncode == 0 and "phonesim: stopped" in rest
+
+
+# ---------------------------------------------------------------------------
+# A harder phone: power and keyguard, counters, dump faults, lost taps, crashes
+# ---------------------------------------------------------------------------
+
+import xml.etree.ElementTree as ET  # noqa: E402
+
+from phonesim import IDLE_ERROR, NULL_ROOT_ERROR  # noqa: E402
+
+
+def dump_tree(d):
+    """The phone's current dump (stdout form), parsed; a playing video (no idle state)
+    is paused by a tap in the middle first, as the scripts do."""
+    out = d.shell("uiautomator dump /dev/tty")
+    for _ in range(3):
+        if out != IDLE_ERROR:
+            break
+        d.shell("input tap 540 1200")
+        out = d.shell("uiautomator dump /dev/tty")
+    assert out.endswith("UI hierchary dumped to: /dev/tty"), out[-200:]
+    return ET.fromstring(out[:-len("UI hierchary dumped to: /dev/tty")].encode())
+
+
+def node(tree, **attrs):
+    """First node whose attributes (resource_id= -> resource-id) equal attrs, or None."""
+    wanted = {k.replace("_", "-"): v for k, v in attrs.items()}
+    return next((el for el in tree.iter("node")
+                 if all(el.get(k) == v for k, v in wanted.items())), None)
+
+
+def tap_node(d, tree, **attrs):
+    found = node(tree, **attrs)
+    assert found is not None, attrs
+    x1, y1, x2, y2 = (int(n) for n in found.get("bounds").replace("][", ",")
+                      .strip("[]").split(","))
+    d.shell(["input", "tap", str((x1 + x2) // 2), str((y1 + y2) // 2)])
+
+
+@pytest.fixture
+def form_phone(sim, adb):
+    device = sim.add_device(model="Harder", apps=[lambda: XmlApp(form_xml())])
+    adb.connect(device.address)
+    d = adb.client().device(device.address)
+    d.shell(["am", "start", "-n", FORM_PACKAGE + "/.Main"])
+    return device, d
+
+
+def test_screen_off_shows_the_keyguard_until_woken_and_dismissed(form_phone):
+    device, d = form_phone
+    app = device.apps[FORM_PACKAGE]
+    device.screen_off()
+    assert "mWakefulness=Asleep" in d.shell("dumpsys power")
+    tree = dump_tree(d)
+    assert node(tree, resource_id="com.android.systemui:id/keyguard_indication_text") is not None
+    assert node(tree, package=FORM_PACKAGE) is None
+    d.shell("input tap 900 450")                      # the Send button: not reached
+    assert not app.taps
+    d.shell("wm dismiss-keyguard")                   # screen still off: stays locked
+    assert device.locked
+    d.shell("input keyevent KEYCODE_WAKEUP")
+    assert "Display Power: state=ON" in d.shell("dumpsys power")
+    assert node(dump_tree(d), text="Swipe up to open") is not None   # on, still locked
+    assert "mShowingLockscreen=true" in d.shell("dumpsys window")
+    d.shell("wm dismiss-keyguard")
+    assert node(dump_tree(d), text="Send") is not None
+    d.shell("input tap 900 450")
+    assert app.taps[-1].node["text"] == "Send"
+    device.screen_off()
+    d.shell("input keyevent 224")                    # WAKEUP by number, then MENU
+    d.shell("input keyevent 82")
+    assert not device.locked and device.screen_on
+
+
+def test_screen_times_out_unless_kept_awake(form_phone):
+    device, d = form_phone
+    device.sleep_after_inputs = 2
+    for _ in range(3):
+        d.shell("input tap 900 450")
+    assert not device.screen_on and device.locked
+    assert len(device.apps[FORM_PACKAGE].taps) == 2
+    d.shell("input keyevent KEYCODE_WAKEUP && wm dismiss-keyguard")
+    assert d.shell2("svc power stayon usb").returncode == 0
+    assert "mStayOn=true" in d.shell("dumpsys power")
+    for _ in range(5):
+        d.shell("input tap 900 450")
+    assert device.screen_on and len(device.apps[FORM_PACKAGE].taps) == 7
+
+
+def test_dump_to_stdout_is_one_round_trip_and_is_counted(form_phone, adb):
+    device, d = form_phone
+    device.reset_counters()
+    out = d.shell("uiautomator dump /dev/tty")
+    assert out.startswith("<?xml") and out.endswith("UI hierchary dumped to: /dev/tty")
+    assert "</hierarchy>UI hierchary" in out         # no newline between, as on phones
+    assert (device.dumps, device.round_trips) == (1, 1)
+    d.shell("uiautomator dump /sdcard/w.xml")
+    d.shell("cat /sdcard/w.xml")
+    assert (device.dumps, device.round_trips) == (2, 3)
+    device.tty_dump = "exec"             # newer phones: only exec: reaches stdout
+    assert d.shell("uiautomator dump /dev/tty") == "UI hierchary dumped to: /dev/tty"
+    result = adb.run("-s", device.address, "exec-out", "uiautomator", "dump", "/dev/tty")
+    assert result.stdout.startswith("<?xml") and "dumped to: /dev/tty" in result.stdout
+    device.tty_dump = "any"
+    device.reset_counters()
+    device.dump_seconds = 0.3
+    started = time.monotonic()
+    d.shell("uiautomator dump /dev/tty")
+    assert time.monotonic() - started >= 0.3 and device.dumps == 1
+    device.dump_seconds = 0
+
+
+def test_random_dump_failures_print_both_real_errors(form_phone):
+    device, d = form_phone
+    device.seed(3)
+    device.dump_failure_rate = 1.0
+    seen = {d.shell2("uiautomator dump /sdcard/f.xml").output.strip() for _ in range(12)}
+    assert seen == {IDLE_ERROR, NULL_ROOT_ERROR}
+    assert d.shell2("test -e /sdcard/f.xml").returncode == 1    # nothing written
+    device.dump_failure_rate = 0
+    device.fail_dumps(1, NULL_ROOT_ERROR)
+    assert d.shell("uiautomator dump /dev/tty") == NULL_ROOT_ERROR
+
+
+def test_a_dropped_tap_does_nothing(form_phone):
+    device, d = form_phone
+    app = device.apps[FORM_PACKAGE]
+    before = len(app.taps)
+    device.drop_taps(1)
+    d.shell("input tap 900 450")
+    assert len(app.taps) == before and ("tap-dropped", (900, 450)) in device.events
+    d.shell("input tap 900 450")
+    assert len(app.taps) == before + 1
+
+
+def test_crash_goes_to_the_launcher_with_androids_dialog(form_phone):
+    device, d = form_phone
+    device.crash_dialog = True
+    device.crash_after_taps(0)
+    d.shell("input tap 900 450")
+    assert device.foreground is None and ("crash", FORM_PACKAGE) in device.events
+    tree = dump_tree(d)
+    windows = list(tree)
+    assert len(windows) == 2 and windows[0].get("package") == "com.android.launcher3"
+    assert node(tree, resource_id="android:id/alertTitle").get("text").endswith(
+        "keeps stopping")
+    d.shell("input tap 540 300")                      # outside the dialog: swallowed
+    assert device.system_windows
+    tap_node(d, tree, resource_id="android:id/aerr_restart")
+    assert device.foreground == FORM_PACKAGE and not device.system_windows
+    device.crash_app(dialog=False)
+    assert device.foreground is None and not device.system_windows
+
+
+# ---------------------------------------------------------------------------
+# The app models (tests/apps.py) as hard as the real apps
+# ---------------------------------------------------------------------------
+
+def model_phone(sim, adb, app):
+    device = sim.add_device(model="Models", apps=[app])
+    adb.connect(device.address)
+    d = adb.client().device(device.address)
+    d.shell(["monkey", "-p", app.package, "1"])
+    return device, d
+
+
+def test_popup_is_a_window_over_the_screen_and_swallows_taps(sim, adb):
+    from apps import TikTokApp
+    app = TikTokApp("43.1.4", users={"alice": False})
+    device, d = model_phone(sim, adb, app)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    below = dump_tree(d)
+    app.show_popup("terms")
+    tree = dump_tree(d)
+    assert len(tree) == len(below) + 1                 # one more window, on top
+    assert tree[-1].get("package") == app.package
+    assert node(tree, text="Follow") is not None       # the screen below is still there
+    assert node(tree, resource_id="android:id/alertTitle").get("text").startswith("We're")
+    tap_node(d, below, text="Follow")                  # under the dialog: swallowed
+    d.shell("input keyevent KEYCODE_BACK")             # Terms cannot be cancelled
+    assert app.follows["alice"] is False and app.popup is not None
+    tap_node(d, tree, resource_id="android:id/button1", text="Agree and continue")
+    assert app.popup is None
+    tap_node(d, dump_tree(d), text="Follow")
+    assert app.follows["alice"] is True
+    assert app.actions[-1] == {"account": "sim_user", "action": "follow", "target": "alice"}
+
+
+def test_popup_between_dump_and_tap_covers_the_target(sim, adb):
+    from apps import TikTokApp
+    app = TikTokApp(users={"alice": False}, popup_on_tap_rate=1.0, seed=5,
+                    popup_kinds=["contacts"])
+    device, d = model_phone(sim, adb, app)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    tree = dump_tree(d)
+    tap_node(d, tree, text="Follow")
+    assert app.follows["alice"] is False               # the pop-up came first
+    popup = dump_tree(d)[-1]
+    assert popup.get("package") == "com.google.android.permissioncontroller"
+    follow = node(tree, text="Follow").get("bounds")
+    y = int(follow.split(",")[1].split("]")[0])
+    top, bottom = (int(v) for v in re.findall(r"\d+", popup.get("bounds"))[1::2])
+    assert top <= y <= bottom                           # drawn over the target
+    deny = node(popup, resource_id="com.google.android.permissioncontroller:id/"
+                                   "permission_deny_button")
+    assert deny.get("text") == "Don\u2019t allow"      # Android's apostrophe
+    app.popup_on_tap_rate = 0
+    tap_node(d, popup, text="Don\u2019t allow")
+    tap_node(d, dump_tree(d), text="Follow")
+    assert app.follows["alice"] is True
+
+
+@pytest.mark.parametrize("version", ["47.0.3", "43.1.4"])
+def test_tiktok_search_keeps_the_query_and_rows_have_ids(sim, adb, version):
+    from apps import TikTokApp
+    app = TikTokApp(version, users={"carol": False, "carolyn": False})
+    device, d = model_phone(sim, adb, app)
+    tap_node(d, dump_tree(d), **{"content-desc": "Search"})
+    d.shell(["input", "text", "carol"])
+    d.shell("input keyevent KEYCODE_ENTER")
+    tap_node(d, dump_tree(d), text="Users")
+    tree = dump_tree(d)
+    field = node(tree, **{"class": "android.widget.EditText"})
+    assert field.get("text") == "carol"                # the query stays in the field
+    handles = [n.get("text") for n in tree.iter("node")
+               if n.get("resource-id", "").endswith(":id/unique_id")]
+    assert handles == ["carol", "carolyn"]
+    tap_node(d, tree, **{"class": "android.widget.EditText"})
+    assert app.screen == "search" and app.target is None      # typing again, no profile
+    assert node(dump_tree(d), focused="true").get("text") == "carol"
+    d.shell("input keyevent KEYCODE_ENTER")
+    tap_node(d, dump_tree(d), text="Users")
+    tap_node(d, dump_tree(d), resource_id=app.package + ":id/unique_id", text="carolyn")
+    assert app.screen == "profile" and app.target == "carolyn"
+
+
+def test_instagram_switcher_and_follows_per_account(sim, adb):
+    from apps import InstagramApp
+    app = InstagramApp(accounts=["main", "shop"], users={"alice": False})
+    device, d = model_phone(sim, adb, app)
+    pkg = app.package
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/profile_tab")
+    tree = dump_tree(d)
+    assert node(tree, resource_id=pkg + ":id/action_bar_large_title_auto_size"
+                ).get("text") == "main"
+    assert node(tree, resource_id=pkg + ":id/action_bar_title") is None
+    tap_node(d, tree, resource_id=pkg + ":id/action_bar_title_chevron")
+    sheet = dump_tree(d)
+    assert node(sheet, text="Add account") is not None
+    tap_node(d, sheet, resource_id=pkg + ":id/row_user_textview", text="shop")
+    assert app.current == "shop"
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.instagram.com/alice/"])
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/profile_header_follow_button")
+    assert app.follow_state == {"main": {"alice": False}, "shop": {"alice": True}}
+    assert [a["account"] for a in app.actions] == ["shop"]
+
+
+@pytest.mark.parametrize("path", ["name", "settings"])
+def test_tiktok_switch_account_both_paths(sim, adb, path):
+    from apps import TikTokApp
+    app = TikTokApp(accounts=["main", "shop"], switcher_paths=[path])
+    device, d = model_phone(sim, adb, app)
+    tap_node(d, dump_tree(d), **{"content-desc": "Profile"})
+    tree = dump_tree(d)
+    assert node(tree, **{"content-desc": "Switch account"}) is None
+    if path == "name":
+        tap_node(d, tree, text="main", clickable="false")
+    else:
+        tap_node(d, tree, **{"content-desc": "Profile menu"})
+        tap_node(d, dump_tree(d), text="Settings and privacy")
+        assert node(dump_tree(d), text="Switch account") is None   # under the fold
+        d.shell("input swipe 540 2000 540 600 300")
+        tap_node(d, dump_tree(d), text="Switch account")
+    sheet = dump_tree(d)
+    assert [n.get("checked") for n in sheet.iter("node")
+            if n.get("class") == "android.widget.RadioButton"] == ["true", "false"]
+    tap_node(d, sheet, text="shop")
+    assert app.current == "shop" and app.screen == "home"
+
+
+def test_block_screens_refuse_the_action(sim, adb):
+    from apps import InstagramApp, TikTokApp
+    ig = InstagramApp(users={"alice": False})
+    device, d = model_phone(sim, adb, ig)
+    ig.block_next("follow")
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.instagram.com/alice/"])
+    tap_node(d, dump_tree(d), resource_id=ig.package + ":id/profile_header_follow_button")
+    tree = dump_tree(d)
+    assert ig.follows["alice"] is False
+    assert node(tree, text="Try Again Later") is not None
+    assert "We restrict certain activity" in node(tree, resource_id="android:id/message"
+                                                   ).get("text")
+    tap_node(d, tree, text="OK")
+    tap_node(d, dump_tree(d), resource_id=ig.package + ":id/profile_header_follow_button")
+    assert ig.follows["alice"] is True
+    tt = TikTokApp(users={"bob": False})
+    device, d = model_phone(sim, adb, tt)
+    tt.block_next("follow", "tapping_too_fast")
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@bob"])
+    tap_node(d, dump_tree(d), text="Follow")
+    assert tt.follows["bob"] is False
+    toast = node(dump_tree(d), text="You're tapping too fast. Take a break.")
+    assert toast is not None and toast.get("resource-id") == "android:id/message"
+
+
+def test_french_phone_keeps_ids_and_no_stranger_account_is_acted_as(sim, adb):
+    from apps import TikTokApp
+    app = TikTokApp("43.1.4", users={"alice": False}, locale="fr", accounts=["main"])
+    device, d = model_phone(sim, adb, app)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    tree = dump_tree(d)
+    assert node(tree, text="Follow") is None
+    tap_node(d, tree, resource_id=app.package + ":id/eme", text="Suivre")
+    assert app.follows["alice"] is True
+    d.shell("input keyevent KEYCODE_BACK")
+    tap_node(d, dump_tree(d), **{"content-desc": "Profil"})
+    tap_node(d, dump_tree(d), text="main", clickable="false")
+    tap_node(d, dump_tree(d), text="Add account")      # not an account: nothing changes
+    assert app.current == "main" and {a["account"] for a in app.actions} == {"main"}
+
+
+def test_instagram_search_keyword_row_full_results_and_story_ring(sim, adb):
+    from apps import InstagramApp
+    app = InstagramApp(users={"carol": False, "carol.b": False})
+    device, d = model_phone(sim, adb, app)
+    pkg = app.package
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/search_tab")
+    d.shell(["input", "text", "carol"])
+    tree = dump_tree(d)
+    assert node(tree, resource_id=pkg + ":id/row_search_keyword_title").get("text") == "carol"
+    assert [n.get("text") for n in tree.iter("node") if n.get("resource-id") ==
+            pkg + ":id/row_search_user_username"] == ["carol", "carol.b"]
+    ring = node(tree, resource_id=pkg + ":id/row_search_avatar_with_ring",
+                **{"content-desc": "name_2 la story"})
+    tap_node(d, tree, **{"content-desc": ring.get("content-desc")})
+    assert app.screen == "story"                     # the ring opens the story
+    d.shell("input keyevent KEYCODE_BACK")
+    d.shell("input keyevent KEYCODE_ENTER")          # the keyboard's search key
+    tree = dump_tree(d)
+    assert node(tree, resource_id=pkg + ":id/action_bar_search_edit_text"
+                ).get("text") == "carol"
+    assert node(tree, resource_id=pkg + ":id/row_search_user_username") is None
+    tap_node(d, tree, text="Accounts")
+    tap_node(d, dump_tree(d), resource_id=pkg + ":id/row_search_user_username",
+             text="carol.b")
+    assert app.screen == "profile" and app.target == "carol.b"
+
+
+def test_swipe_tutorial_takes_the_tap_and_instagram_popups_close_with_back(sim, adb):
+    from apps import InstagramApp, TikTokApp
+    tt = TikTokApp("43.1.4", users={"alice": False})
+    device, d = model_phone(sim, adb, tt)
+    d.shell(["am", "start", "-a", "android.intent.action.VIEW", "-d",
+             "https://www.tiktok.com/@alice"])
+    below = dump_tree(d)
+    tt.show_popup("swipe_tutorial")
+    assert node(dump_tree(d)[-1], text="Swipe up for more") is not None
+    tap_node(d, below, text="Follow")                 # closes the overlay, nothing else
+    assert tt.popup is None and tt.follows["alice"] is False
+    ig = InstagramApp()
+    device, d = model_phone(sim, adb, ig)
+    ig.show_popup("save_login")
+    tree = dump_tree(d)
+    assert [n.get("text") for n in tree[-1].iter("node") if n.get("clickable") == "true"] \
+        == ["Not now", "Save"]
+    d.shell("input keyevent KEYCODE_BACK")
+    assert ig.popup is None and device.foreground == ig.package

@@ -321,9 +321,18 @@ def test_sigkill_mid_task_then_restart(tmp_path, adb, sim):
         server.stop()
 
 
-def test_a_task_that_ends_on_a_full_disk_is_written_when_space_is_back(small_disk, adb, sim):
+def test_a_task_that_ends_on_a_full_disk_is_written_when_space_is_back(small_disk):
     """The end is kept while the disk is full, written once space is freed (no restart),
-    and the phone takes tasks again."""
+    and the phone takes tasks again.
+
+    Its own adb server: the module's lists every phone of the earlier tests, and their
+    state and farm-view writes would fill the 512 KiB disk's WAL again once freed."""
+    from phonesim import AdbServer, PhoneSim
+    with AdbServer() as adb, PhoneSim() as sim:
+        full_disk_end_is_written_later(small_disk, adb, sim)
+
+
+def full_disk_end_is_written_later(small_disk, adb, sim):
     farm = Farm(small_disk.path, adb, sim).start()
     try:
         farm.lite.runner.unwritten_retry = (0.05,)

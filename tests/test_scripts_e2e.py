@@ -205,7 +205,7 @@ def test_post_element_missing_names_step_and_english(farm, tmp_path, monkeypatch
         "material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
         "upload_wait_time": 5}, timeout=90)[0]
     assert task["status"] == 3
-    assert "open Upload" in task["error"] and "English" in task["error"]
+    assert "tap Create" in task["error"] and "English" in task["error"]
     assert "upload_hot_area" in task["error"]
     names = [a.rsplit("/", 1)[-1] for a in task["artifacts"]]
     assert "ui_dump.xml" in names and "screenshot.png" in names
@@ -352,8 +352,12 @@ def test_warmup_interacts(farm, kind):
         "collect_probable": 100, "floow_probable": 100 if kind != "instagram" else 0,
         "comment_probable": 100, "comment": "so {good|nice}", "platform": PLATFORM[kind]})
     result = ok(task)
-    assert result["videos"] >= 2 and app.likes == result["likes"] >= 2
-    assert app.collects >= 2 and sum(len(v) for v in app.comments.values()) >= 2
+    # every video watched got each interaction (the count of videos in 3 s depends
+    # on the machine's load, what was done on each does not)
+    assert result["videos"] >= 1 and app.likes == result["likes"] == result["videos"]
+    assert app.collects == result["collects"] == result["videos"]
+    assert sum(len(v) for v in app.comments.values()) == result["comments"] == \
+        result["videos"]
 
 
 def test_warmup_topic_and_stop_within_two_seconds(farm):
@@ -370,3 +374,161 @@ def test_warmup_topic_and_stop_within_two_seconds(farm):
     task = farm.finished(ids[0], 5)
     assert time.monotonic() - started < 2.0
     assert task["status"] == 3 and task["error"] == "stopped by user"
+
+
+# ---------------------------------------------------------------------------------------
+# issue 7: closed-loop steps, account switching, blocks, pre-task checks, cost
+# ---------------------------------------------------------------------------------------
+
+def dumps(device):
+    return len(device.commands("uiautomator"))
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_follow_by_link_costs_at_most_three_dumps(farm, kind):
+    device, app = farm.phone(kind, users={"alice": False})
+    device.clear_log()
+    ok(farm.run(device.address, "follow", {"target_users": ["alice"],
+                                           "platform": PLATFORM[kind]})[0])
+    assert app.follows["alice"] is True
+    assert dumps(device) <= 3
+    # one round trip per dump: the XML comes on stdout
+    assert all(argv[:3] == ["uiautomator", "dump", "/dev/tty"]
+               for argv in device.commands("uiautomator"))
+    assert not device.commands("cat")
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_post_costs_at_most_ten_dumps(farm, tmp_path, kind):
+    device, app = farm.phone(kind)
+    device.clear_log()
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton", "captions": "cost",
+                                         "platform": PLATFORM[kind]})[0])
+    # TikTok's home plays a video: its first dump fails ("could not get idle state")
+    # and is taken again after a tap that pauses it, one more uiautomator run
+    assert len(app.posts) == 1 and dumps(device) <= (11 if kind == "tiktok47" else 10)
+
+
+def test_search_row_is_not_the_field_that_keeps_the_query(farm):
+    """Failure 1: the search bar shows "carol" after submitting; the row is tapped."""
+    device, app = farm.phone("tiktok47", users={"carol": False, "carolyn": False})
+    ok(farm.run(device.address, "follow", {"target_users": ["carol"],
+                                           "access_method": "search"})[0])
+    assert app.follows == {"carol": True, "carolyn": False}
+
+
+def test_popup_on_top_of_the_target_is_dismissed_before_the_tap(farm, tmp_path):
+    """Failure 2: a pop-up comes between the dump and the tap and swallows it; the
+    step sees no effect, dismisses the pop-up and taps again."""
+    device, app = farm.phone("tiktok47", popup_on_tap_rate=0.35, seed=3)
+    task = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+        "captions": "through pop-ups"}, timeout=120)[0]
+    ok(task)
+    assert app.posts[0]["caption"] == "through pop-ups"
+    assert app.posts[0]["media"] == ["/sdcard/DCIM/Camera/v.mp4"]
+    assert any("pop-up" in str(line) for line in task["log"])
+
+
+@pytest.mark.parametrize("paths", [("name",), ("settings",)])
+def test_tiktok_switcher_both_paths(farm, paths):
+    """Failure 4: the name at the top of the own profile, or the long way through the
+    profile menu and the settings."""
+    device, app = farm.phone("tiktok47", accounts=["main", "second"],
+                             users={"alice": False}, switcher_paths=paths)
+    farm.account("second", device, app, "tiktok")
+    reply = farm.http.post_json("/api/v1/task", {"usernames": ["second"],
+                                                "script_name": "follow",
+                                                "script_config": {"target_users": ["alice"]}}
+                                ).json
+    ok(farm.finished(reply["data"]["task_ids"][0]))
+    assert app.current == "second"
+    assert app.follow_state["second"]["alice"] is True
+    assert not app.follow_state["main"].get("alice")
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_account_not_logged_in_is_named_and_not_retried(farm, kind):
+    """Failures 3 and 5: the current account is read (Instagram's
+    action_bar_large_title_auto_size); an account bound to the phone but not logged in
+    fails naming it, acts as nobody else, and is not retried."""
+    device, app = farm.phone(kind, accounts=["main"], users={"alice": False})
+    farm.account("ghost", device, app, PLATFORM[kind])
+    reply = farm.http.post_json("/api/v1/task", {
+        "usernames": ["ghost"], "script_name": "follow", "max_retry_count": 3,
+        "auto_retry": True, "script_config": {"target_users": ["alice"]}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    name = {"tiktok47": "TikTok", "instagram": "Instagram"}[kind]
+    assert task["status"] == 3
+    assert f"@ghost is not logged in on this phone's {name}" in task["error"]
+    assert task["retry_count"] == 0 and app.follows["alice"] is False
+    assert not [a for a in app.actions if a["action"] == "follow"]
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_account_blocked_fails_without_retry(farm, kind):
+    device, app = farm.phone(kind, users={"alice": False})
+    app.block_next("follow")
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "follow", "auto_retry": True,
+        "script_config": {"target_users": ["alice"], "platform": PLATFORM[kind]}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and "account blocked: " in task["error"], task["error"]
+    assert task["retry_count"] == 0
+
+
+def test_locked_phone_is_woken_and_kept_awake(farm):
+    device, app = farm.phone("tiktok47", users={"alice": False})
+    device.screen_off()
+    ok(farm.run(device.address, "follow", {"target_users": ["alice"]})[0])
+    assert app.follows["alice"] is True
+    assert ["input", "keyevent", "KEYCODE_WAKEUP"] in device.commands() or \
+        any(a[:3] == ["input", "keyevent", "KEYCODE_WAKEUP"] for a in device.commands())
+    assert ["wm", "dismiss-keyguard"] in device.commands()
+    farm.wait_idle(device)
+    assert device.settings["global"].get("stay_on_while_plugged_in", "0") in ("0", "null")
+
+
+def test_app_not_installed_fails_fast_without_retry(farm):
+    device, _ = farm.phone("tiktok47")
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "follow", "auto_retry": True,
+        "script_config": {"target_users": ["alice"], "platform": "instagram"}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and "Instagram is not installed" in task["error"]
+    assert task["retry_count"] == 0 and not device.commands("uiautomator")
+
+
+def test_post_parameters_not_applied_are_refused(farm, tmp_path):
+    device, _ = farm.phone("tiktok47")
+    files = media(tmp_path, "v.mp4")
+    for extra, field in [({"add_sound": "1"}, "add_sound"),
+                         ({"origin_sound_volume": 20}, "origin_sound_volume"),
+                         ({"add_sound_volume": 80}, "add_sound_volume"),
+                         ({"add_product_link": 1}, "add_product_link"),
+                         ({"sound_name": "x"}, "sound_name")]:
+        reply = farm.submit(device.address, "post", dict({"material_list": files}, **extra),
+                            40001)
+        assert reply["message"].startswith("script_config." + field), reply
+
+
+def test_french_tiktok_posts_where_the_ids_are_known(farm, tmp_path):
+    """The create flow of TikTok 47.0.3 has known ids for every step: a phone and app
+    in French post without needing one English label."""
+    device, app = farm.phone("tiktok47", locale="fr")
+    device.props["persist.sys.locale"] = "fr-FR"
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton", "captions": "bonjour"})[0])
+    assert app.posts[0]["caption"] == "bonjour"
+
+
+def test_french_phone_with_an_unknown_app_version_fails_fast(farm, tmp_path):
+    device, app = farm.phone("tiktok47", locale="fr")
+    app.version = "48.2.0"
+    device.props["persist.sys.locale"] = "fr-FR"
+    task = farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                             "post_way": "addButton"})[0]
+    assert task["status"] == 3 and task["retry_count"] == 0
+    assert "fr-FR" in task["error"] and "set the phone to English" in task["error"]
+    assert not device.commands("uiautomator")

@@ -293,7 +293,8 @@ def test_examples_target_username_forms_and_errors(farm):
     assert message.startswith("script_config.target_username:")
     message = error_of(farm.send({"serials": [device.address], "script_name": "follow",
                                   "script_config": {"target_username": 7}}))
-    assert "script_config.target_username: must be str or list" in message
+    assert "script_config.target_username: must be str or list (a string or an array)" \
+        in message
 
 
 def take_offline(farm, device):
@@ -359,7 +360,7 @@ def test_examples_auto_retry_failed_ends_when_none_failed(farm):
     ids = farm.created({"serials": [device.address], "script_name": "follow",
                         "script_config": {"target_username": "@late_user"}}, 1)
     assert farm.wait_status(ids[0], FAILED, 60)["error"]
-    app.follows["late_user"] = False
+    app.users["late_user"] = False          # the profile appears
     c = farm.client
     c.auto_retry_failed()
     assert c.said[0] == "Retrying 1 failed tasks (attempt 1)"
@@ -566,21 +567,17 @@ def test_post_material_library_tiktok_without_enough_material(farm):
     assert all(m["reserved_by"] is None for m in farm.materials()["items"])
 
 
-def test_post_material_library_custom_sound_is_not_applied(farm):
+def test_post_material_library_custom_sound_is_refused(farm):
     """Post Script Configuration, "Post with Custom Sound" with a video in the library:
-    the post is published with the library's video, but Lite does not add the custom
-    sound yet (README: add_sound and its volumes are accepted, not applied): the task log
-    says so and the published post has no added sound."""
-    device, (app,) = farm.phone()
+    Lite cannot add a sound in the editor yet, so the example is refused at creation with
+    a 40001 on add_sound (README: "Custom sound (not yet)"), rather than posted without
+    the sound; no task is made and the library's video stays free."""
+    device, _ = farm.phone()
     video, = farm.library(("clip.mp4", mp4(1)))
-    task, = farm.finished(farm.created(library_post(farm, "Post with Custom Sound",
-                                                    [device]), 1))
-    assert task["script_config"]["material_ids"] == [video["id"]]
-    assert task["script_config"]["custom_sound_keyword"] == "trending dance 2024"
-    assert any("add_sound / add_product_link are accepted but not applied" in str(line)
-               for line in task["log"])
-    assert [(p["caption"], p["sound"]) for p in app.posts] == \
-        [("Dancing to this trending sound!", None)]
+    message = error_of(farm.send(library_post(farm, "Post with Custom Sound", [device])))
+    assert message.startswith("script_config.add_sound: Lite cannot add a sound"), message
+    assert farm.client.get_stats()["data"]["total"] == 0
+    assert [m["reserved_by"] for m in farm.materials()["items"]] == [None]
 
 
 def test_post_material_library_specific_sound_url(farm):
@@ -738,7 +735,7 @@ def test_follow_unfollow_schedule_with_start_time(farm, script):
 
 def test_follow_by_username_list(farm):
     """Follow Script Configuration, "Follow Users by Username List Mode": each of two
-    accounts (on one phone) follows the target, as itself."""
+    accounts (on one phone) follows the target, as itself (follows are per account)."""
     device, (app,) = farm.phone(tiktok={"target_user": False},
                                 accounts=["my_account1", "my_account2"])
     farm.account("my_account1", device, app)
@@ -753,7 +750,8 @@ def test_follow_by_username_list(farm):
     }
     tasks = farm.finished(farm.created(body, 2), timeout=90)
     assert sorted(t["username"].lstrip("@") for t in tasks) == ["my_account1", "my_account2"]
-    assert sorted(t["result"]["already"] for t in tasks) == [False, True]
+    assert sorted(t["result"]["already"] for t in tasks) == [False, False]
+    assert all(app.follow_state[a]["target_user"] for a in ("my_account1", "my_account2"))
 
 
 @pytest.mark.parametrize("script, target", [("follow", "@influencer_account"),
