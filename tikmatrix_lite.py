@@ -20,11 +20,13 @@ import argparse
 import base64
 import contextlib
 import datetime as _dt
+import functools
 import hmac
 import importlib.util
 import ipaddress
 import json
 import logging
+import math
 import os
 import posixpath
 import random
@@ -332,7 +334,13 @@ def format_time(epoch: Optional[float]) -> Optional[str]:
     """Epoch seconds -> the API's 'YYYY-MM-DD HH:MM:SS' in the box's local time."""
     if epoch is None:
         return None
-    return time.strftime(TIME_FORMAT, time.localtime(epoch))
+    return _format_second(math.floor(epoch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_second(second: int) -> str:
+    # a page of tasks repeats the same few seconds; strftime costs more than the lookup
+    return time.strftime(TIME_FORMAT, time.localtime(second))
 
 
 def next_occurrence(hhmm: str, now: float) -> float:
@@ -429,12 +437,94 @@ MIGRATIONS: List[str] = [
     );
     CREATE INDEX accounts_serial ON accounts (serial);
     """,
+    # 2: one index per real query (each index is written on every change of a task, and
+    # the SD card pays for it), counters for the totals, and the pending tasks of each
+    # phone in partial indexes that hold only them.
+    f"""
+    DROP INDEX tasks_status;
+    DROP INDEX tasks_due;
+    DROP INDEX tasks_script;
+    DROP INDEX tasks_source;
+    DROP INDEX tasks_username;
+    -- claim_next (a phone's best due task) and due_times (when it is due), from the
+    -- index alone: it holds the pending tasks only, so it stays small at any size
+    CREATE INDEX tasks_due ON tasks (serial, priority DESC, start_time, id, rest_seconds)
+        WHERE status = {PENDING};
+    -- GET /task?serial=: a phone's tasks, newest first
+    CREATE INDEX tasks_serial ON tasks (serial, id);
+
+    -- the tasks per status of every (serial, script, source, account): GET /task's
+    -- totals and /task/stats add up these few rows instead of counting the tasks
+    CREATE TABLE task_counts (
+        serial      TEXT    NOT NULL,
+        script_name TEXT    NOT NULL,
+        source      TEXT    NOT NULL,
+        username    TEXT    NOT NULL,   -- '' for a task without an account
+        status      INTEGER NOT NULL,
+        n           INTEGER NOT NULL,
+        PRIMARY KEY (serial, script_name, source, username, status)
+    ) WITHOUT ROWID;
+    INSERT INTO task_counts
+        SELECT serial, script_name, source, COALESCE(username, ''), status, COUNT(*)
+        FROM tasks GROUP BY 1, 2, 3, 4, 5;
+    CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
+                                        COALESCE(NEW.username, ''), NEW.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE serial = OLD.serial AND script_name = OLD.script_name
+            AND source = OLD.source AND username = COALESCE(OLD.username, '')
+            AND status = OLD.status;
+    END;
+    CREATE TRIGGER task_counts_update
+        AFTER UPDATE OF status, serial, script_name, source, username ON tasks
+        WHEN OLD.status IS NOT NEW.status OR OLD.serial IS NOT NEW.serial
+            OR OLD.script_name IS NOT NEW.script_name OR OLD.source IS NOT NEW.source
+            OR OLD.username IS NOT NEW.username
+    BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE serial = OLD.serial AND script_name = OLD.script_name
+            AND source = OLD.source AND username = COALESCE(OLD.username, '')
+            AND status = OLD.status;
+        INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
+                                        COALESCE(NEW.username, ''), NEW.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    """,
 ]
+
+#: New databases get small pages: a commit writes every page it changed to the WAL, whole,
+#: and a task's few commits change about twenty pages (see bench/bench_wear.py).
+PAGE_SIZE = 1024
+#: The WAL is checkpointed into the database at this many pages, then reused from its
+#: start, and cut back to JOURNAL_SIZE_LIMIT bytes when it grew past them.
+WAL_AUTOCHECKPOINT = 4000
+JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+#: A runner's log lines and progress wait in memory for the next write; this many lines
+#: of one task make a write of their own.
+MAX_BUFFERED_LINES = 100
+#: A device's last_seen alone is written when it is this much older than the new one.
+LAST_SEEN_PRECISION = 60.0
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
                 "max_interval", "created_at", "started_at", "end_time", "progress",
                 "message", "error", "result", "retry_count", "max_retry_count", "auto_retry")
+
+
+@dataclass
+class LiveTask:
+    """A task running in this process: what its script reported since the last write."""
+
+    progress: Optional[int] = None
+    message: str = ""
+    progress_dirty: bool = False
+    #: (at, line) not written yet
+    lines: List[Tuple[float, str]] = field(default_factory=list)
+    #: taken by the transaction under way; back to lines if it rolls back
+    in_flight: List[Tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -462,6 +552,10 @@ class Store:
     write goes through ``write()``, which holds one lock around BEGIN IMMEDIATE..COMMIT,
     so nothing ever sees "database is locked". Each change of a task's status is a
     compare-and-set (``WHERE id=? AND status=?``) whose row count says who won.
+
+    The log lines and progress of the tasks this process runs wait in memory (reads show
+    them) and go to the file with the next write, whatever it is: a task's end is a
+    write, so its log is complete on disk when it stops, fails or is interrupted.
     """
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
@@ -472,9 +566,16 @@ class Store:
         #: every connection with the thread that uses it, so close() can spare live ones
         self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
+        #: task id -> LiveTask, for the tasks claimed here and still running
+        self._live: Dict[int, LiveTask] = {}
+        self._live_lock = threading.Lock()
+        #: tasks that left 'running' in the transaction under way (see _watch_running)
+        self._ended: List[int] = []
         self._writer = self._connect()
+        self._writer.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only
         self._writer.execute("PRAGMA journal_mode=WAL")
         self.migrate()
+        self._watch_running()
 
     # -- connections ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -485,6 +586,8 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         # NORMAL is durable across a crash of the program in WAL mode and spares the SD card
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         with self._connections_lock:
             self._all_connections.append((threading.current_thread(), conn))
         return conn
@@ -520,6 +623,7 @@ class Store:
         A write inside a write (same thread, holding the lock) joins the outer one. If
         COMMIT itself fails (disk full, I/O error) the transaction is rolled back, so
         the connection never stays inside a transaction that later writes would join.
+        Every transaction first writes the log lines and progress waiting in memory.
         """
         with self._write_lock:
             conn = self._writer
@@ -531,14 +635,103 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    flushed = self._flush_live(conn)
                     yield conn
-                    conn.execute("COMMIT")
+                    self._commit(conn, flushed)
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    self._unflush_live()
                     raise
+                self._close_ended()
             finally:
                 self._local.write_depth = 0
+
+    # -- log lines and progress in memory ---------------------------------------
+    def _watch_running(self) -> None:
+        """Let sqlite tell which tasks leave 'running' (a finish, a stop, a delete, a
+        recovery): their log lines then go straight to the file."""
+        self._writer.create_function("task_left_running", 1, self._ended.append)
+        for event, guard in (("UPDATE OF status", f"NEW.status != {RUNNING} AND "),
+                             ("DELETE", "")):
+            name = "left_running_" + event.split()[0].lower()
+            self._writer.execute(
+                f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event} ON main.tasks"
+                f" WHEN {guard}OLD.status = {RUNNING}"
+                f" BEGIN SELECT task_left_running(OLD.id); END")
+
+    def _flush_live(self, conn: sqlite3.Connection) -> bool:
+        """Write what the running tasks reported since the last write; True if any."""
+        lines, progress = [], []
+        with self._live_lock:
+            for task_id, live in self._live.items():
+                if live.lines:
+                    live.in_flight, live.lines = live.lines, []
+                    lines += [(task_id, at, line, task_id) for at, line in live.in_flight]
+                if live.progress_dirty:
+                    live.progress_dirty = False
+                    progress.append((live.progress, live.message, task_id))
+        if lines:      # a task deleted by another connection loses its lines, not the write
+            conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                             " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", lines)
+        if progress:
+            conn.executemany(f"UPDATE tasks SET progress=?, message=? WHERE id=?"
+                             f" AND status={RUNNING}", progress)
+        return bool(lines)
+
+    def _commit(self, conn: sqlite3.Connection, flushed: bool) -> None:
+        if not flushed:
+            conn.execute("COMMIT")
+            return
+        # readers of a log take this lock too: they see a line in memory or in the file,
+        # never in both or in neither
+        with self._live_lock:
+            conn.execute("COMMIT")
+            for live in self._live.values():
+                live.in_flight = []
+
+    def _unflush_live(self) -> None:
+        self._ended.clear()
+        with self._live_lock:
+            for live in self._live.values():
+                if live.in_flight:
+                    live.lines[:0], live.in_flight = live.in_flight, []
+                    live.progress_dirty = live.progress is not None
+
+    def _close_ended(self) -> None:
+        """Tasks that stopped running keep no buffer; a line logged while their end was
+        being written is written now."""
+        if not self._ended:
+            return
+        with self._live_lock:
+            late = []
+            for task_id in self._ended:
+                live = self._live.pop(task_id, None)
+                late += [(task_id, at, line, task_id) for at, line in (live.lines if live
+                                                                        else ())]
+            self._ended.clear()
+        if late:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                                 " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _with_live(self, row: Optional[sqlite3.Row]) -> Any:
+        """A running task's row with the progress its script reported since the last write."""
+        if row is None or row["status"] != RUNNING:
+            return row
+        with self._live_lock:
+            live = self._live.get(row["id"])
+            if live is None or live.progress is None:
+                return row
+            out = dict(row)
+            out["progress"], out["message"] = live.progress, live.message
+        return out
 
     def close(self) -> None:
         """Close the writer (under its lock) and the readers of finished threads.
@@ -593,41 +786,65 @@ class Store:
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
-        return self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,))
+        return self._with_live(self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,)))
 
     def list_tasks(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
                    script_name: Optional[str] = None, source: Optional[str] = None,
                    username: Optional[str] = None, created_from: Optional[float] = None,
                    created_to: Optional[float] = None, page: int = 1,
                    page_size: int = 20) -> Tuple[List[sqlite3.Row], int]:
-        """Newest first, filtered and paginated; returns (rows, total matching)."""
-        where, params = [], []
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params += list(statuses)
+        """Newest first, filtered and paginated; returns (rows, total matching).
+
+        The total comes from task_counts unless a time range is asked for; a time range
+        is first turned into the range of ids created in it (ids grow with time), so
+        that the page is read newest first along the ids instead of sorted.
+        """
+        # a status is written into the SQL (validated ints) so a partial index can serve it
+        statuses = sorted({int(status) for status in statuses})
+        where = [f"status IN ({','.join(map(str, statuses))})"] if statuses else []
+        params: List[Any] = []
         for column, value in (("serial", serial), ("script_name", script_name),
                               ("source", source), ("username", username)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
-        if created_from is not None:
-            where.append("created_at >= ?")
-            params.append(created_from)
-        if created_to is not None:
-            where.append("created_at <= ?")
-            params.append(created_to)
+        total = None if username == "" else self._counted(where, params)
+        if created_from is not None or created_to is not None:
+            low = -math.inf if created_from is None else created_from
+            high = math.inf if created_to is None else created_to
+            count, first, last = self.query_one(
+                "SELECT COUNT(*), MIN(id), MAX(id) FROM tasks INDEXED BY tasks_created"
+                " WHERE created_at BETWEEN ? AND ?", (low, high))
+            if not count:
+                return [], 0
+            where += ["id BETWEEN ? AND ?", "created_at BETWEEN ? AND ?"]
+            params += [first, last, low, high]
+            total = count if len(where) == 2 else None
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        total = self.query_one(f"SELECT COUNT(*) FROM tasks {clause}", params)[0]
+        if total is None:
+            total = self.query_one(f"SELECT COUNT(*) FROM tasks {clause}", params)[0]
         rows = self.query(f"SELECT * FROM tasks {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                           params + [page_size, (page - 1) * page_size])
-        return rows, total
+        return [self._with_live(row) for row in rows], total
 
-    def task_log(self, task_id: int) -> List[sqlite3.Row]:
-        return self.query("SELECT at, line FROM task_log WHERE task_id=? ORDER BY id",
-                          (task_id,))
+    def _counted(self, where: List[str], params: List[Any]) -> Optional[int]:
+        """How many tasks match these equality filters, from task_counts."""
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self.query_one(f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}",
+                              params)[0]
+
+    def task_log(self, task_id: int) -> List[Any]:
+        """The task's log lines (rows with 'at' and 'line'), those still in memory last."""
+        with self._live_lock:
+            rows = self.query("SELECT at, line FROM task_log WHERE task_id=? ORDER BY id",
+                              (task_id,))
+            live = self._live.get(task_id)
+            if live is not None:
+                rows += [{"at": at, "line": line} for at, line in live.in_flight + live.lines]
+        return rows
 
     def stats(self) -> Dict[str, int]:
-        counts = dict(self.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+        counts = dict(self.query("SELECT status, SUM(n) FROM task_counts GROUP BY status"))
         out = {"total": sum(counts.values())}
         for status, name in STATUS_TEXT.items():
             out[name] = counts.get(status, 0)
@@ -635,14 +852,29 @@ class Store:
 
     # -- tasks: what runners write ------------------------------------------
     def add_log(self, task_id: int, line: str) -> None:
-        with self.write() as conn:
-            conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
-                         (task_id, self.clock(), line))
+        """A running task's line waits in memory for the next write; another is written."""
+        at = self.clock()
+        with self._live_lock:
+            live = self._live.get(task_id)
+            if live is not None:
+                live.lines.append((at, line))
+                if len(live.lines) < MAX_BUFFERED_LINES:
+                    return
+        with self.write() as conn:        # flushes the buffered lines, or writes this one
+            if live is None:
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (task_id, at, line))
 
     def set_progress(self, task_id: int, percent: int, message: str) -> None:
+        """A running task's progress waits in memory for the next write (reads see it)."""
+        with self._live_lock:
+            live = self._live.get(task_id)
+            if live is not None:
+                live.progress, live.message, live.progress_dirty = percent, message, True
+                return
         with self.write() as conn:
-            conn.execute("UPDATE tasks SET progress=?, message=? WHERE id=? AND status=1",
-                         (percent, message, task_id))
+            conn.execute(f"UPDATE tasks SET progress=?, message=? WHERE id=?"
+                         f" AND status={RUNNING}", (percent, message, task_id))
 
     # -- tasks: the lifecycle, each step a compare-and-set -------------------
     def claim_next(self, serial: str, now: float) -> Optional[sqlite3.Row]:
@@ -650,11 +882,13 @@ class Store:
 
         Due means the start time has come and the device has rested the task's interval
         since its previous task ended. Among due tasks: priority, then start time, then id.
+        Its log lines and progress then wait in memory until the next write.
         """
         with self.write() as conn:
             row = conn.execute(
-                "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-                " WHERE t.serial=? AND t.status=0 AND t.start_time <= ?"
+                "SELECT t.id FROM tasks t INDEXED BY tasks_due"
+                " LEFT JOIN devices d ON d.serial = t.serial"
+                f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
                 " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
                 " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
                 (serial, now, now)).fetchone()
@@ -662,25 +896,53 @@ class Store:
                 return None
             try:
                 cur = conn.execute(
-                    "UPDATE tasks SET status=1, started_at=?, progress=0, message='', error=''"
-                    " WHERE id=? AND status=0", (now, row["id"]))
+                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+                    f" error='' WHERE id=? AND status={PENDING}", (now, row["id"]))
             except sqlite3.IntegrityError:   # the device already has a running task
                 log.error("device %s already has a running task in the store", serial)
                 return None
             if cur.rowcount != 1:
                 return None
-            return conn.execute("SELECT * FROM tasks WHERE id=?", (row["id"],)).fetchone()
+            claimed = conn.execute("SELECT * FROM tasks WHERE id=?", (row["id"],)).fetchone()
+        with self._live_lock:
+            self._live[claimed["id"]] = LiveTask()
+        return claimed
 
     def due_times(self) -> Dict[str, float]:
-        """serial -> when its earliest pending task becomes due (start time and rest)."""
-        rows = self.query(
-            "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
-            " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-            " WHERE t.status=0 GROUP BY t.serial")
-        return {serial: due for serial, due in rows}
+        """serial -> when its earliest pending task becomes due (start time and rest).
+
+        Per phone with pending tasks (task_counts knows which), from the partial index
+        tasks_due: in each priority, the tasks in start-time order until a start time is
+        past the best due time found. Usually one or two index rows per phone.
+        """
+        phones = self.query(
+            "SELECT c.serial, COALESCE(MAX(d.last_task_end), 0) FROM task_counts c"
+            f" LEFT JOIN devices d ON d.serial = c.serial WHERE c.status={PENDING}"
+            " GROUP BY c.serial HAVING SUM(c.n) > 0")
+        out = {}
+        for serial, rested_from in phones:
+            due = self._due_time(serial, rested_from)
+            if due < math.inf:
+                out[serial] = due
+        return out
+
+    def _due_time(self, serial: str, rested_from: float) -> float:
+        """min(max(start, rested_from + rest)) over the phone's pending tasks."""
+        best, below = math.inf, math.inf
+        sql = ("SELECT priority, start_time, rest_seconds FROM tasks INDEXED BY tasks_due"
+               f" WHERE serial=? AND status={PENDING} AND priority < ?"
+               " ORDER BY priority DESC, start_time")
+        while True:
+            for priority, start, rest in self._reader().execute(sql, (serial, below)):
+                if start >= best:        # the rest of this priority starts later still
+                    below = priority
+                    break
+                best = min(best, max(start, rested_from + rest))
+            else:
+                return best
 
     def running_count(self) -> int:
-        return self.query_one("SELECT COUNT(*) FROM tasks WHERE status=1")[0]
+        return self.query_one(f"SELECT COUNT(*) FROM tasks WHERE status={RUNNING}")[0]
 
     def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
                allow_auto_retry: bool = True, rng: random.Random = random) -> str:
@@ -777,6 +1039,8 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown device fields {sorted(unknown)}")
+        if self._device_unchanged(serial, fields):
+            return
         with self.write() as conn:
             conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen) VALUES (?, ?)",
                          (serial, now))
@@ -784,6 +1048,20 @@ class Store:
                 sets = ", ".join(f"{k}=?" for k in fields)
                 conn.execute(f"UPDATE devices SET {sets} WHERE serial=?",
                              list(fields.values()) + [serial])
+
+    def _device_unchanged(self, serial: str, fields: Dict[str, Any]) -> bool:
+        """True if writing these fields would change nothing worth a write: a phone's
+        refresh after each task mostly finds the same model, version and battery."""
+        row = self.get_device(serial)
+        if row is None:
+            return False
+        for name, value in fields.items():
+            if name == "last_seen" and value is not None and row[name] is not None:
+                if value - row[name] >= LAST_SEEN_PRECISION:
+                    return False
+            elif row[name] != value:
+                return False
+        return True
 
     def get_device(self, serial: str) -> Optional[sqlite3.Row]:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
@@ -797,7 +1075,7 @@ class Store:
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""
         with self.write() as conn:
-            conn.execute("UPDATE devices SET state=?", (state,))
+            conn.execute("UPDATE devices SET state=? WHERE state IS NOT ?", (state, state))
 
     # -- accounts -------------------------------------------------------------
     def list_accounts(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
@@ -834,9 +1112,18 @@ class Store:
 
 
 def _split_sql(script: str) -> List[str]:
-    """Split a migration into statements (they hold no semicolons inside strings)."""
+    """Split a migration into statements (a trigger's body holds semicolons)."""
     lines = [l for l in script.splitlines() if not l.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements, pending = [], ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
 
 
 def _dump_json(value: Any) -> Optional[str]:
