@@ -569,13 +569,20 @@ class Store:
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
-        #: tasks that left 'running' in the transaction under way (see _watch_running)
+        #: tasks that left 'running' in the transaction under way (see _watch_changes)
         self._ended: List[int] = []
+        #: due_times' answer, and the phones whose pending tasks or rest changed since
+        #: (None: all of them); marks of the transaction under way count once committed
+        self._due: Dict[str, float] = {}
+        self._due_stale: Optional[set] = None
+        self._due_marks: List[str] = []
+        self._due_version: Optional[int] = None
+        self._due_lock = threading.Lock()
         self._writer = self._connect()
         self._writer.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only
         self._writer.execute("PRAGMA journal_mode=WAL")
         self.migrate()
-        self._watch_running()
+        self._watch_changes()
 
     # -- connections ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -642,23 +649,47 @@ class Store:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     self._unflush_live()
+                    self._due_marks.clear()
                     raise
                 self._close_ended()
+                self._mark_due_stale()
             finally:
                 self._local.write_depth = 0
 
     # -- log lines and progress in memory ---------------------------------------
-    def _watch_running(self) -> None:
-        """Let sqlite tell which tasks leave 'running' (a finish, a stop, a delete, a
-        recovery): their log lines then go straight to the file."""
+    def _watch_changes(self) -> None:
+        """Let sqlite tell this process's writer which tasks leave 'running' (a finish, a
+        stop, a delete, a recovery: their log lines then go straight to the file) and
+        which phones' pending tasks or rest change (due_times recomputes only those)."""
         self._writer.create_function("task_left_running", 1, self._ended.append)
-        for event, guard in (("UPDATE OF status", f"NEW.status != {RUNNING} AND "),
-                             ("DELETE", "")):
-            name = "left_running_" + event.split()[0].lower()
-            self._writer.execute(
-                f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event} ON main.tasks"
-                f" WHEN {guard}OLD.status = {RUNNING}"
-                f" BEGIN SELECT task_left_running(OLD.id); END")
+        self._writer.create_function("due_changed", 1, self._due_marks.append)
+        triggers = {
+            "left_running_update": ("UPDATE OF status ON main.tasks",
+                                    f"NEW.status != {RUNNING} AND OLD.status = {RUNNING}",
+                                    "task_left_running(OLD.id)"),
+            "left_running_delete": ("DELETE ON main.tasks", f"OLD.status = {RUNNING}",
+                                    "task_left_running(OLD.id)"),
+            "due_insert": ("INSERT ON main.tasks", f"NEW.status = {PENDING}",
+                           "due_changed(NEW.serial)"),
+            "due_update": ("UPDATE ON main.tasks",
+                           f"OLD.status = {PENDING} OR NEW.status = {PENDING}",
+                           "due_changed(OLD.serial), due_changed(NEW.serial)"),
+            "due_delete": ("DELETE ON main.tasks", f"OLD.status = {PENDING}",
+                           "due_changed(OLD.serial)"),
+            "due_rested": ("UPDATE OF last_task_end ON main.devices", "1",
+                           "due_changed(NEW.serial)"),
+        }
+        for name, (event, guard, call) in triggers.items():
+            self._writer.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event}"
+                                 f" WHEN {guard} BEGIN SELECT {call}; END")
+
+    def _mark_due_stale(self) -> None:
+        if not self._due_marks:
+            return
+        with self._due_lock:
+            if self._due_stale is not None:
+                self._due_stale.update(self._due_marks)
+        self._due_marks.clear()
 
     def _flush_live(self, conn: sqlite3.Connection) -> bool:
         """Write what the running tasks reported since the last write; True if any."""
@@ -911,20 +942,32 @@ class Store:
     def due_times(self) -> Dict[str, float]:
         """serial -> when its earliest pending task becomes due (start time and rest).
 
-        Per phone with pending tasks (task_counts knows which), from the partial index
-        tasks_due: in each priority, the tasks in start-time order until a start time is
-        past the best due time found. Usually one or two index rows per phone.
+        The scheduler asks at every wake-up; only the phones whose pending tasks or rest
+        changed since the last answer are looked up again (all of them after a write by
+        another connection). Per phone, from the partial index tasks_due: in each
+        priority, the tasks in start-time order until a start time is past the best due
+        time found; usually one or two index rows.
         """
-        phones = self.query(
-            "SELECT c.serial, COALESCE(MAX(d.last_task_end), 0) FROM task_counts c"
-            f" LEFT JOIN devices d ON d.serial = c.serial WHERE c.status={PENDING}"
-            " GROUP BY c.serial HAVING SUM(c.n) > 0")
-        out = {}
-        for serial, rested_from in phones:
-            due = self._due_time(serial, rested_from)
-            if due < math.inf:
-                out[serial] = due
-        return out
+        with self._write_lock:       # changes only when another connection committed
+            version = self._writer.execute("PRAGMA data_version").fetchone()[0]
+        with self._due_lock:
+            if version != self._due_version:
+                self._due_version, self._due_stale = version, None
+            stale, self._due_stale = self._due_stale, set()
+            if stale is None:
+                self._due = {}
+                stale = [r[0] for r in self.query(
+                    f"SELECT serial FROM task_counts WHERE status={PENDING}"
+                    " GROUP BY serial HAVING SUM(n) > 0")]
+            for serial in stale:
+                rested = self.query_one("SELECT last_task_end FROM devices WHERE serial=?",
+                                        (serial,))
+                due = self._due_time(serial, (rested and rested[0]) or 0)
+                if due < math.inf:
+                    self._due[serial] = due
+                else:
+                    self._due.pop(serial, None)
+            return dict(self._due)
 
     def _due_time(self, serial: str, rested_from: float) -> float:
         """min(max(start, rested_from + rest)) over the phone's pending tasks."""
@@ -1136,20 +1179,39 @@ def _load_json(text: Optional[str]) -> Any:
     return None if text is None else json.loads(text)
 
 
-def task_to_json(row: sqlite3.Row) -> Dict[str, Any]:
-    """A task row as the API shows it (SPEC 4.1)."""
+def _load_shown_json(text: str) -> Any:
+    """Decoded JSON for a response only (never changed, so rows may share it): the tasks
+    of one POST share their config, and a page of them decodes it once."""
+    return _load_cached_json(text) if len(text) <= 2048 else json.loads(text)
+
+
+@functools.lru_cache(maxsize=1024)           # at most 2 MB of texts
+def _load_cached_json(text: str) -> Any:
+    return json.loads(text)
+
+
+def task_to_json(row: Any) -> Dict[str, Any]:
+    """A task row (or a dict of one) as the API shows it (SPEC 4.1).
+
+    The columns are taken by position: a page of rows read by name costs more than the
+    query (sqlite3.Row searches its column names for each name).
+    """
+    values = (tuple(row[name] for name in TASK_COLUMNS) if isinstance(row, dict)
+              else row[:len(TASK_COLUMNS)])
+    (task_id, serial, username, script_name, script_config, status, source, priority,
+     start_time, _rest, min_interval, max_interval, created_at, started_at, end_time,
+     progress, message, error, result, retry_count, max_retry_count, auto_retry) = values
     return {
-        "id": row["id"], "serial": row["serial"], "username": row["username"],
-        "script_name": row["script_name"], "script_config": _load_json(row["script_config"]),
-        "status": row["status"], "status_text": STATUS_TEXT[row["status"]],
-        "source": row["source"], "priority": row["priority"],
-        "start_time": format_time(row["start_time"]),
-        "started_at": format_time(row["started_at"]), "end_time": format_time(row["end_time"]),
-        "created_at": format_time(row["created_at"]), "progress": row["progress"],
-        "message": row["message"], "error": row["error"], "result": _load_json(row["result"]),
-        "retry_count": row["retry_count"], "max_retry_count": row["max_retry_count"],
-        "auto_retry": bool(row["auto_retry"]), "min_interval": row["min_interval"],
-        "max_interval": row["max_interval"],
+        "id": task_id, "serial": serial, "username": username, "script_name": script_name,
+        "script_config": _load_shown_json(script_config), "status": status,
+        "status_text": STATUS_TEXT[status], "source": source, "priority": priority,
+        "start_time": format_time(start_time), "started_at": format_time(started_at),
+        "end_time": format_time(end_time), "created_at": format_time(created_at),
+        "progress": progress, "message": message, "error": error,
+        "result": None if result is None else _load_shown_json(result),
+        "retry_count": retry_count, "max_retry_count": max_retry_count,
+        "auto_retry": bool(auto_retry), "min_interval": min_interval,
+        "max_interval": max_interval,
     }
 
 

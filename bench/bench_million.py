@@ -140,6 +140,13 @@ def timed(fn, samples, rng):
             "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 3)}
 
 
+def timed_inner(fn, samples, rng):
+    """Like timed, for a function that returns the seconds of its own timed part."""
+    times = sorted(fn(rng) for _ in range(samples))
+    return {"p50_ms": round(statistics.median(times) * 1000, 3),
+            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 3)}
+
+
 def measure(module, path, samples):
     """Times of every read on a copy-free open of PATH with MODULE's Store."""
     store = module.Store(path)
@@ -159,8 +166,26 @@ def measure(module, path, samples):
         store.stats()
         out["GET /task/stats"] = timed(lambda rng: store.stats(), samples, rng)
         store.due_times()
-        out["scheduler wake-up (due_times)"] = timed(lambda rng: store.due_times(),
-                                                     samples, rng)
+        out["scheduler wake-up, nothing changed"] = timed(lambda rng: store.due_times(),
+                                                          samples, rng)
+
+        def after_a_change(rng):     # a task ended on one phone: its rest starts again
+            serial = rng.choice(PHONES)
+            with store.write() as conn:
+                conn.execute("UPDATE devices SET last_task_end=last_task_end WHERE serial=?",
+                             (serial,))
+            t0 = time.perf_counter()
+            store.due_times()
+            return time.perf_counter() - t0
+        out["scheduler wake-up, one phone changed"] = timed_inner(after_a_change, samples,
+                                                                 rng)
+        cold = module.Store(path)        # another connection: everything is looked up
+        try:
+            out["scheduler wake-up, first (all phones)"] = timed(
+                lambda rng: (setattr(cold, "_due_version", -1), cold.due_times()),
+                samples, rng)
+        finally:
+            cold.close()
         return out
     finally:
         store.close()

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -758,6 +760,53 @@ def assert_counts_match(st):
         assert stats[name] == by_status.get(status, 0)
 
 
+PHONES = ("d1", "d2", "d3")
+
+
+def brute_force_due_times(st):
+    """The due time of every phone by one plain query over all its pending tasks."""
+    return dict(st.query(
+        "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
+        " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
+        " WHERE t.status=0 GROUP BY t.serial"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.tuples(hs.sampled_from(PHONES), hs.integers(-2, 2),
+                          hs.integers(0, 50), hs.integers(0, 30)), max_size=25),
+       hs.lists(hs.tuples(hs.sampled_from(["claim", "finish", "other_connection"]),
+                          hs.sampled_from(PHONES)), max_size=10))
+def test_due_times_equal_a_plain_query(tasks, events):
+    """The cached, per-phone due times against one query over every pending task, with
+    priorities, start times and rests mixed, after claims, ends and foreign writes."""
+    with tempfile.TemporaryDirectory() as folder:
+        clock = FakeClock(T0)
+        path = Path(folder) / "due.db"
+        st, other = tml.Store(path, clock), tml.Store(path, clock)
+        try:
+            for serial in PHONES:
+                st.upsert_device(serial, state="device")
+            st.create_tasks([new(serial, priority=p, start_time=T0 + start,
+                                 rest_seconds=rest)
+                             for serial, p, start, rest in tasks])
+            assert st.due_times() == brute_force_due_times(st)
+            for event, serial in events:
+                clock.advance(7)
+                if event == "claim":
+                    st.claim_next(serial, clock.now)
+                elif event == "finish":
+                    running = st.query_one("SELECT id FROM tasks WHERE serial=? AND"
+                                           " status=1", (serial,))
+                    if running:
+                        st.finish(running[0], ok=True)
+                else:
+                    other.create_tasks([new(serial, start_time=clock.now + 3)])
+                assert st.due_times() == brute_force_due_times(st)
+        finally:
+            st.close()
+            other.close()
+
+
 def test_unchanged_device_refresh_writes_nothing(st, clock):
     st.upsert_device("d1", state="device", model="Pixel", battery=80, last_seen=clock.now)
     changes = st._writer.total_changes
@@ -839,6 +888,7 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
                 st.clear([tml.COMPLETED if name == "clear_completed" else tml.FAILED])
             clock.advance(1)
         assert_counts_match(st)
+        assert st.due_times() == brute_force_due_times(st)
         for serial in SERIALS:
             for user in USERS[1:]:
                 for statuses in ([], [tml.PENDING], [tml.COMPLETED, tml.FAILED]):
