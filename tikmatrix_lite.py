@@ -452,6 +452,9 @@ MIGRATIONS: List[str] = [
         WHERE status = {PENDING};
     -- GET /task?serial=: a phone's tasks, newest first
     CREATE INDEX tasks_serial ON tasks (serial, id);
+    -- GET /task?status=2 or 3, newest first (written once, when a task ends)
+    CREATE INDEX tasks_completed ON tasks (id) WHERE status = {COMPLETED};
+    CREATE INDEX tasks_failed ON tasks (id) WHERE status = {FAILED};
 
     -- the tasks per status of every (serial, script, source, account): GET /task's
     -- totals and /task/stats add up these few rows instead of counting the tasks
@@ -832,7 +835,8 @@ class Store:
         """
         # a status is written into the SQL (validated ints) so a partial index can serve it
         statuses = sorted({int(status) for status in statuses})
-        where = [f"status IN ({','.join(map(str, statuses))})"] if statuses else []
+        where = [f"status IN ({','.join(map(str, statuses))})"] if len(statuses) > 1 else \
+            [f"status = {statuses[0]}"] if statuses else []
         params: List[Any] = []
         for column, value in (("serial", serial), ("script_name", script_name),
                               ("source", source), ("username", username)):
@@ -852,11 +856,25 @@ class Store:
             params += [first, last, low, high]
             total = count if len(where) == 2 else None
         clause = ("WHERE " + " AND ".join(where)) if where else ""
+        table = "tasks " + self._status_index(statuses, total)
         if total is None:
-            total = self.query_one(f"SELECT COUNT(*) FROM tasks {clause}", params)[0]
-        rows = self.query(f"SELECT * FROM tasks {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            total = self.query_one(f"SELECT COUNT(*) FROM {table} {clause}", params)[0]
+        rows = self.query(f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                           params + [page_size, (page - 1) * page_size])
         return [self._with_live(row) for row in rows], total
+
+    @staticmethod
+    def _status_index(statuses: List[int], total: Optional[int]) -> str:
+        """The partial index holding just the tasks of the one status asked for: else the
+        planner walks all ids from the newest, past every task of the other states.
+        Pending tasks are read from tasks_due (and sorted) when there are few."""
+        if len(statuses) != 1:
+            return ""
+        if statuses[0] == PENDING:
+            return "INDEXED BY tasks_due" if total is not None and total <= 2000 else ""
+        return {RUNNING: "INDEXED BY tasks_one_running_per_device",
+                COMPLETED: "INDEXED BY tasks_completed",
+                FAILED: "INDEXED BY tasks_failed"}[statuses[0]]
 
     def _counted(self, where: List[str], params: List[Any]) -> Optional[int]:
         """How many tasks match these equality filters, from task_counts."""
@@ -977,8 +995,8 @@ class Store:
                " ORDER BY priority DESC, start_time")
         while True:
             for priority, start, rest in self._reader().execute(sql, (serial, below)):
-                if start >= best:        # the rest of this priority starts later still
-                    below = priority
+                if max(start, rested_from) >= best:   # the rest of this priority cannot
+                    below = priority                  # be due sooner
                     break
                 best = min(best, max(start, rested_from + rest))
             else:

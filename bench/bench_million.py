@@ -129,22 +129,26 @@ def filters(count):
     }
 
 
+def percentiles(wall, cpu):
+    """p50/p99 of wall-clock times, and p99 of this thread's CPU time: on a shared
+    machine the wall p99 is mostly other processes' turns on the cores."""
+    wall, cpu = sorted(wall), sorted(cpu)
+    at99 = min(len(wall) - 1, int(0.99 * len(wall)))
+    return {"p50_ms": round(statistics.median(wall) * 1000, 3),
+            "p99_ms": round(wall[at99] * 1000, 3),
+            "cpu_p99_ms": round(cpu[at99] * 1000, 3)}
+
+
 def timed(fn, samples, rng):
-    times = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        fn(rng)
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    return {"p50_ms": round(statistics.median(times) * 1000, 3),
-            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 3)}
+    return timed_inner(lambda rng: (lambda w, c: (fn(rng), (time.perf_counter() - w,
+                                                            time.thread_time() - c))[1])(
+        time.perf_counter(), time.thread_time()), samples, rng)
 
 
 def timed_inner(fn, samples, rng):
-    """Like timed, for a function that returns the seconds of its own timed part."""
-    times = sorted(fn(rng) for _ in range(samples))
-    return {"p50_ms": round(statistics.median(times) * 1000, 3),
-            "p99_ms": round(times[min(len(times) - 1, int(0.99 * len(times)))] * 1000, 3)}
+    """Times of SAMPLES calls of FN, which returns (wall, cpu) seconds of its timed part."""
+    pairs = [fn(rng) for _ in range(samples)]
+    return percentiles([w for w, _ in pairs], [c for _, c in pairs])
 
 
 def measure(module, path, samples):
@@ -174,9 +178,9 @@ def measure(module, path, samples):
             with store.write() as conn:
                 conn.execute("UPDATE devices SET last_task_end=last_task_end WHERE serial=?",
                              (serial,))
-            t0 = time.perf_counter()
+            w, c = time.perf_counter(), time.thread_time()
             store.due_times()
-            return time.perf_counter() - t0
+            return time.perf_counter() - w, time.thread_time() - c
         out["scheduler wake-up, one phone changed"] = timed_inner(after_a_change, samples,
                                                                  rng)
         cold = module.Store(path)        # another connection: everything is looked up
@@ -212,8 +216,10 @@ def main():
         results = {"current": measure(current, new_db, args.samples),
                    f"baseline_{args.baseline_rev}": measure(before, old_db, args.samples)}
     goals = {"GET /task": 10.0, "GET /task/stats": 5.0, "scheduler": 1.0}
-    worst = {goal: max(v["p99_ms"] for k, v in results["current"].items()
-                       if k.startswith(goal)) for goal in goals}
+    worst = {goal: {measure: max(v[measure] for k, v in results["current"].items()
+                                 if k.startswith(goal)) for measure in ("p99_ms",
+                                                                        "cpu_p99_ms")}
+             for goal in goals}
     out = {"tasks": args.tasks, "db_mib": round(new_db.stat().st_size / 2**20),
            "baseline_db_mib": round(old_db.stat().st_size / 2**20),
            "build_s": round(built, 1), "goals_p99_ms": goals, "worst_p99_ms": worst,

@@ -898,6 +898,16 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
                     assert total == st.query_one(
                         f"SELECT COUNT(*) FROM tasks WHERE serial=? AND username=? AND"
                         f" status IN ({marks})", (serial, user))[0]
+        for statuses in ([0], [1], [2], [3], [0, 1], [2, 3]):
+            for serial in (None, "d2"):
+                found, total = st.list_tasks(statuses=statuses, serial=serial, page_size=5,
+                                             created_from=T0 + 3 if serial else None)
+                marks = ",".join(map(str, statuses))
+                plain = [r[0] for r in st.query(
+                    f"SELECT id FROM tasks NOT INDEXED WHERE status IN ({marks}) AND"
+                    f" (? IS NULL OR serial = ? AND created_at >= ?) ORDER BY id DESC",
+                    (serial, serial, T0 + 3))]
+                assert [r["id"] for r in found] == plain[:5] and total == len(plain)
         _, total = st.list_tasks(created_from=T0 + 5, created_to=T0 + 20, serial="d1")
         assert total == st.query_one("SELECT COUNT(*) FROM tasks WHERE serial='d1' AND"
                                      " created_at BETWEEN ? AND ?", (T0 + 5, T0 + 20))[0]
