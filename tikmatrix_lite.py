@@ -503,8 +503,8 @@ MIGRATIONS: List[str] = [
 PAGE_SIZE = 1024
 #: The WAL is checkpointed into the database at this many pages, then reused from its
 #: start, and cut back to JOURNAL_SIZE_LIMIT bytes when it grew past them.
-WAL_AUTOCHECKPOINT = 4000
-JOURNAL_SIZE_LIMIT = 4 * 1024 * 1024
+WAL_AUTOCHECKPOINT = 1000
+JOURNAL_SIZE_LIMIT = 1024 * 1024
 #: A runner's log lines and progress wait in memory for the next write; this many lines
 #: of one task make a write of their own.
 MAX_BUFFERED_LINES = 100
@@ -744,16 +744,17 @@ class Store:
                 late += [(task_id, at, line, task_id) for at, line in (live.lines if live
                                                                         else ())]
             self._ended.clear()
-        if late:
+        if late:      # the caller's write is committed: a failure here is not its own
             conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.execute("BEGIN IMMEDIATE")
                 conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
                                  " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
                 conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            except sqlite3.Error as exc:
+                log.warning("%d log lines of ended tasks not written: %s", len(late), exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
     def _with_live(self, row: Optional[sqlite3.Row]) -> Any:
         """A running task's row with the progress its script reported since the last write."""
@@ -772,7 +773,13 @@ class Store:
 
         Closing a connection while another thread runs a query on it can crash the
         interpreter, so a reader whose thread is still alive is left to that thread.
+        What running tasks reported since the last write is written first.
         """
+        with self._live_lock:
+            unwritten = any(live.lines or live.progress_dirty for live in self._live.values())
+        if unwritten:
+            with contextlib.suppress(sqlite3.Error), self.write():
+                pass
         with self._write_lock, self._connections_lock:
             keep = []
             for thread, conn in self._all_connections:

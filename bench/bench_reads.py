@@ -8,6 +8,10 @@ tasks (start time tomorrow, so nothing runs) of one simulated phone. ``wrk`` (16
 connections, 2 threads) drives each route for DURATION seconds, RUNS times, interleaved;
 the figure is the median requests/s and its ratio to the hello's median.
 
+It also times, in-process, the store's share of each route (list_tasks and task_to_json
+of a page, stats, create_tasks of one task) for both modules: what the store section
+costs per request, apart from the envelope and waitress.
+
 Goals (issue 9 item 11): GET /task page of 20 >= 0.6x, /task/stats >= 0.9x, POST /task
 >= 0.5x the hello.
 
@@ -50,6 +54,30 @@ def wrk(url, duration, script=None):
     if errors:
         raise SystemExit(f"{url}: {errors[1]} error answers\n{out}")
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])
+
+
+def store_part(module, folder, tasks, samples=2000):
+    """Microseconds of the store's share of each route, in-process: list_tasks and
+    task_to_json of a page of 20, stats(), create_tasks of one task."""
+    store = module.Store(Path(folder) / f"part-{module.__name__}.db")
+    try:
+        store.upsert_device("phone", state="device")
+        new = module.NewTask(serial="phone", script_name="say", start_time=time.time() + 9e4,
+                             script_config={"target_users": ["nasa", "natgeo"],
+                                            "access_method": "direct"})
+        store.create_tasks([new] * tasks)
+        parts = {"list": lambda: [module.task_to_json(r)
+                                  for r in store.list_tasks(page_size=20)[0]],
+                 "stats": store.stats, "create": lambda: store.create_tasks([new])}
+        out = {}
+        for name, fn in parts.items():
+            t0 = time.perf_counter()
+            for _ in range(samples):
+                fn()
+            out[name] = round((time.perf_counter() - t0) / samples * 1e6, 1)
+        return out
+    finally:
+        store.close()
 
 
 def main():
@@ -105,6 +133,11 @@ def main():
             hello.wait()
             for server in servers.values():
                 server.stop()
+        from bench_store import load_module
+        current = load_module(ROOT / "tikmatrix_lite.py", "tml_current")
+        before = load_module(module_at(args.baseline_rev, folder), "tml_before")
+        parts = {"current": store_part(current, folder, args.tasks),
+                 args.baseline_rev: store_part(before, folder, args.tasks)}
     medians = {k: round(statistics.median(v)) for k, v in rates.items()}
     out = {"runs": args.runs, "duration_s": args.duration,
            "baseline_hello_req_s": medians["hello"], "req_s": medians,
@@ -112,7 +145,8 @@ def main():
                               if k != "hello"},
            "spread_of_runs": {k: [round(x / statistics.median(v), 2) for x in v]
                               for k, v in rates.items()},
-           "goals": {"list": 0.6, "stats": 0.9, "create": 0.5}}
+           "goals": {"list": 0.6, "stats": 0.9, "create": 0.5},
+           "store_part_us_in_process": parts}
     (results / "reads.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
 

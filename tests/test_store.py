@@ -913,3 +913,13 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
                                      " created_at BETWEEN ? AND ?", (T0 + 5, T0 + 20))[0]
     finally:
         st.close()
+
+
+def test_closing_the_store_writes_what_waits_in_memory(open_store, db_path):
+    st = open_store()
+    task_id = claimed_task(st)
+    st.add_log(task_id, "last words")
+    st.set_progress(task_id, 30, "a third")
+    st.close()
+    assert disk_log(db_path, task_id) == ["last words"]
+    assert on_disk(db_path, "SELECT progress FROM tasks WHERE id=?", (task_id,)) == [(30,)]
