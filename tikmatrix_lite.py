@@ -501,6 +501,9 @@ MIGRATIONS: List[str] = [
 #: New databases get small pages: a commit writes every page it changed to the WAL, whole,
 #: and a task's few commits change about twenty pages (see bench/bench_wear.py).
 PAGE_SIZE = 1024
+#: An older file with bigger pages is rewritten once (VACUUM) with PAGE_SIZE pages when
+#: it is no larger than this; a bigger one keeps its pages (the rewrite would take long).
+ADOPT_PAGE_SIZE_UP_TO = 64 * 1024 * 1024
 #: The WAL is checkpointed into the database at this many pages, then reused from its
 #: start, and cut back to JOURNAL_SIZE_LIMIT bytes when it grew past them.
 WAL_AUTOCHECKPOINT = 1000
@@ -585,6 +588,7 @@ class Store:
         self._writer.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only
         self._writer.execute("PRAGMA journal_mode=WAL")
         self.migrate()
+        self._adopt_page_size()
         self._watch_changes()
 
     # -- connections ---------------------------------------------------------
@@ -803,6 +807,24 @@ class Store:
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version={number + 1}")
         return len(MIGRATIONS)
+
+    def _adopt_page_size(self) -> None:
+        """Rewrite a small file made with bigger pages (before schema 2) with PAGE_SIZE
+        pages, once: every commit writes whole pages. Needs the file to itself (only
+        this writer is open yet); if anything else holds it, this waits for next time."""
+        conn = self._writer
+        if conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE \
+                or self.path.stat().st_size > ADOPT_PAGE_SIZE_UP_TO:
+            return
+        log.info("rewriting %s with %d-byte pages (once)", self.path, PAGE_SIZE)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")   # page size is fixed in WAL mode
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            log.warning("could not rewrite %s with smaller pages: %s", self.path, exc)
+        finally:
+            conn.execute("PRAGMA journal_mode=WAL")
 
     def schema_version(self) -> int:
         return self.query_one("PRAGMA user_version")[0]

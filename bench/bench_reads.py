@@ -100,7 +100,8 @@ def main():
         post.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = '
                         f'"application/json"\nwrk.body = {json.dumps(json.dumps(body))}\n')
         hello_port = free_port()
-        hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)])
+        hello = subprocess.Popen([sys.executable, "-c", HELLO, str(hello_port)],
+                                 stderr=subprocess.DEVNULL)
         servers = {}
         try:
             for name, module in (("current", ROOT / "tikmatrix_lite.py"),

@@ -594,8 +594,11 @@ def make_schema_1_database(path, clock):
 
 def test_schema_1_database_opens_and_keeps_its_tasks(open_store, db_path, clock):
     before = make_schema_1_database(db_path, clock)
+    assert on_disk(db_path, "PRAGMA page_size") == [(4096,)]
     st = open_store()
     assert st.schema_version() == len(tml.MIGRATIONS) >= 2
+    assert st.query_one("PRAGMA page_size")[0] == tml.PAGE_SIZE      # rewritten once
+    assert st.query_one("PRAGMA journal_mode")[0] == "wal"
     assert [tuple(r) for r in st.query("SELECT * FROM tasks ORDER BY id")] == before
     assert st.stats() == {"total": 6, "pending": 2, "running": 1, "completed": 2,
                           "failed": 1}
@@ -822,6 +825,14 @@ def test_unchanged_device_refresh_writes_nothing(st, clock):
 
 def test_new_databases_use_small_pages(st):
     assert st.query_one("PRAGMA page_size")[0] == tml.PAGE_SIZE
+
+
+def test_a_big_old_file_keeps_its_pages(db_path, clock, monkeypatch, open_store):
+    make_schema_1_database(db_path, clock)
+    monkeypatch.setattr(tml, "ADOPT_PAGE_SIZE_UP_TO", 1024)
+    st = open_store()
+    assert st.query_one("PRAGMA page_size")[0] == 4096
+    assert st.stats()["total"] == 6
 
 
 def test_the_wal_stays_bounded(db_path, clock, monkeypatch):
