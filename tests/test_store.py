@@ -934,3 +934,17 @@ def test_closing_the_store_writes_what_waits_in_memory(open_store, db_path):
     st.close()
     assert disk_log(db_path, task_id) == ["last words"]
     assert on_disk(db_path, "SELECT progress FROM tasks WHERE id=?", (task_id,)) == [(30,)]
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_claim_returns_the_running_row_with_or_without_returning(st, monkeypatch,
+                                                                 returning):
+    if returning and not tml.SQLITE_HAS_RETURNING:
+        pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
+    first, second = st.create_tasks([new("d1"), new("d1")])
+    row = st.claim_next("d1", T0 + 5)
+    assert (row["id"], row["status"], row["started_at"]) == (first, tml.RUNNING, T0 + 5)
+    assert dict(row) == dict(st.get_task(first))
+    assert st.claim_next("d1", T0 + 6) is None               # one running per device
+    assert st.get_task(second)["status"] == tml.PENDING
