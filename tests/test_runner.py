@@ -7,6 +7,7 @@ import base64
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -319,3 +320,28 @@ def test_sigkill_mid_task_then_restart(tmp_path, adb, sim):
         assert wait_until(lambda: server.task(killed)["status"] == 2, 20, "retried task ran")
     finally:
         server.stop()
+
+
+def test_a_stopped_task_keeps_its_whole_log_on_disk(farm):
+    """Log lines and progress wait in memory while the task runs (the API shows them) and
+    are in the file once it has stopped."""
+    phone = farm.add_phone()
+    task_id = farm.create([phone.address], "block", {"seconds": 120})[0]
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    task = farm.task(task_id)
+    assert (task["status"], task["progress"], task["message"]) == (1, 5, "blocking")
+    assert [line.split(" ", 2)[2] for line in task["log"]] == [
+        f"started on {phone.address}", "5% blocking"]
+    farm.http.post(f"/api/v1/task/{task_id}/stop")
+    farm.wait_status(task_id, 3)
+    raw = sqlite3.connect(str(farm.lite.store.path))
+    try:
+        on_disk = [r[0] for r in raw.execute("SELECT line FROM task_log WHERE task_id=?"
+                                             " ORDER BY id", (task_id,))]
+        progress = raw.execute("SELECT progress, message FROM tasks WHERE id=?",
+                               (task_id,)).fetchone()
+    finally:
+        raw.close()
+    assert on_disk == [f"started on {phone.address}", "5% blocking",
+                       "failed: stopped by user"]
+    assert progress == (5, "blocking")
