@@ -393,7 +393,8 @@ def test_recover_interrupted_changes_nothing_else(st, clock):
     assert set(after) == set(before)
     for task_id in (ids[0], ids[1]):
         changed = {k for k in before[task_id] if before[task_id][k] != after[task_id][k]}
-        assert changed == {"status", "end_time", "error"}
+        assert changed == {"status", "end_time", "error", "message"}
+        assert after[task_id]["message"] == "failed: " + tml.INTERRUPTED   # how it ended
         assert after[task_id]["status"] == 3
         assert after[task_id]["error"] == tml.INTERRUPTED
         assert after[task_id]["end_time"] == T0 + 3600
