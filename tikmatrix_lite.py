@@ -9,7 +9,8 @@ runs each task on its phone through a real adb server (``adbutils``), one task a
 per phone.
 
 The module reads top to bottom: configuration, errors, store, scripts, devices, phone
-helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
+helpers, runner, scheduler, operations (webhooks, account safety, schedules, metrics),
+server, HTTP API, main. Anything a section uses is defined above it,
 except that the runner and scheduler are handed the objects they call.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
@@ -781,17 +782,23 @@ class Store:
         """
         with self.write() as conn:
             rows = conn.execute(
-                "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
+                "SELECT t.id, t.serial, t.username, t.script_name, t.message FROM tasks t"
+                " LEFT JOIN devices d ON d.serial = t.serial"
                 f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
                 " AND t.external = 0 AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
-                " ORDER BY t.priority DESC, t.start_time, t.id", (serial, now, now))
-            row = None
+                " ORDER BY t.priority DESC, t.start_time, t.id" + ("" if gate else " LIMIT 1"),
+                (serial, now, now)).fetchall()
+            row, verdicts = None, {}             # one verdict per account and script
             for candidate in rows:
-                why = gate(candidate, now) if gate is not None else None
+                key = (candidate["username"], candidate["script_name"])
+                if key not in verdicts:
+                    verdicts[key] = gate(candidate, now) if gate is not None else None
+                why = verdicts[key]
                 if why is None:
                     row = candidate
                     break
                 if candidate["message"] != why:
+                    log.debug("task %s holds back: %s", candidate["id"], why)
                     conn.execute(f"UPDATE tasks SET message=? WHERE id=? AND status={PENDING}",
                                  (why, candidate["id"]))
             if row is None:
@@ -2648,7 +2655,9 @@ class Scheduler:
                     return
                 self._dirty = False
             try:
-                _, next_due = self.tick()
+                started, next_due = self.tick()
+                log.debug("scheduler: started %s; next wake %s", started or "nothing",
+                          format_time(next_due) or "on an event")
             except Exception:
                 log.exception("scheduler round failed")
                 next_due = self.clock() + 5
@@ -3096,8 +3105,10 @@ class Metrics:
 def _labels(labels: Dict[str, Any]) -> str:
     if not labels:
         return ""
-    escaped = (f'{k}="{str(v)}"'.replace("\\", "\\\\").replace("\n", "\\n")
-               for k, v in sorted(labels.items()))
+
+    def quote(value: Any) -> str:
+        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (f'{k}="{quote(v)}"' for k, v in sorted(labels.items()))
     return "{" + ",".join(escaped) + "}"
 
 
@@ -4127,7 +4138,23 @@ class Api:
         max_retry = body.int("max_retry_count", 3, 1, 10)
         auto_retry = body.bool("auto_retry", False)
         configs = script.expand_config(script.check_config(body.data["script_config"]))
+        targets = self._task_targets(script, serials, usernames, multi)
+        if len(targets) * len(configs) > 10_000:
+            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
+                                        "the limit is 10000 per request")
+        return [NewTask(serial=serial, username=username, script_name=name,
+                        script_config=config, priority=priority, start_time=start,
+                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
+                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
+                        source=source, schedule_id=schedule_id, external=external,
+                        message=start_note, **extras)
+                for serial, username in targets for config in configs]
 
+    def _task_targets(self, script: Script, serials: Optional[List[str]],
+                      usernames: Optional[List[str]], multi: bool
+                      ) -> List[Tuple[str, Optional[str]]]:
+        """(serial, username) of each task of a request, checked."""
+        name, external = script.name, script.runner == "external"
         targets: List[Tuple[str, Optional[str]]] = []
         if serials:
             for i, serial in _first_of_each(serials):
@@ -4157,16 +4184,7 @@ class Api:
                 targets.append((account["serial"], account["username"]))
         else:
             targets.append(("", None))           # an external task held by no phone
-        if len(targets) * len(configs) > 10_000:
-            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
-                                        "the limit is 10000 per request")
-        return [NewTask(serial=serial, username=username, script_name=name,
-                        script_config=config, priority=priority, start_time=start,
-                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
-                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
-                        source=source, schedule_id=schedule_id, external=external,
-                        message=start_note, **extras)
-                for serial, username in targets for config in configs]
+        return targets
 
     def health(self) -> Dict[str, Any]:
         lite = self.lite

@@ -112,8 +112,12 @@ def test_a_block_puts_the_account_into_cooldown_until_resumed(farm):
     shown = farm.http.get(f"{API}/account/shop_a").json["data"]
     assert shown["status"] == "cooldown"
     assert shown["cooldown_until"] == tml.format_time(T0 + 6 * 3600)
-    events = [r["event"] for r in farm.lite.store.list_deliveries()]
-    assert "account.cooldown" in events and "task.finished" in events
+    wait_until(lambda: {"account.cooldown", "task.finished"} <= {
+        r["event"] for r in farm.lite.store.list_deliveries()}, 10, "both webhooks queued")
+    cooldown = next(r for r in farm.lite.store.list_deliveries()
+                    if r["event"] == "account.cooldown")
+    sent = __import__("json").loads(cooldown["body"])
+    assert sent["account"]["username"] == "shop_a" and sent["account"]["status"] == "cooldown"
 
     farm.wait_idle(phone)
     later = create(farm, "shop_a")

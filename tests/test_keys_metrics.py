@@ -192,3 +192,11 @@ def test_log_file_is_rotated(tmp_path):
         logging.getLogger().handlers.clear()
     with pytest.raises(tml.ConfigError, match="cannot write log file"):
         tml.setup_logging("info", tmp_path / "missing-folder" / "x.log")
+
+
+def test_follow_targets_differing_only_in_case_are_one_task():
+    from pathlib import Path
+    script = tml.load_scripts(Path(__file__).resolve().parent.parent / "scripts")["follow"]
+    configs = script.expand_config(script.check_config(
+        {"target_users": ["@NASA", "nasa", "NatGeo", "natgeo"]}))
+    assert [c["target_user"] for c in configs] == ["NASA", "NatGeo"]

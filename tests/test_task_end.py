@@ -391,3 +391,26 @@ def test_running_task_past_its_timeout_is_stopped_and_auto_retried(farm):
         farm.task(task_id)), 3, "timed out and back to pending")
     assert task["status"] == 0
     assert any("timed out after 10 s" in line for line in task["log"])
+
+
+def test_device_online_and_a_task_ended_by_its_runner_reach_the_webhook(tmp_path, adb, sim,
+                                                                        receiver):
+    farm = Farm(tmp_path, adb, sim, webhooks=[receiver.url + "/farm"],
+                webhook_secret=SECRET).start()
+    try:
+        phone = farm.add_phone()
+        seen, online = {}, set()
+        while "task.finished" not in seen:
+            if phone.address in online and "task" not in seen:
+                seen["task"] = farm.create([phone.address], "say", {"word": "hook"})[0]
+            delivery = receiver.next(15)
+            assert signature_ok(delivery)
+            body = json.loads(delivery["body"])
+            seen[body["event"]] = body
+            if body["event"] == "device.online":
+                online.add(body["device"]["serial"])
+        task = seen["task.finished"]["task"]
+        assert task["id"] == seen["task"] and task["status"] == 2
+        assert task["result"] == {"said": "said hook"} and task["message"] == "completed"
+    finally:
+        farm.close()
