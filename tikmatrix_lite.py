@@ -21,6 +21,7 @@ import argparse
 import base64
 import contextlib
 import datetime as _dt
+import hashlib
 import hmac
 import importlib.util
 import ipaddress
@@ -38,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -2717,7 +2719,6 @@ class Webhooks:
         if not urls:
             return
         body = json.dumps({"event": event, subject: payload}, ensure_ascii=False)
-        import uuid
         self.store.add_deliveries([(uuid.uuid4().hex, event, url, body) for url in urls],
                                   self.clock())
         self.wake()
@@ -4336,7 +4337,6 @@ KEY_ROLES = ("admin", "operator", "viewer")
 
 def hash_key(key: str) -> str:
     """Keys are 192 random bits, so one SHA-256 is enough to store them safely."""
-    import hashlib
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 

@@ -414,3 +414,18 @@ def test_device_online_and_a_task_ended_by_its_runner_reach_the_webhook(tmp_path
         assert task["result"] == {"said": "said hook"} and task["message"] == "completed"
     finally:
         farm.close()
+
+
+def test_timeout_without_auto_retry_ends_failed_naming_the_timeout(farm):
+    phone = farm.add_phone()
+    task_id = farm.create([phone.address], "block", {"seconds": 120}, timeout=30)[0]
+    farm.wait_status(task_id, 1)
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    farm.clock.advance(29)
+    farm.wake()
+    assert farm.lite.scheduler.tick()[0] == [] and farm.task(task_id)["status"] == 1
+    farm.clock.advance(1)
+    farm.wake()
+    task = farm.wait_status(task_id, 3, timeout=3)      # SPEC: stopped within 2 s
+    assert task["error"] == "timed out after 30 s" and task["retry_count"] == 0
+    assert task["message"] == "failed: timed out after 30 s"
