@@ -2710,6 +2710,7 @@ class Webhooks:
         self._cond = threading.Condition()
         self._dirty = False
         self._stopping = False
+        self._started = False                  # start() was called: the thread may run
         self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
 
     def send(self, event: str, subject: str, payload: Dict[str, Any],
@@ -2779,9 +2780,19 @@ class Webhooks:
         with self._cond:
             self._dirty = True
             self._cond.notify()
+            self._run_thread()
 
     def start(self) -> None:
-        self._thread.start()
+        """The thread starts now if tries are due from before a restart, else with the
+        first delivery: a box without webhooks never runs it."""
+        with self._cond:
+            self._started = True
+            if self.store.next_delivery_time() is not None:
+                self._run_thread()
+
+    def _run_thread(self) -> None:
+        if self._started and not self._stopping and self._thread.ident is None:
+            self._thread.start()
 
     def stop(self) -> None:
         with self._cond:

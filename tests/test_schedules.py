@@ -180,3 +180,11 @@ def test_a_bad_schedule_is_refused_at_once(lite_app, http, fields, code, field):
     reply = schedule(http, **fields)
     assert reply["code"] == code and reply["message"].startswith(field), reply
     assert lite_app.lite.store.list_schedules() == []
+
+
+def test_a_slot_a_minute_late_still_fires_once(lite_app, http, farm_clock):
+    schedule_id = schedule(http)["data"]["id"]
+    farm_clock.now = SLOT + 60                          # a busy box, not a switched-off one
+    lite_app.lite.scheduler.tick()
+    lite_app.lite.scheduler.tick()
+    assert len(tasks_of(lite_app.lite.store, schedule_id)) == 1

@@ -429,3 +429,31 @@ def test_timeout_without_auto_retry_ends_failed_naming_the_timeout(farm):
     task = farm.wait_status(task_id, 3, timeout=3)      # SPEC: stopped within 2 s
     assert task["error"] == "timed out after 30 s" and task["retry_count"] == 0
     assert task["message"] == "failed: timed out after 30 s"
+
+
+def test_deliveries_still_due_survive_a_restart(make_config, receiver):
+    config = make_config(webhooks=[receiver.url + "/after"])
+    first = tml.Lite(config, with_devices=False)
+    first.store.upsert_device("phone-1", state="device")
+    _stop_new_task(first)                               # queued, never sent: no thread
+    first.close()
+    again = tml.Lite(config, with_devices=False)
+    try:
+        again.start()                                   # its delivery thread sends it
+        delivery = receiver.next()
+        assert delivery["path"] == "/after"
+        assert json.loads(delivery["body"])["event"] == "task.finished"
+    finally:
+        again.close()
+
+
+def test_without_deliveries_the_delivery_thread_never_starts(make_config):
+    lite = tml.Lite(make_config(), with_devices=False)
+    try:
+        lite.start()
+        lite.store.upsert_device("phone-1", state="device")
+        _stop_new_task(lite)                            # no callback_url, no --webhook
+        assert lite.webhooks._thread.ident is None      # a thread and a connection saved
+        assert lite.store.list_deliveries() == []
+    finally:
+        lite.close()
