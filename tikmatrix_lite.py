@@ -2527,9 +2527,9 @@ class Runner:
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
-        if not error:
+        if not error:                           # logged first, like a failure: who sees
+            context.log("completed")            # the task completed sees its whole log
             outcome = self.store.finish(task_id, ok=True, result=result)
-            context.log("completed")
         else:
             if save_artifacts:
                 self.save_artifacts(task_id, phone)

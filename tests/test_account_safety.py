@@ -149,6 +149,7 @@ def test_stopped_warmup_keeps_its_partial_result_and_counts(farm):
     task = farm.wait_status(task_id, 3)
     assert task["result"] == {"likes": 3, "follows": 0, "comments": 0}
     assert task["message"] == "stopped by user"
+    farm.wait_idle(phone)                    # the runner has counted what the task did
     counts = farm.http.get(f"{API}/account/warm").json["data"]["counts"]
     assert counts["like"]["today"] == 3
 

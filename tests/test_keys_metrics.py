@@ -200,3 +200,11 @@ def test_follow_targets_differing_only_in_case_are_one_task():
     configs = script.expand_config(script.check_config(
         {"target_users": ["@NASA", "nasa", "NatGeo", "natgeo"]}))
     assert [c["target_user"] for c in configs] == ["NASA", "NatGeo"]
+
+
+def test_refused_address_is_a_warning_naming_it(client, caplog):
+    with caplog.at_level(logging.WARNING):
+        reply = client.get(f"{API}/task", extra_environ={"REMOTE_ADDR": "8.8.8.8"},
+                           expect_errors=True)
+    assert reply.json["code"] == 40301
+    assert "refused GET /api/v1/task from 8.8.8.8" in caplog.text
