@@ -913,7 +913,7 @@ class Store:
                 else:
                     conn.execute(
                         f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, message=?,"
-                        f" worker_id=NULL, lease_until=NULL WHERE id=? AND status={RUNNING}",
+                        f" lease_until=NULL WHERE id=? AND status={RUNNING}",
                         (now, LEASE_EXPIRED, ended_message(LEASE_EXPIRED), row["id"]))
                     ended.append((row["id"], "failed"))
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
@@ -958,8 +958,8 @@ class Store:
                          (now, now, row["serial"]))
             if ok:
                 conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
-                             " result=?, message='completed', worker_id=NULL,"
-                             " lease_until=NULL WHERE id=? AND status=1",
+                             " result=?, message='completed', lease_until=NULL"
+                             " WHERE id=? AND status=1",
                              (now, _dump_json(result), task_id))
                 return "completed"
             wants_retry = row["auto_retry"] if auto_retry is None else auto_retry
@@ -977,7 +977,7 @@ class Store:
                               f"{delay:.0f} s"))
                 return "retrying"
             conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?, message=?,"
-                         " worker_id=NULL, lease_until=NULL WHERE id=? AND status=1",
+                         " lease_until=NULL WHERE id=? AND status=1",
                          (now, error or "failed", _dump_json(result),
                           ended_message(error or "failed"), task_id))
             return "failed"
@@ -1025,11 +1025,13 @@ class Store:
             return ids
 
     def recover_interrupted(self) -> List[int]:
-        """At start-up: tasks left running by a crash or kill end failed, retryable."""
+        """At start-up: tasks left running by a crash or kill end failed, retryable.
+        External workers' tasks are not ours to interrupt: their leases carry on."""
         with self.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM tasks WHERE status=1")]
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, message=?,"
-                         " worker_id=NULL, lease_until=NULL WHERE status=1",
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE status=1 AND external = 0")]
+            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, message=?"
+                         " WHERE status=1 AND external = 0",
                          (self.clock(), INTERRUPTED, ended_message(INTERRUPTED)))
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",

@@ -559,3 +559,29 @@ def test_two_store_objects_on_one_file(db_path):
     finally:
         first.close()
         second.close()
+
+
+def test_migration_2_keeps_the_tasks_of_a_version_1_database(tmp_path):
+    """A box upgraded in place: its tasks survive, the new columns take their defaults."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(str(path))
+    for statement in tml._split_sql(tml.MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO tasks (serial, script_name, script_config, status, start_time,"
+                 " created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    conn.commit()
+    conn.close()
+    store = tml.Store(path)
+    try:
+        assert store.schema_version() == len(tml.MIGRATIONS) >= 2
+        row = store.get_task(1)
+        assert row["status"] == tml.RUNNING and row["external"] == 0
+        assert row["callback_url"] is None and row["creator"] is None
+        with store.write() as w:                       # the per-phone rule still holds
+            with pytest.raises(sqlite3.IntegrityError):
+                w.execute("INSERT INTO tasks (serial, script_name, script_config, status,"
+                          " start_time, created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    finally:
+        store.close()

@@ -73,6 +73,7 @@ def test_a_task_from_next_to_complete_through_the_server(live):
     done = live.call("POST", "/worker/complete", {"task_id": task_id, "worker_id": "w",
                                                   "result": {"url": "http://x/v.mp4"}})
     assert done["data"]["status"] == 2 and done["data"]["result"] == {"url": "http://x/v.mp4"}
+    assert done["data"]["worker_id"] == "w"           # who did it stays on record
     assert live.call("POST", "/worker/complete", {"task_id": task_id, "worker_id": "w",
                                                   "result": None})["code"] == 40001
 
@@ -163,3 +164,16 @@ def test_a_script_cannot_be_external_and_have_run(tmp_path):
     path.write_text("RUNNER = 'cloud'\n")
     with pytest.raises(tml.ScriptError, match="RUNNER"):
         tml.load_script(path)
+
+
+def test_a_restart_leaves_a_workers_task_running_under_its_lease(make_app, config):
+    clock = FakeClock(T0)
+    first = make_app(config, clock)
+    task_id = first.lite.store.create_tasks([tml.NewTask("", "ext_job", {"size": 1},
+                                                         external=True)])[0]
+    assert first.lite.store.worker_claim("w", ["ext_job"], 300, T0)["id"] == task_id
+    first.lite.close()
+    again = make_app(config, clock)
+    again.lite.start()                                  # recovers interrupted phone tasks
+    row = again.lite.store.get_task(task_id)
+    assert row["status"] == 1 and row["worker_id"] == "w" and row["lease_until"] == T0 + 300
