@@ -3962,6 +3962,8 @@ class Api:
         body = self.json_body()
         worker = body.str("worker_id", required=True, max_length=200)
         names = body.list("script_names", str, required=True, max_items=100)
+        if not names:
+            raise BadRequest("script_names", "must name at least one external script")
         for i, name in enumerate(names):
             script = self.lite.scripts.get(name)
             if script is None or script.runner != "external":
@@ -4290,7 +4292,11 @@ def schedule_fields(body: _Body, row: Optional[sqlite3.Row],
     data = dict(old, **{k: v for k, v in body.data.items() if v is not None})
     merged = _Body(data)
     name = merged.str("name", required=True, max_length=200)
-    days = merged.list("days", int) or [1, 2, 3, 4, 5, 6, 7]
+    days = merged.list("days", int)
+    if days is None:
+        days = [1, 2, 3, 4, 5, 6, 7]
+    if not days:
+        raise BadRequest("days", "must name at least one ISO weekday 1-7 (absent: every day)")
     for i, day in enumerate(days):
         if not 1 <= day <= 7:
             raise BadRequest(f"days[{i}]", f"must be an ISO weekday 1-7, got {day}")

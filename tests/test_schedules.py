@@ -169,6 +169,7 @@ def test_update_disable_list_and_delete(lite_app, http, farm_clock):
     ({"times": ["24:00"]}, 40001, "times[0]"),
     ({"times": "10:00"}, 40001, "times"),
     ({"days": [0]}, 40001, "days[0]"),
+    ({"days": []}, 40001, "days"),
     ({"days": [8]}, 40001, "days[0]"),
     ({"jitter_minutes": 121}, 40001, "jitter_minutes"),
     ({"script_config": {"text": 5}}, 40001, "script_config.text"),   # as POST /task would

@@ -146,6 +146,7 @@ def test_external_tasks_need_no_phone_and_runners_never_start_them(api):
 @pytest.mark.parametrize("body, field", [
     ({"script_names": ["ext_job"]}, "worker_id"),
     ({"worker_id": "w"}, "script_names"),
+    ({"worker_id": "w", "script_names": []}, "script_names"),
     ({"worker_id": "w", "script_names": ["ext_job"], "lease_seconds": 29}, "lease_seconds"),
     ({"worker_id": "w", "script_names": ["ext_job"], "lease_seconds": 3601}, "lease_seconds"),
     ({"worker_id": "w", "script_names": ["nope"]}, "script_names[0]"),
