@@ -830,6 +830,9 @@ class Store:
     # -- tasks: clocks of their own (SPEC 8.3, 8.4) ----------------------------------
     def expire_pending(self, now: float) -> List[int]:
         """Pending tasks not started by their expiry end failed "expired", not retried."""
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={PENDING} AND expire_at <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return []                          # every scheduler round: no write for nothing
         with self.write() as conn:
             ids = [r[0] for r in conn.execute(
                 f"SELECT id FROM tasks WHERE status={PENDING} AND expire_at <= ?", (now,))]
@@ -896,7 +899,10 @@ class Store:
 
     def expire_leases(self, now: float) -> List[Tuple[int, str]]:
         """Leases run out: back to pending counting a retry, or failed at the limit."""
-        ended = []
+        ended: List[Tuple[int, str]] = []
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={RUNNING} AND lease_until <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return ended
         with self.write() as conn:
             rows = conn.execute(
                 f"SELECT * FROM tasks WHERE status={RUNNING} AND lease_until <= ?",
