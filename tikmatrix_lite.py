@@ -9,7 +9,8 @@ runs each task on its phone through a real adb server (``adbutils``), one task a
 per phone.
 
 The module reads top to bottom: configuration, errors, store, scripts, devices, phone
-helpers, runner, scheduler, HTTP API, main. Anything a section uses is defined above it,
+helpers, runner, scheduler, operations (webhooks, account safety, schedules, metrics),
+server, HTTP API, main. Anything a section uses is defined above it,
 except that the runner and scheduler are handed the objects they call.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
@@ -21,6 +22,7 @@ import base64
 import contextlib
 import datetime as _dt
 import functools
+import hashlib
 import hmac
 import importlib.util
 import ipaddress
@@ -39,6 +41,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 __version__ = "0.1.0"
 
 log = logging.getLogger("tikmatrix_lite")
+#: one line per HTTP request
+http_log = logging.getLogger("tikmatrix_lite.http")
 
 HERE = Path(__file__).resolve().parent
 
@@ -86,6 +91,11 @@ class Config:
         default_factory=lambda: [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM])
     max_running: int = 0
     log_level: str = "info"
+    #: URLs that get every webhook event (SPEC 8.3), and the secret that signs them
+    webhooks: List[str] = field(default_factory=list)
+    webhook_secret: Optional[str] = None
+    #: a log file rotated at 10 MB (3 kept), beside the log on stderr
+    log_file: Optional[Path] = None
 
     @property
     def artifacts_dir(self) -> Path:
@@ -138,6 +148,14 @@ def _adb_address(text: str) -> str:
     return f"{host}:{int(port)}"
 
 
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
+    return text.strip()
+
+
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog=prog,
@@ -166,6 +184,13 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
         help="cap on tasks running at once across all devices, 0 for no cap "
              "[TMLITE_MAX_RUNNING]")
     add("--log-level", choices=LOG_LEVELS, default="info", help="[TMLITE_LOG_LEVEL]")
+    add("--log-file", type=Path, help="also log to this file, rotated at 10 MB with 3 old "
+                                      "files kept [TMLITE_LOG_FILE]")
+    add("--webhook", dest="webhooks", action="append", type=_http_url, metavar="URL",
+        help="POST every task end, device and account event here; repeatable "
+             "[TMLITE_WEBHOOKS, comma list]")
+    add("--webhook-secret", help="sign webhook bodies: X-TMLite-Signature: sha256=HMAC "
+                                 "[TMLITE_WEBHOOK_SECRET]")
     add("--version", action="version", version=f"TikMatrix Lite {__version__}")
     return parser
 
@@ -176,7 +201,8 @@ _ENV_FLAGS = {
     "TMLITE_DB": ("--db", False), "TMLITE_SCRIPTS": ("--scripts", False),
     "TMLITE_ADB_SERVERS": ("--adb-server", True), "TMLITE_API_KEY": ("--api-key", False),
     "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
-    "TMLITE_LOG_LEVEL": ("--log-level", False),
+    "TMLITE_LOG_LEVEL": ("--log-level", False), "TMLITE_LOG_FILE": ("--log-file", False),
+    "TMLITE_WEBHOOKS": ("--webhook", True), "TMLITE_WEBHOOK_SECRET": ("--webhook-secret", False),
 }
 
 
@@ -201,7 +227,7 @@ def parse_config(argv: Optional[Sequence[str]] = None,
     # scalar settings from the environment become the flags' defaults; the repeatable
     # ones are merged by hand, since argparse would append flags to a default list
     parser.set_defaults(**{k: v for k, v in vars(env_args).items()
-                           if k not in ("adb_servers", "allow_from")})
+                           if k not in ("adb_servers", "allow_from", "webhooks")})
     args = parser.parse_args(argv)
     return Config(
         host=args.host, port=args.port, db=args.db.expanduser().resolve(),
@@ -210,13 +236,29 @@ def parse_config(argv: Optional[Sequence[str]] = None,
         api_key=args.api_key or None,
         allow_from=args.allow_from or env_args.allow_from or
         [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
-        max_running=args.max_running, log_level=args.log_level)
+        max_running=args.max_running, log_level=args.log_level,
+        webhooks=args.webhooks or env_args.webhooks or [],
+        webhook_secret=args.webhook_secret or None,
+        log_file=args.log_file.expanduser().resolve() if args.log_file else None)
 
 
-def setup_logging(level: str) -> None:
-    """Readable, levelled log lines; waitress's queue-depth chatter only when it matters."""
+def setup_logging(level: str, log_file: Optional[Path] = None) -> None:
+    """Readable, levelled log lines; waitress's queue-depth chatter only when it matters.
+
+    ``log_file`` adds a file rotated at 10 MB with three old files kept, so a box left
+    alone for months does not fill its SD card.
+    """
+    handlers: List[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        from logging.handlers import RotatingFileHandler
+        try:
+            handlers.append(RotatingFileHandler(
+                log_file, maxBytes=10 * 1024 * 1024, backupCount=3, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write log file {log_file}: {exc.strerror or exc}") \
+                from None
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
+        level=getattr(logging, level.upper()), handlers=handlers,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S", force=True)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -369,6 +411,7 @@ PENDING, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
 STOPPED_BY_USER = "stopped by user"
 INTERRUPTED = "interrupted by restart"
 DISCONNECTED = "device disconnected"
+LEASE_EXPIRED = "worker lease expired"
 
 #: Forward migrations; PRAGMA user_version counts how many have been applied.
 MIGRATIONS: List[str] = [
@@ -496,6 +539,89 @@ MIGRATIONS: List[str] = [
             ON CONFLICT DO UPDATE SET n = n + 1;
     END;
     """,
+    # 3: operations (SPEC 8): callbacks, expiry, timeouts, schedules, external workers,
+    # account safety, keys. External tasks hold no phone, so the one-running-task-per-
+    # device rule leaves them out. Its indexes follow schema 2's rule: one per real
+    # query, partial where a query reads only some tasks, none written for a task
+    # that does not use the feature.
+    f"""
+    ALTER TABLE tasks ADD COLUMN callback_url TEXT;
+    ALTER TABLE tasks ADD COLUMN expire_at REAL;
+    ALTER TABLE tasks ADD COLUMN timeout INTEGER;
+    ALTER TABLE tasks ADD COLUMN schedule_id INTEGER;
+    ALTER TABLE tasks ADD COLUMN creator TEXT;
+    ALTER TABLE tasks ADD COLUMN external INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN worker_id TEXT;
+    ALTER TABLE tasks ADD COLUMN lease_until REAL;
+    ALTER TABLE tasks ADD COLUMN lease_seconds INTEGER;
+    -- one running task per phone; a worker's task holds no phone, so its second key
+    -- is its own id (unique anyway). The index still holds every running task: the
+    -- queries on them (running_count, timeouts, leases, GET /task?status=1) read it.
+    DROP INDEX tasks_one_running_per_device;
+    CREATE UNIQUE INDEX tasks_one_running_per_device
+        ON tasks (serial, CASE WHEN external THEN id ELSE 0 END) WHERE status = {RUNNING};
+    -- schema 2's tasks_due again, with external after serial: a phone's claim and due
+    -- time read only its own tasks (external = 0), GET /task?status=0 still all pending
+    DROP INDEX tasks_due;
+    CREATE INDEX tasks_due ON tasks (serial, external, priority DESC, start_time, id,
+                                     rest_seconds) WHERE status = {PENDING};
+    -- POST /worker/next: the due tasks of external scripts, best first
+    CREATE INDEX tasks_external ON tasks (script_name, priority DESC, start_time, id)
+        WHERE status = {PENDING} AND external = 1;
+    -- the scheduler's expiry chore and its next deadline: pending tasks with an expiry
+    CREATE INDEX tasks_expiry ON tasks (expire_at)
+        WHERE status = {PENDING} AND expire_at IS NOT NULL;
+    -- GET /task?creator= (an operator key's own tasks); tasks made without a key: none
+    CREATE INDEX tasks_creator ON tasks (creator) WHERE creator IS NOT NULL;
+
+    ALTER TABLE accounts ADD COLUMN limits TEXT;
+    ALTER TABLE accounts ADD COLUMN active_hours TEXT;
+    ALTER TABLE accounts ADD COLUMN cooldown_hours REAL NOT NULL DEFAULT 24;
+    ALTER TABLE accounts ADD COLUMN cooldown_until REAL;
+    CREATE TABLE account_actions (
+        id       INTEGER PRIMARY KEY,
+        username TEXT    NOT NULL COLLATE NOCASE,
+        action   TEXT    NOT NULL,
+        at       REAL    NOT NULL,
+        count    INTEGER NOT NULL
+    );
+    CREATE INDEX account_actions_by ON account_actions (username, action, at);
+
+    CREATE TABLE schedules (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        name           TEXT    NOT NULL,
+        request        TEXT    NOT NULL,
+        days           TEXT    NOT NULL,
+        times          TEXT    NOT NULL,
+        jitter_minutes INTEGER NOT NULL DEFAULT 0,
+        enabled        INTEGER NOT NULL DEFAULT 1,
+        next_slot      REAL,
+        next_run       REAL,
+        last_run       REAL,
+        created_at     REAL    NOT NULL
+    );
+
+    CREATE TABLE webhook_deliveries (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT    NOT NULL,
+        event       TEXT    NOT NULL,
+        url         TEXT    NOT NULL,
+        body        TEXT    NOT NULL,
+        tries       INTEGER NOT NULL DEFAULT 0,
+        last_status TEXT    NOT NULL DEFAULT '',
+        next_try    REAL,
+        created_at  REAL    NOT NULL
+    );
+    CREATE INDEX webhook_due ON webhook_deliveries (next_try) WHERE next_try IS NOT NULL;
+
+    CREATE TABLE api_keys (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        key_hash   TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
 
 #: New databases get small pages: a commit writes every page it changed to the WAL, whole,
@@ -520,7 +646,9 @@ LAST_SEEN_PRECISION = 60.0
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
                 "max_interval", "created_at", "started_at", "end_time", "progress",
-                "message", "error", "result", "retry_count", "max_retry_count", "auto_retry")
+                "message", "error", "result", "retry_count", "max_retry_count", "auto_retry",
+                "callback_url", "expire_at", "timeout", "schedule_id", "creator", "external",
+                "worker_id", "lease_until", "lease_seconds")
 
 
 @dataclass
@@ -552,6 +680,13 @@ class NewTask:
     max_interval: int = 0
     max_retry_count: int = 3
     auto_retry: bool = False
+    callback_url: Optional[str] = None
+    expire_at: Optional[float] = None
+    timeout: Optional[int] = None
+    schedule_id: Optional[int] = None
+    creator: Optional[str] = None
+    external: bool = False
+    message: str = ""
 
 
 class Store:
@@ -590,6 +725,9 @@ class Store:
         self._writer = self._connect()
         self._writer.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only
         self._writer.execute("PRAGMA journal_mode=WAL")
+        #: called with (task id, outcome) after a task ended completed or failed, outside
+        #: the transaction: webhooks, account counts and metrics hang here
+        self.on_task_end: List[Callable[[int, str], None]] = []
         self.migrate()
         self._adopt_page_size()
         self._watch_changes()
@@ -679,12 +817,17 @@ class Store:
                                     "task_left_running(OLD.id)"),
             "left_running_delete": ("DELETE ON main.tasks", f"OLD.status = {RUNNING}",
                                     "task_left_running(OLD.id)"),
-            "due_insert": ("INSERT ON main.tasks", f"NEW.status = {PENDING}",
+            # a worker's (external) task is in no phone's due time; a held-back task's
+            # waiting message (claim_next's gate) changes none either
+            "due_insert": ("INSERT ON main.tasks",
+                           f"NEW.status = {PENDING} AND NEW.external = 0",
                            "due_changed(NEW.serial)"),
-            "due_update": ("UPDATE ON main.tasks",
-                           f"OLD.status = {PENDING} OR NEW.status = {PENDING}",
+            "due_update": ("UPDATE OF status, serial, priority, start_time, rest_seconds"
+                           " ON main.tasks", f"(OLD.status = {PENDING} OR NEW.status ="
+                           f" {PENDING}) AND NEW.external = 0",
                            "due_changed(OLD.serial), due_changed(NEW.serial)"),
-            "due_delete": ("DELETE ON main.tasks", f"OLD.status = {PENDING}",
+            "due_delete": ("DELETE ON main.tasks",
+                           f"OLD.status = {PENDING} AND OLD.external = 0",
                            "due_changed(OLD.serial)"),
             "due_rested": ("UPDATE OF last_task_end ON main.devices", "1",
                            "due_changed(NEW.serial)"),
@@ -844,12 +987,14 @@ class Store:
                 cur = conn.execute(
                     "INSERT INTO tasks (serial, username, script_name, script_config, source,"
                     " priority, start_time, rest_seconds, min_interval, max_interval,"
-                    " created_at, max_retry_count, auto_retry)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " created_at, max_retry_count, auto_retry, callback_url, expire_at,"
+                    " timeout, schedule_id, creator, external, message)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (t.serial, t.username, t.script_name, _dump_json(t.script_config),
                      t.source, t.priority, t.start_time or now, t.rest_seconds,
                      t.min_interval, t.max_interval, now, t.max_retry_count,
-                     int(t.auto_retry)))
+                     int(t.auto_retry), t.callback_url, t.expire_at, t.timeout,
+                     t.schedule_id, t.creator, int(t.external), t.message))
                 ids.append(cur.lastrowid)
         return ids
 
@@ -860,12 +1005,14 @@ class Store:
                    script_name: Optional[str] = None, source: Optional[str] = None,
                    username: Optional[str] = None, created_from: Optional[float] = None,
                    created_to: Optional[float] = None, page: int = 1,
-                   page_size: int = 20) -> Tuple[List[sqlite3.Row], int]:
+                   page_size: int = 20, creator: Optional[str] = None
+                   ) -> Tuple[List[Any], int]:
         """Newest first, filtered and paginated; returns (rows, total matching).
 
-        The total comes from task_counts unless a time range is asked for; a time range
-        is first turned into the range of ids created in it (ids grow with time), so
-        that the page is read newest first along the ids instead of sorted.
+        The total comes from task_counts unless a time range or a creator (not counted
+        there) is asked for; a time range is first turned into the range of ids created
+        in it (ids grow with time), so that the page is read newest first along the ids
+        instead of sorted.
         """
         # a status is written into the SQL (validated ints) so a partial index can serve it
         statuses = sorted({int(status) for status in statuses})
@@ -873,11 +1020,14 @@ class Store:
             [f"status = {statuses[0]}"] if statuses else []
         params: List[Any] = []
         for column, value in (("serial", serial), ("script_name", script_name),
-                              ("source", source), ("username", username)):
-            if value is not None:
-                where.append(f"{column} = ?")
+                              ("source", source), ("username", username),
+                              ("creator", creator)):
+            if value is not None:          # usernames are one account whatever the case
+                where.append(f"{column} = ?" + (" COLLATE NOCASE" if column == "username"
+                                                  else ""))
                 params.append(value)
-        total = None if username == "" else self._counted(where, params)
+        total = None if username == "" or creator is not None \
+            else self._counted(where, params)
         if created_from is not None or created_to is not None:
             low = -math.inf if created_from is None else created_from
             high = math.inf if created_to is None else created_to
@@ -960,21 +1110,27 @@ class Store:
                          f" AND status={RUNNING}", (percent, message, task_id))
 
     # -- tasks: the lifecycle, each step a compare-and-set -------------------
-    def claim_next(self, serial: str, now: float) -> Optional[sqlite3.Row]:
+    def claim_next(self, serial: str, now: float,
+                   gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]] = None
+                   ) -> Optional[sqlite3.Row]:
         """Mark the device's best due task running and return it (None if none is due).
 
         Due means the start time has come and the device has rested the task's interval
         since its previous task ended. Among due tasks: priority, then start time, then id.
-        Its log lines and progress then wait in memory until the next write.
+        ``gate(row, now)`` may hold a task back with a reason (its account's limits):
+        the reason becomes its message and the next task in order gets its chance.
+        The claimed task's log lines and progress then wait in memory until the next
+        write. A worker's (external) task is never a phone's to claim.
         """
         with self.write() as conn:
-            row = conn.execute(
-                "SELECT t.id FROM tasks t INDEXED BY tasks_due"
-                " LEFT JOIN devices d ON d.serial = t.serial"
-                f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
-                " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
-                " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
-                (serial, now, now)).fetchone()
+            candidates = conn.execute(
+                "SELECT t.id, t.serial, t.username, t.script_name, t.message"
+                " FROM tasks t INDEXED BY tasks_due LEFT JOIN devices d ON d.serial = t.serial"
+                f" WHERE t.serial=? AND t.external = 0 AND t.status={PENDING}"
+                " AND t.start_time <= ? AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
+                " ORDER BY t.priority DESC, t.start_time, t.id" + ("" if gate else " LIMIT 1"),
+                (serial, now, now))
+            row = self._admitted(conn, candidates, gate, now)
             if row is None:
                 return None
             try:
@@ -987,6 +1143,30 @@ class Store:
         with self._live_lock:
             self._live[claimed["id"]] = LiveTask()
         return claimed
+
+    @staticmethod
+    def _admitted(conn: sqlite3.Connection, candidates: sqlite3.Cursor,
+                  gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]],
+                  now: float) -> Optional[sqlite3.Row]:
+        """The first candidate the gate lets through, read lazily (a phone may have many
+        pending tasks); those held back get the reason as their message."""
+        row, verdicts, held = None, {}, []       # one verdict per account and script
+        for candidate in candidates:
+            key = (candidate["username"], candidate["script_name"])
+            if key not in verdicts:
+                verdicts[key] = gate(candidate, now) if gate is not None else None
+            why = verdicts[key]
+            if why is None:
+                row = candidate
+                break
+            if candidate["message"] != why:
+                log.debug("task %s holds back: %s", candidate["id"], why)
+                held.append((why, candidate["id"]))
+        candidates.close()    # the read ends here, before the writes that follow
+        if held:
+            conn.executemany(f"UPDATE tasks SET message=? WHERE id=? AND status={PENDING}",
+                             held)
+        return row
 
     @staticmethod
     def _mark_running(conn: sqlite3.Connection, task_id: int,
@@ -1008,7 +1188,8 @@ class Store:
         changed since the last answer are looked up again (all of them after a write by
         another connection). Per phone, from the partial index tasks_due: in each
         priority, the tasks in start-time order until a start time is past the best due
-        time found; usually one or two index rows.
+        time found; usually one or two index rows. Workers' (external) tasks are
+        no phone's: they are left out.
         """
         with self._write_lock:       # changes only when another connection committed
             version = self._writer.execute("PRAGMA data_version").fetchone()[0]
@@ -1035,7 +1216,7 @@ class Store:
         """min(max(start, rested_from + rest)) over the phone's pending tasks."""
         best, below = math.inf, math.inf
         sql = ("SELECT priority, start_time, rest_seconds FROM tasks INDEXED BY tasks_due"
-               f" WHERE serial=? AND status={PENDING} AND priority < ?"
+               f" WHERE serial=? AND external = 0 AND status={PENDING} AND priority < ?"
                " ORDER BY priority DESC, start_time")
         while True:
             for priority, start, rest in self._reader().execute(sql, (serial, below)):
@@ -1049,13 +1230,134 @@ class Store:
     def running_count(self) -> int:
         return self.query_one(f"SELECT COUNT(*) FROM tasks WHERE status={RUNNING}")[0]
 
+    # -- tasks: clocks of their own (SPEC 8.3, 8.4) ----------------------------------
+    def expire_pending(self, now: float) -> List[int]:
+        """Pending tasks not started by their expiry end failed "expired", not retried."""
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={PENDING} AND expire_at <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return []                          # every scheduler round: no write for nothing
+        with self.write() as conn:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM tasks WHERE status={PENDING} AND expire_at <= ?", (now,))]
+            for task_id in ids:
+                conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error='expired',"
+                             f" message='expired' WHERE id=? AND status={PENDING}",
+                             (now, task_id))
+        for task_id in ids:
+            self.task_ended(task_id, "failed")
+        return ids
+
+    def timed_out(self, now: float) -> List[int]:
+        """Running tasks whose timeout has passed."""
+        return [r[0] for r in self.query(
+            f"SELECT id FROM tasks WHERE status={RUNNING} AND timeout IS NOT NULL"
+            " AND started_at + timeout <= ?", (now,))]
+
+    def next_deadline(self, now: float) -> Optional[float]:
+        """The next moment a task expires, times out or loses its worker's lease."""
+        return self.query_one(
+            "SELECT MIN(at) FROM ("
+            f" SELECT MIN(expire_at) AS at FROM tasks WHERE status={PENDING} AND expire_at > ?"
+            f" UNION ALL SELECT MIN(started_at + timeout) FROM tasks WHERE status={RUNNING}"
+            "  AND external = 0 AND started_at + timeout > ?"
+            f" UNION ALL SELECT MIN(lease_until) FROM tasks WHERE status={RUNNING}"
+            "  AND lease_until > ?)", (now, now, now))[0]
+
+    # -- tasks: external workers (SPEC 8.4) ------------------------------------------
+    def worker_claim(self, worker_id: str, script_names: Sequence[str], lease: float,
+                     now: float) -> Optional[sqlite3.Row]:
+        """The next due pending external task of those scripts, now running for the
+        worker; the compare-and-set makes one winner when workers race."""
+        marks = ",".join("?" * len(script_names))
+        with self.write() as conn:
+            for row in conn.execute(
+                    f"SELECT id FROM tasks WHERE status={PENDING} AND external = 1"
+                    f" AND script_name IN ({marks}) AND start_time <= ?"
+                    " ORDER BY priority DESC, start_time, id LIMIT 20",
+                    list(script_names) + [now]).fetchall():
+                cur = conn.execute(
+                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+                    f" error='', worker_id=?, lease_until=?, lease_seconds=?"
+                    f" WHERE id=? AND status={PENDING}",
+                    (now, worker_id, now + lease, lease, row["id"]))
+                if cur.rowcount == 1:
+                    conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                                 (row["id"], now, f"taken by worker {worker_id}"))
+                    return conn.execute("SELECT * FROM tasks WHERE id=?",
+                                        (row["id"],)).fetchone()
+        return None
+
+    def worker_progress(self, task_id: int, worker_id: str, percent: int, message: str,
+                        now: float) -> bool:
+        """Progress from the worker holding the task; renews its lease for as long."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE tasks SET progress=?, message=?, lease_until=? + lease_seconds"
+                f" WHERE id=? AND status={RUNNING} AND worker_id=?",
+                (percent, message, now, task_id, worker_id))
+            if cur.rowcount == 1 and message:
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (task_id, now, f"{percent}% {message}"))
+            return cur.rowcount == 1
+
+    def expire_leases(self, now: float) -> List[Tuple[int, str]]:
+        """Leases run out: back to pending counting a retry, or failed at the limit."""
+        ended: List[Tuple[int, str]] = []
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={RUNNING} AND lease_until <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return ended
+        with self.write() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM tasks WHERE status={RUNNING} AND lease_until <= ?",
+                (now,)).fetchall()
+            for row in rows:
+                if row["retry_count"] < row["max_retry_count"]:
+                    conn.execute(
+                        f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1,"
+                        " started_at=NULL, worker_id=NULL, lease_until=NULL,"
+                        f" message=? WHERE id=? AND status={RUNNING}",
+                        (f"worker {row['worker_id']} lease expired; waiting for a worker",
+                         row["id"]))
+                    ended.append((row["id"], "pending"))
+                else:
+                    conn.execute(
+                        f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, message=?,"
+                        f" lease_until=NULL WHERE id=? AND status={RUNNING}",
+                        (now, LEASE_EXPIRED, ended_message(LEASE_EXPIRED), row["id"]))
+                    ended.append((row["id"], "failed"))
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (row["id"], now, f"{LEASE_EXPIRED} ({row['worker_id']})"))
+        for task_id, outcome in ended:
+            self.task_ended(task_id, outcome)
+        return ended
+
     def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
-               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
+               allow_auto_retry: bool = True, rng: random.Random = random,
+               auto_retry: Optional[bool] = None) -> str:
         """End a running task; returns 'completed', 'failed', 'retrying' or 'gone'.
 
         A failed task with auto_retry goes back to pending after a random 5-60 s, until
-        its retry limit is reached; a stop by the user is never retried.
+        its retry limit is reached; a stop by the user is never retried. ``auto_retry``
+        overrides the task's own flag (an external worker's ``allow_retry``).
         """
+        outcome = self._finish(task_id, ok=ok, error=error, result=result,
+                               allow_auto_retry=allow_auto_retry, rng=rng,
+                               auto_retry=auto_retry)
+        self.task_ended(task_id, outcome)
+        return outcome
+
+    def task_ended(self, task_id: int, outcome: str) -> None:
+        """Tell the listeners that a task ended for good (completed or failed)."""
+        if outcome not in ("completed", "failed"):
+            return
+        for listener in self.on_task_end:
+            try:
+                listener(task_id, outcome)
+            except Exception:
+                log.exception("task %s: a task-end listener failed", task_id)
+
+    def _finish(self, task_id: int, *, ok: bool, error: str, result: Any,
+                allow_auto_retry: bool, rng: random.Random, auto_retry: Optional[bool]) -> str:
         now = self.clock()
         with self.write() as conn:
             row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
@@ -1065,34 +1367,39 @@ class Store:
                          (now, now, row["serial"]))
             if ok:
                 conn.execute("UPDATE tasks SET status=2, end_time=?, progress=100, error='',"
-                             " result=? WHERE id=? AND status=1",
+                             " result=?, message='completed', lease_until=NULL"
+                             " WHERE id=? AND status=1",
                              (now, _dump_json(result), task_id))
                 return "completed"
-            if (allow_auto_retry and row["auto_retry"]
+            wants_retry = row["auto_retry"] if auto_retry is None else auto_retry
+            if (allow_auto_retry and wants_retry
                     and row["retry_count"] < row["max_retry_count"]):
                 delay = rng.uniform(5, 60)
                 conn.execute(
                     "UPDATE tasks SET status=0, retry_count=retry_count+1, error='',"
                     " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
-                    " message=? WHERE id=? AND status=1",
+                    " worker_id=NULL, lease_until=NULL, message=? WHERE id=? AND status=1",
                     (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                              (task_id, now, f"failed: {error}; auto-retry "
                               f"{row['retry_count'] + 1}/{row['max_retry_count']} in "
                               f"{delay:.0f} s"))
                 return "retrying"
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?"
-                         " WHERE id=? AND status=1",
-                         (now, error or "failed", _dump_json(result), task_id))
+            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, result=?, message=?,"
+                         " lease_until=NULL WHERE id=? AND status=1",
+                         (now, error or "failed", _dump_json(result),
+                          ended_message(error or "failed"), task_id))
             return "failed"
 
     def cancel_pending(self, task_id: int) -> bool:
         """A pending task stopped by the user ends failed without ever running."""
         with self.write() as conn:
-            cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?"
+            cur = conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, message=?"
                                " WHERE id=? AND status=0",
-                               (self.clock(), STOPPED_BY_USER, task_id))
-            return cur.rowcount == 1
+                               (self.clock(), STOPPED_BY_USER, STOPPED_BY_USER, task_id))
+        if cur.rowcount == 1:
+            self.task_ended(task_id, "failed")
+        return cur.rowcount == 1
 
     def retry(self, task_id: int) -> bool:
         """A failed task under its retry limit goes back to pending (compare-and-set)."""
@@ -1104,9 +1411,11 @@ class Store:
             return cur.rowcount == 1
 
     def retry_all(self) -> List[int]:
+        """Every failed task under its limit, but those the user stopped (SPEC 8.3)."""
         with self.write() as conn:
             ids = [r[0] for r in conn.execute(
-                "SELECT id FROM tasks WHERE status=3 AND retry_count < max_retry_count")]
+                f"SELECT id FROM tasks WHERE status={FAILED} AND retry_count < max_retry_count"
+                " AND error != ?", (STOPPED_BY_USER,))]
             for task_id in ids:
                 self.retry(task_id)
             return ids
@@ -1125,11 +1434,14 @@ class Store:
             return ids
 
     def recover_interrupted(self) -> List[int]:
-        """At start-up: tasks left running by a crash or kill end failed, retryable."""
+        """At start-up: tasks left running by a crash or kill end failed, retryable.
+        External workers' tasks are not ours to interrupt: their leases carry on."""
         with self.write() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM tasks WHERE status=1")]
-            conn.execute("UPDATE tasks SET status=3, end_time=?, error=? WHERE status=1",
-                         (self.clock(), INTERRUPTED))
+            ids = [r[0] for r in conn.execute(
+                "SELECT id FROM tasks WHERE status=1 AND external = 0")]
+            conn.execute("UPDATE tasks SET status=3, end_time=?, error=?, message=?"
+                         " WHERE status=1 AND external = 0",
+                         (self.clock(), INTERRUPTED, ended_message(INTERRUPTED)))
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                              (task_id, self.clock(), INTERRUPTED))
@@ -1215,6 +1527,123 @@ class Store:
             return conn.execute("DELETE FROM accounts WHERE username=?",
                                 (username,)).rowcount == 1
 
+    # -- accounts: safety (SPEC 8.1) -------------------------------------------------
+    def save_account_safety(self, username: str, limits: Optional[dict],
+                            active_hours: Optional[str], cooldown_hours: float) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE accounts SET limits=?, active_hours=?, cooldown_hours=?"
+                         " WHERE username=?",
+                         (_dump_json(limits), active_hours, cooldown_hours, username))
+
+    def set_cooldown(self, username: str, until: Optional[float]) -> bool:
+        with self.write() as conn:
+            return conn.execute("UPDATE accounts SET cooldown_until=? WHERE username=?",
+                                (until, username)).rowcount == 1
+
+    def record_actions(self, username: str, counts: Dict[str, int], at: float) -> None:
+        """Count what a task did as an account; rows older than two days are dropped."""
+        with self.write() as conn:
+            for action, count in counts.items():
+                if count > 0:
+                    conn.execute("INSERT INTO account_actions (username, action, at, count)"
+                                 " VALUES (?,?,?,?)", (username, action, at, count))
+            conn.execute("DELETE FROM account_actions WHERE username=? AND at < ?",
+                         (username, at - 2 * 86400))
+
+    def actions_since(self, username: str, since: float) -> List[sqlite3.Row]:
+        return self.query("SELECT action, at, count FROM account_actions"
+                          " WHERE username=? AND at >= ? ORDER BY at", (username, since))
+
+    # -- schedules (SPEC 8.2) --------------------------------------------------------
+    def save_schedule(self, schedule_id: Optional[int], fields: Dict[str, Any]) -> int:
+        """Insert (no id) or update a schedule; fields are column -> value."""
+        with self.write() as conn:
+            if schedule_id is None:
+                fields = dict(fields, created_at=self.clock())
+                cur = conn.execute(
+                    f"INSERT INTO schedules ({', '.join(fields)})"
+                    f" VALUES ({','.join('?' * len(fields))})", list(fields.values()))
+                return cur.lastrowid
+            conn.execute(f"UPDATE schedules SET {', '.join(f'{k}=?' for k in fields)}"
+                         " WHERE id=?", list(fields.values()) + [schedule_id])
+            return schedule_id
+
+    def get_schedule(self, schedule_id: int) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM schedules WHERE id=?", (schedule_id,))
+
+    def list_schedules(self) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM schedules ORDER BY id")
+
+    def delete_schedule(self, schedule_id: int) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM schedules WHERE id=?",
+                                (schedule_id,)).rowcount == 1
+
+    def advance_schedule(self, schedule_id: int, expected_run: float, next_slot: float,
+                         next_run: float, fired_at: Optional[float],
+                         tasks: Sequence[NewTask] = ()) -> Optional[List[int]]:
+        """Move a schedule to its next slot and create the slot's tasks, in one
+        transaction guarded by the slot it expected: a slot fires at most once."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE schedules SET next_slot=?, next_run=?,"
+                " last_run=COALESCE(?, last_run) WHERE id=? AND next_run=?",
+                (next_slot, next_run, fired_at, schedule_id, expected_run))
+            if cur.rowcount != 1:
+                return None
+            return self.create_tasks(tasks)
+
+    # -- webhook deliveries (SPEC 8.3) -----------------------------------------------
+    def add_deliveries(self, items: Sequence[Tuple[str, str, str, str]], now: float) -> None:
+        """(delivery id, event, url, body) rows due now; the log keeps the last 500."""
+        with self.write() as conn:
+            for delivery_id, event, url, body in items:
+                conn.execute("INSERT INTO webhook_deliveries (delivery_id, event, url, body,"
+                             " next_try, created_at) VALUES (?,?,?,?,?,?)",
+                             (delivery_id, event, url, body, now, now))
+            conn.execute("DELETE FROM webhook_deliveries WHERE id <= "
+                         "(SELECT MAX(id) FROM webhook_deliveries) - 500")
+
+    def due_deliveries(self, now: float) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM webhook_deliveries WHERE next_try <= ?"
+                          " ORDER BY next_try, id LIMIT 50", (now,))
+
+    def next_delivery_time(self) -> Optional[float]:
+        return self.query_one("SELECT MIN(next_try) FROM webhook_deliveries")[0]
+
+    def delivery_tried(self, row_id: int, status: str, next_try: Optional[float]) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE webhook_deliveries SET tries=tries+1, last_status=?,"
+                         " next_try=? WHERE id=?", (status, next_try, row_id))
+
+    def list_deliveries(self) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM webhook_deliveries ORDER BY id DESC LIMIT 500")
+
+    # -- API keys (SPEC 8.5) ---------------------------------------------------------
+    def add_api_key(self, name: str, role: str, key_hash: str) -> int:
+        with self.write() as conn:
+            return conn.execute("INSERT INTO api_keys (name, role, key_hash, created_at)"
+                                " VALUES (?,?,?,?)",
+                                (name, role, key_hash, self.clock())).lastrowid
+
+    def api_key_by_hash(self, key_hash: str) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM api_keys WHERE key_hash=?", (key_hash,))
+
+    def list_api_keys(self) -> List[sqlite3.Row]:
+        return self.query("SELECT id, name, role, created_at FROM api_keys ORDER BY id")
+
+    def delete_api_key(self, key_id: int) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM api_keys WHERE id=?", (key_id,)).rowcount == 1
+
+    def has_admin_key(self) -> bool:
+        return self.query_one("SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None
+
+
+def ended_message(error: str) -> str:
+    """A finished task's message says how it ended, not its last progress line."""
+    return error if error in (STOPPED_BY_USER, "expired") else f"failed: {error}"
+
 
 def _split_sql(script: str) -> List[str]:
     """Split a migration into statements (a trigger's body holds semicolons)."""
@@ -1266,7 +1695,9 @@ def task_to_json(row: Any) -> Dict[str, Any]:
               else row[:len(TASK_COLUMNS)])
     (task_id, serial, username, script_name, script_config, status, source, priority,
      start_time, _rest, min_interval, max_interval, created_at, started_at, end_time,
-     progress, message, error, result, retry_count, max_retry_count, auto_retry) = values
+     progress, message, error, result, retry_count, max_retry_count, auto_retry,
+     callback_url, expire_at, timeout, schedule_id, creator, _external, worker_id,
+     lease_until, _lease_seconds) = values
     return {
         "id": task_id, "serial": serial, "username": username, "script_name": script_name,
         "script_config": _load_shown_json(script_config), "status": status,
@@ -1277,7 +1708,10 @@ def task_to_json(row: Any) -> Dict[str, Any]:
         "result": None if result is None else _load_shown_json(result),
         "retry_count": retry_count, "max_retry_count": max_retry_count,
         "auto_retry": bool(auto_retry), "min_interval": min_interval,
-        "max_interval": max_interval,
+        "max_interval": max_interval, "callback_url": callback_url,
+        "expire_at": format_time(expire_at), "timeout": timeout,
+        "schedule_id": schedule_id, "creator": creator, "worker_id": worker_id,
+        "lease_until": format_time(lease_until),
     }
 
 
@@ -1310,11 +1744,13 @@ class Script:
     run: Callable[..., Any]
     expand: Optional[Callable[[Dict[str, Any]], List[Dict[str, Any]]]] = None
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
+    #: "phone" (Lite's runners run it) or "external" (workers take its tasks, SPEC 8.4)
+    runner: str = "phone"
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "platforms": list(self.platforms), "params": self.params,
-                "expands": self.expand is not None}
+                "expands": self.expand is not None, "runner": self.runner}
 
     def check_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """Validate a script_config against PARAMS; returns it with defaults filled in."""
@@ -1423,7 +1859,12 @@ def load_script(path: Path) -> Script:
     except Exception as exc:
         raise ScriptError(f"{type(exc).__name__} while loading: {exc}") from None
     run = getattr(module, "run", None)
-    if not callable(run):
+    runner = getattr(module, "RUNNER", "phone")
+    if runner not in ("phone", "external"):
+        raise ScriptError(f"RUNNER must be 'phone' or 'external', not {runner!r}")
+    if runner == "external" and run is not None:
+        raise ScriptError("an external script (RUNNER = 'external') has no run()")
+    if runner == "phone" and not callable(run):
         raise ScriptError("it has no run(phone, task) function")
     platforms = tuple(getattr(module, "PLATFORMS", PLATFORM_NAMES))
     if not set(platforms) <= set(PLATFORM_NAMES):
@@ -1434,7 +1875,7 @@ def load_script(path: Path) -> Script:
                   platforms=platforms,
                   params=_check_declarations(name, getattr(module, "PARAMS", {})),
                   expand=getattr(module, "expand", None),
-                  validate=getattr(module, "validate", None))
+                  validate=getattr(module, "validate", None), runner=runner)
 
 
 def load_scripts(folder: Path) -> Dict[str, Script]:
@@ -1470,7 +1911,11 @@ ADB_BACKOFF = (1, 2, 4, 8, 15, 30)
 
 
 #: Why a running task was cancelled -> the error it ends with.
-CANCEL_ERRORS = {"stopped": STOPPED_BY_USER, "lost": DISCONNECTED, "shutdown": INTERRUPTED}
+CANCEL_ERRORS = {"stopped": STOPPED_BY_USER, "lost": DISCONNECTED, "shutdown": INTERRUPTED,
+                 "timeout": "timed out"}
+#: cancel reasons after which auto-retry may run the task again
+RETRYABLE_CANCELS = (None, "lost", "timeout")
+BLOCKED_PREFIX = "account blocked:"
 
 
 class CancelToken:
@@ -1671,6 +2116,8 @@ class DeviceManager:
                  start_local_server: bool = True):
         self.store = store
         self.on_online, self.on_offline = on_online, on_offline
+        #: told (service, seconds) after each device call: metrics
+        self.on_call: Callable[[str, float], None] = lambda service, seconds: None
         loopback = ("127.0.0.1", "localhost")
         self.links = [AdbServerLink(a, self, start_local_server and
                                     a.rpartition(":")[0] in loopback) for a in servers]
@@ -1801,6 +2248,15 @@ class DeviceManager:
     def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
             answer_timeout: float = DEVICE_ANSWER_TIMEOUT) -> bytes:
         """Run a shell:/exec: service and return all it printed, within the timeout."""
+        began = time.monotonic()
+        try:
+            return self._run(serial, service, timeout=timeout, token=token,
+                             answer_timeout=answer_timeout)
+        finally:
+            self.on_call(service, time.monotonic() - began)
+
+    def _run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
+             answer_timeout: float) -> bytes:
         deadline = time.monotonic() + timeout
         chunks = []
         with self.open_service(serial, service, token, answer_timeout) as sock:
@@ -2329,6 +2785,9 @@ class TaskContext:
         self.script_name: str = row["script_name"]
         self.config: Dict[str, Any] = json.loads(row["script_config"])
         self.retry_count: int = row["retry_count"]
+        #: what the script has done so far (it may set this as it goes): kept as the
+        #: task's result when it stops or fails before returning
+        self.result: Any = None
         #: per-task randomness (spintax picks, waits): seeded by the task id
         self.random = random.Random(f"{row['id']}-{row['retry_count']}-{time.time()}")
         self._store = store
@@ -2381,6 +2840,8 @@ class Runner:
         self.heartbeat = heartbeat
         self._active: Dict[str, RunningTask] = {}
         self._lock = threading.Lock()
+        #: holds tasks back while their account may not act (AccountSafety.wait_reason)
+        self.gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]] = None
 
     def busy(self, serial: str) -> bool:
         with self._lock:
@@ -2400,7 +2861,7 @@ class Runner:
         with self._lock:
             if serial in self._active:
                 return None
-            row = self.store.claim_next(serial, now)
+            row = self.store.claim_next(serial, now, self.gate)
             if row is None:
                 return None
             running = RunningTask(row["id"], serial, CancelToken())
@@ -2428,6 +2889,13 @@ class Runner:
         if wait:
             running.done.wait(wait)
         return True
+
+    def time_out(self, task_id: int) -> None:
+        """A task past its timeout is interrupted like a stop, but may be auto-retried."""
+        with self._lock:
+            running = next((r for r in self._active.values() if r.task_id == task_id), None)
+        if running is not None and running.token.reason is None:
+            running.token.cancel("timeout")
 
     def device_lost(self, serial: str) -> None:
         with self._lock:
@@ -2506,24 +2974,30 @@ class Runner:
             error, save_artifacts = f"timed out: {exc}", True
         except StepFailed as exc:               # expected: no traceback in the log
             error, save_artifacts, may_retry = str(exc), True, exc.retry
+            if is_block(exc, error):            # the account cools down instead
+                may_retry = False
+                if not error.startswith(BLOCKED_PREFIX):
+                    error = f"{BLOCKED_PREFIX} {error}"
         except BaseException as exc:            # a script's SystemExit fails its task only
             error, save_artifacts = f"{exc}" or type(exc).__name__, True
             log.warning("task %s failed: %s\n%s", task_id, error, traceback.format_exc())
         if token.reason is not None:            # whatever the script did after the cancel
             error = CANCEL_ERRORS[token.reason]
+            if token.reason == "timeout":
+                error = f"timed out after {row['timeout']} s"
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore_keyboard()
-        if not error:
+        if not error:                           # logged first, like a failure: who sees
+            context.log("completed")            # the task completed sees its whole log
             outcome = self.store.finish(task_id, ok=True, result=result)
-            context.log("completed")
         else:
             if save_artifacts:
                 self.save_artifacts(task_id, phone)
             context.log(f"failed: {error}")
             outcome = self.store.finish(task_id, ok=False, error=error[:2000],
-                                        allow_auto_retry=may_retry
-                                        and token.reason in (None, "lost"))
+                                        result=context.result, allow_auto_retry=may_retry
+                                        and token.reason in RETRYABLE_CANCELS)
         log.info("task %s on %s: %s%s", task_id, serial, outcome, f" ({error})" if error else "")
         return outcome
 
@@ -2538,6 +3012,15 @@ class Runner:
             (folder / "screenshot.png").write_bytes(fresh.screenshot())
         except Exception as exc:
             log.warning("task %s: could not save all artifacts: %s", task_id, exc)
+
+
+def is_block(exc: Optional[BaseException], error: str) -> bool:
+    """The app's block screen: the scripts' AccountBlocked if they have it, else the
+    error's wording (SPEC 8.1)."""
+    blocked = globals().get("AccountBlocked")
+    if exc is not None and blocked is not None and isinstance(exc, blocked):
+        return True
+    return error.startswith(BLOCKED_PREFIX)
 
 
 def artifact_names(artifacts_dir: Path, task_id: int) -> List[str]:
@@ -2564,15 +3047,24 @@ class Scheduler:
     startable (a new or retried task, a phone coming online, a task ending) with a
     timeout that ends at the next start time, so an idle server uses no CPU.
     ``tick()`` does one round synchronously, which is what tests call.
+
+    Chores keep the other clocks (expiry, timeouts, leases, schedules, accounts that may
+    act again): each does what is due and returns when it next has work, and the wait
+    ends then. Without a device layer (``runner`` None) only the chores run.
     """
 
-    def __init__(self, store: Store, devices: DeviceManager, runner: Runner,
-                 max_running: int = 0, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, devices: Optional[DeviceManager],
+                 runner: Optional[Runner], max_running: int = 0,
+                 clock: Callable[[], float] = time.time):
         self.store = store
         self.devices = devices
         self.runner = runner
         self.max_running = max_running
         self.clock = clock
+        #: (now) -> next time it has work, run before tasks are started
+        self.chores: List[Callable[[float], Optional[float]]] = []
+        #: the same, run after (the account gate's wake-ups are known only then)
+        self.late_chores: List[Callable[[float], Optional[float]]] = []
         self._cond = threading.Condition()
         self._dirty = True
         self._stopping = False
@@ -2596,13 +3088,19 @@ class Scheduler:
     def tick(self, now: Optional[float] = None) -> Tuple[List[int], Optional[float]]:
         """Start what is due now; returns (started task ids, next time something is due)."""
         now = self.clock() if now is None else now
-        started, next_due = [], None
+        next_due = _earliest(chore(now) for chore in self.chores)
+        started = self._start_due(now, next_due) if self.runner is not None \
+            else _Started(next_due)
+        return started, _earliest([started.next_due] + [c(now) for c in self.late_chores])
+
+    def _start_due(self, now: float, next_due: Optional[float]) -> "_Started":
+        started = _Started(next_due=next_due)
         running = self.runner.active_count()
         for serial, due in sorted(self.store.due_times().items(), key=lambda kv: kv[1]):
             if not self.devices.is_online(serial) or self.runner.busy(serial):
                 continue                     # woken again when it comes online or frees
             if due > now:
-                next_due = due if next_due is None else min(next_due, due)
+                started.next_due = _earliest([started.next_due, due])
                 continue
             if self.max_running and running >= self.max_running:
                 break                        # woken again when a task ends
@@ -2611,7 +3109,7 @@ class Scheduler:
                 continue
             running += 1
             started.append(row["id"])
-        return started, next_due
+        return started
 
     def _loop(self) -> None:
         while True:
@@ -2620,7 +3118,9 @@ class Scheduler:
                     return
                 self._dirty = False
             try:
-                _, next_due = self.tick()
+                started, next_due = self.tick()
+                log.debug("scheduler: started %s; next wake %s", started or "nothing",
+                          format_time(next_due) or "on an event")
             except Exception:
                 log.exception("scheduler round failed")
                 next_due = self.clock() + 5
@@ -2630,6 +3130,459 @@ class Scheduler:
                 if not self._dirty:
                     timeout = None if next_due is None else max(0.0, next_due - self.clock())
                     self._cond.wait(timeout)
+
+
+class _Started(list):
+    """Ids of the tasks a round started, and when the next pending one is due."""
+
+    def __init__(self, next_due: Optional[float] = None):
+        super().__init__()
+        self.next_due = next_due
+
+
+def _earliest(times: Any) -> Optional[float]:
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
+
+
+###############################################################################
+# Operations: webhooks, account safety, schedules, metrics (SPEC 8) ###########
+###############################################################################
+
+#: waits before the 2nd..5th try of a webhook delivery (SPEC 8.3)
+WEBHOOK_BACKOFF = (1, 10, 60, 600)
+WEBHOOK_TIMEOUT = 5.0
+
+
+class Webhooks:
+    """Webhook deliveries: rows in the store, sent by one thread of their own.
+
+    Whoever has news (a runner, a request, the device watcher) only inserts rows and
+    wakes the thread, so a slow or dead receiver never holds anything up; the thread
+    sleeps until the next try is due. Pending tries survive a restart.
+    """
+
+    def __init__(self, store: Store, urls: Sequence[str], secret: Optional[str],
+                 clock: Callable[[], float] = time.time, timeout: float = WEBHOOK_TIMEOUT):
+        self.store, self.urls, self.secret = store, list(urls), secret
+        self.clock, self.timeout = clock, timeout
+        #: called with each try's outcome ("delivered", "retrying", "failed"): metrics
+        self.on_outcome: Callable[[str], None] = lambda outcome: None
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._stopping = False
+        self._started = False                  # start() was called: the thread may run
+        self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+
+    def send(self, event: str, subject: str, payload: Dict[str, Any],
+             extra_urls: Sequence[str] = ()) -> None:
+        """Queue ``{"event", subject: payload}`` for the task's own and the global URLs."""
+        urls = list(dict.fromkeys([u for u in extra_urls if u] + self.urls))
+        if not urls:
+            return
+        body = json.dumps({"event": event, subject: payload}, ensure_ascii=False)
+        self.store.add_deliveries([(uuid.uuid4().hex, event, url, body) for url in urls],
+                                  self.clock())
+        self.wake()
+
+    def task_finished(self, task_id: int, outcome: str) -> None:
+        row = self.store.get_task(task_id)
+        if row is not None:
+            self.send("task.finished", "task", task_to_json(row), [row["callback_url"]])
+
+    def signature(self, body: bytes) -> Optional[str]:
+        if not self.secret:
+            return None
+        return "sha256=" + hmac.new(self.secret.encode(), body, "sha256").hexdigest()
+
+    def deliver_due(self, now: Optional[float] = None) -> int:
+        """Try every delivery that is due; returns how many were tried."""
+        now = self.clock() if now is None else now
+        rows = self.store.due_deliveries(now)
+        for row in rows:
+            status = self._post(row)
+            tries = row["tries"] + 1
+            ok = status.isdigit() and 200 <= int(status) < 300
+            retry = not ok and tries <= len(WEBHOOK_BACKOFF)
+            next_try = now + WEBHOOK_BACKOFF[tries - 1] if retry else None
+            self.store.delivery_tried(row["id"], status, next_try)
+            outcome = "delivered" if ok else "retrying" if retry else "failed"
+            (log.debug if ok else log.warning)("webhook %s to %s: %s (try %d, %s)",
+                                               row["event"], row["url"], status, tries, outcome)
+            self.on_outcome(outcome)
+        return len(rows)
+
+    def _post(self, row: sqlite3.Row) -> str:
+        """One POST; the HTTP status as text, or "error: why". http.client rather than
+        urllib, which would rewrite the headers' case and follow redirects."""
+        import http.client
+        from urllib.parse import urlsplit
+        body = row["body"].encode("utf-8")
+        headers = {"Content-Type": "application/json", "X-TMLite-Event": row["event"],
+                   "X-TMLite-Delivery": row["delivery_id"],
+                   "User-Agent": f"TikMatrix-Lite/{__version__}"}
+        if self.secret:
+            headers["X-TMLite-Signature"] = self.signature(body)
+        url = urlsplit(row["url"])
+        kind = http.client.HTTPSConnection if url.scheme == "https" else \
+            http.client.HTTPConnection
+        try:
+            connection = kind(url.netloc, timeout=self.timeout)
+            try:
+                connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query
+                                                                else ""), body, headers)
+                return str(connection.getresponse().status)
+            finally:
+                connection.close()
+        except Exception as exc:
+            return f"error: {exc or type(exc).__name__}"[:200]
+
+    def wake(self) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+            self._run_thread()
+
+    def start(self) -> None:
+        """The thread starts now if tries are due from before a restart, else with the
+        first delivery: a box without webhooks never runs it."""
+        with self._cond:
+            self._started = True
+            if self.store.next_delivery_time() is not None:
+                self._run_thread()
+
+    def _run_thread(self) -> None:
+        if self._started and not self._stopping and self._thread.ident is None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout + 1)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self.deliver_due()
+                next_try = self.store.next_delivery_time()
+            except Exception:
+                log.exception("webhook round failed")
+                next_try = self.clock() + 5
+            with self._cond:
+                if self._stopping:
+                    return
+                if not self._dirty:
+                    wait = None if next_try is None else max(0.0, next_try - self.clock())
+                    self._cond.wait(wait)
+
+
+#: the action a completed task of a script counts as (SPEC 8.1)
+SCRIPT_ACTIONS = {"follow": "follow", "unfollow": "unfollow", "comment": "comment",
+                  "post": "post"}
+#: account_warmup's result keys -> actions
+WARMUP_COUNTS = {"likes": "like", "follows": "follow", "comments": "comment"}
+LIMITED_ACTIONS = ("follow", "unfollow", "comment", "post", "like")
+DEFAULT_COOLDOWN_HOURS = 24
+ACTIVE_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+
+
+class AccountSafety:
+    """Limits, active hours and cooldowns of accounts (SPEC 8.1).
+
+    ``wait_reason`` is the runner's gate: a task whose account may not act now stays
+    pending with the reason as its message, and the moment it may start is kept for the
+    scheduler (``take_wake``), which sleeps until then instead of polling.
+    """
+
+    def __init__(self, store: Store, scripts: Dict[str, Script]):
+        self.store, self.scripts = store, scripts
+        #: called with the account row when a block puts it into cooldown
+        self.on_cooldown: Callable[[sqlite3.Row], None] = lambda account: None
+        self._wake: Optional[float] = None
+        self._lock = threading.Lock()
+
+    def account_of(self, task: sqlite3.Row) -> Optional[sqlite3.Row]:
+        """The task's account; in device mode the phone's only enabled account of the
+        script's platforms, when there is exactly one."""
+        if task["username"]:
+            return self.store.get_account(task["username"])
+        script = self.scripts.get(task["script_name"])
+        platforms = script.platforms if script else PLATFORM_NAMES
+        accounts = [a for a in self.store.list_accounts(task["serial"])
+                    if a["enabled"] and a["platform"] in platforms]
+        return accounts[0] if len(accounts) == 1 else None
+
+    def wait_reason(self, task: sqlite3.Row, now: float) -> Optional[str]:
+        account = self.account_of(task)
+        if account is None:
+            return None
+        found = self.forbidden(account, SCRIPT_ACTIONS.get(task["script_name"]), now)
+        if found is None:
+            return None
+        why, until = found
+        with self._lock:
+            self._wake = _earliest([self._wake, until])
+        return f"waiting: @{account['username']} {why}; next at {format_time(until)}"
+
+    def take_wake(self, now: float) -> Optional[float]:
+        """The earliest moment a held-back task may start (a late scheduler chore)."""
+        with self._lock:
+            wake, self._wake = self._wake, None
+        return wake
+
+    def forbidden(self, account: sqlite3.Row, action: Optional[str],
+                  now: float) -> Optional[Tuple[str, float]]:
+        """(why, until when) the account may not act now, or None."""
+        if account["cooldown_until"] and account["cooldown_until"] > now:
+            return "is in cooldown after a block", account["cooldown_until"]
+        hours = account["active_hours"]
+        if hours and not within_hours(hours, now):
+            return (f"is outside its active hours {hours}",
+                    next_occurrence(hours.split("-")[0], now))
+        limit = (_load_json(account["limits"]) or {}).get(action) if action else None
+        if not limit:
+            return None
+        day_start = _local_midnight(now)
+        rows = self.store.actions_since(account["username"], min(day_start, now - 3600))
+        rows = [r for r in rows if r["action"] == action]
+        per_day = limit.get("per_day")
+        if per_day is not None and sum(r["count"] for r in rows
+                                       if r["at"] >= day_start) >= per_day:
+            return (f"reached its {action} limit of {per_day} per day",
+                    _local_midnight(now, days=1))
+        per_hour = limit.get("per_hour")
+        window = [r for r in rows if r["at"] > now - 3600]
+        total = sum(r["count"] for r in window)
+        if per_hour is not None and total >= per_hour:
+            for r in window:                     # the oldest drop out of the window first
+                total -= r["count"]
+                if total < per_hour:
+                    return (f"reached its {action} limit of {per_hour} per hour",
+                            r["at"] + 3600)
+        return None
+
+    def counts(self, username: str, now: float) -> Dict[str, Dict[str, int]]:
+        """Actions done in the last hour and today, per action."""
+        day_start = _local_midnight(now)
+        out = {a: {"last_hour": 0, "today": 0} for a in LIMITED_ACTIONS}
+        for r in self.store.actions_since(username, min(day_start, now - 3600)):
+            entry = out.setdefault(r["action"], {"last_hour": 0, "today": 0})
+            if r["at"] > now - 3600:
+                entry["last_hour"] += r["count"]
+            if r["at"] >= day_start:
+                entry["today"] += r["count"]
+        return out
+
+    def describe(self, account: sqlite3.Row, now: float) -> Dict[str, Any]:
+        """An account as the API shows it, with its safety fields."""
+        cooling = bool(account["cooldown_until"] and account["cooldown_until"] > now)
+        return dict(account_to_json(account), limits=_load_json(account["limits"]),
+                    active_hours=account["active_hours"],
+                    cooldown_hours=account["cooldown_hours"],
+                    status="cooldown" if cooling else "ok",
+                    cooldown_until=format_time(account["cooldown_until"]) if cooling
+                    else None, counts=self.counts(account["username"], now))
+
+    def task_ended(self, task_id: int, outcome: str) -> None:
+        """Count what the task did as its account; a block starts a cooldown."""
+        task = self.store.get_task(task_id)
+        account = self.account_of(task) if task is not None else None
+        if account is None:
+            return
+        now = self.store.clock()
+        result = _load_json(task["result"])
+        if task["script_name"] == "account_warmup" and isinstance(result, dict):
+            counts = {action: result.get(key) for key, action in WARMUP_COUNTS.items()}
+            self.store.record_actions(account["username"], {
+                a: c for a, c in counts.items() if isinstance(c, int)}, now)
+        elif outcome == "completed" and task["script_name"] in SCRIPT_ACTIONS:
+            self.store.record_actions(account["username"],
+                                      {SCRIPT_ACTIONS[task["script_name"]]: 1}, now)
+        if outcome == "failed" and is_block(None, task["error"]):
+            until = now + account["cooldown_hours"] * 3600
+            self.store.set_cooldown(account["username"], until)
+            log.warning("account @%s blocked (task %s): cooldown until %s",
+                        account["username"], task_id, format_time(until))
+            self.on_cooldown(self.store.get_account(account["username"]))
+
+
+def within_hours(hours: str, now: float) -> bool:
+    """Whether local time now is inside "HH:MM-HH:MM" (which may wrap midnight)."""
+    match = ACTIVE_HOURS_RE.fullmatch(hours)
+    start = int(match[1]) * 60 + int(match[2])
+    end = int(match[3]) * 60 + int(match[4])
+    local = _dt.datetime.fromtimestamp(now)
+    minute = local.hour * 60 + local.minute
+    if start == end:
+        return True
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+def _local_midnight(now: float, days: int = 0) -> float:
+    day = _dt.datetime.fromtimestamp(now).date() + _dt.timedelta(days=days)
+    return _dt.datetime.combine(day, _dt.time()).timestamp()
+
+
+#: a slot found this late (the box was off, the clock jumped) is skipped, not made up
+SCHEDULE_GRACE = 120
+
+
+class Schedules:
+    """Recurring task templates (SPEC 8.2): days, times and a per-slot jitter.
+
+    Each schedule keeps its next slot and the jittered moment it runs. Firing moves
+    both forward in the same transaction that creates the tasks, guarded by the moment
+    it expected, so a slot fires at most once, also across restarts; a slot long past
+    (the box was off) is logged and skipped.
+    """
+
+    def __init__(self, store: Store, build: Callable[[Dict[str, Any], int], List[NewTask]],
+                 rng: random.Random = random):
+        self.store, self.build, self.rng = store, build, rng
+
+    @staticmethod
+    def next_slot(days: Sequence[int], times: Sequence[str], after: float) -> float:
+        """The first (day, time) slot strictly after ``after``, in local time."""
+        start = _dt.datetime.fromtimestamp(after).date()
+        for offset in range(0, 9):
+            day = start + _dt.timedelta(days=offset)
+            if day.isoweekday() not in days:
+                continue
+            for hhmm in sorted(times):
+                hour, minute = map(int, hhmm.split(":"))
+                slot = _dt.datetime.combine(day, _dt.time(hour, minute)).timestamp()
+                if slot > after:
+                    return slot
+        raise ValueError("a schedule needs at least one day and one time")
+
+    def plan(self, row: Any, after: float) -> Tuple[float, float]:
+        """(next slot after ``after``, the moment it runs with its jitter)."""
+        slot = self.next_slot(_load_json(row["days"]), _load_json(row["times"]), after)
+        return slot, slot + self.rng.uniform(0, row["jitter_minutes"] * 60)
+
+    def fire_due(self, now: float) -> Optional[float]:
+        """Fire the slots that are due (a scheduler chore); returns the next run."""
+        next_at = None
+        for row in self.store.list_schedules():
+            for _ in range(3):                  # one slot at a time, while any is due
+                if not row["enabled"] or row["next_run"] is None or row["next_run"] > now:
+                    break
+                self._fire(row, now)
+                row = self.store.get_schedule(row["id"])
+                if row is None:
+                    break
+            if row is not None and row["enabled"] and row["next_run"] is not None:
+                next_at = _earliest([next_at, row["next_run"]])
+        return next_at
+
+    def _fire(self, row: sqlite3.Row, now: float) -> None:
+        late = now - row["next_run"]
+        tasks: List[NewTask] = []
+        if late > SCHEDULE_GRACE:
+            log.warning("schedule %s (%s): slot at %s missed (server off or clock change);"
+                        " not made up", row["id"], row["name"], format_time(row["next_run"]))
+            slot, run = self.plan(row, now)
+        else:
+            try:
+                tasks = self.build(_load_json(row["request"]), row["id"])
+            except LiteError as exc:
+                log.error("schedule %s (%s): slot at %s made no task: %s", row["id"],
+                          row["name"], format_time(row["next_run"]), exc.message)
+            slot, run = self.plan(row, max(row["next_slot"], now - SCHEDULE_GRACE))
+        fired = now if late <= SCHEDULE_GRACE else None
+        ids = self.store.advance_schedule(row["id"], row["next_run"], slot, run, fired, tasks)
+        if ids:
+            log.info("schedule %s (%s) made task(s) %s", row["id"], row["name"], ids)
+
+    def run_now(self, row: sqlite3.Row) -> List[int]:
+        """POST /schedule/{id}/run: the schedule's tasks now, slots untouched."""
+        tasks = self.build(_load_json(row["request"]), row["id"])
+        with self.store.write():
+            ids = self.store.create_tasks(tasks)
+            self.store.save_schedule(row["id"], {"last_run": self.store.clock()})
+        return ids
+
+
+def schedule_to_json(row: sqlite3.Row) -> Dict[str, Any]:
+    request = _load_json(row["request"])
+    return dict(request, id=row["id"], name=row["name"], days=_load_json(row["days"]),
+                times=_load_json(row["times"]), jitter_minutes=row["jitter_minutes"],
+                enabled=bool(row["enabled"]),
+                next_run=format_time(row["next_run"]) if row["enabled"] else None,
+                last_run=format_time(row["last_run"]),
+                created_at=format_time(row["created_at"]))
+
+
+#: histogram buckets in seconds: device calls, then task run times
+CALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class Metrics:
+    """Counters and histograms for GET /metrics, in Prometheus' text format.
+
+    Written by hand rather than with prometheus_client: the format is a few lines of
+    text, and a registry of our own per server keeps tests (several servers in one
+    process) apart without the library's global registry and a new dependency on the Pi.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+        self._histograms: Dict[str, Tuple[Sequence[float], List[int], List[float]]] = {}
+        self.help: Dict[str, Tuple[str, str]] = {}
+
+    def inc(self, name: str, help_text: str, by: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self.help.setdefault(name, ("counter", help_text))
+            self._counters[key] = self._counters.get(key, 0) + by
+
+    def observe(self, name: str, help_text: str, value: float,
+                buckets: Sequence[float]) -> None:
+        with self._lock:
+            self.help.setdefault(name, ("histogram", help_text))
+            bounds, counts, total = self._histograms.setdefault(
+                name, (buckets, [0] * (len(buckets) + 1), [0.0]))
+            counts[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += 1
+            total[0] += value
+
+    def render(self, gauges: Sequence[Tuple[str, str, Dict[str, float]]]) -> str:
+        """The text format; ``gauges`` are (name, help, {label text: value}) read now."""
+        lines = []
+        for name, help_text, values in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += [f"{name}{labels} {value:g}" for labels, value in values.items()]
+        with self._lock:
+            for name, (kind, help_text) in sorted(self.help.items()):
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+                if kind == "counter":
+                    lines += [f"{n}{_labels(dict(l))} {v:g}"
+                              for (n, l), v in sorted(self._counters.items()) if n == name]
+                    continue
+                bounds, counts, total = self._histograms[name]
+                running = 0
+                for bound, count in zip(list(bounds) + ["+Inf"], counts):
+                    running += count
+                    lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
+                lines += [f"{name}_sum {total[0]:g}", f"{name}_count {running}"]
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Dict[str, Any]) -> str:
+    if not labels:
+        return ""
+
+    def quote(value: Any) -> str:
+        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (f'{k}="{quote(v)}"' for k, v in sorted(labels.items()))
+    return "{" + ",".join(escaped) + "}"
 
 
 ###############################################################################
@@ -2660,15 +3613,42 @@ class Lite:
         self.scripts = load_scripts(config.scripts)
         self.devices: Optional[DeviceManager] = None
         self.runner: Optional[Runner] = None
-        self.scheduler: Optional[Scheduler] = None
         if with_devices:
             self.devices = DeviceManager(self.store, config.adb_servers)
             self.runner = Runner(self.store, self.devices, self.scripts, config.artifacts_dir)
-            self.scheduler = Scheduler(self.store, self.devices, self.runner,
-                                       config.max_running, clock)
-            self.devices.on_online = self.scheduler.wake
-            self.devices.on_offline = self.runner.device_lost
-            self.runner.on_finished = self.scheduler.wake
+        #: the scheduler also keeps expiry, leases and schedules without a device layer
+        self.scheduler = Scheduler(self.store, self.devices, self.runner,
+                                   config.max_running, clock)
+        #: (request body, source, schedule id) -> tasks; the HTTP API provides it
+        self.task_builder: Optional[Callable[..., List[NewTask]]] = None
+        self._wire_operations()
+
+    def _wire_operations(self) -> None:
+        """Webhooks, account safety, schedules and metrics hang on the store's task-end
+        listeners and the scheduler's chores (SPEC 8)."""
+        config, store, scheduler = self.config, self.store, self.scheduler
+        self.metrics = Metrics()
+        self.webhooks = Webhooks(store, config.webhooks, config.webhook_secret, self.clock)
+        self.webhooks.on_outcome = lambda outcome: self.metrics.inc(
+            "tmlite_webhook_deliveries_total", "Webhook delivery tries by outcome",
+            outcome=outcome)
+        self.safety = AccountSafety(store, self.scripts)
+        self.safety.on_cooldown = lambda account: self.webhooks.send(
+            "account.cooldown", "account", self.safety.describe(account, self.clock()))
+        self.schedules = Schedules(store, self._schedule_tasks)
+        store.on_task_end += [self.safety.task_ended, self.webhooks.task_finished,
+                              self._count_task_end, lambda *_: self.wake()]
+        scheduler.chores += [self._deadlines, self.schedules.fire_due]
+        scheduler.late_chores.append(self.safety.take_wake)
+        if self.runner is not None:
+            self.runner.gate = self.safety.wait_reason
+            self.runner.on_finished = scheduler.wake
+            self.devices.on_online = lambda serial: (scheduler.wake(), self._device_event(
+                "device.online", serial))
+            self.devices.on_offline = lambda serial: (self.runner.device_lost(serial),
+                                                      self._device_event("device.offline",
+                                                                         serial))
+            self.devices.on_call = self._count_device_call
 
     def start(self) -> None:
         """Recover from a crash, then start watching phones and scheduling tasks."""
@@ -2676,24 +3656,65 @@ class Lite:
         if interrupted:
             log.warning("%d task(s) were running when the server last stopped; marked "
                         "failed (%s): %s", len(interrupted), INTERRUPTED, interrupted)
+        for task_id in interrupted:
+            self.store.task_ended(task_id, "failed")
+        self.webhooks.start()
         if self.devices is not None:
             self.devices.start()
-            self.scheduler.start()
+        self.scheduler.start()
 
     def close(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        self.scheduler.stop()
         if self.runner is not None:
             self.runner.stop_all()
         if self.devices is not None:
             self.devices.stop()
+        self.webhooks.stop()
         self.store.close()
         if self._db_lock is not None:
             self._db_lock.close()                  # releases the lock
 
     def wake(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.wake()
+        self.scheduler.wake()
+
+    # -- operations' hooks (SPEC 8) ----------------------------------------------------
+    def _deadlines(self, now: float) -> Optional[float]:
+        """Scheduler chore: expiry, timeouts and worker leases; returns the next one."""
+        self.store.expire_pending(now)
+        if self.runner is not None:
+            for task_id in self.store.timed_out(now):
+                self.runner.time_out(task_id)
+        self.store.expire_leases(now)
+        return self.store.next_deadline(now)
+
+    def _schedule_tasks(self, request: Dict[str, Any], schedule_id: int) -> List[NewTask]:
+        if self.task_builder is None:
+            raise Unavailable("no task builder (the HTTP API is not set up)")
+        return self.task_builder(request, source="schedule", schedule_id=schedule_id)
+
+    def _device_event(self, event: str, serial: str) -> None:
+        row = self.store.get_device(serial)
+        if row is not None:
+            self.webhooks.send(event, "device", {
+                "serial": serial, "state": row["state"], "model": row["model"],
+                "battery": row["battery"], "adb_server": row["adb_server"],
+                "last_seen": format_time(row["last_seen"])})
+
+    def _count_task_end(self, task_id: int, outcome: str) -> None:
+        row = self.store.get_task(task_id)
+        if row is None:
+            return
+        self.metrics.inc("tmlite_tasks_finished_total", "Tasks ended, by script and outcome",
+                         script=row["script_name"], outcome=outcome)
+        if row["started_at"] is not None and row["end_time"] is not None:
+            self.metrics.observe("tmlite_task_run_seconds", "Run time of ended tasks",
+                                 row["end_time"] - row["started_at"], RUN_BUCKETS)
+
+    def _count_device_call(self, service: str, seconds: float) -> None:
+        self.metrics.observe("tmlite_device_call_seconds", "Latency of adb device calls",
+                             seconds, CALL_BUCKETS)
+        if "uiautomator dump" in service:
+            self.metrics.inc("tmlite_window_dumps_total", "UI window dumps taken")
 
     def need_devices(self) -> DeviceManager:
         if self.devices is None:
@@ -2870,10 +3891,31 @@ class Api:
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
+        lite.task_builder = self.build_tasks
         self._declare_routes()
+        self._declare_operation_routes()
 
     # -- plumbing ------------------------------------------------------------------
     def wsgi(self, environ, start_response):
+        """Every request, logged in one line at info: client, method, path, status, time
+        (never the key)."""
+        began = time.monotonic()
+        seen = []
+
+        def record_status(status, headers, *exc_info):
+            seen.append(status.split(" ", 1)[0])
+            return start_response(status, headers, *exc_info)
+
+        try:
+            return self._serve(environ, record_status)
+        finally:
+            query = environ.get("QUERY_STRING", "")
+            http_log.info("%s %s %s%s %s %.1f ms", environ.get("REMOTE_ADDR", "-"),
+                          environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", ""),
+                          f"?{query}" if query else "", seen[0] if seen else "-",
+                          (time.monotonic() - began) * 1000)
+
+    def _serve(self, environ, start_response):
         """Access rules first (SPEC 3), then the size of the body, then the routes."""
         try:
             self._check_access(environ)
@@ -2882,6 +3924,14 @@ class Api:
                 raise BadRequest("Content-Length", "is not a number")
             if int(length) > MAX_BODY_BYTES:
                 raise BodyTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
+            if environ.get("PATH_INFO") == "/metrics":
+                if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+                    raise MethodNotAllowed("method not allowed here; allowed: GET")
+                text = self.metrics().encode("utf-8")
+                start_response("200 OK", [
+                    ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                    ("Content-Length", str(len(text)))])
+                return [text]
         except LiteError as exc:
             body = json.dumps({"code": exc.code, "message": exc.message, "data": None})
             start_response(f"{exc.code // 100} {_reason(exc.code // 100)}",
@@ -2898,17 +3948,40 @@ class Api:
             raise Forbidden("client address unknown") from None
         if not any(address in net for net in self.allowed_networks
                    if net.version == address.version):
+            log.warning("refused %s %s from %s: address not allowed (--allow-from)",
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), address)
             raise Forbidden(f"client address {address} is not allowed (--allow-from)")
         key = self.lite.config.api_key
-        if key:
-            sent = environ.get("HTTP_X_API_KEY", "")
-            auth = environ.get("HTTP_AUTHORIZATION", "")
-            if auth[:7].lower() == "bearer ":
-                sent = auth[7:].strip()
-            if not hmac.compare_digest(sent.encode(), key.encode()):
-                raise Unauthorized("API key missing or wrong" if sent or auth
-                                   else "API key required: send 'Authorization: Bearer KEY'"
-                                        " or 'X-API-Key: KEY'")
+        if not key and not self.store.has_admin_key():
+            return                               # keys count only once an admin key exists
+        sent = environ.get("HTTP_X_API_KEY", "")
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if auth[:7].lower() == "bearer ":
+            sent = auth[7:].strip()
+        role = name = None
+        if key and hmac.compare_digest(sent.encode(), key.encode()):
+            role, name = "admin", "admin"
+        elif sent:
+            row = self.store.api_key_by_hash(hash_key(sent))
+            if row is not None:
+                role, name = row["role"], row["name"]
+        if role is None:
+            log.warning("rejected %s %s from %s: API key %s", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), address, "wrong" if sent else "missing")
+            raise Unauthorized("API key missing or wrong" if sent or auth
+                               else "API key required: send 'Authorization: Bearer KEY'"
+                                    " or 'X-API-Key: KEY'")
+        environ["tmlite.creator"] = name
+        self._check_role(environ, role, name)
+
+    @staticmethod
+    def _check_role(environ, role: str, name: str) -> None:
+        """viewer: GET only; operator: everything but keys; admin: all (SPEC 8.5)."""
+        if role == "viewer" and environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            raise Forbidden(f"key {name!r} is a viewer: it may only read (GET)")
+        if role == "operator" and environ.get("PATH_INFO", "").startswith(
+                API_PREFIX + "/apikey"):
+            raise Forbidden(f"key {name!r} is an operator: only admin keys manage keys")
 
     def _respond(self, status: int, payload: Any) -> str:
         response = self.bottle.response
@@ -2943,8 +4016,9 @@ class Api:
         def decorator(handler):
             def endpoint(**kwargs):
                 try:
-                    if not -2 ** 63 <= kwargs.get("task_id", 0) < 2 ** 63:
-                        raise NotFound(f"task {kwargs['task_id']} not found")
+                    for name, value in kwargs.items():
+                        if name.endswith("_id") and not -2 ** 63 <= value < 2 ** 63:
+                            raise NotFound(f"{name[:-3]} {value} not found")
                     result = handler(**kwargs)
                 except LiteError as exc:
                     return self._error(exc)
@@ -2954,8 +4028,9 @@ class Api:
                 if isinstance(result, self.bottle.HTTPResponse):
                     return result
                 return self._respond(200, _ok(result))
-            self.app.route(API_PREFIX + re.sub(r"\{(\w+)\}", r"<\1>", path).replace(
-                "<task_id>", "<task_id:int>"), method, endpoint)
+            self.app.route(API_PREFIX + re.sub(r"\{(\w+)\}", lambda m: f"<{m[1]}:int>" if
+                                               m[1].endswith("_id") else f"<{m[1]}>", path),
+                           method, endpoint)
             self.routes.append({"method": method, "path": path, "summary": summary,
                                 "body": body, "query": query or {}, "data": data,
                                 "produces": produces})
@@ -2997,16 +4072,21 @@ class Api:
             "enable_multi_account": "boolean", "start_time": "string HH:MM",
             "min_interval": "integer 0-1440 (minutes)", "max_interval": "integer 0-1440",
             "priority": "integer -100..100", "max_retry_count": "integer 1-10",
-            "auto_retry": "boolean"},
+            "auto_retry": "boolean", "callback_url": "string http(s) URL",
+            "expire_in": "integer 1-10080 (minutes)",
+            "expire_at": "string YYYY-MM-DD HH:MM:SS", "timeout": "integer 10-86400 (s)"},
             data={"task_ids": "array of integer", "created_count": "integer"})
         def create_task():
             tasks = self.build_tasks(self.json_body())
+            for task in tasks:
+                task.creator = self.bottle.request.environ.get("tmlite.creator")
             ids = store.create_tasks(tasks)
             lite.wake()
             return {"task_ids": ids, "created_count": len(ids)}
 
         @route("GET", "/task", "List tasks, newest first", query={
-            "status": "integer 0-3 or comma list", "serial": "string",
+            "status": "0-3 or pending/running/completed/failed, or a comma list",
+            "creator": "string (a key's name, or admin)", "serial": "string",
             "script_name": "string", "source": "api or ui", "username": "string",
             "start_timestamp": "epoch seconds (creation time from)",
             "end_timestamp": "epoch seconds (creation time to)",
@@ -3015,12 +4095,15 @@ class Api:
         def list_tasks():
             q = self.query()
             statuses = []
+            names = {name: number for number, name in STATUS_TEXT.items()}
             for part in q.get("status", "").split(","):
-                if part.strip():
-                    if part.strip() not in ("0", "1", "2", "3"):
-                        raise BadRequest("status", f"must be 0-3 or a comma list of them, "
-                                                   f"got {q['status']!r}")
-                    statuses.append(int(part))
+                part = part.strip().lower()
+                if part:
+                    if part not in ("0", "1", "2", "3") and part not in names:
+                        raise BadRequest("status", "must be 0-3 or pending, running, "
+                                         "completed, failed, or a comma list of them, "
+                                         f"got {q['status']!r}")
+                    statuses.append(names[part] if part in names else int(part))
             page = _query_int(q, "page", 1, 1, 10 ** 9)
             page_size = min(_query_int(q, "page_size", 20, 1, 10 ** 9), 100)
             rows, total = store.list_tasks(
@@ -3028,7 +4111,8 @@ class Api:
                 source=q.get("source"),
                 username=normalize_username(q["username"]) if "username" in q else None,
                 created_from=_query_number(q, "start_timestamp"),
-                created_to=_query_number(q, "end_timestamp"), page=page, page_size=page_size)
+                created_to=_query_number(q, "end_timestamp"), page=page, page_size=page_size,
+                creator=q.get("creator"))
             return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
                     "page_size": page_size}
 
@@ -3059,7 +4143,7 @@ class Api:
         @route("POST", "/task/batch/retry", "Retry failed tasks", body=ids_body,
                data=done_errors)
         def retry_batch():
-            done, errors = self._each(self.json_body().task_ids(), lite.retry_task)
+            done, errors = self._each(self.json_body().task_ids(), self._retry_unless_stopped)
             return {"done": done, "errors": errors}
 
         @route("POST", "/task/clear", "Delete finished tasks in the given states",
@@ -3164,7 +4248,8 @@ class Api:
         @route("GET", "/account", "Accounts", query={"serial": "string"},
                data={"items": "array of Account", "total": "integer"})
         def list_accounts():
-            items = [account_to_json(r) for r in store.list_accounts(self.query().get("serial"))]
+            items = [self._account_json(r)
+                     for r in store.list_accounts(self.query().get("serial"))]
             return {"items": items, "total": len(items)}
 
         @route("POST", "/account", "Add an account bound to a device", body={
@@ -3176,23 +4261,30 @@ class Api:
             body = self.json_body()
             username = self._username(body.str("username", required=True))
             serial, platform, package, enabled = self._account_fields(body, None)
-            if not store.save_account(username, serial, platform, package, enabled, True):
-                raise BadRequest("username", f"account {username} already exists")
-            return account_to_json(store.get_account(username))
+            safety = account_safety_fields(body, None)
+            with store.write():
+                if not store.save_account(username, serial, platform, package, enabled, True):
+                    raise BadRequest("username", f"account {username} already exists")
+                store.save_account_safety(username, *safety)
+            return self._account_json(store.get_account(username))
 
         @route("GET", "/account/{username}", "One account", data={"...Account": ""})
         def get_account(username):
-            return account_to_json(self._account(username))
+            return self._account_json(self._account(username))
 
         @route("PUT", "/account/{username}", "Change an account's device, platform, package "
                "or enabled", body={"serial": "string", "platform": "string",
                                    "package": "string", "enabled": "boolean"},
                data={"...Account": ""})
         def update_account(username):
-            row = self._account(username)
-            serial, platform, package, enabled = self._account_fields(self.json_body(), row)
-            store.save_account(row["username"], serial, platform, package, enabled, False)
-            return account_to_json(store.get_account(row["username"]))
+            row, body = self._account(username), self.json_body()
+            serial, platform, package, enabled = self._account_fields(body, row)
+            safety = account_safety_fields(body, row)
+            with store.write():
+                store.save_account(row["username"], serial, platform, package, enabled, False)
+                store.save_account_safety(row["username"], *safety)
+            lite.wake()                          # new limits may free waiting tasks
+            return self._account_json(store.get_account(row["username"]))
 
         @route("DELETE", "/account/{username}", "Remove an account")
         def delete_account(username):
@@ -3216,6 +4308,213 @@ class Api:
                 json.dumps(self.openapi(), ensure_ascii=False), status=200,
                 headers={"Content-Type": "application/json"})
 
+    # -- operations' routes (SPEC 8) ---------------------------------------------------
+    def _declare_operation_routes(self) -> None:
+        route = self.route
+        account = {"...Account": "", "limits": "object", "active_hours": "string",
+                   "cooldown_hours": "number", "status": "ok or cooldown",
+                   "cooldown_until": "string or null", "counts": "object"}
+        route("POST", "/account/{username}/resume", "End an account's cooldown early",
+              data=account)(self.resume_account)
+        route("GET", "/webhook/deliveries", "The last 500 webhook deliveries",
+              data={"items": "array of Delivery", "total": "integer"})(self.list_deliveries)
+        schedule = {"name": "string (required)", "script_name": "string (required)",
+                    "script_config": "object (required)", "serials": "array of string",
+                    "usernames": "array of string", "days": "array of 1-7 (ISO weekdays)",
+                    "times": "array of HH:MM (required)", "jitter_minutes": "integer 0-120",
+                    "enabled": "boolean", "...POST /task options": ""}
+        listing = {"items": "array of Schedule", "total": "integer"}
+        route("POST", "/schedule", "Create a recurring schedule", body=schedule,
+              data={"...Schedule": ""})(self.create_schedule)
+        route("GET", "/schedule", "Schedules", data=listing)(self.list_schedules)
+        route("GET", "/schedule/{schedule_id}", "One schedule",
+              data={"...Schedule": ""})(self.get_schedule)
+        route("PUT", "/schedule/{schedule_id}", "Change a schedule", body=schedule,
+              data={"...Schedule": ""})(self.update_schedule)
+        route("DELETE", "/schedule/{schedule_id}", "Delete a schedule")(self.delete_schedule)
+        route("POST", "/schedule/{schedule_id}/run", "Make a schedule's tasks now",
+              data={"task_ids": "array of integer", "created_count": "integer"}
+              )(self.run_schedule)
+        route("POST", "/worker/next", "Take the next due task of external scripts", body={
+            "worker_id": "string (required)", "script_names": "array of string (required)",
+            "lease_seconds": "integer 30-3600 (default 300)"},
+            data={"...Task or null": ""})(self.worker_next)
+        route("POST", "/worker/progress", "Report progress; renews the lease", body={
+            "task_id": "integer", "worker_id": "string", "progress": "integer 0-100",
+            "message": "string"}, data={"...Task": ""})(self.worker_progress)
+        route("POST", "/worker/complete", "Complete a task taken by this worker", body={
+            "task_id": "integer", "worker_id": "string", "result": "any JSON"},
+            data={"...Task": ""})(self.worker_complete)
+        route("POST", "/worker/fail", "Fail a task taken by this worker", body={
+            "task_id": "integer", "worker_id": "string", "error": "string",
+            "allow_retry": "boolean"}, data={"...Task": ""})(self.worker_fail)
+        route("POST", "/apikey", "Create an API key (returned once)", body={
+            "name": "string (required)", "role": "admin, operator or viewer (required)"},
+            data={"id": "integer", "name": "string", "role": "string", "key": "string",
+                  "created_at": "string"})(self.create_key)
+        route("GET", "/apikey", "API keys (no secrets)",
+              data={"items": "array of Key", "total": "integer"})(self.list_keys)
+        route("DELETE", "/apikey/{key_id}", "Delete an API key")(self.delete_key)
+
+    # -- accounts --
+    def resume_account(self, username):
+        row = self._account(username)
+        self.store.set_cooldown(row["username"], None)
+        self.lite.wake()
+        return self.lite.safety.describe(self.store.get_account(row["username"]),
+                                         self.store.clock())
+
+    # -- webhooks --
+    def list_deliveries(self):
+        items = [{"id": r["id"], "delivery_id": r["delivery_id"], "event": r["event"],
+                  "url": r["url"], "tries": r["tries"], "last_status": r["last_status"],
+                  "next_try": format_time(r["next_try"]),
+                  "created_at": format_time(r["created_at"])}
+                 for r in self.store.list_deliveries()]
+        return {"items": items, "total": len(items)}
+
+    # -- schedules --
+    def create_schedule(self):
+        fields = schedule_fields(self.json_body(), None, self.build_tasks)
+        schedule_id = self.store.save_schedule(None, fields)
+        return self._replan(schedule_id)
+
+    def list_schedules(self):
+        items = [schedule_to_json(r) for r in self.store.list_schedules()]
+        return {"items": items, "total": len(items)}
+
+    def get_schedule(self, schedule_id):
+        return schedule_to_json(self._schedule(schedule_id))
+
+    def update_schedule(self, schedule_id):
+        row = self._schedule(schedule_id)
+        fields = schedule_fields(self.json_body(), row, self.build_tasks)
+        self.store.save_schedule(schedule_id, fields)
+        return self._replan(schedule_id)
+
+    def delete_schedule(self, schedule_id):
+        self._schedule(schedule_id)
+        self.store.delete_schedule(schedule_id)
+        return {"deleted": schedule_id}
+
+    def run_schedule(self, schedule_id):
+        ids = self.lite.schedules.run_now(self._schedule(schedule_id))
+        self.lite.wake()
+        return {"task_ids": ids, "created_count": len(ids)}
+
+    def _schedule(self, schedule_id: int) -> sqlite3.Row:
+        row = self.store.get_schedule(schedule_id)
+        if row is None:
+            raise NotFound(f"schedule {schedule_id} not found")
+        return row
+
+    def _replan(self, schedule_id: int) -> Dict[str, Any]:
+        """A new or changed schedule runs at its next slot from now."""
+        row = self.store.get_schedule(schedule_id)
+        slot, run = self.lite.schedules.plan(row, self.store.clock())
+        self.store.save_schedule(schedule_id, {"next_slot": slot, "next_run": run})
+        self.lite.wake()
+        return schedule_to_json(self.store.get_schedule(schedule_id))
+
+    # -- workers --
+    def worker_next(self):
+        body = self.json_body()
+        worker = body.str("worker_id", required=True, max_length=200)
+        names = body.list("script_names", str, required=True, max_items=100)
+        if not names:
+            raise BadRequest("script_names", "must name at least one external script")
+        for i, name in enumerate(names):
+            script = self.lite.scripts.get(name)
+            if script is None or script.runner != "external":
+                raise BadRequest(f"script_names[{i}]", f"{name!r} is not an external script")
+        lease = body.int("lease_seconds", 300, 30, 3600)
+        row = self.store.worker_claim(worker, names, lease, self.store.clock())
+        if row is None:
+            return None
+        self.lite.wake()                       # the scheduler now watches its lease
+        return task_to_json(row)
+
+    def worker_progress(self):
+        body = self.json_body()
+        task_id, worker = self._worker_task(body)
+        if not self.store.worker_progress(task_id, worker, body.int("progress", 0, 0, 100),
+                                          body.str("message", default="", max_length=500),
+                                          self.store.clock()):
+            raise self._not_yours(task_id, worker)
+        self.lite.wake()
+        return task_to_json(self.store.get_task(task_id))
+
+    def worker_complete(self):
+        body = self.json_body()
+        task_id, _ = self._worker_task(body)
+        self.store.finish(task_id, ok=True, result=body.data.get("result"))
+        return task_to_json(self.store.get_task(task_id))
+
+    def worker_fail(self):
+        body = self.json_body()
+        task_id, _ = self._worker_task(body)
+        error = body.str("error", default="failed by the worker", max_length=2000)
+        allow = body.bool("allow_retry", False)
+        self.store.finish(task_id, ok=False, error=error, auto_retry=allow,
+                          allow_auto_retry=allow)
+        self.lite.wake()
+        return task_to_json(self.store.get_task(task_id))
+
+    def _worker_task(self, body: _Body) -> Tuple[int, str]:
+        """The task and worker of a call; 40001 unless that worker holds that task."""
+        task_id = body.int("task_id", 0, 1, 2 ** 63 - 1)
+        worker = body.str("worker_id", required=True, max_length=200)
+        row = self.store.get_task(task_id)
+        if row is None or row["status"] != RUNNING or row["worker_id"] != worker:
+            raise self._not_yours(task_id, worker)
+        return task_id, worker
+
+    def _not_yours(self, task_id: int, worker: str) -> BadRequest:
+        return BadRequest("task_id", f"task {task_id} is not running for worker {worker!r}")
+
+    # -- keys --
+    def create_key(self):
+        body = self.json_body()
+        name = body.str("name", required=True, max_length=100).strip()
+        if not name:
+            raise BadRequest("name", "must not be empty")
+        role = body.str("role", required=True, choices=KEY_ROLES)
+        key = "tml_" + base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+        key_id = self.store.add_api_key(name, role, hash_key(key))
+        log.info("API key %s (%s, %s) created", key_id, name, role)
+        return {"id": key_id, "name": name, "role": role, "key": key,
+                "created_at": format_time(self.store.clock())}
+
+    def list_keys(self):
+        items = [{"id": r["id"], "name": r["name"], "role": r["role"],
+                  "created_at": format_time(r["created_at"])}
+                 for r in self.store.list_api_keys()]
+        return {"items": items, "total": len(items)}
+
+    def delete_key(self, key_id):
+        if not self.store.delete_api_key(key_id):
+            raise NotFound(f"API key {key_id} not found")
+        return {"deleted": key_id}
+
+    # -- metrics --
+    def metrics(self) -> str:
+        """GET /metrics (outside /api/v1, served by wsgi()): Prometheus text, counted now."""
+        lite, store = self.lite, self.store
+        stats = store.stats()
+        phones: Dict[str, float] = {}
+        for row in store.list_devices():
+            state = lite.devices.state(row["serial"]) if lite.devices else row["state"]
+            phones[state] = phones.get(state, 0) + 1
+        gauges = [
+            ("tmlite_tasks", "Tasks by status",
+             {f'{{status="{name}"}}': stats[name] for name in STATUS_TEXT.values()}),
+            ("tmlite_phones", "Known phones by state",
+             {f'{{state="{s}"}}': n for s, n in sorted(phones.items())}),
+            ("tmlite_event_streams_open", "Open event streams",
+             {"": getattr(lite, "event_streams_open", 0)}),
+        ]
+        return lite.metrics.render(gauges)
+
     # -- helpers of the routes --------------------------------------------------------
     def _each(self, ids: List[int], action: Callable[[int], None]):
         done, errors = [], {}
@@ -3228,6 +4527,14 @@ class Api:
             except LiteError as exc:
                 errors[str(task_id)] = exc.message.split(": ", 1)[-1]
         return done, errors
+
+    def _retry_unless_stopped(self, task_id: int) -> None:
+        """Batch retry leaves tasks the user stopped alone; a single retry may take them."""
+        row = self.store.get_task(task_id)
+        if row is not None and row["status"] == FAILED and row["error"] == STOPPED_BY_USER:
+            raise BadRequest("task_id", f"task {task_id}: {STOPPED_BY_USER}; retry it alone "
+                                        "to run it again")
+        self.lite.retry_task(task_id)
 
     def _address(self, body: _Body) -> str:
         address = body.str("address", required=True).strip()
@@ -3249,6 +4556,9 @@ class Api:
             raise NotFound(f"account {normalize_username(username)} not found")
         return row
 
+    def _account_json(self, row: sqlite3.Row) -> Dict[str, Any]:
+        return self.lite.safety.describe(row, self.store.clock())
+
     def _account_fields(self, body: _Body, row: Optional[sqlite3.Row]):
         required = row is None
         serial = body.str("serial", required=required) or row["serial"]
@@ -3265,8 +4575,10 @@ class Api:
         enabled = body.bool("enabled", True if row is None else bool(row["enabled"]))
         return serial, platform, package, enabled
 
-    def build_tasks(self, body: _Body) -> List[NewTask]:
+    def build_tasks(self, body: Any, source: str = "api",
+                    schedule_id: Optional[int] = None) -> List[NewTask]:
         """The tasks one POST /task asks for, all validated before any is written."""
+        body = body if isinstance(body, _Body) else _Body(body)
         name = body.data.get("script_name")
         if name is None or name == "":
             raise MissingScriptName("script_name is required")
@@ -3286,12 +4598,13 @@ class Api:
         usernames = body.list("usernames", str)
         if serials and usernames:
             raise BadRequest("serials", "give serials or usernames, not both")
-        if not serials and not usernames:
+        external = script.runner == "external"
+        if not serials and not usernames and not external:
             raise BadRequest("serials", "give a non-empty serials or usernames array")
         multi = body.bool("enable_multi_account", False)
-        start_text = body.str("start_time", default="")
         now = self.store.clock()
-        start = next_occurrence(start_text, now) if start_text.strip() else now
+        start, start_note = start_time_of(body.str("start_time", default=""), now)
+        extras = task_end_fields(body, now)
         low = body.int("min_interval", 0, 0, 1440)
         high = body.int("max_interval", 0, 0, 1440)
         if low > high:
@@ -3300,11 +4613,27 @@ class Api:
         max_retry = body.int("max_retry_count", 3, 1, 10)
         auto_retry = body.bool("auto_retry", False)
         configs = script.expand_config(script.check_config(body.data["script_config"]))
+        targets = self._task_targets(script, serials, usernames, multi)
+        if len(targets) * len(configs) > 10_000:
+            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
+                                        "the limit is 10000 per request")
+        return [NewTask(serial=serial, username=username, script_name=name,
+                        script_config=config, priority=priority, start_time=start,
+                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
+                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry,
+                        source=source, schedule_id=schedule_id, external=external,
+                        message=start_note, **extras)
+                for serial, username in targets for config in configs]
 
+    def _task_targets(self, script: Script, serials: Optional[List[str]],
+                      usernames: Optional[List[str]], multi: bool
+                      ) -> List[Tuple[str, Optional[str]]]:
+        """(serial, username) of each task of a request, checked."""
+        name, external = script.name, script.runner == "external"
         targets: List[Tuple[str, Optional[str]]] = []
         if serials:
             for i, serial in _first_of_each(serials):
-                if self.store.get_device(serial) is None:
+                if self.store.get_device(serial) is None and not external:
                     raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
                 if not multi:
                     targets.append((serial, None))
@@ -3316,8 +4645,9 @@ class Api:
                                      f"account for {'/'.join(script.platforms)} "
                                      "(enable_multi_account)")
                 targets += [(serial, a["username"]) for a in accounts]
-        else:
-            for i, text in _first_of_each(usernames, key=normalize_username):
+        elif usernames:          # @NASA and nasa are one account, as in the apps
+            for i, text in _first_of_each(usernames, key=lambda u: normalize_username(u)
+                                          .lower()):
                 account = self.store.get_account(normalize_username(text))
                 if account is None:
                     raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
@@ -3327,14 +4657,9 @@ class Api:
                     raise BadRequest(f"usernames[{i}]", f"account {text!r} is on "
                                      f"{account['platform']}, which {name} does not support")
                 targets.append((account["serial"], account["username"]))
-        if len(targets) * len(configs) > 10_000:
-            raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks; "
-                                        "the limit is 10000 per request")
-        return [NewTask(serial=serial, username=username, script_name=name,
-                        script_config=config, priority=priority, start_time=start,
-                        rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
-                        max_interval=high, max_retry_count=max_retry, auto_retry=auto_retry)
-                for serial, username in targets for config in configs]
+        else:
+            targets.append(("", None))           # an external task held by no phone
+        return targets
 
     def health(self) -> Dict[str, Any]:
         lite = self.lite
@@ -3365,7 +4690,7 @@ class Api:
         paths: Dict[str, Dict[str, Any]] = {}
         for r in self.routes:
             params = [{"name": n, "in": "path", "required": True,
-                       "schema": {"type": "integer" if n == "task_id" else "string"}}
+                       "schema": {"type": "integer" if n.endswith("_id") else "string"}}
                       for n in re.findall(r"\{(\w+)\}", r["path"])]
             params += [{"name": n, "in": "query", "required": False,
                         "description": d, "schema": {"type": "string"}}
@@ -3406,6 +4731,137 @@ class Api:
                     "bearer": {"type": "http", "scheme": "bearer"},
                     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}},
         }
+
+
+#: the POST /task fields a schedule keeps as its request
+SCHEDULE_TASK_FIELDS = ("script_name", "script_config", "serials", "usernames", "groups",
+                        "enable_multi_account", "priority", "min_interval", "max_interval",
+                        "max_retry_count", "auto_retry", "callback_url", "expire_in",
+                        "timeout")
+
+
+def schedule_fields(body: _Body, row: Optional[sqlite3.Row],
+                    build: Callable[[Dict[str, Any]], List[NewTask]]) -> Dict[str, Any]:
+    """A schedule's columns from a POST/PUT body (PUT: merged over the row), checked;
+    its task request is checked as POST /task would, at once."""
+    old = dict(schedule_to_json(row)) if row is not None else {}
+    for one, other in (("serials", "usernames"), ("usernames", "serials")):
+        if body.has(one):                        # naming phones anew replaces accounts
+            old.pop(other, None)
+    data = dict(old, **{k: v for k, v in body.data.items() if v is not None})
+    merged = _Body(data)
+    name = merged.str("name", required=True, max_length=200)
+    days = merged.list("days", int)
+    if days is None:
+        days = [1, 2, 3, 4, 5, 6, 7]
+    if not days:
+        raise BadRequest("days", "must name at least one ISO weekday 1-7 (absent: every day)")
+    for i, day in enumerate(days):
+        if not 1 <= day <= 7:
+            raise BadRequest(f"days[{i}]", f"must be an ISO weekday 1-7, got {day}")
+    times = merged.list("times", str, required=True, max_items=100)
+    if not times:
+        raise BadRequest("times", "must name at least one time HH:MM")
+    for i, text in enumerate(times):
+        if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", text):
+            raise BadRequest(f"times[{i}]", f"must be HH:MM (00:00-23:59), got {text!r}")
+    request = {k: data[k] for k in SCHEDULE_TASK_FIELDS if data.get(k) is not None}
+    if request.get("groups") is not None:
+        raise BadRequest("groups", "phone groups are not supported by this server yet")
+    build(request)                               # raises what POST /task would
+    return {"name": name, "request": _dump_json(request),
+            "days": _dump_json(sorted(set(days))), "times": _dump_json(sorted(set(times))),
+            "jitter_minutes": merged.int("jitter_minutes", 0, 0, 120),
+            "enabled": int(merged.bool("enabled", True))}
+
+
+def account_safety_fields(body: _Body, row: Optional[sqlite3.Row]
+                          ) -> Tuple[Optional[dict], Optional[str], float]:
+    """limits, active_hours and cooldown_hours of an account body (SPEC 8.1), checked;
+    fields not sent keep the row's values."""
+    limits = _load_json(row["limits"]) if row is not None else None
+    if "limits" in body.data:
+        limits = body.data["limits"]
+        if limits is not None and not isinstance(limits, dict):
+            raise BadRequest("limits", f"must be an object, got {_json_type(limits)}")
+        for action, limit in (limits or {}).items():
+            where = f"limits.{action}"
+            if action not in LIMITED_ACTIONS:
+                raise BadRequest(where, f"unknown action; known: {', '.join(LIMITED_ACTIONS)}")
+            if not isinstance(limit, dict) or not limit or set(limit) - {"per_hour", "per_day"}:
+                raise BadRequest(where, "must be an object with per_hour and/or per_day")
+            for key, value in limit.items():
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or not 0 <= value <= 100_000:
+                    raise BadRequest(f"{where}.{key}", f"must be an integer 0-100000, "
+                                                       f"got {value!r}")
+    hours = row["active_hours"] if row is not None else None
+    if "active_hours" in body.data:
+        hours = body.str("active_hours")
+        if hours is not None and not ACTIVE_HOURS_RE.fullmatch(hours):
+            raise BadRequest("active_hours", f"must be HH:MM-HH:MM, got {hours!r}")
+    cooldown = row["cooldown_hours"] if row is not None else DEFAULT_COOLDOWN_HOURS
+    value = body.data.get("cooldown_hours")
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 <= value <= 24 * 30:
+            raise BadRequest("cooldown_hours", f"must be a number of hours 0-720, got {value!r}")
+        cooldown = float(value)
+    return limits or None, hours or None, cooldown
+
+
+KEY_ROLES = ("admin", "operator", "viewer")
+
+
+def hash_key(key: str) -> str:
+    """Keys are 192 random bits, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def start_time_of(text: str, now: float) -> Tuple[float, str]:
+    """start_time as "HH:MM" (next occurrence) or "YYYY-MM-DD HH:MM[:SS]"; returns the
+    epoch and a note for the task's message when HH:MM has passed today."""
+    text = text.strip()
+    if not text:
+        return now, ""
+    if re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?", text):
+        return parse_local_time("start_time", text), ""
+    start = next_occurrence(text, now)
+    if _dt.datetime.fromtimestamp(start).date() != _dt.datetime.fromtimestamp(now).date():
+        return start, (f"starts tomorrow at {format_time(start)}: {text} had already "
+                       "passed today")
+    return start, ""
+
+
+def parse_local_time(name: str, text: str) -> float:
+    """"YYYY-MM-DD HH:MM[:SS]" in the box's local time -> epoch seconds."""
+    for fmt in (TIME_FORMAT, "%Y-%m-%d %H:%M"):
+        try:
+            return _dt.datetime.strptime(text.strip(), fmt).timestamp()
+        except ValueError:
+            continue
+    raise BadRequest(name, f"must be 'YYYY-MM-DD HH:MM:SS' (box local time), got {text!r}")
+
+
+def task_end_fields(body: _Body, now: float) -> Dict[str, Any]:
+    """callback_url, expiry and timeout of POST /task (SPEC 8.3), checked."""
+    from urllib.parse import urlsplit
+    url = body.str("callback_url", max_length=2000)
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadRequest("callback_url", f"must be an http or https URL, got {url!r}")
+    if body.has("expire_in") and body.has("expire_at"):
+        raise BadRequest("expire_in", "give expire_in or expire_at, not both")
+    expire_at = None
+    if body.has("expire_in"):
+        expire_at = now + body.int("expire_in", 0, 1, 10080) * 60
+    elif body.has("expire_at"):
+        expire_at = parse_local_time("expire_at", body.str("expire_at"))
+        if expire_at <= now:
+            raise BadRequest("expire_at", f"is in the past: {body.data['expire_at']}")
+    timeout = body.int("timeout", 0, 10, 86400) if body.has("timeout") else None
+    return {"callback_url": url or None, "expire_at": expire_at, "timeout": timeout}
 
 
 def _first_of_each(items: Sequence[str], key: Callable[[str], str] = lambda x: x):
@@ -3509,7 +4965,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = parse_config(argv)
     except SystemExit as exc:                   # --help, --version, or a bad flag
         return exc.code if isinstance(exc.code, int) else 2
-    setup_logging(config.log_level)
+    try:
+        setup_logging(config.log_level, config.log_file)
+    except ConfigError as exc:
+        print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
+        return 1
     lite = server = None
     try:
         try:

@@ -536,8 +536,10 @@ def expand_targets(config: Dict[str, Any]) -> List[Dict[str, Any]]:
                                          "or target_user with names separated by newlines "
                                          "or commas)")
     field = "target_users" if config.get("target_users") else "target_user"
-    names = list(dict.fromkeys(check_username(field, n) for n in names))
-    return [dict(config, target_users=[n], target_user=n) for n in names]
+    unique: Dict[str, str] = {}          # @NASA and nasa are one account, as in the apps
+    for name in (check_username(field, n) for n in names):
+        unique.setdefault(name.lower(), name)
+    return [dict(config, target_users=[n], target_user=n) for n in unique.values()]
 
 
 def follow_flow(phone: Any, task: Any, want_following: bool) -> Dict[str, Any]:

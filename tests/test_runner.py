@@ -34,7 +34,7 @@ def test_result_progress_and_log_are_recorded(farm):
     phone = farm.add_phone()
     task = farm.wait_status(farm.create([phone.address], "say", {"word": "hello"})[0], 2)
     assert task["result"] == {"said": "said hello"}
-    assert task["progress"] == 100 and task["message"] == "saying hello"
+    assert task["progress"] == 100 and task["message"] == "completed"   # how it ended
     assert task["started_at"] and task["end_time"] and task["error"] == ""
     lines = [line.split(" ", 2)[2] for line in task["log"]]
     assert lines == [f"started on {phone.address}", "50% saying hello", "completed"]
@@ -344,4 +344,5 @@ def test_a_stopped_task_keeps_its_whole_log_on_disk(farm):
         raw.close()
     assert on_disk == [f"started on {phone.address}", "5% blocking",
                        "failed: stopped by user"]
-    assert progress == (5, "blocking")
+    # the progress it reached is on disk; its message says how it ended (issue 10)
+    assert progress == (5, tml.STOPPED_BY_USER)

@@ -398,7 +398,8 @@ def test_recover_interrupted_changes_nothing_else(st, clock):
     assert set(after) == set(before)
     for task_id in (ids[0], ids[1]):
         changed = {k for k in before[task_id] if before[task_id][k] != after[task_id][k]}
-        assert changed == {"status", "end_time", "error"}
+        assert changed == {"status", "end_time", "error", "message"}
+        assert after[task_id]["message"] == "failed: " + tml.INTERRUPTED   # how it ended
         assert after[task_id]["status"] == 3
         assert after[task_id]["error"] == tml.INTERRUPTED
         assert after[task_id]["end_time"] == T0 + 3600
@@ -599,7 +600,9 @@ def test_schema_1_database_opens_and_keeps_its_tasks(open_store, db_path, clock)
     assert st.schema_version() == len(tml.MIGRATIONS) >= 2
     assert st.query_one("PRAGMA page_size")[0] == tml.PAGE_SIZE      # rewritten once
     assert st.query_one("PRAGMA journal_mode")[0] == "wal"
-    assert [tuple(r) for r in st.query("SELECT * FROM tasks ORDER BY id")] == before
+    rows = st.query("SELECT * FROM tasks ORDER BY id")
+    assert [tuple(r)[:len(before[0])] for r in rows] == before    # schema 3 adds columns
+    assert {(r["external"], r["creator"], r["expire_at"]) for r in rows} == {(0, None, None)}
     assert st.stats() == {"total": 6, "pending": 2, "running": 1, "completed": 2,
                           "failed": 1}
     assert st.list_tasks(serial="d2")[1] == 3
@@ -948,3 +951,29 @@ def test_claim_returns_the_running_row_with_or_without_returning(st, monkeypatch
     assert dict(row) == dict(st.get_task(first))
     assert st.claim_next("d1", T0 + 6) is None               # one running per device
     assert st.get_task(second)["status"] == tml.PENDING
+
+
+def test_migrations_keep_the_tasks_of_a_version_1_database(tmp_path):
+    """A box upgraded in place: its tasks survive, the new columns take their defaults."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(str(path))
+    for statement in tml._split_sql(tml.MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO tasks (serial, script_name, script_config, status, start_time,"
+                 " created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    conn.commit()
+    conn.close()
+    store = tml.Store(path)
+    try:
+        assert store.schema_version() == len(tml.MIGRATIONS) >= 2
+        row = store.get_task(1)
+        assert row["status"] == tml.RUNNING and row["external"] == 0
+        assert row["callback_url"] is None and row["creator"] is None
+        with store.write() as w:                       # the per-phone rule still holds
+            with pytest.raises(sqlite3.IntegrityError):
+                w.execute("INSERT INTO tasks (serial, script_name, script_config, status,"
+                          " start_time, created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    finally:
+        store.close()
