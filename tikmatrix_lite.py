@@ -1484,10 +1484,13 @@ class Store:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
 
     def list_devices(self) -> List[sqlite3.Row]:
+        """Devices with their running task and pending count: the phone's own tasks, not
+        workers' (external) tasks that merely name its serial."""
         return self.query(
-            "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1)"
-            " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
-            " status=0) AS pending_count FROM devices d ORDER BY d.serial")
+            "SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status=1"
+            " AND external = 0) AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE"
+            " serial=d.serial AND external = 0 AND status=0) AS pending_count"
+            " FROM devices d ORDER BY d.serial")
 
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""

@@ -977,3 +977,26 @@ def test_migrations_keep_the_tasks_of_a_version_1_database(tmp_path):
                           " start_time, created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
     finally:
         store.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 9's store with issue 10's operations
+# ---------------------------------------------------------------------------
+
+def test_workers_tasks_are_listed_and_counted_but_are_no_phones(st, clock):
+    """An external task naming a phone shows in GET /task by status and in the counts,
+    but is not the phone's running task, pending task or due time."""
+    st.upsert_device("d1", state="device")
+    phone, worker = st.create_tasks([new("d1", start_time=T0 + 50),
+                                     new("d1", external=True, start_time=T0)])
+    assert st.due_times() == {"d1": T0 + 50}
+    assert {r["id"] for r in st.list_tasks(statuses=[tml.PENDING])[0]} == {phone, worker}
+    assert st.worker_claim("w1", ["echo"], 30, T0 + 1)["id"] == worker
+    assert [r["id"] for r in st.list_tasks(statuses=[tml.RUNNING])[0]] == [worker]
+    assert st.running_count() == 1
+    device = st.list_devices()[0]
+    assert (device["running_task_id"], device["pending_count"]) == (None, 1)
+    assert st.claim_next("d1", T0 + 50)["id"] == phone        # the phone is not busy
+    assert st.list_devices()[0]["running_task_id"] == phone
+    assert_counts_match(st)
+
