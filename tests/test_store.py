@@ -774,17 +774,22 @@ def brute_force_due_times(st):
     return dict(st.query(
         "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
         " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-        " WHERE t.status=0 GROUP BY t.serial"))
+        " WHERE t.status=0 AND t.external = 0 GROUP BY t.serial"))
 
 
 @settings(max_examples=60, deadline=None)
 @given(hs.lists(hs.tuples(hs.sampled_from(PHONES), hs.integers(-2, 2),
-                          hs.integers(0, 50), hs.integers(0, 30)), max_size=25),
-       hs.lists(hs.tuples(hs.sampled_from(["claim", "finish", "other_connection"]),
+                          hs.integers(0, 50), hs.integers(0, 30), hs.booleans(),
+                          hs.sampled_from([None, 20, 60])), max_size=25),
+       hs.lists(hs.tuples(hs.sampled_from(["claim", "finish", "other_connection",
+                                           "expire", "worker", "lease", "create",
+                                           "create_external"]),
                           hs.sampled_from(PHONES)), max_size=10))
 def test_due_times_equal_a_plain_query(tasks, events):
     """The cached, per-phone due times against one query over every pending task, with
-    priorities, start times and rests mixed, after claims, ends and foreign writes."""
+    priorities, start times and rests mixed, after claims, ends and foreign writes;
+    workers' (external) tasks naming a phone are never in its due time, expiries and
+    lease expiries keep the due times and the counters right."""
     with tempfile.TemporaryDirectory() as folder:
         clock = FakeClock(T0)
         path = Path(folder) / "due.db"
@@ -793,8 +798,9 @@ def test_due_times_equal_a_plain_query(tasks, events):
             for serial in PHONES:
                 st.upsert_device(serial, state="device")
             st.create_tasks([new(serial, priority=p, start_time=T0 + start,
-                                 rest_seconds=rest)
-                             for serial, p, start, rest in tasks])
+                                 rest_seconds=rest, external=external,
+                                 expire_at=expiry and T0 + expiry)
+                             for serial, p, start, rest, external, expiry in tasks])
             assert st.due_times() == brute_force_due_times(st)
             for event, serial in events:
                 clock.advance(7)
@@ -805,9 +811,19 @@ def test_due_times_equal_a_plain_query(tasks, events):
                                            " status=1", (serial,))
                     if running:
                         st.finish(running[0], ok=True)
+                elif event == "expire":
+                    st.expire_pending(clock.now)
+                elif event == "worker":
+                    st.worker_claim("w1", ["echo"], 10, clock.now)
+                elif event == "lease":
+                    st.expire_leases(clock.now)
+                elif event.startswith("create"):
+                    st.create_tasks([new(serial, start_time=clock.now - 1, priority=3,
+                                         external=event == "create_external")])
                 else:
                     other.create_tasks([new(serial, start_time=clock.now + 3)])
                 assert st.due_times() == brute_force_due_times(st)
+                assert_counts_match(st)
         finally:
             st.close()
             other.close()
@@ -1000,3 +1016,65 @@ def test_workers_tasks_are_listed_and_counted_but_are_no_phones(st, clock):
     assert st.list_devices()[0]["running_task_id"] == phone
     assert_counts_match(st)
 
+
+def test_lease_and_expiry_ends_keep_the_counters_and_due_times(st, clock):
+    st.upsert_device("d1", state="device")
+    soon, later = st.create_tasks([new("d1", start_time=T0 + 10, expire_at=T0 + 5),
+                                   new("d1", start_time=T0 + 20)])
+    worker = st.create_tasks([new("", external=True, max_retry_count=0)])[0]
+    assert st.due_times() == {"d1": T0 + 10}
+    st.worker_claim("w1", ["echo"], 30, T0)
+    assert st.expire_pending(T0 + 6) == [soon]
+    assert st.due_times() == {"d1": T0 + 20}
+    assert st.expire_leases(T0 + 31) == [(worker, "failed")]
+    assert st.stats() == {"total": 3, "pending": 1, "running": 0, "completed": 0,
+                          "failed": 2}
+    assert st.list_tasks(statuses=[tml.FAILED])[1] == 2
+    assert_counts_match(st)
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_the_gate_holds_back_with_or_without_returning(st, monkeypatch, returning):
+    """The claim by UPDATE ... RETURNING still asks the account gate, once per account
+    and script; a held-back task gets the reason as its message and stays pending."""
+    if returning and not tml.SQLITE_HAS_RETURNING:
+        pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
+    held, held_too, free = st.create_tasks([
+        new("d1", username="alice", priority=2), new("d1", username="alice", priority=1),
+        new("d1", username="bob")])
+    asked = []
+
+    def gate(row, now):
+        asked.append(row["username"])
+        return "alice: outside active hours" if row["username"] == "alice" else None
+
+    row = st.claim_next("d1", T0 + 5, gate)
+    assert (row["id"], row["status"]) == (free, tml.RUNNING)
+    assert asked == ["alice", "bob"]
+    for task_id in (held, held_too):
+        task = st.get_task(task_id)
+        assert (task["status"], task["message"]) == (tml.PENDING,
+                                                    "alice: outside active hours")
+    assert_counts_match(st)
+
+
+def test_task_to_json_shows_the_operations_columns_from_a_row_or_a_live_dict(st, clock):
+    task_id = st.create_tasks([new("d1", callback_url="http://127.0.0.1:9/cb",
+                                   expire_at=T0 + 60, timeout=30, schedule_id=4,
+                                   creator="ops")])[0]
+    shown = tml.task_to_json(st.get_task(task_id))
+    assert {k: shown[k] for k in ("callback_url", "expire_at", "timeout", "schedule_id",
+                                  "creator", "worker_id", "lease_until")} == {
+        "callback_url": "http://127.0.0.1:9/cb", "expire_at": tml.format_time(T0 + 60),
+        "timeout": 30, "schedule_id": 4, "creator": "ops", "worker_id": None,
+        "lease_until": None}
+    st.claim_next("d1", T0 + 1)
+    st.set_progress(task_id, 40, "half")                 # in memory: get_task gives a dict
+    live = st.get_task(task_id)
+    assert isinstance(live, dict)
+    assert tml.task_to_json(live) == dict(shown, status=1, status_text="running",
+                                          started_at=tml.format_time(T0 + 1),
+                                          progress=40, message="half")
+    assert st.list_tasks(creator="ops") == ([live], 1)
+    assert st.list_tasks(creator="nobody") == ([], 0)
