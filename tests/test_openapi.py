@@ -109,7 +109,7 @@ def value_of(decl, name=""):
     if kind == "bool":
         return st.booleans()
     if kind == "list":
-        items = decl.get("items")
+        items = decl.get("items") or "str"         # a list of anything: of text, say
         items = {"type": items} if isinstance(items, str) else items
         return st.lists(value_of(items, name), max_size=min(decl.get("max_items", 10), 4))
     return st.dictionaries(st.text(max_size=8), st.integers(0, 5) | st.text(max_size=8),
@@ -134,6 +134,9 @@ def requests(draw, routes):
                                               st.integers(0, tml.INT64[1]))))
     path = path.replace("{material_id}", str(draw(st.sampled_from([1, 2]) |
                                                   st.integers(0, tml.INT64[1]))))
+    for name in ("schedule_id", "key_id"):          # issue 10's (none exist: 40401)
+        path = path.replace("{%s}" % name, str(draw(st.sampled_from([1, 2]) |
+                                                    st.integers(0, tml.INT64[1]))))
     for name in ("username", "serial", "name"):
         path = path.replace("{%s}" % name, draw(
             st.sampled_from(["alice", "d1", "screenshot.png"]) |
