@@ -208,3 +208,25 @@ def test_refused_address_is_a_warning_naming_it(client, caplog):
                            expect_errors=True)
     assert reply.json["code"] == 40301
     assert "refused GET /api/v1/task from 8.8.8.8" in caplog.text
+
+
+def test_a_viewer_key_only_reads_the_farm_view(keyed):
+    """Roles guard issue 12's endpoints too: a viewer may read phones, materials and
+    screens, not drive a phone, rename it or upload; an operator may."""
+    app, client = keyed
+    viewer, operator = new_key(client, "wall", "viewer"), new_key(client, "hands", "operator")
+    as_viewer, as_operator = bearer(viewer["key"]), bearer(operator["key"])
+    for path in ("/device", "/material", "/schedule", "/webhook/deliveries"):
+        assert client.get(API + path, headers=as_viewer).json["code"] == 0, path
+    for method, path, body in (
+            ("POST", "/device/phone-1/input", {"action": "key", "key": "HOME"}),
+            ("PUT", "/device/phone-1", {"alias": "a"}),
+            ("POST", "/material", None), ("DELETE", "/device/phone-1", None)):
+        reply = client.request(API + path, method=method, headers=as_viewer,
+                               body=b"{}" if body is None else
+                               __import__("json").dumps(body).encode(),
+                               content_type="application/json", expect_errors=True)
+        assert reply.status_int == 403 and reply.json["code"] == 40301, (method, path)
+    renamed = client.put_json(f"{API}/device/phone-1", {"alias": "shelf"},
+                              headers=as_operator).json
+    assert renamed["code"] == 0 and renamed["data"]["alias"] == "shelf"

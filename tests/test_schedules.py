@@ -189,3 +189,18 @@ def test_a_slot_a_minute_late_still_fires_once(lite_app, http, farm_clock):
     lite_app.lite.scheduler.tick()
     lite_app.lite.scheduler.tick()
     assert len(tasks_of(lite_app.lite.store, schedule_id)) == 1
+
+
+def test_a_schedule_of_phone_groups_makes_a_task_on_each_phone_of_them(lite_app, http):
+    """SPEC 8.2 with issue 12's groups: a schedule names groups, its tasks go to their
+    phones (looked up when the slot fires)."""
+    store = lite_app.lite.store
+    store.upsert_device("phone-2", state="device", groups='["shelf"]')
+    store.upsert_device("phone-1", groups='["shelf"]')
+    data = schedule(http, serials=None, groups=["shelf"])["data"]
+    assert data["groups"] == ["shelf"]
+    reply = http.post(f"{API}/schedule/{data['id']}/run").json["data"]
+    assert sorted(t["serial"] for t in tasks_of(store, data["id"])) == ["phone-1", "phone-2"]
+    assert reply["created_count"] == 2
+    refused = schedule(http, serials=None, groups=["nobody"])
+    assert refused["code"] == 40001 and refused["message"].startswith("groups")

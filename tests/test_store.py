@@ -1111,3 +1111,36 @@ def test_task_to_json_shows_the_operations_columns_from_a_row_or_a_live_dict(st,
                                           progress=40, message="half")
     assert st.list_tasks(creator="ops") == ([live], 1)
     assert st.list_tasks(creator="nobody") == ([], 0)
+
+
+# ---------------------------------------------------------------------------
+# issue 8's split moves call issue 10's task-end hooks once, after the commit
+# ---------------------------------------------------------------------------
+
+def test_every_final_move_calls_the_task_end_hooks_after_its_commit(st, db_path):
+    seen = []
+    st.on_task_end.append(lambda task_id, outcome: seen.append(
+        (task_id, outcome, on_disk(db_path, "SELECT status FROM tasks WHERE id=?",
+                                   (task_id,))[0][0])))
+    done, failed, stopped = claimed_task(st, "d1"), claimed_task(st, "d2"), \
+        claimed_task(st, "d3")
+    [pending] = st.create_tasks([new("d4")])
+    with st.write():                  # one outer transaction: nothing is told inside it
+        assert st.finish(done, ok=True, result={"n": 1}) == "completed"
+        assert st.fail(failed, "broke")
+        assert seen == []
+    assert st.stop(stopped, result={"partial": 1})
+    assert st.cancel_pending(pending)
+    # each hook saw its task's end already on disk (another connection's view)
+    assert seen == [(done, "completed", tml.COMPLETED), (failed, "failed", tml.FAILED),
+                    (stopped, "failed", tml.FAILED), (pending, "failed", tml.FAILED)]
+    assert st.get_task(stopped)["result"] == '{"partial": 1}'
+    assert st.get_task(stopped)["message"] == tml.STOPPED_BY_USER
+    with pytest.raises(RuntimeError):
+        with st.write():
+            [again] = st.create_tasks([new("d5")])
+            st.claim_next("d5", T0 + 1)
+            st.complete(again)
+            raise RuntimeError("rolled back")
+    assert len(seen) == 4             # a rolled-back end is never announced
+    assert_counts_match(st)
