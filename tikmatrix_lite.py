@@ -5142,11 +5142,6 @@ class Server:
         self.store.expire_leases(now)
         return self.store.next_deadline(now)
 
-    def _schedule_tasks(self, request: Dict[str, Any], schedule_id: int) -> List[NewTask]:
-        if self.task_builder is None:
-            raise Unavailable("no task builder (the HTTP API is not set up)")
-        return self.task_builder(request, source="schedule", schedule_id=schedule_id)
-
     def _device_event(self, event: str, serial: str) -> None:
         row = self.store.get_device(serial)
         if row is not None:
