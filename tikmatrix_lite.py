@@ -9,10 +9,10 @@ runs each task on its phone through a real adb server (``adbutils``), one task a
 per phone.
 
 The module reads top to bottom: configuration, errors, time, store, events, scripts,
-devices, phone helpers, runner, scheduler, task operations, server, HTTP API, main.
-Anything a section uses is defined above it, except that the runner and scheduler are
-handed the objects they call. The dashboard (``GET /``) is plain HTML, CSS and JavaScript
-in ``web/`` beside this file.
+devices, phone helpers, runner, scheduler, task operations (with webhooks, account safety,
+schedules, metrics), server, HTTP API, main. Anything a section uses is defined above it,
+except that the runner and scheduler are handed the objects they call. The dashboard
+(``GET /``) is plain HTML, CSS and JavaScript in ``web/`` beside this file.
 
 Needs: Python 3.9+, bottle, waitress, adbutils. Licence: MIT.
 """
@@ -23,12 +23,15 @@ import base64
 import collections
 import contextlib
 import datetime as _dt
+import functools
+import hashlib
 import hmac
 import importlib.util
 import itertools
 import ipaddress
 import json
 import logging
+import math
 import os
 import posixpath
 import random
@@ -42,6 +45,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +54,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 __version__ = "0.1.0"
 
 log = logging.getLogger("tikmatrix_lite")
+#: one line per HTTP request
+http_log = logging.getLogger("tikmatrix_lite.http")
 
 HERE = Path(__file__).resolve().parent
 
@@ -94,6 +100,11 @@ class Config:
     log_level: str = "info"
     screen_fps: float = DEFAULT_SCREEN_FPS
     max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    #: URLs that get every webhook event (SPEC 8.3), and the secret that signs them
+    webhooks: List[str] = field(default_factory=list)
+    webhook_secret: Optional[str] = None
+    #: a log file rotated at 10 MB (3 kept), beside the log on stderr
+    log_file: Optional[Path] = None
 
     @property
     def artifacts_dir(self) -> Path:
@@ -183,6 +194,12 @@ class _DefaultsOnce(argparse.HelpFormatter):
                 or action.default == argparse.SUPPRESS:
             return text
         return text + " (default: %(default)s)"
+def _http_url(text: str) -> str:
+    from urllib.parse import urlsplit
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
+    return text.strip()
 
 
 def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
@@ -223,6 +240,13 @@ def build_arg_parser(prog: str = "tikmatrix_lite") -> argparse.ArgumentParser:
              "larger share [TMLITE_SCREEN_FPS]")
     add("--max-upload-mb", type=_non_negative, default=DEFAULT_MAX_UPLOAD_MB,
         help="largest material upload in MiB [TMLITE_MAX_UPLOAD_MB]")
+    add("--log-file", type=Path, help="also log to this file, rotated at 10 MB with 3 old "
+                                      "files kept [TMLITE_LOG_FILE]")
+    add("--webhook", dest="webhooks", action="append", type=_http_url, metavar="URL",
+        help="POST every task end, device and account event here; repeatable "
+             "[TMLITE_WEBHOOKS, comma list]")
+    add("--webhook-secret", help="sign webhook bodies: X-TMLite-Signature: sha256=HMAC "
+                                 "[TMLITE_WEBHOOK_SECRET]")
     add("--version", action="version", version=f"TikMatrix Lite {__version__}")
     return parser
 
@@ -236,6 +260,8 @@ _ENV_FLAGS = {
     "TMLITE_ALLOW_FROM": ("--allow-from", True), "TMLITE_MAX_RUNNING": ("--max-running", False),
     "TMLITE_LOG_LEVEL": ("--log-level", False), "TMLITE_SCREEN_FPS": ("--screen-fps", False),
     "TMLITE_MAX_UPLOAD_MB": ("--max-upload-mb", False),
+    "TMLITE_LOG_LEVEL": ("--log-level", False), "TMLITE_LOG_FILE": ("--log-file", False),
+    "TMLITE_WEBHOOKS": ("--webhook", True), "TMLITE_WEBHOOK_SECRET": ("--webhook-secret", False),
 }
 
 
@@ -260,7 +286,8 @@ def parse_config(argv: Optional[Sequence[str]] = None,
     # scalar settings from the environment become the flags' defaults; the repeatable
     # ones are merged by hand, since argparse would append flags to a default list
     parser.set_defaults(**{k: v for k, v in vars(env_args).items()
-                           if k not in ("adb_servers", "allow_from", "api_key", "api_key_file")})
+                           if k not in ("adb_servers", "allow_from", "api_key", "api_key_file",
+                                        "webhooks")})
     args = parser.parse_args(argv)
     # a key given by flag (either form) wins over both key variables
     api_key = args.api_key or args.api_key_file or env_args.api_key or env_args.api_key_file
@@ -272,13 +299,29 @@ def parse_config(argv: Optional[Sequence[str]] = None,
         allow_from=args.allow_from or env_args.allow_from or
         [ipaddress.ip_network(n) for n in DEFAULT_ALLOW_FROM],
         max_running=args.max_running, log_level=args.log_level,
-        screen_fps=args.screen_fps, max_upload_mb=args.max_upload_mb)
+        screen_fps=args.screen_fps, max_upload_mb=args.max_upload_mb,
+        webhooks=args.webhooks or env_args.webhooks or [],
+        webhook_secret=args.webhook_secret or None,
+        log_file=args.log_file.expanduser().resolve() if args.log_file else None)
 
 
-def setup_logging(level: str) -> None:
-    """Readable, levelled log lines; waitress's queue-depth chatter only when it matters."""
+def setup_logging(level: str, log_file: Optional[Path] = None) -> None:
+    """Readable, levelled log lines; waitress's queue-depth chatter only when it matters.
+
+    ``log_file`` adds a file rotated at 10 MB with three old files kept, so a box left
+    alone for months does not fill its SD card.
+    """
+    handlers: List[logging.Handler] = [logging.StreamHandler()]
+    if log_file is not None:
+        from logging.handlers import RotatingFileHandler
+        try:
+            handlers.append(RotatingFileHandler(
+                log_file, maxBytes=10 * 1024 * 1024, backupCount=3, encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot write log file {log_file}: {exc.strerror or exc}") \
+                from None
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
+        level=getattr(logging, level.upper()), handlers=handlers,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         datefmt="%Y-%m-%d %H:%M:%S", force=True)
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -422,7 +465,13 @@ def format_time(epoch: Optional[float]) -> Optional[str]:
     """Epoch seconds -> the API's 'YYYY-MM-DD HH:MM:SS' in the box's local time."""
     if epoch is None:
         return None
-    return time.strftime(TIME_FORMAT, time.localtime(epoch))
+    return _format_second(math.floor(epoch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _format_second(second: int) -> str:
+    # a page of tasks repeats the same few seconds; strftime costs more than the lookup
+    return time.strftime(TIME_FORMAT, time.localtime(second))
 
 
 def next_occurrence(hhmm: str, now: float) -> float:
@@ -451,6 +500,7 @@ STATUS_TEXT = {PENDING: "pending", RUNNING: "running", COMPLETED: "completed", F
 STOPPED_BY_USER = "stopped by user"
 INTERRUPTED = "interrupted by restart"
 DISCONNECTED = "device disconnected"
+LEASE_EXPIRED = "worker lease expired"
 
 #: Forward migrations; PRAGMA user_version counts how many have been applied.
 MIGRATIONS: List[str] = [
@@ -524,7 +574,7 @@ MIGRATIONS: List[str] = [
     -- are connected again whenever that server (re)starts
     ALTER TABLE devices ADD COLUMN reconnect_via TEXT;
     """,
-    # the farm view: phones' names and groups, the material library, the folder ledger
+    # 3: the farm view: phones' names and groups, the material library, the folder ledger
     """
     ALTER TABLE devices ADD COLUMN alias TEXT NOT NULL DEFAULT '';
     ALTER TABLE devices ADD COLUMN groups TEXT NOT NULL DEFAULT '[]';
@@ -559,12 +609,188 @@ MIGRATIONS: List[str] = [
         used_at REAL NOT NULL
     );
     """,
+    # 4 (issue 9's store): one index per real query (each index is written on every change of a task, and
+    # the SD card pays for it), counters for the totals, and the pending tasks of each
+    # phone in partial indexes that hold only them.
+    f"""
+    DROP INDEX tasks_status;
+    DROP INDEX tasks_due;
+    DROP INDEX tasks_script;
+    DROP INDEX tasks_source;
+    DROP INDEX tasks_username;
+    -- claim_next (a phone's best due task) and due_times (when it is due), from the
+    -- index alone: it holds the pending tasks only, so it stays small at any size
+    CREATE INDEX tasks_due ON tasks (serial, priority DESC, start_time, id, rest_seconds)
+        WHERE status = {PENDING};
+    -- GET /task?serial=: a phone's tasks, newest first
+    CREATE INDEX tasks_serial ON tasks (serial, id);
+    -- GET /task?status=2 or 3, newest first (written once, when a task ends)
+    CREATE INDEX tasks_completed ON tasks (id) WHERE status = {COMPLETED};
+    CREATE INDEX tasks_failed ON tasks (id) WHERE status = {FAILED};
+
+    -- the tasks per status of every (serial, script, source, account): GET /task's
+    -- totals and /task/stats add up these few rows instead of counting the tasks
+    CREATE TABLE task_counts (
+        serial      TEXT    NOT NULL,
+        script_name TEXT    NOT NULL,
+        source      TEXT    NOT NULL,
+        username    TEXT    NOT NULL,   -- '' for a task without an account
+        status      INTEGER NOT NULL,
+        n           INTEGER NOT NULL,
+        PRIMARY KEY (serial, script_name, source, username, status)
+    ) WITHOUT ROWID;
+    INSERT INTO task_counts
+        SELECT serial, script_name, source, COALESCE(username, ''), status, COUNT(*)
+        FROM tasks GROUP BY 1, 2, 3, 4, 5;
+    CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
+        INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
+                                        COALESCE(NEW.username, ''), NEW.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE serial = OLD.serial AND script_name = OLD.script_name
+            AND source = OLD.source AND username = COALESCE(OLD.username, '')
+            AND status = OLD.status;
+    END;
+    CREATE TRIGGER task_counts_update
+        AFTER UPDATE OF status, serial, script_name, source, username ON tasks
+        WHEN OLD.status IS NOT NEW.status OR OLD.serial IS NOT NEW.serial
+            OR OLD.script_name IS NOT NEW.script_name OR OLD.source IS NOT NEW.source
+            OR OLD.username IS NOT NEW.username
+    BEGIN
+        UPDATE task_counts SET n = n - 1
+            WHERE serial = OLD.serial AND script_name = OLD.script_name
+            AND source = OLD.source AND username = COALESCE(OLD.username, '')
+            AND status = OLD.status;
+        INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
+                                        COALESCE(NEW.username, ''), NEW.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + 1;
+    END;
+    """,
+    # 5: operations (SPEC 8): callbacks, expiry, timeouts, schedules, external workers,
+    # account safety, keys. External tasks hold no phone, so the one-running-task-per-
+    # device rule leaves them out. Its indexes follow schema 4's rule: one per real
+    # query, partial where a query reads only some tasks, none written for a task
+    # that does not use the feature.
+    f"""
+    ALTER TABLE tasks ADD COLUMN callback_url TEXT;
+    ALTER TABLE tasks ADD COLUMN expire_at REAL;
+    ALTER TABLE tasks ADD COLUMN timeout INTEGER;
+    ALTER TABLE tasks ADD COLUMN schedule_id INTEGER;
+    ALTER TABLE tasks ADD COLUMN creator TEXT;
+    ALTER TABLE tasks ADD COLUMN external INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE tasks ADD COLUMN worker_id TEXT;
+    ALTER TABLE tasks ADD COLUMN lease_until REAL;
+    ALTER TABLE tasks ADD COLUMN lease_seconds INTEGER;
+    -- one running task per phone; a worker's task holds no phone, so its second key
+    -- is its own id (unique anyway). The index still holds every running task: the
+    -- queries on them (running_count, timeouts, leases, GET /task?status=1) read it.
+    DROP INDEX tasks_one_running_per_device;
+    CREATE UNIQUE INDEX tasks_one_running_per_device
+        ON tasks (serial, CASE WHEN external THEN id ELSE 0 END) WHERE status = {RUNNING};
+    -- schema 4's tasks_due again, with external after serial: a phone's claim and due
+    -- time read only its own tasks (external = 0), GET /task?status=0 still all pending
+    DROP INDEX tasks_due;
+    CREATE INDEX tasks_due ON tasks (serial, external, priority DESC, start_time, id,
+                                     rest_seconds) WHERE status = {PENDING};
+    -- POST /worker/next: the due tasks of external scripts, best first
+    CREATE INDEX tasks_external ON tasks (script_name, priority DESC, start_time, id)
+        WHERE status = {PENDING} AND external = 1;
+    -- the scheduler's expiry chore and its next deadline: pending tasks with an expiry
+    CREATE INDEX tasks_expiry ON tasks (expire_at)
+        WHERE status = {PENDING} AND expire_at IS NOT NULL;
+    -- GET /task?creator= (an operator key's own tasks); tasks made without a key: none
+    CREATE INDEX tasks_creator ON tasks (creator) WHERE creator IS NOT NULL;
+
+    ALTER TABLE accounts ADD COLUMN limits TEXT;
+    ALTER TABLE accounts ADD COLUMN active_hours TEXT;
+    ALTER TABLE accounts ADD COLUMN cooldown_hours REAL NOT NULL DEFAULT 24;
+    ALTER TABLE accounts ADD COLUMN cooldown_until REAL;
+    CREATE TABLE account_actions (
+        id       INTEGER PRIMARY KEY,
+        username TEXT    NOT NULL COLLATE NOCASE,
+        action   TEXT    NOT NULL,
+        at       REAL    NOT NULL,
+        count    INTEGER NOT NULL
+    );
+    CREATE INDEX account_actions_by ON account_actions (username, action, at);
+
+    CREATE TABLE schedules (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        name           TEXT    NOT NULL,
+        request        TEXT    NOT NULL,
+        days           TEXT    NOT NULL,
+        times          TEXT    NOT NULL,
+        jitter_minutes INTEGER NOT NULL DEFAULT 0,
+        enabled        INTEGER NOT NULL DEFAULT 1,
+        next_slot      REAL,
+        next_run       REAL,
+        last_run       REAL,
+        created_at     REAL    NOT NULL
+    );
+
+    CREATE TABLE webhook_deliveries (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT    NOT NULL,
+        event       TEXT    NOT NULL,
+        url         TEXT    NOT NULL,
+        body        TEXT    NOT NULL,
+        tries       INTEGER NOT NULL DEFAULT 0,
+        last_status TEXT    NOT NULL DEFAULT '',
+        next_try    REAL,
+        created_at  REAL    NOT NULL
+    );
+    CREATE INDEX webhook_due ON webhook_deliveries (next_try) WHERE next_try IS NOT NULL;
+
+    CREATE TABLE api_keys (
+        id         INTEGER PRIMARY KEY AUTOINCREMENT,
+        name       TEXT NOT NULL,
+        role       TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'viewer')),
+        key_hash   TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL
+    );
+    """,
 ]
+
+#: New databases get small pages: a commit writes every page it changed to the WAL, whole,
+#: and a task's few commits change about twenty pages (see bench/bench_wear.py).
+PAGE_SIZE = 1024
+#: An older file with bigger pages is rewritten once (VACUUM) with PAGE_SIZE pages when
+#: it is no larger than this; a bigger one keeps its pages (the rewrite would take long).
+ADOPT_PAGE_SIZE_UP_TO = 64 * 1024 * 1024
+#: The WAL is checkpointed into the database at this many pages (4 MB), then reused from
+#: its start and cut back to JOURNAL_SIZE_LIMIT bytes: it stays between the two. Each
+#: checkpoint costs two fsyncs, so a smaller WAL would make every write slower.
+WAL_AUTOCHECKPOINT = 4000
+JOURNAL_SIZE_LIMIT = 1024 * 1024
+#: UPDATE ... RETURNING came with sqlite 3.35 (Raspberry Pi OS 11 has 3.34).
+SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: A runner's log lines and progress wait in memory for the next write; this many lines
+#: of one task make a write of their own.
+MAX_BUFFERED_LINES = 100
+#: A device's last_seen alone is written when it is this much older than the new one.
+LAST_SEEN_PRECISION = 60.0
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
                 "max_interval", "created_at", "started_at", "end_time", "progress",
-                "message", "error", "result", "retry_count", "max_retry_count", "auto_retry")
+                "message", "error", "result", "retry_count", "max_retry_count", "auto_retry",
+                "callback_url", "expire_at", "timeout", "schedule_id", "creator", "external",
+                "worker_id", "lease_until", "lease_seconds")
+
+
+@dataclass
+class LiveTask:
+    """A task running in this process: what its script reported since the last write."""
+
+    progress: Optional[int] = None
+    message: str = ""
+    progress_dirty: bool = False
+    #: (at, line) not written yet
+    lines: List[Tuple[float, str]] = field(default_factory=list)
+    #: taken by the transaction under way; back to lines if it rolls back
+    in_flight: List[Tuple[float, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -585,6 +811,13 @@ class NewTask:
     auto_retry: bool = False
     #: material library request of the task's script: {"kind", "count", "tags"}
     materials: Optional[Dict[str, Any]] = None
+    callback_url: Optional[str] = None
+    expire_at: Optional[float] = None
+    timeout: Optional[int] = None
+    schedule_id: Optional[int] = None
+    creator: Optional[str] = None
+    external: bool = False
+    message: str = ""
 
 
 class Store:
@@ -594,6 +827,10 @@ class Store:
     write goes through ``write()``, which holds one lock around BEGIN IMMEDIATE..COMMIT,
     so nothing ever sees "database is locked". Each change of a task's status is a
     compare-and-set (``WHERE id=? AND status=?``) whose row count says who won.
+
+    The log lines and progress of the tasks this process runs wait in memory (reads show
+    them) and go to the file with the next write, whatever it is: a task's end is a
+    write, so its log is complete on disk when it stops, fails or is interrupted.
     """
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
@@ -607,9 +844,27 @@ class Store:
         #: called with (kind, keys) after each commit that changed tasks, devices,
         #: accounts or materials: the events hub listens here
         self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
+        #: task id -> LiveTask, for the tasks claimed here and still running
+        self._live: Dict[int, LiveTask] = {}
+        self._live_lock = threading.Lock()
+        #: tasks that left 'running' in the transaction under way (see _watch_changes)
+        self._ended: List[int] = []
+        #: due_times' answer, and the phones whose pending tasks or rest changed since
+        #: (None: all of them); marks of the transaction under way count once committed
+        self._due: Dict[str, float] = {}
+        self._due_stale: Optional[set] = None
+        self._due_marks: List[str] = []
+        self._due_version: Optional[int] = None
+        self._due_lock = threading.Lock()
         self._writer = self._connect()
+        self._writer.execute(f"PRAGMA page_size={PAGE_SIZE}")     # a new file only
         self._writer.execute("PRAGMA journal_mode=WAL")
+        #: called with (task id, outcome) after a task ended completed or failed, outside
+        #: the transaction: webhooks, account counts and metrics hang here
+        self.on_task_end: List[Callable[[int, str], None]] = []
         self.migrate()
+        self._adopt_page_size()
+        self._watch_changes()
 
     # -- connections ---------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -620,6 +875,8 @@ class Store:
         conn.execute("PRAGMA foreign_keys=ON")
         # NORMAL is durable across a crash of the program in WAL mode and spares the SD card
         conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         with self._connections_lock:
             self._all_connections.append((threading.current_thread(), conn))
         return conn
@@ -660,6 +917,7 @@ class Store:
         A write inside a write (same thread, holding the lock) joins the outer one. If
         COMMIT itself fails (disk full, I/O error) the transaction is rolled back, so
         the connection never stays inside a transaction that later writes would join.
+        Every transaction first writes the log lines and progress waiting in memory.
         """
         with self._write_lock:
             conn = self._writer
@@ -672,12 +930,17 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
+                    flushed = self._flush_live(conn)
                     yield conn
-                    conn.execute("COMMIT")
+                    self._commit(conn, flushed)
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
+                    self._unflush_live()
+                    self._due_marks.clear()
                     raise
+                self._close_ended()
+                self._mark_due_stale()
             except sqlite3.OperationalError as exc:
                 if _is_disk_full(exc):
                     raise StorageFull() from exc
@@ -700,13 +963,137 @@ class Store:
                     self.on_change(kind, list(changes[kind]))
                 except Exception:                 # a listener must not fail a write
                     log.exception("change listener failed")
+        for task_id, outcome in changes.get("ended", ()):   # webhooks, accounts, metrics
+            self.task_ended(task_id, outcome)
+
+    # -- log lines and progress in memory ---------------------------------------
+    def _watch_changes(self) -> None:
+        """Let sqlite tell this process's writer which tasks leave 'running' (a finish, a
+        stop, a delete, a recovery: their log lines then go straight to the file) and
+        which phones' pending tasks or rest change (due_times recomputes only those)."""
+        self._writer.create_function("task_left_running", 1, self._ended.append)
+        self._writer.create_function("due_changed", 1, self._due_marks.append)
+        triggers = {
+            "left_running_update": ("UPDATE OF status ON main.tasks",
+                                    f"NEW.status != {RUNNING} AND OLD.status = {RUNNING}",
+                                    "task_left_running(OLD.id)"),
+            "left_running_delete": ("DELETE ON main.tasks", f"OLD.status = {RUNNING}",
+                                    "task_left_running(OLD.id)"),
+            # a worker's (external) task is in no phone's due time; a held-back task's
+            # waiting message (claim_next's gate) changes none either
+            "due_insert": ("INSERT ON main.tasks",
+                           f"NEW.status = {PENDING} AND NEW.external = 0",
+                           "due_changed(NEW.serial)"),
+            "due_update": ("UPDATE OF status, serial, priority, start_time, rest_seconds"
+                           " ON main.tasks", f"(OLD.status = {PENDING} OR NEW.status ="
+                           f" {PENDING}) AND NEW.external = 0",
+                           "due_changed(OLD.serial), due_changed(NEW.serial)"),
+            "due_delete": ("DELETE ON main.tasks",
+                           f"OLD.status = {PENDING} AND OLD.external = 0",
+                           "due_changed(OLD.serial)"),
+            "due_rested": ("UPDATE OF last_task_end ON main.devices", "1",
+                           "due_changed(NEW.serial)"),
+        }
+        for name, (event, guard, call) in triggers.items():
+            self._writer.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event}"
+                                 f" WHEN {guard} BEGIN SELECT {call}; END")
+
+    def _mark_due_stale(self) -> None:
+        if not self._due_marks:
+            return
+        with self._due_lock:
+            if self._due_stale is not None:
+                self._due_stale.update(self._due_marks)
+        self._due_marks.clear()
+
+    def _flush_live(self, conn: sqlite3.Connection) -> bool:
+        """Write what the running tasks reported since the last write; True if any."""
+        if not self._live:                     # nothing runs here: no lock to take
+            return False
+        lines, progress = [], []
+        with self._live_lock:
+            for task_id, live in self._live.items():
+                if live.lines:
+                    live.in_flight, live.lines = live.lines, []
+                    lines += [(task_id, at, line, task_id) for at, line in live.in_flight]
+                if live.progress_dirty:
+                    live.progress_dirty = False
+                    progress.append((live.progress, live.message, task_id))
+        if lines:      # a task deleted by another connection loses its lines, not the write
+            conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                             " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", lines)
+        if progress:
+            conn.executemany(f"UPDATE tasks SET progress=?, message=? WHERE id=?"
+                             f" AND status={RUNNING}", progress)
+        return bool(lines)
+
+    def _commit(self, conn: sqlite3.Connection, flushed: bool) -> None:
+        if not flushed:
+            conn.execute("COMMIT")
+            return
+        # readers of a log take this lock too: they see a line in memory or in the file,
+        # never in both or in neither
+        with self._live_lock:
+            conn.execute("COMMIT")
+            for live in self._live.values():
+                live.in_flight = []
+
+    def _unflush_live(self) -> None:
+        self._ended.clear()
+        with self._live_lock:
+            for live in self._live.values():
+                if live.in_flight:
+                    live.lines[:0], live.in_flight = live.in_flight, []
+                    live.progress_dirty = live.progress is not None
+
+    def _close_ended(self) -> None:
+        """Tasks that stopped running keep no buffer; a line logged while their end was
+        being written is written now."""
+        if not self._ended:
+            return
+        with self._live_lock:
+            late = []
+            for task_id in self._ended:
+                live = self._live.pop(task_id, None)
+                late += [(task_id, at, line, task_id) for at, line in (live.lines if live
+                                                                        else ())]
+            self._ended.clear()
+        if late:      # the caller's write is committed: a failure here is not its own
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                                 " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                log.warning("%d log lines of ended tasks not written: %s", len(late), exc)
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+
+    def _with_live(self, row: Optional[sqlite3.Row]) -> Any:
+        """A running task's row with the progress its script reported since the last write."""
+        if row is None or row["status"] != RUNNING:
+            return row
+        with self._live_lock:
+            live = self._live.get(row["id"])
+            if live is None or live.progress is None:
+                return row
+            out = dict(row)
+            out["progress"], out["message"] = live.progress, live.message
+        return out
 
     def close(self) -> None:
         """Close the writer (under its lock) and the readers of finished threads.
 
         Closing a connection while another thread runs a query on it can crash the
         interpreter, so a reader whose thread is still alive is left to that thread.
+        What running tasks reported since the last write is written first.
         """
+        with self._live_lock:
+            unwritten = any(live.lines or live.progress_dirty for live in self._live.values())
+        if unwritten:
+            with contextlib.suppress(sqlite3.Error), self.write():
+                pass
         with self._write_lock, self._connections_lock:
             keep = []
             for thread, conn in self._all_connections:
@@ -731,6 +1118,24 @@ class Store:
                 conn.execute(f"PRAGMA user_version={number + 1}")
         return len(MIGRATIONS)
 
+    def _adopt_page_size(self) -> None:
+        """Rewrite a small file made with bigger pages (before schema 4) with PAGE_SIZE
+        pages, once: every commit writes whole pages. Needs the file to itself (only
+        this writer is open yet); if anything else holds it, this waits for next time."""
+        conn = self._writer
+        if conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE \
+                or self.path.stat().st_size > ADOPT_PAGE_SIZE_UP_TO:
+            return
+        log.info("rewriting %s with %d-byte pages (once)", self.path, PAGE_SIZE)
+        try:
+            conn.execute("PRAGMA journal_mode=DELETE")   # page size is fixed in WAL mode
+            conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
+            conn.execute("VACUUM")
+        except sqlite3.OperationalError as exc:
+            log.warning("could not rewrite %s with smaller pages: %s", self.path, exc)
+        finally:
+            conn.execute("PRAGMA journal_mode=WAL")
+
     def schema_version(self) -> int:
         return self.query_one("PRAGMA user_version")[0]
 
@@ -748,12 +1153,14 @@ class Store:
                 cur = conn.execute(
                     "INSERT INTO tasks (serial, username, script_name, script_config, source,"
                     " priority, start_time, rest_seconds, min_interval, max_interval,"
-                    " created_at, max_retry_count, auto_retry)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " created_at, max_retry_count, auto_retry, callback_url, expire_at,"
+                    " timeout, schedule_id, creator, external, message)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (t.serial, t.username, t.script_name, _dump_json(t.script_config),
                      t.source, t.priority, t.start_time or now, t.rest_seconds,
                      t.min_interval, t.max_interval, now, t.max_retry_count,
-                     int(t.auto_retry)))
+                     int(t.auto_retry), t.callback_url, t.expire_at, t.timeout,
+                     t.schedule_id, t.creator, int(t.external), t.message))
                 ids.append(cur.lastrowid)
                 if t.materials:
                     config = self._reserve_materials(conn, cur.lastrowid, t)
@@ -764,41 +1171,85 @@ class Store:
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
-        return self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,))
+        return self._with_live(self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,)))
 
     def list_tasks(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
                    script_name: Optional[str] = None, source: Optional[str] = None,
                    username: Optional[str] = None, created_from: Optional[float] = None,
                    created_to: Optional[float] = None, page: int = 1,
-                   page_size: int = 20) -> Tuple[List[sqlite3.Row], int]:
-        """Newest first, filtered and paginated; returns (rows, total matching)."""
-        where, params = [], []
-        if statuses:
-            where.append(f"status IN ({','.join('?' * len(statuses))})")
-            params += list(statuses)
-        for column, value in (("serial", serial), ("script_name", script_name),
-                              ("source", source), ("username", username)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if created_from is not None:
-            where.append("created_at >= ?")
-            params.append(created_from)
-        if created_to is not None:
-            where.append("created_at <= ?")
-            params.append(created_to)
-        clause = ("WHERE " + " AND ".join(where)) if where else ""
-        total = self.query_one(f"SELECT COUNT(*) FROM tasks {clause}", params)[0]
-        rows = self.query(f"SELECT * FROM tasks {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                          params + [page_size, (page - 1) * page_size])
-        return rows, total
+                   page_size: int = 20, creator: Optional[str] = None
+                   ) -> Tuple[List[Any], int]:
+        """Newest first, filtered and paginated; returns (rows, total matching).
 
-    def task_log(self, task_id: int) -> List[sqlite3.Row]:
-        return self.query("SELECT at, line FROM task_log WHERE task_id=? ORDER BY id",
-                          (task_id,))
+        The total comes from task_counts unless a time range or a creator (not counted
+        there) is asked for; a time range is first turned into the range of ids created
+        in it (ids grow with time), so that the page is read newest first along the ids
+        instead of sorted.
+        """
+        # a status is written into the SQL (validated ints) so a partial index can serve it
+        statuses = sorted({int(status) for status in statuses})
+        where = [f"status IN ({','.join(map(str, statuses))})"] if len(statuses) > 1 else \
+            [f"status = {statuses[0]}"] if statuses else []
+        params: List[Any] = []
+        for column, value in (("serial", serial), ("script_name", script_name),
+                              ("source", source), ("username", username),
+                              ("creator", creator)):
+            if value is not None:          # usernames are one account whatever the case
+                where.append(f"{column} = ?" + (" COLLATE NOCASE" if column == "username"
+                                                  else ""))
+                params.append(value)
+        total = None if username == "" or creator is not None \
+            else self._counted(where, params)
+        if created_from is not None or created_to is not None:
+            low = -math.inf if created_from is None else created_from
+            high = math.inf if created_to is None else created_to
+            count, first, last = self.query_one(
+                "SELECT COUNT(*), MIN(id), MAX(id) FROM tasks INDEXED BY tasks_created"
+                " WHERE created_at BETWEEN ? AND ?", (low, high))
+            if not count:
+                return [], 0
+            where += ["id BETWEEN ? AND ?", "created_at BETWEEN ? AND ?"]
+            params += [first, last, low, high]
+            total = count if len(where) == 2 else None
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        table = "tasks " + self._status_index(statuses, total)
+        if total is None:
+            total = self.query_one(f"SELECT COUNT(*) FROM {table} {clause}", params)[0]
+        rows = self.query(f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                          params + [page_size, (page - 1) * page_size])
+        return [self._with_live(row) for row in rows], total
+
+    @staticmethod
+    def _status_index(statuses: List[int], total: Optional[int]) -> str:
+        """The partial index holding just the tasks of the one status asked for: else the
+        planner walks all ids from the newest, past every task of the other states.
+        Pending tasks are read from tasks_due (and sorted) when there are few."""
+        if len(statuses) != 1:
+            return ""
+        if statuses[0] == PENDING:
+            return "INDEXED BY tasks_due" if total is not None and total <= 2000 else ""
+        return {RUNNING: "INDEXED BY tasks_one_running_per_device",
+                COMPLETED: "INDEXED BY tasks_completed",
+                FAILED: "INDEXED BY tasks_failed"}[statuses[0]]
+
+    def _counted(self, where: List[str], params: List[Any]) -> Optional[int]:
+        """How many tasks match these equality filters, from task_counts."""
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        return self.query_one(f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}",
+                              params)[0]
+
+    def task_log(self, task_id: int) -> List[Any]:
+        """The task's log lines (rows with 'at' and 'line'), those still in memory last."""
+        with self._live_lock:
+            rows = self.query("SELECT at, line FROM task_log WHERE task_id=? ORDER BY id",
+                              (task_id,))
+            live = self._live.get(task_id)
+            if live is not None:
+                rows += [{"at": at, "line": line} for at, line in live.in_flight + live.lines]
+        return rows
 
     def stats(self) -> Dict[str, int]:
-        counts = dict(self.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+        counts = dict(self.query("SELECT status, SUM(n) FROM task_counts GROUP BY status"))
         out = {"total": sum(counts.values())}
         for status, name in STATUS_TEXT.items():
             out[name] = counts.get(status, 0)
@@ -806,59 +1257,267 @@ class Store:
 
     # -- tasks: what runners write ------------------------------------------
     def add_log(self, task_id: int, line: str) -> None:
-        """A line in the task's log; none if the task was deleted meanwhile (its script
-        may still be winding down)."""
-        with self.write() as conn:
-            conn.execute("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
-                         " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)",
-                         (task_id, self.clock(), line, task_id))
+        """A running task's line waits in memory for the next write; another is written,
+        unless the task was deleted meanwhile (its script may still be winding down)."""
+        at = self.clock()
+        with self._live_lock:
+            live = self._live.get(task_id)
+            if live is not None:
+                live.lines.append((at, line))
+                if len(live.lines) < MAX_BUFFERED_LINES:
+                    return
+        with self.write() as conn:        # flushes the buffered lines, or writes this one
+            if live is None:
+                conn.execute("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
+                             " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)",
+                             (task_id, at, line, task_id))
 
     def set_progress(self, task_id: int, percent: int, message: str) -> None:
+        """A running task's progress waits in memory for the next write (reads see it)."""
+        with self._live_lock:
+            live = self._live.get(task_id)
+            if live is not None:
+                live.progress, live.message, live.progress_dirty = percent, message, True
+        if live is not None:
+            self._announce({"task": {task_id: None}})     # the farm view shows it live
+            return
         with self.write() as conn:
             conn.execute(f"UPDATE tasks SET progress=?, message=? WHERE id=? AND status={RUNNING}",
                          (percent, message, task_id))
             self._note("task", task_id)
 
     # -- tasks: the lifecycle, each step a compare-and-set -------------------
-    def claim_next(self, serial: str, now: float) -> Optional[sqlite3.Row]:
+    def claim_next(self, serial: str, now: float,
+                   gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]] = None
+                   ) -> Optional[sqlite3.Row]:
         """Mark the device's best due task running and return it (None if none is due).
 
         Due means the start time has come and the device has rested the task's interval
         since its previous task ended. Among due tasks: priority, then start time, then id.
+        ``gate(row, now)`` may hold a task back with a reason (its account's limits):
+        the reason becomes its message and the next task in order gets its chance.
+        The claimed task's log lines and progress then wait in memory until the next
+        write. A worker's (external) task is never a phone's to claim.
         """
         with self.write() as conn:
-            row = conn.execute(
-                "SELECT t.* FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-                f" WHERE t.serial=? AND t.status={PENDING} AND t.start_time <= ?"
-                " AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
-                " ORDER BY t.priority DESC, t.start_time, t.id LIMIT 1",
-                (serial, now, now)).fetchone()
+            candidates = conn.execute(
+                "SELECT t.id, t.serial, t.username, t.script_name, t.message"
+                " FROM tasks t INDEXED BY tasks_due LEFT JOIN devices d ON d.serial = t.serial"
+                f" WHERE t.serial=? AND t.external = 0 AND t.status={PENDING}"
+                " AND t.start_time <= ? AND COALESCE(d.last_task_end, 0) + t.rest_seconds <= ?"
+                " ORDER BY t.priority DESC, t.start_time, t.id" + ("" if gate else " LIMIT 1"),
+                (serial, now, now))
+            row = self._admitted(conn, candidates, gate, now)
             if row is None:
                 return None
             try:
-                cur = conn.execute(
-                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
-                    f" error='' WHERE id=? AND status={PENDING}", (now, row["id"]))
+                claimed = self._mark_running(conn, row[0], now)
             except sqlite3.IntegrityError:   # the device already has a running task
                 log.error("device %s already has a running task in the store", serial)
                 return None
-            if cur.rowcount != 1:
+            if claimed is None:
                 return None
-            self._note("task", row["id"])
+            self._note("task", claimed["id"])
             self._note("device", serial)
-            return conn.execute("SELECT * FROM tasks WHERE id=?", (row["id"],)).fetchone()
+        with self._live_lock:
+            self._live[claimed["id"]] = LiveTask()
+        return claimed
+
+    @staticmethod
+    def _admitted(conn: sqlite3.Connection, candidates: sqlite3.Cursor,
+                  gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]],
+                  now: float) -> Optional[sqlite3.Row]:
+        """The first candidate the gate lets through, read lazily (a phone may have many
+        pending tasks); those held back get the reason as their message."""
+        row, verdicts, held = None, {}, []       # one verdict per account and script
+        for candidate in candidates:
+            key = (candidate["username"], candidate["script_name"])
+            if key not in verdicts:
+                verdicts[key] = gate(candidate, now) if gate is not None else None
+            why = verdicts[key]
+            if why is None:
+                row = candidate
+                break
+            if candidate["message"] != why:
+                log.debug("task %s holds back: %s", candidate["id"], why)
+                held.append((why, candidate["id"]))
+        candidates.close()    # the read ends here, before the writes that follow
+        if held:
+            conn.executemany(f"UPDATE tasks SET message=? WHERE id=? AND status={PENDING}",
+                             held)
+        return row
+
+    @staticmethod
+    def _mark_running(conn: sqlite3.Connection, task_id: int,
+                      now: float) -> Optional[sqlite3.Row]:
+        """The compare-and-set pending -> running; the task's new row, or None."""
+        sql = (f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+               f" error='' WHERE id=? AND status={PENDING}")
+        if SQLITE_HAS_RETURNING:        # one statement instead of two
+            rows = conn.execute(sql + " RETURNING *", (now, task_id)).fetchall()
+            return rows[0] if rows else None
+        if conn.execute(sql, (now, task_id)).rowcount != 1:
+            return None
+        return conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
 
     def due_times(self) -> Dict[str, float]:
-        """serial -> when its earliest pending task becomes due (start time and rest)."""
-        rows = self.query(
-            "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
-            " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
-            f" WHERE t.status={PENDING} GROUP BY t.serial")
-        return {serial: due for serial, due in rows}
+        """serial -> when its earliest pending task becomes due (start time and rest).
+
+        The scheduler asks at every wake-up; only the phones whose pending tasks or rest
+        changed since the last answer are looked up again (all of them after a write by
+        another connection). Per phone, from the partial index tasks_due: in each
+        priority, the tasks in start-time order until a start time is past the best due
+        time found; usually one or two index rows. Workers' (external) tasks are
+        no phone's: they are left out.
+        """
+        with self._write_lock:       # changes only when another connection committed
+            version = self._writer.execute("PRAGMA data_version").fetchone()[0]
+        with self._due_lock:
+            if version != self._due_version:
+                self._due_version, self._due_stale = version, None
+            stale, self._due_stale = self._due_stale, set()
+            if stale is None:
+                self._due = {}
+                stale = [r[0] for r in self.query(
+                    f"SELECT serial FROM task_counts WHERE status={PENDING}"
+                    " GROUP BY serial HAVING SUM(n) > 0")]
+            for serial in stale:
+                rested = self.query_one("SELECT last_task_end FROM devices WHERE serial=?",
+                                        (serial,))
+                due = self._due_time(serial, (rested and rested[0]) or 0)
+                if due < math.inf:
+                    self._due[serial] = due
+                else:
+                    self._due.pop(serial, None)
+            return dict(self._due)
+
+    def _due_time(self, serial: str, rested_from: float) -> float:
+        """min(max(start, rested_from + rest)) over the phone's pending tasks."""
+        best, below = math.inf, math.inf
+        sql = ("SELECT priority, start_time, rest_seconds FROM tasks INDEXED BY tasks_due"
+               f" WHERE serial=? AND external = 0 AND status={PENDING} AND priority < ?"
+               " ORDER BY priority DESC, start_time")
+        while True:
+            for priority, start, rest in self._reader().execute(sql, (serial, below)):
+                if max(start, rested_from) >= best:   # the rest of this priority cannot
+                    below = priority                  # be due sooner
+                    break
+                best = min(best, max(start, rested_from + rest))
+            else:
+                return best
 
     def running_count(self) -> int:
         return self.query_one(f"SELECT COUNT(*) FROM tasks WHERE status={RUNNING}")[0]
 
+    # -- tasks: clocks of their own (SPEC 8.3, 8.4) ----------------------------------
+    def expire_pending(self, now: float) -> List[int]:
+        """Pending tasks not started by their expiry end failed "expired", not retried."""
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={PENDING} AND expire_at <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return []                          # every scheduler round: no write for nothing
+        with self.write() as conn:
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM tasks WHERE status={PENDING} AND expire_at <= ?", (now,))]
+            for task_id in ids:
+                conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error='expired',"
+                             f" message='expired' WHERE id=? AND status={PENDING}",
+                             (now, task_id))
+                self._release_materials(conn, task_id)
+                self._note("ended", (task_id, "failed"))
+            self._note_tasks(conn, ids)
+        return ids
+
+    def timed_out(self, now: float) -> List[int]:
+        """Running tasks whose timeout has passed."""
+        return [r[0] for r in self.query(
+            f"SELECT id FROM tasks WHERE status={RUNNING} AND timeout IS NOT NULL"
+            " AND started_at + timeout <= ?", (now,))]
+
+    def next_deadline(self, now: float) -> Optional[float]:
+        """The next moment a task expires, times out or loses its worker's lease."""
+        return self.query_one(
+            "SELECT MIN(at) FROM ("
+            f" SELECT MIN(expire_at) AS at FROM tasks WHERE status={PENDING} AND expire_at > ?"
+            f" UNION ALL SELECT MIN(started_at + timeout) FROM tasks WHERE status={RUNNING}"
+            "  AND external = 0 AND started_at + timeout > ?"
+            f" UNION ALL SELECT MIN(lease_until) FROM tasks WHERE status={RUNNING}"
+            "  AND lease_until > ?)", (now, now, now))[0]
+
+    # -- tasks: external workers (SPEC 8.4) ------------------------------------------
+    def worker_claim(self, worker_id: str, script_names: Sequence[str], lease: float,
+                     now: float) -> Optional[sqlite3.Row]:
+        """The next due pending external task of those scripts, now running for the
+        worker; the compare-and-set makes one winner when workers race."""
+        marks = ",".join("?" * len(script_names))
+        with self.write() as conn:
+            for row in conn.execute(
+                    f"SELECT id FROM tasks WHERE status={PENDING} AND external = 1"
+                    f" AND script_name IN ({marks}) AND start_time <= ?"
+                    " ORDER BY priority DESC, start_time, id LIMIT 20",
+                    list(script_names) + [now]).fetchall():
+                cur = conn.execute(
+                    f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
+                    f" error='', worker_id=?, lease_until=?, lease_seconds=?"
+                    f" WHERE id=? AND status={PENDING}",
+                    (now, worker_id, now + lease, lease, row["id"]))
+                if cur.rowcount == 1:
+                    conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                                 (row["id"], now, f"taken by worker {worker_id}"))
+                    self._note_tasks(conn, [row["id"]])
+                    return conn.execute("SELECT * FROM tasks WHERE id=?",
+                                        (row["id"],)).fetchone()
+        return None
+
+    def worker_progress(self, task_id: int, worker_id: str, percent: int, message: str,
+                        now: float) -> bool:
+        """Progress from the worker holding the task; renews its lease for as long."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE tasks SET progress=?, message=?, lease_until=? + lease_seconds"
+                f" WHERE id=? AND status={RUNNING} AND worker_id=?",
+                (percent, message, now, task_id, worker_id))
+            if cur.rowcount == 1:
+                self._note("task", task_id)
+            if cur.rowcount == 1 and message:
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (task_id, now, f"{percent}% {message}"))
+            return cur.rowcount == 1
+
+    def expire_leases(self, now: float) -> List[Tuple[int, str]]:
+        """Leases run out: back to pending counting a retry, or failed at the limit."""
+        ended: List[Tuple[int, str]] = []
+        if self.query_one(f"SELECT 1 FROM tasks WHERE status={RUNNING} AND lease_until <= ?"
+                          " LIMIT 1", (now,)) is None:
+            return ended
+        with self.write() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM tasks WHERE status={RUNNING} AND lease_until <= ?",
+                (now,)).fetchall()
+            for row in rows:
+                if row["retry_count"] < row["max_retry_count"]:
+                    conn.execute(
+                        f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1,"
+                        " started_at=NULL, worker_id=NULL, lease_until=NULL,"
+                        f" message=? WHERE id=? AND status={RUNNING}",
+                        (f"worker {row['worker_id']} lease expired; waiting for a worker",
+                         row["id"]))
+                    ended.append((row["id"], "pending"))
+                else:
+                    conn.execute(
+                        f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, message=?,"
+                        f" lease_until=NULL WHERE id=? AND status={RUNNING}",
+                        (now, LEASE_EXPIRED, ended_message(LEASE_EXPIRED), row["id"]))
+                    ended.append((row["id"], "failed"))
+                conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
+                             (row["id"], now, f"{LEASE_EXPIRED} ({row['worker_id']})"))
+            for task_id, outcome in ended:
+                self._note("ended", (task_id, outcome))
+                if outcome == "failed":
+                    self._release_materials(conn, task_id)
+            self._note_tasks(conn, [task_id for task_id, _ in ended])
+        return ended
+
+    # -- tasks: how a running task ends (each move calls the task-end hooks) ------------
     def _end_running(self, conn: sqlite3.Connection, task_id: int,
                      now: float) -> Optional[sqlite3.Row]:
         """The running task about to end (None if it is not running); its phone's rest
@@ -879,44 +1538,52 @@ class Store:
             if self._end_running(conn, task_id, now) is None:
                 return False
             conn.execute(f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
-                         f" error='', result=? WHERE id=? AND status={RUNNING}",
+                         " error='', result=?, message='completed', lease_until=NULL"
+                         f" WHERE id=? AND status={RUNNING}",
                          (now, _dump_json(result), task_id))
             self._use_materials(conn, task_id, now)
+            self._note("ended", (task_id, "completed"))
             return True
 
     def fail(self, task_id: int, error: str, result: Any = None) -> bool:
-        """running -> failed, for good (no auto-retry)."""
+        """running -> failed, for good (no auto-retry); what it got so far is its result."""
         now = self.clock()
+        error = error or "failed"
         with self.write() as conn:
             if self._end_running(conn, task_id, now) is None:
                 return False
-            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?"
-                         f" WHERE id=? AND status={RUNNING}",
-                         (now, error or "failed", _dump_json(result), task_id))
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?,"
+                         f" message=?, lease_until=NULL WHERE id=? AND status={RUNNING}",
+                         (now, error, _dump_json(result), ended_message(error), task_id))
             self._release_materials(conn, task_id)
+            self._note("ended", (task_id, "failed"))
             return True
 
-    def stop(self, task_id: int, error: str = STOPPED_BY_USER) -> bool:
-        """running -> failed because the user (or a shutdown) stopped it: never retried."""
-        return self.fail(task_id, error)
+    def stop(self, task_id: int, error: str = STOPPED_BY_USER, result: Any = None) -> bool:
+        """running -> failed because the user (or a shutdown) stopped it: never retried;
+        the partial result is kept."""
+        return self.fail(task_id, error, result)
 
-    def back_to_pending(self, task_id: int, error: str, rng: random.Random = random) -> bool:
+    def back_to_pending(self, task_id: int, error: str, rng: random.Random = random,
+                        auto_retry: Optional[bool] = None) -> bool:
         """running -> pending again after a random 5-60 s: an auto-retry of a failure.
 
         False if the task is not running or its auto-retry is off or used up.
+        ``auto_retry`` overrides the task's own flag (an external worker's allow_retry).
         """
         now = self.clock()
         with self.write() as conn:
             row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
-            if row is None or not row["auto_retry"] \
-                    or row["retry_count"] >= row["max_retry_count"] \
+            wants = row is not None and (row["auto_retry"] if auto_retry is None
+                                         else auto_retry)
+            if not wants or row["retry_count"] >= row["max_retry_count"] \
                     or self._end_running(conn, task_id, now) is None:
                 return False
             delay = rng.uniform(5, 60)
             conn.execute(
                 f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
                 " start_time=?, started_at=NULL, end_time=NULL, result=NULL,"
-                f" message=? WHERE id=? AND status={RUNNING}",
+                f" worker_id=NULL, lease_until=NULL, message=? WHERE id=? AND status={RUNNING}",
                 (now + delay, f"retrying in {delay:.0f} s after: {error}", task_id))
             conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                          (task_id, now, f"failed: {error}; auto-retry "
@@ -925,25 +1592,39 @@ class Store:
             return True
 
     def finish(self, task_id: int, *, ok: bool, error: str = "", result: Any = None,
-               allow_auto_retry: bool = True, rng: random.Random = random) -> str:
+               allow_auto_retry: bool = True, rng: random.Random = random,
+               auto_retry: Optional[bool] = None) -> str:
         """End a running task by the move that fits; returns 'completed', 'failed',
-        'retrying' or 'gone' (it was not running). All in one transaction."""
+        'retrying' or 'gone' (it was not running). All in one transaction; the task-end
+        hooks run once it is committed."""
         with self.write():
             if ok:
                 return "completed" if self.complete(task_id, result) else "gone"
-            if allow_auto_retry and self.back_to_pending(task_id, error, rng):
+            if allow_auto_retry and self.back_to_pending(task_id, error, rng, auto_retry):
                 return "retrying"
             return "failed" if self.fail(task_id, error, result) else "gone"
+
+    def task_ended(self, task_id: int, outcome: str) -> None:
+        """Tell the listeners that a task ended for good (completed or failed)."""
+        if outcome not in ("completed", "failed"):
+            return
+        for listener in self.on_task_end:
+            try:
+                listener(task_id, outcome)
+            except Exception:
+                log.exception("task %s: a task-end listener failed", task_id)
+
 
     def cancel_pending(self, task_id: int) -> bool:
         """A pending task stopped by the user ends failed without ever running."""
         with self.write() as conn:
-            cur = conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
-                               f" WHERE id=? AND status={PENDING}",
-                               (self.clock(), STOPPED_BY_USER, task_id))
+            cur = conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?,"
+                               f" message=? WHERE id=? AND status={PENDING}",
+                               (self.clock(), STOPPED_BY_USER, STOPPED_BY_USER, task_id))
             if cur.rowcount == 1:
                 self._note_tasks(conn, [task_id])
                 self._release_materials(conn, task_id)
+                self._note("ended", (task_id, "failed"))
             return cur.rowcount == 1
 
     def retry(self, task_id: int) -> bool:
@@ -960,10 +1641,11 @@ class Store:
             return cur.rowcount == 1
 
     def retry_all(self) -> List[int]:
+        """Every failed task under its limit, but those the user stopped (SPEC 8.3)."""
         with self.write() as conn:
             ids = [r[0] for r in conn.execute(
-                f"SELECT id FROM tasks WHERE status={FAILED}"
-                " AND retry_count < max_retry_count")]
+                f"SELECT id FROM tasks WHERE status={FAILED} AND retry_count < max_retry_count"
+                " AND error != ?", (STOPPED_BY_USER,))]
             for task_id in ids:
                 self.retry(task_id)
             return ids
@@ -992,15 +1674,18 @@ class Store:
             return ids
 
     def recover_interrupted(self) -> List[int]:
-        """At start-up: tasks left running by a crash or kill end failed, retryable."""
+        """At start-up: tasks left running by a crash or kill end failed, retryable.
+        External workers' tasks are not ours to interrupt: their leases carry on."""
         with self.write() as conn:
-            ids = [r[0] for r in conn.execute(f"SELECT id FROM tasks WHERE status={RUNNING}")]
-            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?"
-                         f" WHERE status={RUNNING}",
-                         (self.clock(), INTERRUPTED))
+            ids = [r[0] for r in conn.execute(
+                f"SELECT id FROM tasks WHERE status={RUNNING} AND external = 0")]
+            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, message=?"
+                         f" WHERE status={RUNNING} AND external = 0",
+                         (self.clock(), INTERRUPTED, ended_message(INTERRUPTED)))
             for task_id in ids:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                              (task_id, self.clock(), INTERRUPTED))
+                self._release_materials(conn, task_id)
             self._note_tasks(conn, ids)
             return ids
 
@@ -1023,6 +1708,8 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"unknown device fields {sorted(unknown)}")
+        if self._device_unchanged(serial, fields):
+            return
         with self.write() as conn:
             conn.execute("INSERT OR IGNORE INTO devices (serial, first_seen) VALUES (?, ?)",
                          (serial, now))
@@ -1032,16 +1719,32 @@ class Store:
                 conn.execute(f"UPDATE devices SET {sets} WHERE serial=?",
                              list(fields.values()) + [serial])
 
+    def _device_unchanged(self, serial: str, fields: Dict[str, Any]) -> bool:
+        """True if writing these fields would change nothing worth a write: a phone's
+        refresh after each task mostly finds the same model, version and battery."""
+        row = self.get_device(serial)
+        if row is None:
+            return False
+        for name, value in fields.items():
+            if name == "last_seen" and value is not None and row[name] is not None:
+                if value - row[name] >= LAST_SEEN_PRECISION:
+                    return False
+            elif row[name] != value:
+                return False
+        return True
+
     def get_device(self, serial: str) -> Optional[sqlite3.Row]:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
 
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
+        """Devices with their running task and pending count: the phone's own tasks, not
+        workers' (external) tasks that merely name its serial."""
         return self.query(
-            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING})"
-            " AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE serial=d.serial AND"
-            f" status={PENDING}) AS pending_count FROM devices d"
-            + (" WHERE d.serial=?" if serial is not None else "") + " ORDER BY d.serial",
-            () if serial is None else (serial,))
+            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING}"
+            " AND external = 0) AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE"
+            f" serial=d.serial AND external = 0 AND status={PENDING}) AS pending_count"
+            " FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
+            + " ORDER BY d.serial", () if serial is None else (serial,))
 
     def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
         """A phone connected with adb connect through Lite (None: disconnected by it)."""
@@ -1059,7 +1762,7 @@ class Store:
     def mark_all_devices(self, state: str) -> None:
         """At start-up no phone is known to be there until adb reports it."""
         with self.write() as conn:
-            conn.execute("UPDATE devices SET state=?", (state,))
+            conn.execute("UPDATE devices SET state=? WHERE state IS NOT ?", (state, state))
 
     def delete_device(self, serial: str) -> bool:
         """Forget a phone; refused (False) while it has pending or running tasks."""
@@ -1249,6 +1952,125 @@ class Store:
             return conn.execute("DELETE FROM accounts WHERE username=?",
                                 (username,)).rowcount == 1
 
+    # -- accounts: safety (SPEC 8.1) -------------------------------------------------
+    def save_account_safety(self, username: str, limits: Optional[dict],
+                            active_hours: Optional[str], cooldown_hours: float) -> None:
+        with self.write() as conn:
+            self._note("account", username)
+            conn.execute("UPDATE accounts SET limits=?, active_hours=?, cooldown_hours=?"
+                         " WHERE username=?",
+                         (_dump_json(limits), active_hours, cooldown_hours, username))
+
+    def set_cooldown(self, username: str, until: Optional[float]) -> bool:
+        with self.write() as conn:
+            self._note("account", username)          # the farm view's account event
+            return conn.execute("UPDATE accounts SET cooldown_until=? WHERE username=?",
+                                (until, username)).rowcount == 1
+
+    def record_actions(self, username: str, counts: Dict[str, int], at: float) -> None:
+        """Count what a task did as an account; rows older than two days are dropped."""
+        with self.write() as conn:
+            for action, count in counts.items():
+                if count > 0:
+                    conn.execute("INSERT INTO account_actions (username, action, at, count)"
+                                 " VALUES (?,?,?,?)", (username, action, at, count))
+            conn.execute("DELETE FROM account_actions WHERE username=? AND at < ?",
+                         (username, at - 2 * 86400))
+
+    def actions_since(self, username: str, since: float) -> List[sqlite3.Row]:
+        return self.query("SELECT action, at, count FROM account_actions"
+                          " WHERE username=? AND at >= ? ORDER BY at", (username, since))
+
+    # -- schedules (SPEC 8.2) --------------------------------------------------------
+    def save_schedule(self, schedule_id: Optional[int], fields: Dict[str, Any]) -> int:
+        """Insert (no id) or update a schedule; fields are column -> value."""
+        with self.write() as conn:
+            if schedule_id is None:
+                fields = dict(fields, created_at=self.clock())
+                cur = conn.execute(
+                    f"INSERT INTO schedules ({', '.join(fields)})"
+                    f" VALUES ({','.join('?' * len(fields))})", list(fields.values()))
+                return cur.lastrowid
+            conn.execute(f"UPDATE schedules SET {', '.join(f'{k}=?' for k in fields)}"
+                         " WHERE id=?", list(fields.values()) + [schedule_id])
+            return schedule_id
+
+    def get_schedule(self, schedule_id: int) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM schedules WHERE id=?", (schedule_id,))
+
+    def list_schedules(self) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM schedules ORDER BY id")
+
+    def delete_schedule(self, schedule_id: int) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM schedules WHERE id=?",
+                                (schedule_id,)).rowcount == 1
+
+    def advance_schedule(self, schedule_id: int, expected_run: float, next_slot: float,
+                         next_run: float, fired_at: Optional[float],
+                         tasks: Sequence[NewTask] = ()) -> Optional[List[int]]:
+        """Move a schedule to its next slot and create the slot's tasks, in one
+        transaction guarded by the slot it expected: a slot fires at most once."""
+        with self.write() as conn:
+            cur = conn.execute(
+                "UPDATE schedules SET next_slot=?, next_run=?,"
+                " last_run=COALESCE(?, last_run) WHERE id=? AND next_run=?",
+                (next_slot, next_run, fired_at, schedule_id, expected_run))
+            if cur.rowcount != 1:
+                return None
+            return self.create_tasks(tasks)
+
+    # -- webhook deliveries (SPEC 8.3) -----------------------------------------------
+    def add_deliveries(self, items: Sequence[Tuple[str, str, str, str]], now: float) -> None:
+        """(delivery id, event, url, body) rows due now; the log keeps the last 500."""
+        with self.write() as conn:
+            for delivery_id, event, url, body in items:
+                conn.execute("INSERT INTO webhook_deliveries (delivery_id, event, url, body,"
+                             " next_try, created_at) VALUES (?,?,?,?,?,?)",
+                             (delivery_id, event, url, body, now, now))
+            conn.execute("DELETE FROM webhook_deliveries WHERE id <= "
+                         "(SELECT MAX(id) FROM webhook_deliveries) - 500")
+
+    def due_deliveries(self, now: float) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM webhook_deliveries WHERE next_try <= ?"
+                          " ORDER BY next_try, id LIMIT 50", (now,))
+
+    def next_delivery_time(self) -> Optional[float]:
+        return self.query_one("SELECT MIN(next_try) FROM webhook_deliveries")[0]
+
+    def delivery_tried(self, row_id: int, status: str, next_try: Optional[float]) -> None:
+        with self.write() as conn:
+            conn.execute("UPDATE webhook_deliveries SET tries=tries+1, last_status=?,"
+                         " next_try=? WHERE id=?", (status, next_try, row_id))
+
+    def list_deliveries(self) -> List[sqlite3.Row]:
+        return self.query("SELECT * FROM webhook_deliveries ORDER BY id DESC LIMIT 500")
+
+    # -- API keys (SPEC 8.5) ---------------------------------------------------------
+    def add_api_key(self, name: str, role: str, key_hash: str) -> int:
+        with self.write() as conn:
+            return conn.execute("INSERT INTO api_keys (name, role, key_hash, created_at)"
+                                " VALUES (?,?,?,?)",
+                                (name, role, key_hash, self.clock())).lastrowid
+
+    def api_key_by_hash(self, key_hash: str) -> Optional[sqlite3.Row]:
+        return self.query_one("SELECT * FROM api_keys WHERE key_hash=?", (key_hash,))
+
+    def list_api_keys(self) -> List[sqlite3.Row]:
+        return self.query("SELECT id, name, role, created_at FROM api_keys ORDER BY id")
+
+    def delete_api_key(self, key_id: int) -> bool:
+        with self.write() as conn:
+            return conn.execute("DELETE FROM api_keys WHERE id=?", (key_id,)).rowcount == 1
+
+    def has_admin_key(self) -> bool:
+        return self.query_one("SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None
+
+
+def ended_message(error: str) -> str:
+    """A finished task's message says how it ended, not its last progress line."""
+    return error if error in (STOPPED_BY_USER, "expired") else f"failed: {error}"
+
 
 def _is_disk_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL (13): the disk of the database or its journal ran out of space."""
@@ -1256,35 +2078,72 @@ def _is_disk_full(exc: sqlite3.Error) -> bool:
 
 
 def _split_sql(script: str) -> List[str]:
-    """Split a migration into statements (they hold no semicolons inside strings)."""
+    """Split a migration into statements (a trigger's body holds semicolons)."""
     lines = [l for l in script.splitlines() if not l.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    statements, pending = [], ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip(" \n;"):
+        statements.append(pending.strip())
+    return statements
+
+
+#: one encoder for every stored value (json.dumps with options builds one per call)
+_STORED_JSON = json.JSONEncoder(ensure_ascii=False, default=str)
 
 
 def _dump_json(value: Any) -> Optional[str]:
     if value is None:
         return None
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return _STORED_JSON.encode(value)
 
 
 def _load_json(text: Optional[str]) -> Any:
     return None if text is None else json.loads(text)
 
 
-def task_to_json(row: sqlite3.Row) -> Dict[str, Any]:
-    """A task row as the API shows it (SPEC 4.1)."""
+def _load_shown_json(text: str) -> Any:
+    """Decoded JSON for a response only (never changed, so rows may share it): the tasks
+    of one POST share their config, and a page of them decodes it once."""
+    return _load_cached_json(text) if len(text) <= 2048 else json.loads(text)
+
+
+@functools.lru_cache(maxsize=1024)           # at most 2 MB of texts
+def _load_cached_json(text: str) -> Any:
+    return json.loads(text)
+
+
+def task_to_json(row: Any) -> Dict[str, Any]:
+    """A task row (or a dict of one) as the API shows it (SPEC 4.1).
+
+    The columns are taken by position: a page of rows read by name costs more than the
+    query (sqlite3.Row searches its column names for each name).
+    """
+    values = (tuple(row[name] for name in TASK_COLUMNS) if isinstance(row, dict)
+              else row[:len(TASK_COLUMNS)])
+    (task_id, serial, username, script_name, script_config, status, source, priority,
+     start_time, _rest, min_interval, max_interval, created_at, started_at, end_time,
+     progress, message, error, result, retry_count, max_retry_count, auto_retry,
+     callback_url, expire_at, timeout, schedule_id, creator, _external, worker_id,
+     lease_until, _lease_seconds) = values
     return {
-        "id": row["id"], "serial": row["serial"], "username": row["username"],
-        "script_name": row["script_name"], "script_config": _load_json(row["script_config"]),
-        "status": row["status"], "status_text": STATUS_TEXT[row["status"]],
-        "source": row["source"], "priority": row["priority"],
-        "start_time": format_time(row["start_time"]),
-        "started_at": format_time(row["started_at"]), "end_time": format_time(row["end_time"]),
-        "created_at": format_time(row["created_at"]), "progress": row["progress"],
-        "message": row["message"], "error": row["error"], "result": _load_json(row["result"]),
-        "retry_count": row["retry_count"], "max_retry_count": row["max_retry_count"],
-        "auto_retry": bool(row["auto_retry"]), "min_interval": row["min_interval"],
-        "max_interval": row["max_interval"],
+        "id": task_id, "serial": serial, "username": username, "script_name": script_name,
+        "script_config": _load_shown_json(script_config), "status": status,
+        "status_text": STATUS_TEXT[status], "source": source, "priority": priority,
+        "start_time": format_time(start_time), "started_at": format_time(started_at),
+        "end_time": format_time(end_time), "created_at": format_time(created_at),
+        "progress": progress, "message": message, "error": error,
+        "result": None if result is None else _load_shown_json(result),
+        "retry_count": retry_count, "max_retry_count": max_retry_count,
+        "auto_retry": bool(auto_retry), "min_interval": min_interval,
+        "max_interval": max_interval, "callback_url": callback_url,
+        "expire_at": format_time(expire_at), "timeout": timeout,
+        "schedule_id": schedule_id, "creator": creator, "worker_id": worker_id,
+        "lease_until": format_time(lease_until),
     }
 
 
@@ -1357,10 +2216,14 @@ class EventHub:
                     "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
         if kind == "account":
             row = store.get_account(key)
-            status = "deleted" if row is None else \
-                ("enabled" if row["enabled"] else "disabled")
-            return {"username": key, "status": status, "cooldown_until": None,
-                    "serial": row["serial"] if row is not None else None}
+            if row is None:
+                return {"username": key, "status": "deleted", "cooldown_until": None,
+                        "serial": None}
+            until = row["cooldown_until"]
+            cooling = until is not None and until > store.clock()
+            status = "cooldown" if cooling else ("enabled" if row["enabled"] else "disabled")
+            return {"username": key, "status": status, "serial": row["serial"],
+                    "cooldown_until": format_time(until) if cooling else None}
         row = store.get_material(key)
         if row is None:
             return {"id": key, "deleted": True}
@@ -1467,11 +2330,13 @@ class Script:
     validate: Optional[Callable[[Dict[str, Any]], None]] = None
     #: config -> the library material a task needs ({"kind", "count", "tags"}) or None
     reserve_materials: Optional[Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]] = None
+    #: "phone" (Lite's runners run it) or "external" (workers take its tasks, SPEC 8.4)
+    runner: str = "phone"
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "description": self.description,
                 "platforms": list(self.platforms), "params": self.params,
-                "expands": self.expand is not None}
+                "expands": self.expand is not None, "runner": self.runner}
 
     def check_config(self, config: Dict[str, Any]) -> Dict[str, Any]:
         """Validate a script_config against PARAMS; returns it with defaults filled in."""
@@ -1665,7 +2530,12 @@ def load_script(path: Path) -> Script:
     except Exception as exc:
         raise ScriptError(f"{type(exc).__name__} while loading: {exc}") from None
     run = getattr(module, "run", None)
-    if not callable(run):
+    runner = getattr(module, "RUNNER", "phone")
+    if runner not in ("phone", "external"):
+        raise ScriptError(f"RUNNER must be 'phone' or 'external', not {runner!r}")
+    if runner == "external" and run is not None:
+        raise ScriptError("an external script (RUNNER = 'external') has no run()")
+    if runner == "phone" and not callable(run):
         raise ScriptError("it has no run(phone, task) function")
     platforms = tuple(getattr(module, "PLATFORMS", PLATFORM_NAMES))
     if not set(platforms) <= set(PLATFORM_NAMES):
@@ -1676,7 +2546,7 @@ def load_script(path: Path) -> Script:
                   platforms=platforms,
                   params=_check_declarations(name, getattr(module, "PARAMS", {})),
                   expand=getattr(module, "expand", None),
-                  validate=getattr(module, "validate", None),
+                  validate=getattr(module, "validate", None), runner=runner,
                   reserve_materials=getattr(module, "reserve_materials", None))
 
 
@@ -1720,7 +2590,11 @@ SHELL_END = "tmlite-end"
 
 
 #: Why a running task was cancelled -> the error it ends with.
-CANCEL_ERRORS = {"stopped": STOPPED_BY_USER, "lost": DISCONNECTED, "shutdown": INTERRUPTED}
+CANCEL_ERRORS = {"stopped": STOPPED_BY_USER, "lost": DISCONNECTED, "shutdown": INTERRUPTED,
+                 "timeout": "timed out"}
+#: cancel reasons after which auto-retry may run the task again
+RETRYABLE_CANCELS = (None, "lost", "timeout")
+BLOCKED_PREFIX = "account blocked:"
 
 
 class CancelToken:
@@ -1982,6 +2856,8 @@ class DeviceManager:
                  start_local_server: bool = True):
         self.store = store
         self.on_online, self.on_offline = on_online, on_offline
+        #: told (service, seconds) after each device call: metrics
+        self.on_call: Callable[[str, float], None] = lambda service, seconds: None
         loopback = ("127.0.0.1", "localhost")
         self.links = [AdbServerLink(a, self, start_local_server and
                                     a.rpartition(":")[0] in loopback) for a in servers]
@@ -2161,12 +3037,19 @@ class DeviceManager:
     def run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
             answer_timeout: float = DEVICE_ANSWER_TIMEOUT,
             marked: Optional[bool] = None) -> bytes:
-        """Run a shell:/exec: service and return all it printed, within the timeout.
+        """Run a shell:/exec: service and return all it printed, within the timeout."""
+        began = time.monotonic()
+        try:
+            return self._run(serial, service, timeout=timeout, token=token,
+                             answer_timeout=answer_timeout, marked=marked)
+        finally:
+            self.on_call(service, time.monotonic() - began)
 
-        A shell command's output must end with SHELL_END: one cut short by a lost phone
-        is DeviceLost, never a success with partial output. An exec: command gets the
-        marker too when ``marked`` (text output; a binary one checks its own end).
-        """
+    def _run(self, serial: str, service: str, *, timeout: float, token: CancelToken,
+             answer_timeout: float, marked: Optional[bool]) -> bytes:
+        """A shell command's output must end with SHELL_END: one cut short by a lost
+        phone is DeviceLost, never a success with partial output. An exec: command gets
+        the marker too when ``marked`` (text output; a binary one checks its own end)."""
         deadline = time.monotonic() + timeout
         shell = service.startswith("shell:") if marked is None else marked
         if shell:
@@ -3239,7 +4122,12 @@ class Failure:
         if isinstance(exc, CommandTimeout):
             return cls(f"timed out: {exc}")
         if isinstance(exc, (StepFailed, DeviceError)):    # expected: no traceback
-            return cls(str(exc), retry=exc.retry)
+            error = str(exc)
+            if isinstance(exc, AccountBlocked):  # the account cools down instead (SPEC 8.1)
+                return cls(f"{BLOCKED_PREFIX} {exc.said} ({exc.step})", retry=False)
+            if error.startswith(BLOCKED_PREFIX) or f": {BLOCKED_PREFIX}" in error:
+                return cls(error[error.index(BLOCKED_PREFIX):], retry=False)
+            return cls(error, retry=exc.retry)
         if isinstance(exc, BadRequest):         # the config cannot work: no screen to keep
             return cls(exc.message, artifacts=False, retry=False)
         return cls(f"{exc}" or type(exc).__name__, traceback=True)
@@ -3265,6 +4153,9 @@ class TaskContext:
         self.script_name: str = row["script_name"]
         self.config: Dict[str, Any] = json.loads(row["script_config"])
         self.retry_count: int = row["retry_count"]
+        #: what the script has done so far (it may set this as it goes): kept as the
+        #: task's result when it stops or fails before returning
+        self.result: Any = None
         #: per-run randomness (spintax picks, waits): seeded by the task, its retry and
         #: the time, so a retry does not repeat the same picks
         self.random = random.Random(f"{row['id']}-{row['retry_count']}-{time.time()}")
@@ -3332,6 +4223,8 @@ class Runner:
         self._unwritten_writer: Optional[threading.Thread] = None
         self._closing = threading.Event()
         self._lock = threading.Lock()
+        #: holds tasks back while their account may not act (AccountSafety.wait_reason)
+        self.gate: Optional[Callable[[sqlite3.Row, float], Optional[str]]] = None
 
     def busy(self, serial: str) -> bool:
         with self._lock:
@@ -3364,7 +4257,7 @@ class Runner:
         with self._lock:
             if serial in self._active:
                 return None
-            row = self.store.claim_next(serial, now)
+            row = self.store.claim_next(serial, now, self.gate)
             if row is None:
                 return None
             running = RunningTask(row["id"], serial, CancelToken())
@@ -3390,6 +4283,13 @@ class Runner:
         if wait:
             running.done.wait(wait)
         return True
+
+    def time_out(self, task_id: int) -> None:
+        """A task past its timeout is interrupted like a stop, but may be auto-retried."""
+        with self._lock:
+            running = next((r for r in self._active.values() if r.task_id == task_id), None)
+        if running is not None and running.token.reason is None:
+            running.token.cancel("timeout")
 
     def device_lost(self, serial: str) -> None:
         with self._lock:
@@ -3466,8 +4366,10 @@ class Runner:
             if isinstance(exc, DeviceLost) and token.reason is None:
                 self.devices.mark_unresponsive(serial)   # silent; adb may still list it
         if token.reason is not None:            # whatever the script did after the cancel
-            failure = Failure(CANCEL_ERRORS[token.reason], artifacts=False,
-                              retry=token.reason == "lost")
+            error = CANCEL_ERRORS[token.reason]
+            if token.reason == "timeout":
+                error = f"timed out after {row['timeout']} s"
+            failure = Failure(error, artifacts=False, retry=token.reason in RETRYABLE_CANCELS)
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore()
@@ -3489,7 +4391,7 @@ class Runner:
         with contextlib.suppress(StorageFull):
             context.log(f"failed: {failure.error}")
         return self.write_end(task_id, serial, ok=False, error=failure.error[:2000],
-                              allow_auto_retry=failure.retry)
+                              result=context.result, allow_auto_retry=failure.retry)
 
     def write_end(self, task_id: int, serial: str, **outcome: Any) -> str:
         """Store a task's end; if the disk is full, keep it and write it once space is
@@ -3545,6 +4447,11 @@ class Runner:
             log.warning("task %s: could not save all artifacts: %s", task_id, exc)
 
 
+def is_block(exc: Optional[BaseException], error: str) -> bool:
+    """The app's block screen (SPEC 8.1): AccountBlocked, or an error that says so."""
+    return isinstance(exc, AccountBlocked) or error.startswith(BLOCKED_PREFIX)
+
+
 def artifact_names(artifacts_dir: Path, task_id: int) -> List[str]:
     folder = artifacts_dir / str(task_id)
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
@@ -3569,15 +4476,24 @@ class Scheduler:
     startable (a new or retried task, a phone coming online, a task ending) with a
     timeout that ends at the next start time, so an idle server uses no CPU.
     ``tick()`` does one round synchronously, which is what tests call.
+
+    Chores keep the other clocks (expiry, timeouts, leases, schedules, accounts that may
+    act again): each does what is due and returns when it next has work, and the wait
+    ends then. Without a device layer (``runner`` None) only the chores run.
     """
 
-    def __init__(self, store: Store, devices: DeviceManager, runner: Runner,
-                 max_running: int = 0, clock: Callable[[], float] = time.time):
+    def __init__(self, store: Store, devices: Optional[DeviceManager],
+                 runner: Optional[Runner], max_running: int = 0,
+                 clock: Callable[[], float] = time.time):
         self.store = store
         self.devices = devices
         self.runner = runner
         self.max_running = max_running
         self.clock = clock
+        #: (now) -> next time it has work, run before tasks are started
+        self.chores: List[Callable[[float], Optional[float]]] = []
+        #: the same, run after (the account gate's wake-ups are known only then)
+        self.late_chores: List[Callable[[float], Optional[float]]] = []
         self._cond = threading.Condition()
         self._dirty = True
         self._stopping = False
@@ -3601,13 +4517,19 @@ class Scheduler:
     def tick(self, now: Optional[float] = None) -> Tuple[List[int], Optional[float]]:
         """Start what is due now; returns (started task ids, next time something is due)."""
         now = self.clock() if now is None else now
-        started, next_due = [], None
+        next_due = _earliest(chore(now) for chore in self.chores)
+        started = self._start_due(now, next_due) if self.runner is not None \
+            else _Started(next_due)
+        return started, _earliest([started.next_due] + [c(now) for c in self.late_chores])
+
+    def _start_due(self, now: float, next_due: Optional[float]) -> "_Started":
+        started = _Started(next_due=next_due)
         running = self.runner.active_count()
         for serial, due in sorted(self.store.due_times().items(), key=lambda kv: kv[1]):
             if not self.devices.is_online(serial) or self.runner.busy(serial):
                 continue                     # woken again when it comes online or frees
             if due > now:
-                next_due = due if next_due is None else min(next_due, due)
+                started.next_due = _earliest([started.next_due, due])
                 continue
             if self.max_running and running >= self.max_running:
                 break                        # woken again when a task ends
@@ -3616,7 +4538,7 @@ class Scheduler:
                 continue
             running += 1
             started.append(row["id"])
-        return started, next_due
+        return started
 
     def run_next_due(self, now: Optional[float] = None) -> Optional[int]:
         """Run the task that is due first, to its end, in this thread (as huey's tests
@@ -3638,7 +4560,9 @@ class Scheduler:
                     return
                 self._dirty = False
             try:
-                _, next_due = self.tick()
+                started, next_due = self.tick()
+                log.debug("scheduler: started %s; next wake %s", started or "nothing",
+                          format_time(next_due) or "on an event")
             except Exception:
                 log.exception("scheduler round failed")
                 next_due = self.clock() + 5
@@ -3650,10 +4574,462 @@ class Scheduler:
                     self._cond.wait(timeout)
 
 
+class _Started(list):
+    """Ids of the tasks a round started, and when the next pending one is due."""
+
+    def __init__(self, next_due: Optional[float] = None):
+        super().__init__()
+        self.next_due = next_due
+
+
+def _earliest(times: Any) -> Optional[float]:
+    times = [t for t in times if t is not None]
+    return min(times) if times else None
+
+
 ###############################################################################
 # Task operations #############################################################
 ###############################################################################
 
+# -- operations (SPEC 8): webhooks, account safety, schedules, metrics ---------------
+
+#: waits before the 2nd..5th try of a webhook delivery (SPEC 8.3)
+WEBHOOK_BACKOFF = (1, 10, 60, 600)
+WEBHOOK_TIMEOUT = 5.0
+
+
+class Webhooks:
+    """Webhook deliveries: rows in the store, sent by one thread of their own.
+
+    Whoever has news (a runner, a request, the device watcher) only inserts rows and
+    wakes the thread, so a slow or dead receiver never holds anything up; the thread
+    sleeps until the next try is due. Pending tries survive a restart.
+    """
+
+    def __init__(self, store: Store, urls: Sequence[str], secret: Optional[str],
+                 clock: Callable[[], float] = time.time, timeout: float = WEBHOOK_TIMEOUT):
+        self.store, self.urls, self.secret = store, list(urls), secret
+        self.clock, self.timeout = clock, timeout
+        #: called with each try's outcome ("delivered", "retrying", "failed"): metrics
+        self.on_outcome: Callable[[str], None] = lambda outcome: None
+        self._cond = threading.Condition()
+        self._dirty = False
+        self._stopping = False
+        self._started = False                  # start() was called: the thread may run
+        self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
+
+    def send(self, event: str, subject: str, payload: Dict[str, Any],
+             extra_urls: Sequence[str] = ()) -> None:
+        """Queue ``{"event", subject: payload}`` for the task's own and the global URLs."""
+        urls = list(dict.fromkeys([u for u in extra_urls if u] + self.urls))
+        if not urls:
+            return
+        body = json.dumps({"event": event, subject: payload}, ensure_ascii=False)
+        self.store.add_deliveries([(uuid.uuid4().hex, event, url, body) for url in urls],
+                                  self.clock())
+        self.wake()
+
+    def task_finished(self, task_id: int, outcome: str) -> None:
+        row = self.store.get_task(task_id)
+        if row is not None:
+            self.send("task.finished", "task", task_to_json(row), [row["callback_url"]])
+
+    def signature(self, body: bytes) -> Optional[str]:
+        if not self.secret:
+            return None
+        return "sha256=" + hmac.new(self.secret.encode(), body, "sha256").hexdigest()
+
+    def deliver_due(self, now: Optional[float] = None) -> int:
+        """Try every delivery that is due; returns how many were tried."""
+        now = self.clock() if now is None else now
+        rows = self.store.due_deliveries(now)
+        for row in rows:
+            status = self._post(row)
+            tries = row["tries"] + 1
+            ok = status.isdigit() and 200 <= int(status) < 300
+            retry = not ok and tries <= len(WEBHOOK_BACKOFF)
+            next_try = now + WEBHOOK_BACKOFF[tries - 1] if retry else None
+            self.store.delivery_tried(row["id"], status, next_try)
+            outcome = "delivered" if ok else "retrying" if retry else "failed"
+            (log.debug if ok else log.warning)("webhook %s to %s: %s (try %d, %s)",
+                                               row["event"], row["url"], status, tries, outcome)
+            self.on_outcome(outcome)
+        return len(rows)
+
+    def _post(self, row: sqlite3.Row) -> str:
+        """One POST; the HTTP status as text, or "error: why". http.client rather than
+        urllib, which would rewrite the headers' case and follow redirects."""
+        import http.client
+        from urllib.parse import urlsplit
+        body = row["body"].encode("utf-8")
+        headers = {"Content-Type": "application/json", "X-TMLite-Event": row["event"],
+                   "X-TMLite-Delivery": row["delivery_id"],
+                   "User-Agent": f"TikMatrix-Lite/{__version__}"}
+        if self.secret:
+            headers["X-TMLite-Signature"] = self.signature(body)
+        url = urlsplit(row["url"])
+        kind = http.client.HTTPSConnection if url.scheme == "https" else \
+            http.client.HTTPConnection
+        try:
+            connection = kind(url.netloc, timeout=self.timeout)
+            try:
+                connection.request("POST", (url.path or "/") + (f"?{url.query}" if url.query
+                                                                else ""), body, headers)
+                return str(connection.getresponse().status)
+            finally:
+                connection.close()
+        except Exception as exc:
+            return f"error: {exc or type(exc).__name__}"[:200]
+
+    def wake(self) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+            self._run_thread()
+
+    def start(self) -> None:
+        """The thread starts now if tries are due from before a restart, else with the
+        first delivery: a box without webhooks never runs it."""
+        with self._cond:
+            self._started = True
+            if self.store.next_delivery_time() is not None:
+                self._run_thread()
+
+    def _run_thread(self) -> None:
+        if self._started and not self._stopping and self._thread.ident is None:
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=self.timeout + 1)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                self.deliver_due()
+                next_try = self.store.next_delivery_time()
+            except Exception:
+                log.exception("webhook round failed")
+                next_try = self.clock() + 5
+            with self._cond:
+                if self._stopping:
+                    return
+                if not self._dirty:
+                    wait = None if next_try is None else max(0.0, next_try - self.clock())
+                    self._cond.wait(wait)
+
+
+#: the action a completed task of a script counts as (SPEC 8.1)
+SCRIPT_ACTIONS = {"follow": "follow", "unfollow": "unfollow", "comment": "comment",
+                  "post": "post"}
+#: account_warmup's result keys -> actions
+WARMUP_COUNTS = {"likes": "like", "follows": "follow", "comments": "comment"}
+LIMITED_ACTIONS = ("follow", "unfollow", "comment", "post", "like")
+DEFAULT_COOLDOWN_HOURS = 24
+ACTIVE_HOURS_RE = re.compile(r"([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)")
+
+
+class AccountSafety:
+    """Limits, active hours and cooldowns of accounts (SPEC 8.1).
+
+    ``wait_reason`` is the runner's gate: a task whose account may not act now stays
+    pending with the reason as its message, and the moment it may start is kept for the
+    scheduler (``take_wake``), which sleeps until then instead of polling.
+    """
+
+    def __init__(self, store: Store, scripts: Dict[str, Script]):
+        self.store, self.scripts = store, scripts
+        #: called with the account row when a block puts it into cooldown
+        self.on_cooldown: Callable[[sqlite3.Row], None] = lambda account: None
+        self._wake: Optional[float] = None
+        self._lock = threading.Lock()
+
+    def account_of(self, task: sqlite3.Row) -> Optional[sqlite3.Row]:
+        """The task's account; in device mode the phone's only enabled account of the
+        script's platforms, when there is exactly one."""
+        if task["username"]:
+            return self.store.get_account(task["username"])
+        script = self.scripts.get(task["script_name"])
+        platforms = script.platforms if script else PLATFORM_NAMES
+        accounts = [a for a in self.store.list_accounts(task["serial"])
+                    if a["enabled"] and a["platform"] in platforms]
+        return accounts[0] if len(accounts) == 1 else None
+
+    def wait_reason(self, task: sqlite3.Row, now: float) -> Optional[str]:
+        account = self.account_of(task)
+        if account is None:
+            return None
+        found = self.forbidden(account, SCRIPT_ACTIONS.get(task["script_name"]), now)
+        if found is None:
+            return None
+        why, until = found
+        with self._lock:
+            self._wake = _earliest([self._wake, until])
+        return f"waiting: @{account['username']} {why}; next at {format_time(until)}"
+
+    def take_wake(self, now: float) -> Optional[float]:
+        """The earliest moment a held-back task may start (a late scheduler chore)."""
+        with self._lock:
+            wake, self._wake = self._wake, None
+        return wake
+
+    def forbidden(self, account: sqlite3.Row, action: Optional[str],
+                  now: float) -> Optional[Tuple[str, float]]:
+        """(why, until when) the account may not act now, or None."""
+        if account["cooldown_until"] and account["cooldown_until"] > now:
+            return "is in cooldown after a block", account["cooldown_until"]
+        hours = account["active_hours"]
+        if hours and not within_hours(hours, now):
+            return (f"is outside its active hours {hours}",
+                    next_occurrence(hours.split("-")[0], now))
+        limit = (_load_json(account["limits"]) or {}).get(action) if action else None
+        if not limit:
+            return None
+        day_start = _local_midnight(now)
+        rows = self.store.actions_since(account["username"], min(day_start, now - 3600))
+        rows = [r for r in rows if r["action"] == action]
+        per_day = limit.get("per_day")
+        if per_day is not None and sum(r["count"] for r in rows
+                                       if r["at"] >= day_start) >= per_day:
+            return (f"reached its {action} limit of {per_day} per day",
+                    _local_midnight(now, days=1))
+        per_hour = limit.get("per_hour")
+        window = [r for r in rows if r["at"] > now - 3600]
+        total = sum(r["count"] for r in window)
+        if per_hour is not None and total >= per_hour:
+            for r in window:                     # the oldest drop out of the window first
+                total -= r["count"]
+                if total < per_hour:
+                    return (f"reached its {action} limit of {per_hour} per hour",
+                            r["at"] + 3600)
+        return None
+
+    def counts(self, username: str, now: float) -> Dict[str, Dict[str, int]]:
+        """Actions done in the last hour and today, per action."""
+        day_start = _local_midnight(now)
+        out = {a: {"last_hour": 0, "today": 0} for a in LIMITED_ACTIONS}
+        for r in self.store.actions_since(username, min(day_start, now - 3600)):
+            entry = out.setdefault(r["action"], {"last_hour": 0, "today": 0})
+            if r["at"] > now - 3600:
+                entry["last_hour"] += r["count"]
+            if r["at"] >= day_start:
+                entry["today"] += r["count"]
+        return out
+
+    def describe(self, account: sqlite3.Row, now: float) -> Dict[str, Any]:
+        """An account as the API shows it, with its safety fields."""
+        cooling = bool(account["cooldown_until"] and account["cooldown_until"] > now)
+        return dict(account_to_json(account), limits=_load_json(account["limits"]),
+                    active_hours=account["active_hours"],
+                    cooldown_hours=account["cooldown_hours"],
+                    status="cooldown" if cooling else "ok",
+                    cooldown_until=format_time(account["cooldown_until"]) if cooling
+                    else None, counts=self.counts(account["username"], now))
+
+    def task_ended(self, task_id: int, outcome: str) -> None:
+        """Count what the task did as its account; a block starts a cooldown."""
+        task = self.store.get_task(task_id)
+        account = self.account_of(task) if task is not None else None
+        if account is None:
+            return
+        now = self.store.clock()
+        result = _load_json(task["result"])
+        if task["script_name"] == "account_warmup" and isinstance(result, dict):
+            counts = {action: result.get(key) for key, action in WARMUP_COUNTS.items()}
+            self.store.record_actions(account["username"], {
+                a: c for a, c in counts.items() if isinstance(c, int)}, now)
+        elif outcome == "completed" and task["script_name"] in SCRIPT_ACTIONS:
+            self.store.record_actions(account["username"],
+                                      {SCRIPT_ACTIONS[task["script_name"]]: 1}, now)
+        if outcome == "failed" and is_block(None, task["error"]):
+            until = now + account["cooldown_hours"] * 3600
+            self.store.set_cooldown(account["username"], until)
+            log.warning("account @%s blocked (task %s): cooldown until %s",
+                        account["username"], task_id, format_time(until))
+            self.on_cooldown(self.store.get_account(account["username"]))
+
+
+def within_hours(hours: str, now: float) -> bool:
+    """Whether local time now is inside "HH:MM-HH:MM" (which may wrap midnight)."""
+    match = ACTIVE_HOURS_RE.fullmatch(hours)
+    start = int(match[1]) * 60 + int(match[2])
+    end = int(match[3]) * 60 + int(match[4])
+    local = _dt.datetime.fromtimestamp(now)
+    minute = local.hour * 60 + local.minute
+    if start == end:
+        return True
+    return start <= minute < end if start < end else minute >= start or minute < end
+
+
+def _local_midnight(now: float, days: int = 0) -> float:
+    day = _dt.datetime.fromtimestamp(now).date() + _dt.timedelta(days=days)
+    return _dt.datetime.combine(day, _dt.time()).timestamp()
+
+
+#: a slot found this late (the box was off, the clock jumped) is skipped, not made up
+SCHEDULE_GRACE = 120
+
+
+class Schedules:
+    """Recurring task templates (SPEC 8.2): days, times and a per-slot jitter.
+
+    Each schedule keeps its next slot and the jittered moment it runs. Firing moves
+    both forward in the same transaction that creates the tasks, guarded by the moment
+    it expected, so a slot fires at most once, also across restarts; a slot long past
+    (the box was off) is logged and skipped.
+    """
+
+    def __init__(self, store: Store, build: Callable[[Dict[str, Any], int], List[NewTask]],
+                 rng: random.Random = random):
+        self.store, self.build, self.rng = store, build, rng
+
+    @staticmethod
+    def next_slot(days: Sequence[int], times: Sequence[str], after: float) -> float:
+        """The first (day, time) slot strictly after ``after``, in local time."""
+        start = _dt.datetime.fromtimestamp(after).date()
+        for offset in range(0, 9):
+            day = start + _dt.timedelta(days=offset)
+            if day.isoweekday() not in days:
+                continue
+            for hhmm in sorted(times):
+                hour, minute = map(int, hhmm.split(":"))
+                slot = _dt.datetime.combine(day, _dt.time(hour, minute)).timestamp()
+                if slot > after:
+                    return slot
+        raise ValueError("a schedule needs at least one day and one time")
+
+    def plan(self, row: Any, after: float) -> Tuple[float, float]:
+        """(next slot after ``after``, the moment it runs with its jitter)."""
+        slot = self.next_slot(_load_json(row["days"]), _load_json(row["times"]), after)
+        return slot, slot + self.rng.uniform(0, row["jitter_minutes"] * 60)
+
+    def fire_due(self, now: float) -> Optional[float]:
+        """Fire the slots that are due (a scheduler chore); returns the next run."""
+        next_at = None
+        for row in self.store.list_schedules():
+            for _ in range(3):                  # one slot at a time, while any is due
+                if not row["enabled"] or row["next_run"] is None or row["next_run"] > now:
+                    break
+                self._fire(row, now)
+                row = self.store.get_schedule(row["id"])
+                if row is None:
+                    break
+            if row is not None and row["enabled"] and row["next_run"] is not None:
+                next_at = _earliest([next_at, row["next_run"]])
+        return next_at
+
+    def _fire(self, row: sqlite3.Row, now: float) -> None:
+        late = now - row["next_run"]
+        tasks: List[NewTask] = []
+        if late > SCHEDULE_GRACE:
+            log.warning("schedule %s (%s): slot at %s missed (server off or clock change);"
+                        " not made up", row["id"], row["name"], format_time(row["next_run"]))
+            slot, run = self.plan(row, now)
+        else:
+            try:
+                tasks = self.build(_load_json(row["request"]), row["id"])
+            except LiteError as exc:
+                log.error("schedule %s (%s): slot at %s made no task: %s", row["id"],
+                          row["name"], format_time(row["next_run"]), exc.message)
+            slot, run = self.plan(row, max(row["next_slot"], now - SCHEDULE_GRACE))
+        fired = now if late <= SCHEDULE_GRACE else None
+        ids = self.store.advance_schedule(row["id"], row["next_run"], slot, run, fired, tasks)
+        if ids:
+            log.info("schedule %s (%s) made task(s) %s", row["id"], row["name"], ids)
+
+    def run_now(self, row: sqlite3.Row) -> List[int]:
+        """POST /schedule/{id}/run: the schedule's tasks now, slots untouched."""
+        tasks = self.build(_load_json(row["request"]), row["id"])
+        with self.store.write():
+            ids = self.store.create_tasks(tasks)
+            self.store.save_schedule(row["id"], {"last_run": self.store.clock()})
+        return ids
+
+
+def schedule_to_json(row: sqlite3.Row) -> Dict[str, Any]:
+    request = _load_json(row["request"])
+    return dict(request, id=row["id"], name=row["name"], days=_load_json(row["days"]),
+                times=_load_json(row["times"]), jitter_minutes=row["jitter_minutes"],
+                enabled=bool(row["enabled"]),
+                next_run=format_time(row["next_run"]) if row["enabled"] else None,
+                last_run=format_time(row["last_run"]),
+                created_at=format_time(row["created_at"]))
+
+
+#: histogram buckets in seconds: device calls, then task run times
+CALL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+class Metrics:
+    """Counters and histograms for GET /metrics, in Prometheus' text format.
+
+    Written by hand rather than with prometheus_client: the format is a few lines of
+    text, and a registry of our own per server keeps tests (several servers in one
+    process) apart without the library's global registry and a new dependency on the Pi.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._counters: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+        self._histograms: Dict[str, Tuple[Sequence[float], List[int], List[float]]] = {}
+        self.help: Dict[str, Tuple[str, str]] = {}
+
+    def inc(self, name: str, help_text: str, by: float = 1, **labels: str) -> None:
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self.help.setdefault(name, ("counter", help_text))
+            self._counters[key] = self._counters.get(key, 0) + by
+
+    def observe(self, name: str, help_text: str, value: float,
+                buckets: Sequence[float]) -> None:
+        with self._lock:
+            self.help.setdefault(name, ("histogram", help_text))
+            bounds, counts, total = self._histograms.setdefault(
+                name, (buckets, [0] * (len(buckets) + 1), [0.0]))
+            counts[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += 1
+            total[0] += value
+
+    def render(self, gauges: Sequence[Tuple[str, str, Dict[str, float]]]) -> str:
+        """The text format; ``gauges`` are (name, help, {label text: value}) read now."""
+        lines = []
+        for name, help_text, values in gauges:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            lines += [f"{name}{labels} {value:g}" for labels, value in values.items()]
+        with self._lock:
+            for name, (kind, help_text) in sorted(self.help.items()):
+                lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+                if kind == "counter":
+                    lines += [f"{n}{_labels(dict(l))} {v:g}"
+                              for (n, l), v in sorted(self._counters.items()) if n == name]
+                    continue
+                bounds, counts, total = self._histograms[name]
+                running = 0
+                for bound, count in zip(list(bounds) + ["+Inf"], counts):
+                    running += count
+                    lines.append(f'{name}_bucket{{le="{bound}"}} {running}')
+                lines += [f"{name}_sum {total[0]:g}", f"{name}_count {running}"]
+        return "\n".join(lines) + "\n"
+
+
+def _labels(labels: Dict[str, Any]) -> str:
+    if not labels:
+        return ""
+
+    def quote(value: Any) -> str:
+        return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    escaped = (f'{k}="{quote(v)}"' for k, v in sorted(labels.items()))
+    return "{" + ",".join(escaped) + "}"
+
+
+# -- what may be done to tasks: TaskOps -----------------------------------------------
 #: ``POST /task``'s body, declared like a script's PARAMS.
 TASK_CREATE: Dict[str, Dict[str, Any]] = {
     "serials": {"type": "list", "items": {"type": "str", "max_length": 1000},
@@ -3666,8 +5042,9 @@ TASK_CREATE: Dict[str, Dict[str, Any]] = {
     "enable_multi_account": {"type": "bool", "default": False,
                              "description": "one task per enabled account of each device"},
     "start_time": {"type": "str", "default": "", "max_length": 1000,
-                   "pattern": r" *(([01]?\d|2[0-3]):[0-5]\d)? *",
-                   "description": "a time of day HH:MM (00:00-23:59), next occurrence"},
+                   "pattern": r" *(([01]?\d|2[0-3]):[0-5]\d|\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?)? *",
+                   "description": "a time of day HH:MM (00:00-23:59), next occurrence, or "
+                                  "YYYY-MM-DD HH:MM[:SS] (box local time)"},
     "min_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
                      "description": "minutes the phone rests before the task, at least"},
     "max_interval": {"type": "int", "default": 0, "min": 0, "max": 1440,
@@ -3679,7 +5056,114 @@ TASK_CREATE: Dict[str, Dict[str, Any]] = {
                "description": "every phone of these groups, as if listed in serials"},
     "source": {"type": "str", "default": "api", "choices": ["api", "ui"],
                "description": "who made the task: a client of the API or the dashboard"},
+    # SPEC 8.3: a callback when it ends, an expiry while pending, a timeout while running
+    "callback_url": {"type": "str", "max_length": 2000,
+                     "pattern": r"[Hh][Tt][Tt][Pp][Ss]?://[^/?#\s]+[^\s]*",
+                     "description": "an http(s) URL POSTed the task when it ends"},
+    "expire_in": {"type": "int", "min": 1, "max": 10080,
+                  "description": "minutes it may wait pending (or expire_at)"},
+    "expire_at": {"type": "str", "max_length": 100,
+                  "pattern": r" *\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)? *",
+                  "description": "YYYY-MM-DD HH:MM:SS (box local time) it expires"},
+    "timeout": {"type": "int", "min": 10, "max": 86400,
+                "description": "seconds it may run"},
 }
+
+
+def start_time_of(text: str, now: float) -> Tuple[float, str]:
+    """start_time as "HH:MM" (next occurrence) or "YYYY-MM-DD HH:MM[:SS]"; returns the
+    epoch and a note for the task's message when HH:MM has passed today."""
+    text = text.strip()
+    if not text:
+        return now, ""
+    if re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d(:\d\d)?", text):
+        return parse_local_time("start_time", text), ""
+    start = next_occurrence(text, now)
+    if _dt.datetime.fromtimestamp(start).date() != _dt.datetime.fromtimestamp(now).date():
+        return start, (f"starts tomorrow at {format_time(start)}: {text} had already "
+                       "passed today")
+    return start, ""
+
+
+def parse_local_time(name: str, text: str) -> float:
+    """"YYYY-MM-DD HH:MM[:SS]" in the box's local time -> epoch seconds."""
+    for fmt in (TIME_FORMAT, "%Y-%m-%d %H:%M"):
+        try:
+            return _dt.datetime.strptime(text.strip(), fmt).timestamp()
+        except ValueError:
+            continue
+    raise BadRequest(name, f"is not a time on the calendar: {text!r} (YYYY-MM-DD HH:MM:SS,"
+                           " box local time)")
+
+
+def task_end_fields(fields: Dict[str, Any], now: float) -> Dict[str, Any]:
+    """callback_url, expiry and timeout of checked POST /task fields (SPEC 8.3)."""
+    from urllib.parse import urlsplit
+    url = fields.get("callback_url")
+    if url is not None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise BadRequest("callback_url", f"must be an http or https URL, got {url!r}")
+    if fields.get("expire_in") is not None and fields.get("expire_at") is not None:
+        raise BadRequest("expire_in", "give expire_in or expire_at, not both")
+    expire_at = None
+    if fields.get("expire_in") is not None:
+        expire_at = now + fields["expire_in"] * 60
+    elif fields.get("expire_at") is not None:
+        expire_at = parse_local_time("expire_at", fields["expire_at"])
+        if expire_at <= now:
+            raise BadRequest("expire_at", f"is in the past: {fields['expire_at']}")
+    return {"callback_url": url or None, "expire_at": expire_at,
+            "timeout": fields.get("timeout")}
+
+
+#: a schedule's own fields, then the POST /task fields it keeps as its request (SPEC 8.2)
+SCHEDULE_TASK_FIELDS = ("script_name", "script_config", "serials", "usernames", "groups",
+                        "enable_multi_account", "priority", "min_interval", "max_interval",
+                        "max_retry_count", "auto_retry", "callback_url", "expire_in",
+                        "timeout")
+SCHEDULE_FIELDS: Dict[str, Dict[str, Any]] = {
+    "name": {"type": "str", "min_length": 1, "max_length": 200},
+    "days": {"type": "list", "max_items": 7, "items": {"type": "int", "min": 1, "max": 7},
+             "description": "ISO weekdays 1-7 (absent: every day)"},
+    "times": {"type": "list", "max_items": 100,
+              "items": {"type": "str", "pattern": r"([01]\d|2[0-3]):[0-5]\d"},
+              "description": "times of day HH:MM"},
+    "jitter_minutes": {"type": "int", "min": 0, "max": 120},
+    "enabled": {"type": "bool"},
+    **{k: {n: v for n, v in TASK_CREATE[k].items() if n not in ("required", "default")}
+       for k in SCHEDULE_TASK_FIELDS},
+}
+SCHEDULE_CREATE = {k: dict(v, required=True) if k in ("name", "times", "script_name",
+                                                      "script_config") else v
+                   for k, v in SCHEDULE_FIELDS.items()}
+
+
+def schedule_fields(body: Dict[str, Any], row: Optional[sqlite3.Row],
+                    build: Callable[[Dict[str, Any]], List["NewTask"]]) -> Dict[str, Any]:
+    """A schedule's columns from a POST/PUT body (PUT: merged over the row), checked;
+    its task request is checked as POST /task would, at once."""
+    check_fields(body, SCHEDULE_FIELDS, switches=False)
+    old = dict(schedule_to_json(row)) if row is not None else {}
+    for one, other in (("serials", "usernames"), ("usernames", "serials")):
+        if body.get(one) is not None:           # naming phones anew replaces accounts
+            old.pop(other, None)
+    data = dict(old, **{k: v for k, v in body.items() if v is not None})
+    fields = check_fields(data, SCHEDULE_CREATE, switches=False)
+    days = fields.get("days")
+    if days is None:
+        days = [1, 2, 3, 4, 5, 6, 7]
+    if not days:
+        raise BadRequest("days", "must name at least one ISO weekday 1-7 (absent: every day)")
+    if not fields["times"]:
+        raise BadRequest("times", "must name at least one time HH:MM")
+    request = {k: data[k] for k in SCHEDULE_TASK_FIELDS if data.get(k) is not None}
+    build(request)                               # raises what POST /task would
+    return {"name": fields["name"], "request": _dump_json(request),
+            "days": _dump_json(sorted(set(days))),
+            "times": _dump_json(sorted(set(fields["times"]))),
+            "jitter_minutes": fields.get("jitter_minutes") or 0,
+            "enabled": int(fields.get("enabled", True) is not False)}
 MAX_TASKS_PER_REQUEST = 10_000
 
 
@@ -3704,19 +5188,30 @@ class TaskOps:
         return row
 
     # -- create ------------------------------------------------------------------
-    def create(self, body: Dict[str, Any]) -> List[int]:
+    def create(self, body: Dict[str, Any], *, source: Optional[str] = None,
+               schedule_id: Optional[int] = None, creator: Optional[str] = None) -> List[int]:
         """The tasks one request asks for, all validated before any is written."""
+        ids = self.store.create_tasks(self.build(body, source=source,
+                                                 schedule_id=schedule_id, creator=creator))
+        self.wake()
+        return ids
+
+    def build(self, body: Dict[str, Any], *, source: Optional[str] = None,
+              schedule_id: Optional[int] = None,
+              creator: Optional[str] = None) -> List[NewTask]:
+        """The tasks of a request, checked, not written (a schedule writes them itself)."""
         check_json({k: v for k, v in body.items() if k in TASK_CREATE})  # others: unused
         name, script = self._script(body.get("script_name"))
         fields = check_fields(body, TASK_CREATE, switches=False)
         fields["serials"] = self._with_groups(fields.get("serials"), fields.get("groups"))
+        external = script.runner == "external"
         if fields.get("serials") and fields.get("usernames"):
             raise BadRequest("serials", "give serials or usernames, not both")
-        if not fields.get("serials") and not fields.get("usernames"):
+        if not fields.get("serials") and not fields.get("usernames") and not external:
             raise BadRequest("serials", "give a non-empty serials or usernames array")
         now = self.store.clock()
-        start = next_occurrence(fields["start_time"], now) \
-            if fields["start_time"].strip() else now
+        start, start_note = start_time_of(fields["start_time"], now)
+        extras = task_end_fields(fields, now)
         low, high = fields["min_interval"], fields["max_interval"]
         if low > high:
             raise BadRequest("min_interval", f"must not exceed max_interval ({low} > {high})")
@@ -3724,21 +5219,23 @@ class TaskOps:
         if fields.get("serials"):
             targets = self._device_targets(script, fields["serials"],
                                            fields["enable_multi_account"])
-        else:
+        elif fields.get("usernames"):
             targets = self._account_targets(script, fields["usernames"])
+        else:
+            targets = [("", None)]               # an external task held by no phone
         if len(targets) * len(configs) > MAX_TASKS_PER_REQUEST:
             raise BadRequest("serials", f"would create {len(targets) * len(configs)} tasks;"
                                         f" the limit is {MAX_TASKS_PER_REQUEST} per request")
         wants = [self._material_request(script, config) for config in configs]
-        ids = self.store.create_tasks([NewTask(
+        return [NewTask(
             serial=serial, username=username, script_name=name, script_config=config,
             priority=fields["priority"], start_time=start,
             rest_seconds=random.uniform(low * 60, high * 60), min_interval=low,
             max_interval=high, max_retry_count=fields["max_retry_count"],
-            auto_retry=fields["auto_retry"], source=fields["source"], materials=want)
-            for serial, username in targets for config, want in zip(configs, wants)])
-        self.wake()
-        return ids
+            auto_retry=fields["auto_retry"], source=source or fields["source"],
+            materials=want, schedule_id=schedule_id, creator=creator, external=external,
+            message=start_note, **extras)
+            for serial, username in targets for config, want in zip(configs, wants)]
 
     def _with_groups(self, serials: Optional[List[str]], groups: Optional[List[str]]):
         """SPEC 7.3: every phone of the groups, as if listed in serials."""
@@ -3774,7 +5271,7 @@ class TaskOps:
                         multi: bool) -> List[Tuple[str, Optional[str]]]:
         targets: List[Tuple[str, Optional[str]]] = []
         for i, serial in _first_of_each(serials):
-            if self.store.get_device(serial) is None:
+            if self.store.get_device(serial) is None and script.runner != "external":
                 raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
             if not multi:
                 targets.append((serial, None))
@@ -3791,7 +5288,8 @@ class TaskOps:
     def _account_targets(self, script: Script,
                          usernames: List[str]) -> List[Tuple[str, Optional[str]]]:
         targets: List[Tuple[str, Optional[str]]] = []
-        for i, text in _first_of_each(usernames, key=normalize_username):
+        # @NASA and nasa are one account, as in the apps
+        for i, text in _first_of_each(usernames, key=lambda u: normalize_username(u).lower()):
             account = self.store.get_account(normalize_username(text))
             if account is None:
                 raise BadRequest(f"usernames[{i}]", f"unknown account {text!r}")
@@ -3843,6 +5341,14 @@ class TaskOps:
             row = self.get(task_id)
         self.wake()
         return row
+
+    def retry_unless_stopped(self, task_id: int) -> sqlite3.Row:
+        """Batch retry leaves tasks the user stopped alone; a single retry may take them."""
+        row = self.get(task_id)
+        if row["status"] == FAILED and row["error"] == STOPPED_BY_USER:
+            raise BadRequest("task_id", f"task {task_id}: {STOPPED_BY_USER}; retry it alone "
+                                        "to run it again")
+        return self.retry(task_id)
 
     def delete(self, task_id: int) -> None:
         """Delete a task and its artifacts; a running one is stopped first.
@@ -3959,19 +5465,46 @@ class Server:
         self.scripts = load_scripts(config.scripts)
         self.devices: Optional[DeviceManager] = None
         self.runner: Optional[Runner] = None
-        self.scheduler: Optional[Scheduler] = None
         self.screens: Optional[ScreenHub] = None
         if with_devices:
             self.devices = DeviceManager(self.store, config.adb_servers)
             self.screens = ScreenHub(self.devices, config.screen_fps)
             self.runner = Runner(self.store, self.devices, self.scripts, config.artifacts_dir)
-            self.scheduler = Scheduler(self.store, self.devices, self.runner,
-                                       config.max_running, clock)
-            self.devices.on_online = self.scheduler.wake
-            self.devices.on_offline = self.runner.device_lost
-            self.runner.on_finished = self.scheduler.wake
+        #: the scheduler also keeps expiry, leases and schedules without a device layer
+        self.scheduler = Scheduler(self.store, self.devices, self.runner,
+                                   config.max_running, clock)
         self.tasks = TaskOps(self.store, self.scripts, self.runner, config.artifacts_dir,
                              self.wake, config.materials_dir)
+        self._wire_operations()
+
+    def _wire_operations(self) -> None:
+        """Webhooks, account safety, schedules and metrics hang on the store's task-end
+        listeners and the scheduler's chores (SPEC 8)."""
+        config, store, scheduler = self.config, self.store, self.scheduler
+        self.metrics = Metrics()
+        self.webhooks = Webhooks(store, config.webhooks, config.webhook_secret, self.clock)
+        self.webhooks.on_outcome = lambda outcome: self.metrics.inc(
+            "tmlite_webhook_deliveries_total", "Webhook delivery tries by outcome",
+            outcome=outcome)
+        self.safety = AccountSafety(store, self.scripts)
+        self.safety.on_cooldown = lambda account: self.webhooks.send(
+            "account.cooldown", "account", self.safety.describe(account, self.clock()))
+        # a schedule's slot makes its tasks as POST /task would (TaskOps.build)
+        self.schedules = Schedules(store, lambda request, schedule_id: self.tasks.build(
+            request, source="schedule", schedule_id=schedule_id))
+        store.on_task_end += [self.safety.task_ended, self.webhooks.task_finished,
+                              self._count_task_end, lambda *_: self.wake()]
+        scheduler.chores += [self._deadlines, self.schedules.fire_due]
+        scheduler.late_chores.append(self.safety.take_wake)
+        if self.runner is not None:
+            self.runner.gate = self.safety.wait_reason
+            self.runner.on_finished = scheduler.wake
+            self.devices.on_online = lambda serial: (scheduler.wake(), self._device_event(
+                "device.online", serial))
+            self.devices.on_offline = lambda serial: (self.runner.device_lost(serial),
+                                                      self._device_event("device.offline",
+                                                                         serial))
+            self.devices.on_call = self._count_device_call
 
     def start(self) -> None:
         """Recover from a crash, then start watching phones and scheduling tasks."""
@@ -3979,25 +5512,61 @@ class Server:
         if interrupted:
             log.warning("%d task(s) were running when the server last stopped; marked "
                         "failed (%s): %s", len(interrupted), INTERRUPTED, interrupted)
+        for task_id in interrupted:
+            self.store.task_ended(task_id, "failed")
+        self.webhooks.start()
         if self.devices is not None:
             self.devices.start()
-            self.scheduler.start()
+        self.scheduler.start()
 
     def close(self) -> None:
         self.events.close()                        # open event streams end
-        if self.scheduler is not None:
-            self.scheduler.stop()
+        self.scheduler.stop()
         if self.runner is not None:
             self.runner.stop_all()
         if self.devices is not None:
             self.devices.stop()
+        self.webhooks.stop()
         self.store.close()
         if self._db_lock is not None:
             self._db_lock.close()                  # releases the lock
 
     def wake(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.wake()
+        self.scheduler.wake()
+
+    # -- operations' hooks (SPEC 8) ----------------------------------------------------
+    def _deadlines(self, now: float) -> Optional[float]:
+        """Scheduler chore: expiry, timeouts and worker leases; returns the next one."""
+        self.store.expire_pending(now)
+        if self.runner is not None:
+            for task_id in self.store.timed_out(now):
+                self.runner.time_out(task_id)
+        self.store.expire_leases(now)
+        return self.store.next_deadline(now)
+
+    def _device_event(self, event: str, serial: str) -> None:
+        row = self.store.get_device(serial)
+        if row is not None:
+            self.webhooks.send(event, "device", {
+                "serial": serial, "state": row["state"], "model": row["model"],
+                "battery": row["battery"], "adb_server": row["adb_server"],
+                "last_seen": format_time(row["last_seen"])})
+
+    def _count_task_end(self, task_id: int, outcome: str) -> None:
+        row = self.store.get_task(task_id)
+        if row is None:
+            return
+        self.metrics.inc("tmlite_tasks_finished_total", "Tasks ended, by script and outcome",
+                         script=row["script_name"], outcome=outcome)
+        if row["started_at"] is not None and row["end_time"] is not None:
+            self.metrics.observe("tmlite_task_run_seconds", "Run time of ended tasks",
+                                 row["end_time"] - row["started_at"], RUN_BUCKETS)
+
+    def _count_device_call(self, service: str, seconds: float) -> None:
+        self.metrics.observe("tmlite_device_call_seconds", "Latency of adb device calls",
+                             seconds, CALL_BUCKETS)
+        if "uiautomator dump" in service:
+            self.metrics.inc("tmlite_window_dumps_total", "UI window dumps taken")
 
     def need_devices(self) -> DeviceManager:
         if self.devices is None:
@@ -4150,6 +5719,13 @@ ACCOUNT_FIELDS = {
     "package": {"type": "str", "max_length": 1000, "pattern": PACKAGE_RE.pattern,
                 "description": "an Android package name (default: the platform's app)"},
     "enabled": {"type": "bool"},
+    # account safety (SPEC 8.1)
+    "limits": {"type": "dict", "description": "action -> {per_hour, per_day}; actions: "
+                                              + ", ".join(LIMITED_ACTIONS)},
+    "active_hours": {"type": "str", "max_length": 11, "pattern": ACTIVE_HOURS_RE.pattern,
+                     "description": "HH:MM-HH:MM, box local time"},
+    "cooldown_hours": {"type": "float", "min": 0, "max": 720,
+                       "description": "rest after a block screen (default 24)"},
 }
 ACCOUNT_CREATE = {
     "username": {"type": "str", "required": True, "max_length": 1000,
@@ -4157,9 +5733,12 @@ ACCOUNT_CREATE = {
                  "description": "1-64 letters, digits, '.' or '_', an optional leading @"},
     **{k: {**v, "required": k in ("serial", "platform")} for k, v in ACCOUNT_FIELDS.items()},
 }
+_STATUS_WORD = r"[0-3]|[Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Rr][Uu][Nn][Nn][Ii][Nn][Gg]|" \
+    r"[Cc][Oo][Mm][Pp][Ll][Ee][Tt][Ee][Dd]|[Ff][Aa][Ii][Ll][Ee][Dd]"
 TASK_QUERY = {
-    "status": {"type": "str", "pattern": r" *[0-3]? *(, *[0-3]? *)*",
-               "description": "0-3 or a comma list of them"},
+    "status": {"type": "str", "pattern": rf" *({_STATUS_WORD})? *(, *({_STATUS_WORD})? *)*",
+               "description": "0-3 or pending/running/completed/failed, or a comma list"},
+    "creator": {"type": "str", "description": "a key's name, or admin"},
     "serial": {"type": "str"}, "script_name": {"type": "str"},
     "source": {"type": "str", "description": "api or ui"}, "username": {"type": "str"},
     "start_timestamp": {"type": "float", "description": "creation time from (epoch s)"},
@@ -4169,6 +5748,31 @@ TASK_QUERY = {
                   "description": "at most 100; a larger size is clamped to 100"},
 }
 ACCOUNT_QUERY = {"serial": {"type": "str"}}
+
+# Operations' bodies (SPEC 8)
+KEY_ROLES = ("admin", "operator", "viewer")
+KEY_CREATE = {"name": {"type": "str", "required": True, "max_length": 100},
+              "role": {"type": "str", "required": True, "choices": list(KEY_ROLES)}}
+_WORKER_ID = {"type": "str", "required": True, "min_length": 1, "max_length": 200}
+WORKER_NEXT = {
+    "worker_id": _WORKER_ID,
+    "script_names": {"type": "list", "required": True, "max_items": 100,
+                     "items": {"type": "str", "max_length": 1000},
+                     "description": "external scripts this worker runs"},
+    "lease_seconds": {"type": "int", "default": 300, "min": 30, "max": 3600},
+}
+WORKER_TASK = {"task_id": {"type": "int", "required": True, "min": 1, "max": INT64[1]},
+               "worker_id": _WORKER_ID}
+WORKER_PROGRESS = {**WORKER_TASK,
+                   "progress": {"type": "int", "default": 0, "min": 0, "max": 100},
+                   "message": {"type": "str", "default": "", "max_length": 500}}
+WORKER_COMPLETE = {**WORKER_TASK,
+                   "result": {"type": ["dict", "list", "str", "int", "float", "bool"],
+                              "description": "any JSON: the task's result"}}
+WORKER_FAIL = {**WORKER_TASK,
+               "error": {"type": "str", "default": "failed by the worker",
+                         "max_length": 2000},
+               "allow_retry": {"type": "bool", "default": False}}
 MAX_PAGE_SIZE = 100
 
 # The farm view's (SPEC 7). Tags and groups are short names without a comma.
@@ -4272,6 +5876,25 @@ class Api:
 
     # -- plumbing ------------------------------------------------------------------
     def wsgi(self, environ, start_response):
+        """Every request, logged in one line at info: client, method, path, status, time
+        (never the key)."""
+        began = time.monotonic()
+        seen = []
+
+        def record_status(status, headers, *exc_info):
+            seen.append(status.split(" ", 1)[0])
+            return start_response(status, headers, *exc_info)
+
+        try:
+            return self._serve(environ, record_status)
+        finally:
+            query = environ.get("QUERY_STRING", "")
+            http_log.info("%s %s %s%s %s %.1f ms", environ.get("REMOTE_ADDR", "-"),
+                          environ.get("REQUEST_METHOD", "-"), environ.get("PATH_INFO", ""),
+                          f"?{query}" if query else "", seen[0] if seen else "-",
+                          (time.monotonic() - began) * 1000)
+
+    def _serve(self, environ, start_response):
         """Access rules first (SPEC 3), then the size of the body, then the routes."""
         try:
             path = environ.get("PATH_INFO", "")
@@ -4285,6 +5908,8 @@ class Api:
                 limit = self.lite.config.max_upload_mb * 1024 * 1024 + 64 * 1024
             if int(length) > limit:
                 raise BodyTooLarge(f"request body is larger than {limit} bytes")
+            if path == "/metrics":
+                return self._serve_metrics(environ, start_response)
         except LiteError as exc:
             body = json.dumps({"code": exc.code, "message": exc.message, "data": None})
             start_response(f"{exc.code // 100} {_reason(exc.code // 100)}",
@@ -4292,6 +5917,16 @@ class Api:
                             ("Content-Length", str(len(body)))])
             return [body.encode()]
         return self.app(environ, start_response)
+
+    def _serve_metrics(self, environ, start_response):
+        """GET /metrics: Prometheus text, outside the JSON envelope."""
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            raise MethodNotAllowed("method not allowed here; allowed: GET")
+        text = self.metrics().encode("utf-8")
+        start_response("200 OK", [
+            ("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+            ("Content-Length", str(len(text)))])
+        return [text]
 
     def _check_access(self, environ, need_key: bool = True) -> None:
         try:
@@ -4301,17 +5936,40 @@ class Api:
             raise Forbidden("client address unknown") from None
         if not any(address in net for net in self.allowed_networks
                    if net.version == address.version):
+            log.warning("refused %s %s from %s: address not allowed (--allow-from)",
+                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), address)
             raise Forbidden(f"client address {address} is not allowed (--allow-from)")
         key = self.lite.config.api_key
-        if key and need_key:
-            sent = environ.get("HTTP_X_API_KEY", "")
-            auth = environ.get("HTTP_AUTHORIZATION", "")
-            if auth[:7].lower() == "bearer ":
-                sent = auth[7:].strip()
-            if not hmac.compare_digest(sent.encode(), key.encode()):
-                raise Unauthorized("API key missing or wrong" if sent or auth
-                                   else "API key required: send 'Authorization: Bearer KEY'"
-                                        " or 'X-API-Key: KEY'")
+        if not need_key or (not key and not self.store.has_admin_key()):
+            return                               # keys count only once an admin key exists
+        sent = environ.get("HTTP_X_API_KEY", "")
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if auth[:7].lower() == "bearer ":
+            sent = auth[7:].strip()
+        role = name = None
+        if key and hmac.compare_digest(sent.encode(), key.encode()):
+            role, name = "admin", "admin"
+        elif sent:
+            row = self.store.api_key_by_hash(hash_key(sent))
+            if row is not None:
+                role, name = row["role"], row["name"]
+        if role is None:
+            log.warning("rejected %s %s from %s: API key %s", environ.get("REQUEST_METHOD"),
+                        environ.get("PATH_INFO"), address, "wrong" if sent else "missing")
+            raise Unauthorized("API key missing or wrong" if sent or auth
+                               else "API key required: send 'Authorization: Bearer KEY'"
+                                    " or 'X-API-Key: KEY'")
+        environ["tmlite.creator"] = name
+        self._check_role(environ, role, name)
+
+    @staticmethod
+    def _check_role(environ, role: str, name: str) -> None:
+        """viewer: GET only; operator: everything but keys; admin: all (SPEC 8.5)."""
+        if role == "viewer" and environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            raise Forbidden(f"key {name!r} is a viewer: it may only read (GET)")
+        if role == "operator" and environ.get("PATH_INFO", "").startswith(
+                API_PREFIX + "/apikey"):
+            raise Forbidden(f"key {name!r} is an operator: only admin keys manage keys")
 
     def _respond(self, status: int, payload: Any) -> str:
         response = self.bottle.response
@@ -4345,7 +6003,7 @@ class Api:
 
         def endpoint(**kwargs):
             try:
-                for name in ("task_id", "material_id"):
+                for name in ("task_id", "material_id", "schedule_id", "key_id"):
                     if not INT64[0] <= kwargs.get(name, 0) <= INT64[1]:
                         raise NotFound(f"{name[:-3]} {kwargs[name]} not found")
                 if spec["body"] and spec["consumes"] == "application/json":
@@ -4399,13 +6057,16 @@ class Api:
     @route("POST", "/task", "Create tasks on devices or accounts", body=TASK_CREATE,
            checks_body=True, data={"task_ids": [int], "created_count": int})
     def create_task(self, body):
-        ids = self.tasks.create(body)
+        ids = self.tasks.create(body, creator=self.bottle.request.environ.get(
+            "tmlite.creator"))
         return {"task_ids": ids, "created_count": len(ids)}
 
     @route("GET", "/task", "List tasks, newest first", query=TASK_QUERY,
            data={"items": ["Task"], "total": int, "page": int, "page_size": int})
     def list_tasks(self, query):
-        statuses = [int(p) for p in query.get("status", "").split(",") if p.strip()]
+        names = {name: number for number, name in STATUS_TEXT.items()}
+        statuses = [names.get(p.strip().lower()) if not p.strip().isdigit() else int(p)
+                    for p in query.get("status", "").split(",") if p.strip()]
         page, page_size = query["page"], min(query["page_size"], MAX_PAGE_SIZE)
         username = query.get("username")
         rows, total = self.store.list_tasks(
@@ -4413,7 +6074,7 @@ class Api:
             script_name=query.get("script_name"), source=query.get("source"),
             username=None if username is None else normalize_username(username),
             created_from=query.get("start_timestamp"), created_to=query.get("end_timestamp"),
-            page=page, page_size=page_size)
+            page=page, page_size=page_size, creator=query.get("creator"))
         return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
                 "page_size": page_size}
 
@@ -4442,7 +6103,7 @@ class Api:
     @route("POST", "/task/batch/retry", "Retry failed tasks", body=TASK_IDS,
            data={"done": [int], "errors": {str: str}})
     def retry_batch(self, body):
-        done, errors = self.tasks.batch(body["task_ids"], self.tasks.retry)
+        done, errors = self.tasks.batch(body["task_ids"], self.tasks.retry_unless_stopped)
         return {"done": done, "errors": errors}
 
     @route("POST", "/task/clear", "Delete finished tasks in the given states",
@@ -4510,7 +6171,7 @@ class Api:
     @route("GET", "/account", "Accounts", query=ACCOUNT_QUERY,
            data={"items": ["Account"], "total": int})
     def list_accounts(self, query):
-        items = [account_to_json(r) for r in self.store.list_accounts(query.get("serial"))]
+        items = [self._account_json(r) for r in self.store.list_accounts(query.get("serial"))]
         return {"items": items, "total": len(items)}
 
     @route("POST", "/account", "Add an account bound to a device", body=ACCOUNT_CREATE,
@@ -4518,21 +6179,30 @@ class Api:
     def create_account(self, body):
         username = normalize_username(body["username"])
         serial, platform, package, enabled = self._account_fields(body, None)
-        if not self.store.save_account(username, serial, platform, package, enabled, True):
-            raise BadRequest("username", f"account {username} already exists")
-        return account_to_json(self.store.get_account(username))
+        safety = account_safety_fields(body, None)
+        with self.store.write():
+            if not self.store.save_account(username, serial, platform, package, enabled,
+                                           True):
+                raise BadRequest("username", f"account {username} already exists")
+            self.store.save_account_safety(username, *safety)
+        return self._account_json(self.store.get_account(username))
 
     @route("GET", "/account/{username}", "One account", data="Account")
     def get_account(self, username):
-        return account_to_json(self._account(username))
+        return self._account_json(self._account(username))
 
     @route("PUT", "/account/{username}", "Change an account's device, platform, package "
            "or enabled", body=ACCOUNT_FIELDS, data="Account")
     def update_account(self, username, body):
         row = self._account(username)
         serial, platform, package, enabled = self._account_fields(body, row)
-        self.store.save_account(row["username"], serial, platform, package, enabled, False)
-        return account_to_json(self.store.get_account(row["username"]))
+        safety = account_safety_fields(body, row)
+        with self.store.write():
+            self.store.save_account(row["username"], serial, platform, package, enabled,
+                                    False)
+            self.store.save_account_safety(row["username"], *safety)
+        self.lite.wake()                         # new limits may free waiting tasks
+        return self._account_json(self.store.get_account(row["username"]))
 
     @route("DELETE", "/account/{username}", "Remove an account", data={"deleted": str})
     def delete_account(self, username):
@@ -4540,11 +6210,182 @@ class Api:
         self.store.delete_account(row["username"])
         return {"deleted": row["username"]}
 
+    # -- operations (SPEC 8): account safety, webhooks, schedules, workers, keys --------
+    @route("POST", "/account/{username}/resume", "End an account's cooldown early",
+           data="Account")
+    def resume_account(self, username):
+        row = self._account(username)
+        self.store.set_cooldown(row["username"], None)
+        self.lite.wake()
+        return self._account_json(self.store.get_account(row["username"]))
+
+    @route("GET", "/webhook/deliveries", "The last 500 webhook deliveries",
+           data={"items": ["Delivery"], "total": int})
+    def list_deliveries(self):
+        items = [{"id": r["id"], "delivery_id": r["delivery_id"], "event": r["event"],
+                  "url": r["url"], "tries": r["tries"], "last_status": r["last_status"],
+                  "next_try": format_time(r["next_try"]),
+                  "created_at": format_time(r["created_at"])}
+                 for r in self.store.list_deliveries()]
+        return {"items": items, "total": len(items)}
+
+    @route("POST", "/schedule", "Create a recurring schedule", body=SCHEDULE_CREATE,
+           data="Schedule")
+    def create_schedule(self, body):
+        fields = schedule_fields(body, None, self.tasks.build)
+        return self._replan(self.store.save_schedule(None, fields))
+
+    @route("GET", "/schedule", "Schedules", data={"items": ["Schedule"], "total": int})
+    def list_schedules(self):
+        items = [schedule_to_json(r) for r in self.store.list_schedules()]
+        return {"items": items, "total": len(items)}
+
+    @route("GET", "/schedule/{schedule_id}", "One schedule", data="Schedule")
+    def get_schedule(self, schedule_id):
+        return schedule_to_json(self._schedule(schedule_id))
+
+    @route("PUT", "/schedule/{schedule_id}", "Change a schedule", body=SCHEDULE_FIELDS,
+           data="Schedule")
+    def update_schedule(self, schedule_id, body):
+        row = self._schedule(schedule_id)
+        self.store.save_schedule(schedule_id, schedule_fields(body, row, self.tasks.build))
+        return self._replan(schedule_id)
+
+    @route("DELETE", "/schedule/{schedule_id}", "Delete a schedule", data={"deleted": int})
+    def delete_schedule(self, schedule_id):
+        self._schedule(schedule_id)
+        self.store.delete_schedule(schedule_id)
+        return {"deleted": schedule_id}
+
+    @route("POST", "/schedule/{schedule_id}/run", "Make a schedule's tasks now",
+           data={"task_ids": [int], "created_count": int})
+    def run_schedule(self, schedule_id):
+        ids = self.lite.schedules.run_now(self._schedule(schedule_id))
+        self.lite.wake()
+        return {"task_ids": ids, "created_count": len(ids)}
+
+    def _schedule(self, schedule_id: int) -> sqlite3.Row:
+        row = self.store.get_schedule(schedule_id)
+        if row is None:
+            raise NotFound(f"schedule {schedule_id} not found")
+        return row
+
+    def _replan(self, schedule_id: int) -> Dict[str, Any]:
+        """A new or changed schedule runs at its next slot from now."""
+        row = self.store.get_schedule(schedule_id)
+        slot, run = self.lite.schedules.plan(row, self.store.clock())
+        self.store.save_schedule(schedule_id, {"next_slot": slot, "next_run": run})
+        self.lite.wake()
+        return schedule_to_json(self.store.get_schedule(schedule_id))
+
+    @route("POST", "/worker/next", "Take the next due task of external scripts",
+           body=WORKER_NEXT, data="TaskOrNull")
+    def worker_next(self, body):
+        names = body["script_names"]
+        if not names:
+            raise BadRequest("script_names", "must name at least one external script")
+        for i, name in enumerate(names):
+            script = self.lite.scripts.get(name)
+            if script is None or script.runner != "external":
+                raise BadRequest(f"script_names[{i}]", f"{name!r} is not an external script")
+        row = self.store.worker_claim(body["worker_id"], names, body["lease_seconds"],
+                                      self.store.clock())
+        if row is None:
+            return None
+        self.lite.wake()                       # the scheduler now watches its lease
+        return task_to_json(row)
+
+    @route("POST", "/worker/progress", "Report progress; renews the lease",
+           body=WORKER_PROGRESS, data="Task")
+    def worker_progress(self, body):
+        task_id, worker = self._worker_task(body)
+        if not self.store.worker_progress(task_id, worker, body["progress"], body["message"],
+                                          self.store.clock()):
+            raise self._not_yours(task_id, worker)
+        self.lite.wake()
+        return task_to_json(self.store.get_task(task_id))
+
+    @route("POST", "/worker/complete", "Complete a task taken by this worker",
+           body=WORKER_COMPLETE, data="Task")
+    def worker_complete(self, body):
+        task_id, _ = self._worker_task(body)
+        self.store.finish(task_id, ok=True, result=body.get("result"))
+        return task_to_json(self.store.get_task(task_id))
+
+    @route("POST", "/worker/fail", "Fail a task taken by this worker", body=WORKER_FAIL,
+           data="Task")
+    def worker_fail(self, body):
+        task_id, _ = self._worker_task(body)
+        allow = body["allow_retry"]
+        self.store.finish(task_id, ok=False, error=body["error"], auto_retry=allow,
+                          allow_auto_retry=allow)
+        self.lite.wake()
+        return task_to_json(self.store.get_task(task_id))
+
+    def _worker_task(self, body: Dict[str, Any]) -> Tuple[int, str]:
+        """The task and worker of a call; 40001 unless that worker holds that task."""
+        task_id, worker = body["task_id"], body["worker_id"]
+        row = self.store.get_task(task_id)
+        if row is None or row["status"] != RUNNING or row["worker_id"] != worker:
+            raise self._not_yours(task_id, worker)
+        return task_id, worker
+
+    @staticmethod
+    def _not_yours(task_id: int, worker: str) -> BadRequest:
+        return BadRequest("task_id", f"task {task_id} is not running for worker {worker!r}")
+
+    @route("POST", "/apikey", "Create an API key (returned once)", body=KEY_CREATE,
+           data="ApiKey")
+    def create_key(self, body):
+        name, role = body["name"].strip(), body["role"]
+        if not name:
+            raise BadRequest("name", "must not be empty")
+        key = "tml_" + base64.urlsafe_b64encode(os.urandom(24)).decode().rstrip("=")
+        key_id = self.store.add_api_key(name, role, hash_key(key))
+        log.info("API key %s (%s, %s) created", key_id, name, role)
+        return {"id": key_id, "name": name, "role": role, "key": key,
+                "created_at": format_time(self.store.clock())}
+
+    @route("GET", "/apikey", "API keys (no secrets)", data={"items": ["ApiKey"], "total": int})
+    def list_keys(self):
+        items = [{"id": r["id"], "name": r["name"], "role": r["role"],
+                  "created_at": format_time(r["created_at"])}
+                 for r in self.store.list_api_keys()]
+        return {"items": items, "total": len(items)}
+
+    @route("DELETE", "/apikey/{key_id}", "Delete an API key", data={"deleted": int})
+    def delete_key(self, key_id):
+        if not self.store.delete_api_key(key_id):
+            raise NotFound(f"API key {key_id} not found")
+        return {"deleted": key_id}
+
+    def metrics(self) -> str:
+        """GET /metrics (outside /api/v1, served by _serve()): Prometheus text, counted now."""
+        lite, store = self.lite, self.store
+        stats = store.stats()
+        phones: Dict[str, float] = {}
+        for row in store.list_devices():
+            state = lite.devices.state(row["serial"]) if lite.devices else row["state"]
+            phones[state] = phones.get(state, 0) + 1
+        gauges = [
+            ("tmlite_tasks", "Tasks by status",
+             {f'{{status="{name}"}}': stats[name] for name in STATUS_TEXT.values()}),
+            ("tmlite_phones", "Known phones by state",
+             {f'{{state="{s}"}}': n for s, n in sorted(phones.items())}),
+            ("tmlite_event_streams_open", "Open event streams",
+             {"": lite.events.streams_open() if hasattr(lite.events, "streams_open")
+              else 0}),
+        ]
+        return lite.metrics.render(gauges)
+
     def _account(self, username: str) -> sqlite3.Row:
         row = self.store.get_account(normalize_username(username))
         if row is None:
             raise NotFound(f"account {normalize_username(username)} not found")
         return row
+
+    def _account_json(self, row: sqlite3.Row) -> Dict[str, Any]:
+        return self.lite.safety.describe(row, self.store.clock())
 
     def _account_fields(self, body: Dict[str, Any], row: Optional[sqlite3.Row]):
         """A new account's fields, or a changed one's with what the body leaves out."""
@@ -4775,6 +6616,36 @@ def _query_value(name: str, text: str, kind: str) -> Any:
     return text
 
 
+def account_safety_fields(body: Dict[str, Any], row: Optional[sqlite3.Row]
+                          ) -> Tuple[Optional[dict], Optional[str], float]:
+    """limits, active_hours and cooldown_hours of a checked account body (SPEC 8.1);
+    fields not sent keep the row's values."""
+    limits = _load_json(row["limits"]) if row is not None else None
+    if body.get("limits") is not None:
+        limits = body["limits"]
+        for action, limit in limits.items():
+            where = f"limits.{action}"
+            if action not in LIMITED_ACTIONS:
+                raise BadRequest(where, f"unknown action; known: {', '.join(LIMITED_ACTIONS)}")
+            if not isinstance(limit, dict) or not limit or set(limit) - {"per_hour", "per_day"}:
+                raise BadRequest(where, "takes an object with per_hour and/or per_day")
+            for key, value in limit.items():
+                if isinstance(value, bool) or not isinstance(value, int) \
+                        or not 0 <= value <= 100_000:
+                    raise BadRequest(f"{where}.{key}", f"is not a whole number 0-100000: "
+                                                       f"{value!r}")
+    hours = body.get("active_hours") or (row["active_hours"] if row is not None else None)
+    cooldown = body.get("cooldown_hours")
+    if cooldown is None:
+        cooldown = row["cooldown_hours"] if row is not None else DEFAULT_COOLDOWN_HOURS
+    return limits or None, hours or None, float(cooldown)
+
+
+def hash_key(key: str) -> str:
+    """Keys are 192 random bits, so one SHA-256 is enough to store them safely."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
 # -- OpenAPI, from the declarations ----------------------------------------------------
 _OPENAPI_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
                   "list": "array", "dict": "object"}
@@ -4895,6 +6766,12 @@ _TASK = {
     "retry_count": {"type": "integer"}, "max_retry_count": {"type": "integer"},
     "auto_retry": {"type": "boolean"}, "min_interval": {"type": "integer"},
     "max_interval": {"type": "integer"},
+    # operations' (SPEC 8)
+    "callback_url": _nullable("string"), "expire_at": _TIME,
+    "timeout": _nullable("integer", description="seconds it may run"),
+    "schedule_id": _nullable("integer"),
+    "creator": _nullable("string", description="the name of the key that made it"),
+    "worker_id": _nullable("string"), "lease_until": _TIME,
 }
 OPENAPI_SCHEMAS: Dict[str, Any] = {
     "Error": {"type": "object", "required": ["code", "message", "data"], "properties": {
@@ -4936,6 +6813,33 @@ OPENAPI_SCHEMAS: Dict[str, Any] = {
         "username": {"type": "string"}, "serial": {"type": "string"},
         "platform": {"type": "string", "enum": list(PLATFORM_NAMES)},
         "package": {"type": "string"}, "enabled": {"type": "boolean"},
+        "created_at": _TIME,
+        # account safety (SPEC 8.1)
+        "limits": _nullable("object", additionalProperties=True),
+        "active_hours": _nullable("string"), "cooldown_hours": {"type": "number"},
+        "status": {"type": "string", "enum": ["ok", "cooldown"]},
+        "cooldown_until": _TIME,
+        "counts": {"type": "object", "additionalProperties": True}}},
+    "TaskOrNull": {"nullable": True, "allOf": [{"$ref": "#/components/schemas/Task"}]},
+    "Schedule": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "days": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 7}},
+        "times": {"type": "array", "items": {"type": "string"}},
+        "jitter_minutes": {"type": "integer"}, "enabled": {"type": "boolean"},
+        "next_run": _TIME, "last_run": _TIME, "created_at": _TIME,
+        "script_name": {"type": "string"},
+        "script_config": {"type": "object", "additionalProperties": True}},
+        "additionalProperties": True,
+        "description": "its own fields and the POST /task fields it makes tasks with"},
+    "Delivery": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "delivery_id": {"type": "string"},
+        "event": {"type": "string"}, "url": {"type": "string"},
+        "tries": {"type": "integer"}, "last_status": {"type": "string"},
+        "next_try": _TIME, "created_at": _TIME}},
+    "ApiKey": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "name": {"type": "string"},
+        "role": {"type": "string", "enum": list(KEY_ROLES)},
+        "key": {"type": "string", "description": "only when created: it is not kept"},
         "created_at": _TIME}},
     "Script": {"type": "object", "properties": {
         "name": {"type": "string"}, "description": {"type": "string"},
@@ -5307,7 +7211,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = parse_config(argv)
     except SystemExit as exc:                   # --help, --version, or a bad flag
         return exc.code if isinstance(exc.code, int) else 2
-    setup_logging(config.log_level)
+    try:
+        setup_logging(config.log_level, config.log_file)
+    except ConfigError as exc:
+        print(f"tikmatrix_lite: error: {exc}", file=sys.stderr)
+        return 1
     lite = server = None
     try:
         try:

@@ -641,7 +641,10 @@ def expand_targets(config: Dict[str, Any]) -> List[Dict[str, Any]]:
         raise ValueError("target_users", "give at least one target user (target_users, "
                                          "or target_user with names separated by newlines "
                                          "or commas, or target_username)")
-    names = list(dict.fromkeys(check_username(field, n) for n in names))
-    return [dict(config, target_users=[n], target_user=n, target_username=n) for n in names]
+    unique: Dict[str, str] = {}          # @NASA and nasa are one account, as in the apps
+    for name in (check_username(field, n) for n in names):
+        unique.setdefault(name.lower(), name)
+    return [dict(config, target_users=[n], target_user=n, target_username=n)
+            for n in unique.values()]
 
 

@@ -42,7 +42,7 @@ from phonesim import AdbServer, PhoneSim  # noqa: E402
 
 SCRIPTS_DIR = TESTS / "fixtures" / "scripts"
 #: the scripts of SCRIPTS_DIR that load (the others are broken or helpers on purpose)
-LOADABLE_SCRIPTS = {"echo", "fanout", "instagram_only", "like"}
+LOADABLE_SCRIPTS = {"echo", "ext_job", "fanout", "instagram_only", "like"}
 #: a fixed local time for tests that need a clock: 2030-01-15 10:00:00 in local time
 T0 = datetime.datetime(2030, 1, 15, 10, 0, 0).timestamp()
 

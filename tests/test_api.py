@@ -906,11 +906,13 @@ def test_batch_stop_and_retry(http, devices, store):
     assert set(data["errors"]) == {str(ids[2]), "777"}
     assert data["errors"]["777"] == "task not found"
     assert "completed" in data["errors"][str(ids[2])]
-    data = ok(http.post("/task/batch/retry", {"task_ids": [ids[0], ids[1], 777]}))
-    assert data["done"] == [ids[0]]
+    set_task(store, ids[2], status=3, error="the app crashed")
+    data = ok(http.post("/task/batch/retry", {"task_ids": [ids[0], ids[1], ids[2], 777]}))
+    assert data["done"] == [ids[2]]
     assert data["errors"]["777"] == "task not found"
     assert "pending" in data["errors"][str(ids[1])]
-    assert store.get_task(ids[0])["status"] == 0
+    assert "stopped by user" in data["errors"][str(ids[0])]      # SPEC 8.3: left alone
+    assert store.get_task(ids[2])["status"] == 0
     assert ok(http.post("/task/batch/stop", {"task_ids": []})) == {"done": [], "errors": {}}
 
 

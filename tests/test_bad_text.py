@@ -82,7 +82,7 @@ def test_every_body_string_with_bad_text_is_refused_by_name(ready):
         at = data.draw(st.integers(0, len(text)))
         holder[key] = text[:at] + data.draw(BAD) + text[at:]
         path = spec["path"].replace("{task_id}", "1").replace("{username}", "alice") \
-            .replace("{material_id}", "1")
+            .replace("{material_id}", "1").replace("{schedule_id}", "1")
         before = app.lite.store.query("SELECT COUNT(*) FROM tasks")[0][0]
         resp = send(client, spec["method"], path, body)
         reply = resp.json

@@ -40,6 +40,26 @@ def test_store_commits_become_numbered_events(hub):
     assert devices[-1]["running_task_id"] == task_id
 
 
+def test_an_account_cooling_down_and_resumed_is_an_account_event(hub):
+    """SPEC 7.1's account event carries issue 10's cooldown (AccountSafety and
+    POST /account/{username}/resume both go through Store.set_cooldown)."""
+    store = hub.store
+    store.upsert_device("P1", state="device")
+    store.save_account("shop", "P1", "tiktok", "com.zhiliaoapp.musically", True, True)
+    last = hub.last_id
+    until = store.clock() + 3600
+    store.set_cooldown("shop", until)
+    [(_, kind, data)] = hub.wait_after(last, 0)
+    assert kind == "account"
+    assert tl.json.loads(data) == {"username": "shop", "status": "cooldown", "serial": "P1",
+                                   "cooldown_until": tl.format_time(until)}
+    last = hub.last_id
+    store.set_cooldown("shop", None)
+    [(_, kind, data)] = hub.wait_after(last, 0)
+    assert tl.json.loads(data)["status"] == "enabled"
+    assert tl.json.loads(data)["cooldown_until"] is None
+
+
 def test_a_rolled_back_write_announces_nothing(hub):
     store = hub.store
     before = hub.last_id

@@ -14,8 +14,10 @@ import tikmatrix_lite as tml
     (tml.DeviceError("ui_dump", "no dump"), "no dump", True, True, False),
     (tml.DeviceError("app_missing", "tiktok is not installed"), "tiktok is not installed",
      True, False, False),
-    (tml.AccountBlocked("follow", "Try Again Later"), "follow: account blocked: Try Again "
-     "Later", True, False, False),
+    (tml.AccountBlocked("follow", "Try Again Later"), "account blocked: Try Again Later "
+     "(follow)", True, False, False),
+    (tml.StepFailed("follow", "account blocked: Slow down"), "account blocked: Slow down",
+     True, False, False),
     (tml.AppLeft("tap Follow", "the app stopped"), "tap Follow: the app stopped", True, True,
      False),
     (tml.DeviceLost("gone"), tml.DISCONNECTED, False, True, False),

@@ -7,6 +7,7 @@ import base64
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -33,7 +34,7 @@ def test_result_progress_and_log_are_recorded(farm):
     phone = farm.add_phone()
     task = farm.wait_status(farm.create([phone.address], "say", {"word": "hello"})[0], 2)
     assert task["result"] == {"said": "said hello"}
-    assert task["progress"] == 100 and task["message"] == "saying hello"
+    assert task["progress"] == 100 and task["message"] == "completed"   # how it ended
     assert task["started_at"] and task["end_time"] and task["error"] == ""
     lines = [line.split(" ", 2)[2] for line in task["log"]]
     assert lines == [f"started on {phone.address}", "50% saying hello", "completed"]
@@ -352,3 +353,29 @@ def full_disk_end_is_written_later(small_disk, adb, sim):
         assert farm.wait_status(follow, 2)["result"] == {"said": "said after"}
     finally:
         farm.close()
+
+
+def test_a_stopped_task_keeps_its_whole_log_on_disk(farm):
+    """Log lines and progress wait in memory while the task runs (the API shows them) and
+    are in the file once it has stopped."""
+    phone = farm.add_phone()
+    task_id = farm.create([phone.address], "block", {"seconds": 120})[0]
+    assert phone.wait_for_command(lambda cmd: cmd.argv[0] == "sleep", timeout=10)
+    task = farm.task(task_id)
+    assert (task["status"], task["progress"], task["message"]) == (1, 5, "blocking")
+    assert [line.split(" ", 2)[2] for line in task["log"]] == [
+        f"started on {phone.address}", "5% blocking"]
+    farm.http.post(f"/api/v1/task/{task_id}/stop")
+    farm.wait_status(task_id, 3)
+    raw = sqlite3.connect(str(farm.lite.store.path))
+    try:
+        on_disk = [r[0] for r in raw.execute("SELECT line FROM task_log WHERE task_id=?"
+                                             " ORDER BY id", (task_id,))]
+        progress = raw.execute("SELECT progress, message FROM tasks WHERE id=?",
+                               (task_id,)).fetchone()
+    finally:
+        raw.close()
+    assert on_disk == [f"started on {phone.address}", "5% blocking",
+                       "failed: stopped by user"]
+    # the progress it reached is on disk; its message says how it ended (issue 10)
+    assert progress == (5, tml.STOPPED_BY_USER)

@@ -4,9 +4,13 @@ from __future__ import annotations
 import json
 import random
 import sqlite3
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
 
 import tikmatrix_lite as tml
 from conftest import T0
@@ -384,8 +388,9 @@ def test_recover_interrupted_changes_nothing_else(st, clock):
     st.finish(ids[2], ok=True, result=[1])                    # completed
     st.claim_next("d3", T0 + 1)
     st.finish(ids[4], ok=False, error="boom")                 # failed
-    st.set_progress(ids[0], 40, "halfway")
-    before = {r["id"]: r for r in rows(st)}
+    st.set_progress(ids[0], 40, "halfway")       # in memory: the recovery's write keeps it
+    before = {r["id"]: dict(st.get_task(r["id"])) for r in rows(st)}
+    assert before[ids[0]]["progress"] == 40
     devices_before = [dict(r) for r in st.query("SELECT * FROM devices ORDER BY serial")]
     clock.advance(3600)
     assert sorted(st.recover_interrupted()) == [ids[0], ids[1]]
@@ -393,7 +398,8 @@ def test_recover_interrupted_changes_nothing_else(st, clock):
     assert set(after) == set(before)
     for task_id in (ids[0], ids[1]):
         changed = {k for k in before[task_id] if before[task_id][k] != after[task_id][k]}
-        assert changed == {"status", "end_time", "error"}
+        assert changed == {"status", "end_time", "error", "message"}
+        assert after[task_id]["message"] == "failed: " + tml.INTERRUPTED   # how it ended
         assert after[task_id]["status"] == 3
         assert after[task_id]["error"] == tml.INTERRUPTED
         assert after[task_id]["end_time"] == T0 + 3600
@@ -591,3 +597,550 @@ def test_disk_full_in_a_store_write_raises_storage_full(small_disk, clock):
         assert len(st.create_tasks([tml.NewTask("p1", "echo", {})])) == 1
     finally:
         st.close()
+
+
+# ---------------------------------------------------------------------------
+# schema 1 -> 2: an existing database keeps its tasks
+# ---------------------------------------------------------------------------
+
+def make_schema_1_database(path, clock):
+    """A file as the program of schema version 1 left it, with tasks in every state."""
+    raw = sqlite3.connect(str(path), isolation_level=None)
+    raw.execute("PRAGMA journal_mode=WAL")
+    for statement in tml._split_sql(tml.MIGRATIONS[0]):
+        raw.execute(statement)
+    raw.execute("PRAGMA user_version=1")
+    raw.execute("INSERT INTO devices (serial, first_seen, last_task_end) VALUES ('d1', ?, ?)",
+                (clock.now, clock.now - 100))
+    for n, (serial, status, username) in enumerate([
+            ("d1", 0, None), ("d1", 1, None), ("d1", 2, "alice"), ("d2", 3, "bob"),
+            ("d2", 0, "bob"), ("d2", 2, None)]):
+        raw.execute("INSERT INTO tasks (serial, username, script_name, script_config, status,"
+                    " start_time, created_at) VALUES (?,?,?,?,?,?,?)",
+                    (serial, username, "echo", '{"n": %d}' % n, status, clock.now - 10,
+                     clock.now + n))
+    raw.execute("INSERT INTO task_log (task_id, at, line) VALUES (2, ?, 'old line')",
+                (clock.now,))
+    before = [tuple(r) for r in raw.execute("SELECT * FROM tasks ORDER BY id")]
+    raw.close()
+    return before
+
+
+def test_schema_1_database_opens_and_keeps_its_tasks(open_store, db_path, clock):
+    before = make_schema_1_database(db_path, clock)
+    assert on_disk(db_path, "PRAGMA page_size") == [(4096,)]
+    st = open_store()
+    assert st.schema_version() == len(tml.MIGRATIONS) >= 2
+    assert st.query_one("PRAGMA page_size")[0] == tml.PAGE_SIZE      # rewritten once
+    assert st.query_one("PRAGMA journal_mode")[0] == "wal"
+    rows = st.query("SELECT * FROM tasks ORDER BY id")
+    assert [tuple(r)[:len(before[0])] for r in rows] == before    # schema 3 adds columns
+    assert {(r["external"], r["creator"], r["expire_at"]) for r in rows} == {(0, None, None)}
+    assert st.stats() == {"total": 6, "pending": 2, "running": 1, "completed": 2,
+                          "failed": 1}
+    assert st.list_tasks(serial="d2")[1] == 3
+    assert st.list_tasks(username="bob", statuses=[0])[1] == 1
+    assert [r["line"] for r in st.task_log(2)] == ["old line"]
+    indexes = {r[0] for r in st.query("SELECT name FROM sqlite_master WHERE type='index'"
+                                      " AND name LIKE 'tasks%'")}
+    assert {"tasks_status", "tasks_script", "tasks_source", "tasks_username"} \
+        .isdisjoint(indexes)
+    assert st.due_times() == {"d1": clock.now - 10, "d2": clock.now - 10}
+    assert st.claim_next("d2", clock.now)["id"] == 5         # d1 still has one running
+    assert sorted(st.recover_interrupted()) == [2, 5]
+    assert_counts_match(st)
+
+
+# ---------------------------------------------------------------------------
+# a running task's log and progress wait in memory for the next write
+# ---------------------------------------------------------------------------
+
+def on_disk(db_path, sql, params=()):
+    """What another process would read from the file."""
+    raw = sqlite3.connect(str(db_path))
+    try:
+        return raw.execute(sql, params).fetchall()
+    finally:
+        raw.close()
+
+
+def disk_log(db_path, task_id):
+    return [r[0] for r in on_disk(db_path, "SELECT line FROM task_log WHERE task_id=?"
+                                           " ORDER BY id", (task_id,))]
+
+
+def claimed_task(st, serial="d1"):
+    [task_id] = st.create_tasks([new(serial)])
+    assert st.claim_next(serial, T0 + 1)["id"] == task_id
+    return task_id
+
+
+def test_running_task_log_and_progress_are_read_from_memory(st, db_path):
+    task_id = claimed_task(st)
+    st.add_log(task_id, "started")
+    st.set_progress(task_id, 40, "halfway")
+    st.add_log(task_id, "40% halfway")
+    assert disk_log(db_path, task_id) == []                     # nothing written yet
+    assert on_disk(db_path, "SELECT progress, message FROM tasks WHERE id=?",
+                   (task_id,)) == [(0, "")]
+    assert [r["line"] for r in st.task_log(task_id)] == ["started", "40% halfway"]
+    assert (st.get_task(task_id)["progress"], st.get_task(task_id)["message"]) == \
+        (40, "halfway")
+    [listed], _ = st.list_tasks()
+    assert (listed["progress"], listed["message"]) == (40, "halfway")
+    assert tml.task_to_json(listed)["progress"] == 40
+
+
+def test_any_write_flushes_the_running_tasks(st, db_path):
+    task_id = claimed_task(st)
+    st.add_log(task_id, "one")
+    st.set_progress(task_id, 10, "ten")
+    st.create_tasks([new("d9")])                                # someone else's write
+    assert disk_log(db_path, task_id) == ["one"]
+    assert on_disk(db_path, "SELECT progress, message FROM tasks WHERE id=?",
+                   (task_id,)) == [(10, "ten")]
+    assert [r["line"] for r in st.task_log(task_id)] == ["one"]  # not twice
+
+
+@pytest.mark.parametrize("end", ["completed", "failed", "stopped", "interrupted",
+                                 "deleted", "retrying"])
+def test_every_end_of_a_running_task_keeps_its_log(st, db_path, end):
+    task_id = claimed_task(st)
+    st.add_log(task_id, "started on d1")
+    st.set_progress(task_id, 70, "almost")
+    if end == "completed":
+        assert st.finish(task_id, ok=True) == "completed"
+    elif end == "failed":
+        assert st.finish(task_id, ok=False, error="boom") == "failed"
+    elif end == "stopped":
+        assert st.finish(task_id, ok=False, error=tml.STOPPED_BY_USER,
+                         allow_auto_retry=False) == "failed"
+    elif end == "interrupted":
+        assert st.recover_interrupted() == [task_id]
+    elif end == "retrying":
+        with st.write() as conn:
+            conn.execute("UPDATE tasks SET auto_retry=1 WHERE id=?", (task_id,))
+        assert st.finish(task_id, ok=False, error="flaky") == "retrying"
+    else:
+        assert st.delete_task(task_id)
+        assert disk_log(db_path, task_id) == []                 # gone with its task
+        assert st.task_log(task_id) == []
+        return
+    assert disk_log(db_path, task_id)[0] == "started on d1"
+    if end != "completed":
+        assert on_disk(db_path, "SELECT progress FROM tasks WHERE id=?",
+                       (task_id,)) == [(70,)]
+    # after its end a task's lines go straight to the file
+    st.add_log(task_id, "after the end")
+    assert disk_log(db_path, task_id)[-1] == "after the end"
+    assert st._live == {}
+
+
+def test_a_rolled_back_write_keeps_the_lines_for_the_next(st, db_path):
+    task_id = claimed_task(st)
+    st.add_log(task_id, "kept")
+    with pytest.raises(RuntimeError):
+        with st.write():
+            raise RuntimeError("the write fails")
+    assert [r["line"] for r in st.task_log(task_id)] == ["kept"]
+    st.finish(task_id, ok=True)
+    assert disk_log(db_path, task_id) == ["kept"]
+
+
+def test_a_chatty_task_writes_every_hundred_lines(st, db_path):
+    task_id = claimed_task(st)
+    for n in range(tml.MAX_BUFFERED_LINES + 5):
+        st.add_log(task_id, f"line {n}")
+    assert len(disk_log(db_path, task_id)) == tml.MAX_BUFFERED_LINES
+    assert len(st.task_log(task_id)) == tml.MAX_BUFFERED_LINES + 5
+
+
+def test_lines_logged_during_reads_and_writes_are_seen_once(st):
+    """A runner thread logs while another thread writes and a third reads the log: the
+    reader sees every line so far exactly once, in order."""
+    task_id = claimed_task(st)
+    stop = threading.Event()
+    seen_bad = []
+
+    def logger(index):
+        if index == 0:
+            for n in range(300):
+                st.add_log(task_id, f"{n}")
+            stop.set()
+        elif index == 1:
+            while not stop.is_set():
+                st.create_tasks([new("d2")])
+        else:
+            while not stop.is_set():
+                lines = [int(r["line"]) for r in st.task_log(task_id)]
+                if lines != list(range(len(lines))):
+                    seen_bad.append(lines)
+
+    assert run_threads(3, logger) == []
+    assert seen_bad == []
+    st.finish(task_id, ok=True)
+    assert [r["line"] for r in st.task_log(task_id)] == [str(n) for n in range(300)]
+
+
+# ---------------------------------------------------------------------------
+# counters, devices, the WAL
+# ---------------------------------------------------------------------------
+
+def assert_counts_match(st):
+    real = {tuple(r) for r in st.query(
+        "SELECT serial, script_name, source, COALESCE(username, ''), status, COUNT(*)"
+        " FROM tasks GROUP BY 1, 2, 3, 4, 5")}
+    kept = {tuple(r) for r in st.query("SELECT * FROM task_counts WHERE n != 0")}
+    assert kept == real
+    by_status = dict(st.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+    stats = st.stats()
+    assert stats["total"] == sum(by_status.values())
+    for status, name in tml.STATUS_TEXT.items():
+        assert stats[name] == by_status.get(status, 0)
+
+
+PHONES = ("d1", "d2", "d3")
+
+
+def brute_force_due_times(st):
+    """The due time of every phone by one plain query over all its pending tasks."""
+    return dict(st.query(
+        "SELECT t.serial, MIN(MAX(t.start_time, COALESCE(d.last_task_end, 0) +"
+        " t.rest_seconds)) FROM tasks t LEFT JOIN devices d ON d.serial = t.serial"
+        " WHERE t.status=0 AND t.external = 0 GROUP BY t.serial"))
+
+
+@settings(max_examples=60, deadline=None)
+@given(hs.lists(hs.tuples(hs.sampled_from(PHONES), hs.integers(-2, 2),
+                          hs.integers(0, 50), hs.integers(0, 30), hs.booleans(),
+                          hs.sampled_from([None, 20, 60])), max_size=25),
+       hs.lists(hs.tuples(hs.sampled_from(["claim", "finish", "other_connection",
+                                           "expire", "worker", "lease", "create",
+                                           "create_external"]),
+                          hs.sampled_from(PHONES)), max_size=10))
+def test_due_times_equal_a_plain_query(tasks, events):
+    """The cached, per-phone due times against one query over every pending task, with
+    priorities, start times and rests mixed, after claims, ends and foreign writes;
+    workers' (external) tasks naming a phone are never in its due time, expiries and
+    lease expiries keep the due times and the counters right."""
+    with tempfile.TemporaryDirectory() as folder:
+        clock = FakeClock(T0)
+        path = Path(folder) / "due.db"
+        st, other = tml.Store(path, clock), tml.Store(path, clock)
+        try:
+            for serial in PHONES:
+                st.upsert_device(serial, state="device")
+            st.create_tasks([new(serial, priority=p, start_time=T0 + start,
+                                 rest_seconds=rest, external=external,
+                                 expire_at=expiry and T0 + expiry)
+                             for serial, p, start, rest, external, expiry in tasks])
+            assert st.due_times() == brute_force_due_times(st)
+            for event, serial in events:
+                clock.advance(7)
+                if event == "claim":
+                    st.claim_next(serial, clock.now)
+                elif event == "finish":
+                    running = st.query_one("SELECT id FROM tasks WHERE serial=? AND"
+                                           " status=1", (serial,))
+                    if running:
+                        st.finish(running[0], ok=True)
+                elif event == "expire":
+                    st.expire_pending(clock.now)
+                elif event == "worker":
+                    st.worker_claim("w1", ["echo"], 10, clock.now)
+                elif event == "lease":
+                    st.expire_leases(clock.now)
+                elif event.startswith("create"):
+                    st.create_tasks([new(serial, start_time=clock.now - 1, priority=3,
+                                         external=event == "create_external")])
+                else:
+                    other.create_tasks([new(serial, start_time=clock.now + 3)])
+                assert st.due_times() == brute_force_due_times(st)
+                assert_counts_match(st)
+        finally:
+            st.close()
+            other.close()
+
+
+def test_unchanged_device_refresh_writes_nothing(st, clock):
+    st.upsert_device("d1", state="device", model="Pixel", battery=80, last_seen=clock.now)
+    changes = st._writer.total_changes
+    clock.advance(tml.LAST_SEEN_PRECISION / 2)
+    st.upsert_device("d1", model="Pixel", battery=80, last_seen=clock.now)
+    assert st._writer.total_changes == changes
+    st.upsert_device("d1", battery=79, last_seen=clock.now)
+    assert st.get_device("d1")["battery"] == 79
+    clock.advance(tml.LAST_SEEN_PRECISION)
+    st.upsert_device("d1", last_seen=clock.now)
+    assert st.get_device("d1")["last_seen"] == clock.now
+
+
+def test_new_databases_use_small_pages(st):
+    assert st.query_one("PRAGMA page_size")[0] == tml.PAGE_SIZE
+
+
+def test_a_big_old_file_keeps_its_pages(db_path, clock, monkeypatch, open_store):
+    make_schema_1_database(db_path, clock)
+    monkeypatch.setattr(tml, "ADOPT_PAGE_SIZE_UP_TO", 1024)
+    st = open_store()
+    assert st.query_one("PRAGMA page_size")[0] == 4096
+    assert st.stats()["total"] == 6
+
+
+def test_the_wal_stays_bounded(db_path, clock, monkeypatch):
+    monkeypatch.setattr(tml, "WAL_AUTOCHECKPOINT", 50)
+    monkeypatch.setattr(tml, "JOURNAL_SIZE_LIMIT", 64 * 1024)
+    st = tml.Store(db_path, clock)
+    try:
+        wal = db_path.with_name(db_path.name + "-wal")
+        frame = tml.PAGE_SIZE + 24
+        sizes = []
+        for n in range(600):
+            st.create_tasks([new(f"d{n % 7}")])
+            sizes.append(wal.stat().st_size)
+        # each commit adds a few frames past the checkpoint threshold at most
+        assert max(sizes) <= 32 + (tml.WAL_AUTOCHECKPOINT + 20) * frame
+        assert st.stats()["total"] == 600
+    finally:
+        st.close()
+
+
+SERIALS, SCRIPTS, USERS = ("d1", "d2", "d3"), ("echo", "follow"), (None, "alice", "bob")
+operation = hs.one_of(
+    hs.tuples(hs.just("create"), hs.lists(hs.tuples(hs.sampled_from(SERIALS),
+                                                    hs.sampled_from(SCRIPTS),
+                                                    hs.sampled_from(("api", "ui")),
+                                                    hs.sampled_from(USERS),
+                                                    hs.booleans()), min_size=1, max_size=4)),
+    hs.tuples(hs.just("claim"), hs.sampled_from(SERIALS)),
+    hs.tuples(hs.sampled_from(["complete", "fail", "stop", "cancel", "retry", "delete"]),
+              hs.integers(1, 30)),
+    hs.tuples(hs.sampled_from(["retry_all", "recover", "clear_completed", "clear_failed"]),
+              hs.none()),
+)
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(hs.lists(operation, max_size=40))
+def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops):
+    clock = FakeClock(T0)
+    st = tml.Store(tmp_path_factory.mktemp("counts") / "c.db", clock)
+    try:
+        for name, arg in ops:
+            if name == "create":
+                st.create_tasks([new(serial, script_name=script, source=source,
+                                     username=user, auto_retry=auto)
+                                 for serial, script, source, user, auto in arg])
+            elif name == "claim":
+                st.claim_next(arg, clock.now + 3600)
+            elif name in ("complete", "fail", "stop"):
+                st.finish(arg, ok=name == "complete", error=name,
+                          allow_auto_retry=name != "stop")
+            elif name == "cancel":
+                st.cancel_pending(arg)
+            elif name == "retry":
+                st.retry(arg)
+            elif name == "delete":
+                st.delete_task(arg)
+            elif name == "retry_all":
+                st.retry_all()
+            elif name == "recover":
+                st.recover_interrupted()
+            else:
+                st.clear([tml.COMPLETED if name == "clear_completed" else tml.FAILED])
+            clock.advance(1)
+        assert_counts_match(st)
+        assert st.due_times() == brute_force_due_times(st)
+        for serial in SERIALS:
+            for user in USERS[1:]:
+                for statuses in ([], [tml.PENDING], [tml.COMPLETED, tml.FAILED]):
+                    _, total = st.list_tasks(serial=serial, username=user,
+                                             statuses=statuses)
+                    marks = ",".join(map(str, statuses or range(4)))
+                    assert total == st.query_one(
+                        f"SELECT COUNT(*) FROM tasks WHERE serial=? AND username=? AND"
+                        f" status IN ({marks})", (serial, user))[0]
+        for statuses in ([0], [1], [2], [3], [0, 1], [2, 3]):
+            for serial in (None, "d2"):
+                found, total = st.list_tasks(statuses=statuses, serial=serial, page_size=5,
+                                             created_from=T0 + 3 if serial else None)
+                marks = ",".join(map(str, statuses))
+                plain = [r[0] for r in st.query(
+                    f"SELECT id FROM tasks NOT INDEXED WHERE status IN ({marks}) AND"
+                    f" (? IS NULL OR serial = ? AND created_at >= ?) ORDER BY id DESC",
+                    (serial, serial, T0 + 3))]
+                assert [r["id"] for r in found] == plain[:5] and total == len(plain)
+        _, total = st.list_tasks(created_from=T0 + 5, created_to=T0 + 20, serial="d1")
+        assert total == st.query_one("SELECT COUNT(*) FROM tasks WHERE serial='d1' AND"
+                                     " created_at BETWEEN ? AND ?", (T0 + 5, T0 + 20))[0]
+    finally:
+        st.close()
+
+
+def test_closing_the_store_writes_what_waits_in_memory(open_store, db_path):
+    st = open_store()
+    task_id = claimed_task(st)
+    st.add_log(task_id, "last words")
+    st.set_progress(task_id, 30, "a third")
+    st.close()
+    assert disk_log(db_path, task_id) == ["last words"]
+    assert on_disk(db_path, "SELECT progress FROM tasks WHERE id=?", (task_id,)) == [(30,)]
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_claim_returns_the_running_row_with_or_without_returning(st, monkeypatch,
+                                                                 returning):
+    if returning and not tml.SQLITE_HAS_RETURNING:
+        pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
+    first, second = st.create_tasks([new("d1"), new("d1")])
+    row = st.claim_next("d1", T0 + 5)
+    assert (row["id"], row["status"], row["started_at"]) == (first, tml.RUNNING, T0 + 5)
+    assert dict(row) == dict(st.get_task(first))
+    assert st.claim_next("d1", T0 + 6) is None               # one running per device
+    assert st.get_task(second)["status"] == tml.PENDING
+
+
+def test_migrations_keep_the_tasks_of_a_version_1_database(tmp_path):
+    """A box upgraded in place: its tasks survive, the new columns take their defaults."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(str(path))
+    for statement in tml._split_sql(tml.MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version=1")
+    conn.execute("INSERT INTO tasks (serial, script_name, script_config, status, start_time,"
+                 " created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    conn.commit()
+    conn.close()
+    store = tml.Store(path)
+    try:
+        assert store.schema_version() == len(tml.MIGRATIONS) >= 2
+        row = store.get_task(1)
+        assert row["status"] == tml.RUNNING and row["external"] == 0
+        assert row["callback_url"] is None and row["creator"] is None
+        with store.write() as w:                       # the per-phone rule still holds
+            with pytest.raises(sqlite3.IntegrityError):
+                w.execute("INSERT INTO tasks (serial, script_name, script_config, status,"
+                          " start_time, created_at) VALUES ('d1', 'echo', '{}', 1, 1, 1)")
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 9's store with issue 10's operations
+# ---------------------------------------------------------------------------
+
+def test_workers_tasks_are_listed_and_counted_but_are_no_phones(st, clock):
+    """An external task naming a phone shows in GET /task by status and in the counts,
+    but is not the phone's running task, pending task or due time."""
+    st.upsert_device("d1", state="device")
+    phone, worker = st.create_tasks([new("d1", start_time=T0 + 50),
+                                     new("d1", external=True, start_time=T0)])
+    assert st.due_times() == {"d1": T0 + 50}
+    assert {r["id"] for r in st.list_tasks(statuses=[tml.PENDING])[0]} == {phone, worker}
+    assert st.worker_claim("w1", ["echo"], 30, T0 + 1)["id"] == worker
+    assert [r["id"] for r in st.list_tasks(statuses=[tml.RUNNING])[0]] == [worker]
+    assert st.running_count() == 1
+    device = st.list_devices()[0]
+    assert (device["running_task_id"], device["pending_count"]) == (None, 1)
+    assert st.claim_next("d1", T0 + 50)["id"] == phone        # the phone is not busy
+    assert st.list_devices()[0]["running_task_id"] == phone
+    assert_counts_match(st)
+
+
+def test_lease_and_expiry_ends_keep_the_counters_and_due_times(st, clock):
+    st.upsert_device("d1", state="device")
+    soon, later = st.create_tasks([new("d1", start_time=T0 + 10, expire_at=T0 + 5),
+                                   new("d1", start_time=T0 + 20)])
+    worker = st.create_tasks([new("", external=True, max_retry_count=0)])[0]
+    assert st.due_times() == {"d1": T0 + 10}
+    st.worker_claim("w1", ["echo"], 30, T0)
+    assert st.expire_pending(T0 + 6) == [soon]
+    assert st.due_times() == {"d1": T0 + 20}
+    assert st.expire_leases(T0 + 31) == [(worker, "failed")]
+    assert st.stats() == {"total": 3, "pending": 1, "running": 0, "completed": 0,
+                          "failed": 2}
+    assert st.list_tasks(statuses=[tml.FAILED])[1] == 2
+    assert_counts_match(st)
+
+
+@pytest.mark.parametrize("returning", [True, False])
+def test_the_gate_holds_back_with_or_without_returning(st, monkeypatch, returning):
+    """The claim by UPDATE ... RETURNING still asks the account gate, once per account
+    and script; a held-back task gets the reason as its message and stays pending."""
+    if returning and not tml.SQLITE_HAS_RETURNING:
+        pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
+    held, held_too, free = st.create_tasks([
+        new("d1", username="alice", priority=2), new("d1", username="alice", priority=1),
+        new("d1", username="bob")])
+    asked = []
+
+    def gate(row, now):
+        asked.append(row["username"])
+        return "alice: outside active hours" if row["username"] == "alice" else None
+
+    row = st.claim_next("d1", T0 + 5, gate)
+    assert (row["id"], row["status"]) == (free, tml.RUNNING)
+    assert asked == ["alice", "bob"]
+    for task_id in (held, held_too):
+        task = st.get_task(task_id)
+        assert (task["status"], task["message"]) == (tml.PENDING,
+                                                    "alice: outside active hours")
+    assert_counts_match(st)
+
+
+def test_task_to_json_shows_the_operations_columns_from_a_row_or_a_live_dict(st, clock):
+    task_id = st.create_tasks([new("d1", callback_url="http://127.0.0.1:9/cb",
+                                   expire_at=T0 + 60, timeout=30, schedule_id=4,
+                                   creator="ops")])[0]
+    shown = tml.task_to_json(st.get_task(task_id))
+    assert {k: shown[k] for k in ("callback_url", "expire_at", "timeout", "schedule_id",
+                                  "creator", "worker_id", "lease_until")} == {
+        "callback_url": "http://127.0.0.1:9/cb", "expire_at": tml.format_time(T0 + 60),
+        "timeout": 30, "schedule_id": 4, "creator": "ops", "worker_id": None,
+        "lease_until": None}
+    st.claim_next("d1", T0 + 1)
+    st.set_progress(task_id, 40, "half")                 # in memory: get_task gives a dict
+    live = st.get_task(task_id)
+    assert isinstance(live, dict)
+    assert tml.task_to_json(live) == dict(shown, status=1, status_text="running",
+                                          started_at=tml.format_time(T0 + 1),
+                                          progress=40, message="half")
+    assert st.list_tasks(creator="ops") == ([live], 1)
+    assert st.list_tasks(creator="nobody") == ([], 0)
+
+
+# ---------------------------------------------------------------------------
+# issue 8's split moves call issue 10's task-end hooks once, after the commit
+# ---------------------------------------------------------------------------
+
+def test_every_final_move_calls_the_task_end_hooks_after_its_commit(st, db_path):
+    seen = []
+    st.on_task_end.append(lambda task_id, outcome: seen.append(
+        (task_id, outcome, on_disk(db_path, "SELECT status FROM tasks WHERE id=?",
+                                   (task_id,))[0][0])))
+    done, failed, stopped = claimed_task(st, "d1"), claimed_task(st, "d2"), \
+        claimed_task(st, "d3")
+    [pending] = st.create_tasks([new("d4")])
+    with st.write():                  # one outer transaction: nothing is told inside it
+        assert st.finish(done, ok=True, result={"n": 1}) == "completed"
+        assert st.fail(failed, "broke")
+        assert seen == []
+    assert st.stop(stopped, result={"partial": 1})
+    assert st.cancel_pending(pending)
+    # each hook saw its task's end already on disk (another connection's view)
+    assert seen == [(done, "completed", tml.COMPLETED), (failed, "failed", tml.FAILED),
+                    (stopped, "failed", tml.FAILED), (pending, "failed", tml.FAILED)]
+    assert st.get_task(stopped)["result"] == '{"partial": 1}'
+    assert st.get_task(stopped)["message"] == tml.STOPPED_BY_USER
+    with pytest.raises(RuntimeError):
+        with st.write():
+            [again] = st.create_tasks([new("d5")])
+            st.claim_next("d5", T0 + 1)
+            st.complete(again)
+            raise RuntimeError("rolled back")
+    assert len(seen) == 4             # a rolled-back end is never announced
+    assert_counts_match(st)
