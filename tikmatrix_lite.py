@@ -6820,7 +6820,9 @@ OPENAPI_SCHEMAS: Dict[str, Any] = {
         "status": {"type": "string", "enum": ["ok", "cooldown"]},
         "cooldown_until": _TIME,
         "counts": {"type": "object", "additionalProperties": True}}},
-    "TaskOrNull": {"nullable": True, "allOf": [{"$ref": "#/components/schemas/Task"}]},
+    # anyOf, not allOf: client generators (openapi-python-client) make a second copy of
+    # Task's inner models from a nullable allOf and give up on Task altogether
+    "TaskOrNull": {"nullable": True, "anyOf": [{"$ref": "#/components/schemas/Task"}]},
     "Schedule": {"type": "object", "properties": {
         "id": {"type": "integer"}, "name": {"type": "string"},
         "days": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 7}},
