@@ -2306,7 +2306,7 @@ NOT_API_SCRIPTS = frozenset({"like", "message", "super_marketing", "profile", "s
 PARAM_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
                "list": (list,), "dict": (dict,)}
 PARAM_KEYS = {"type", "default", "choices", "min", "max", "required", "description",
-              "items", "min_length", "max_length", "max_items", "pattern"}
+              "items", "min_length", "max_length", "max_items", "pattern", "nullable"}
 #: The range of an sqlite INTEGER: a larger whole number is refused, never overflows.
 INT64 = (-2 ** 63, 2 ** 63 - 1)
 PLATFORM_NAMES = ("tiktok", "instagram")
@@ -2377,12 +2377,16 @@ def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix:
     """The one validation of script parameters, request bodies and queries.
 
     Returns the declared fields, checked, with defaults filled in (a null counts as
-    absent). ``switches`` lets 0/1 stand for false/true, as TikMatrix clients send in
-    script configs; API bodies want real booleans.
+    absent, except in a ``nullable`` field, where it is kept: "clear this"). ``switches``
+    lets 0/1 stand for false/true, as TikMatrix clients send in script configs; API
+    bodies want real booleans.
     """
     out: Dict[str, Any] = {}
     for name, decl in decls.items():
         where = prefix + name
+        if name in data and data[name] is None and decl.get("nullable"):
+            out[name] = None
+            continue
         if data.get(name) is None:
             if decl.get("required"):
                 raise BadRequest(where, "is required")
@@ -5720,10 +5724,12 @@ ACCOUNT_FIELDS = {
                 "description": "an Android package name (default: the platform's app)"},
     "enabled": {"type": "bool"},
     # account safety (SPEC 8.1)
-    "limits": {"type": "dict", "description": "action -> {per_hour, per_day}; actions: "
-                                              + ", ".join(LIMITED_ACTIONS)},
+    "limits": {"type": "dict", "nullable": True,
+               "description": "action -> {per_hour, per_day}; actions: "
+                              + ", ".join(LIMITED_ACTIONS) + "; null: no limit"},
     "active_hours": {"type": "str", "max_length": 11, "pattern": ACTIVE_HOURS_RE.pattern,
-                     "description": "HH:MM-HH:MM, box local time"},
+                     "nullable": True, "description": "HH:MM-HH:MM, box local time; "
+                                                      "null: any time"},
     "cooldown_hours": {"type": "float", "min": 0, "max": 720,
                        "description": "rest after a block screen (default 24)"},
 }
@@ -6621,8 +6627,8 @@ def account_safety_fields(body: Dict[str, Any], row: Optional[sqlite3.Row]
     """limits, active_hours and cooldown_hours of a checked account body (SPEC 8.1);
     fields not sent keep the row's values."""
     limits = _load_json(row["limits"]) if row is not None else None
-    if body.get("limits") is not None:
-        limits = body["limits"]
+    if "limits" in body:                        # null clears them
+        limits = body["limits"] or {}
         for action, limit in limits.items():
             where = f"limits.{action}"
             if action not in LIMITED_ACTIONS:
@@ -6634,7 +6640,8 @@ def account_safety_fields(body: Dict[str, Any], row: Optional[sqlite3.Row]
                         or not 0 <= value <= 100_000:
                     raise BadRequest(f"{where}.{key}", f"is not a whole number 0-100000: "
                                                        f"{value!r}")
-    hours = body.get("active_hours") or (row["active_hours"] if row is not None else None)
+    hours = body["active_hours"] if "active_hours" in body else \
+        (row["active_hours"] if row is not None else None)
     cooldown = body.get("cooldown_hours")
     if cooldown is None:
         cooldown = row["cooldown_hours"] if row is not None else DEFAULT_COOLDOWN_HOURS
@@ -6658,6 +6665,8 @@ def openapi_schema(decl: Dict[str, Any]) -> Dict[str, Any]:
         return {"anyOf": [openapi_schema({**decl, "type": t}) for t in types]}
     kind = types[0]
     out: Dict[str, Any] = {"type": _OPENAPI_TYPES[kind]}
+    if decl.get("nullable"):
+        out["nullable"] = True
     if kind == "int":
         out["format"] = "int64"
     for key, name in (("description", "description"), ("choices", "enum"),

@@ -1291,3 +1291,16 @@ def test_custom_allow_from(make_app, make_config, make_client):
     for remote in ("127.0.0.1", "10.2.0.1", "::1", "192.168.1.1"):
         err(make_client(application, remote).get(API + "/health", expect_errors=True),
             40301)
+
+
+def test_null_clears_an_accounts_limits_and_active_hours(http, add_account):
+    """SPEC 8.1: absent limits or hours mean none; a PUT with null clears them, a PUT
+    without the field keeps them."""
+    add_account("shop_a", "R1")
+    body = {"limits": {"follow": {"per_day": 30}}, "active_hours": "09:00-18:00"}
+    data = ok(http.put("/account/shop_a", body))
+    assert data["limits"] == {"follow": {"per_day": 30}} and data["active_hours"] == "09:00-18:00"
+    kept = ok(http.put("/account/shop_a", {"enabled": True}))
+    assert kept["limits"] == {"follow": {"per_day": 30}} and kept["active_hours"] == "09:00-18:00"
+    cleared = ok(http.put("/account/shop_a", {"limits": None, "active_hours": None}))
+    assert cleared["limits"] is None and cleared["active_hours"] is None
