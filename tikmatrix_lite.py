@@ -4473,7 +4473,54 @@ def remove_artifacts(artifacts_dir: Path, task_id: int) -> None:
 # Scheduler ###################################################################
 ###############################################################################
 
-class Scheduler:
+class WakeLoop:
+    """A thread that does a round whenever it is woken, else sleeps until the time the
+    last round said it next has work: the scheduler's and the webhook deliveries' one
+    way of waiting, so neither polls. A subclass gives ``round() -> next time or None``.
+    """
+
+    def __init__(self, name: str, clock: Callable[[], float]):
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def round(self) -> Optional[float]:
+        raise NotImplementedError
+
+    def wake(self, *_: Any) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+
+    def stop(self, join_timeout: float = 5) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout=join_timeout)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                if self._stopping:
+                    return
+                self._dirty = False
+            try:
+                next_due = self.round()
+            except Exception:
+                log.exception("%s round failed", self._thread.name)
+                next_due = self.clock() + 5
+            with self._cond:
+                if self._stopping:
+                    return
+                if not self._dirty:
+                    timeout = None if next_due is None else max(0.0, next_due - self.clock())
+                    self._cond.wait(timeout)
+
+
+class Scheduler(WakeLoop):
     """Starts due tasks on free, online phones; sleeps until something can change.
 
     It waits on a condition that is notified by every event that may make a task
@@ -4489,34 +4536,24 @@ class Scheduler:
     def __init__(self, store: Store, devices: Optional[DeviceManager],
                  runner: Optional[Runner], max_running: int = 0,
                  clock: Callable[[], float] = time.time):
+        super().__init__("scheduler", clock)
         self.store = store
         self.devices = devices
         self.runner = runner
         self.max_running = max_running
-        self.clock = clock
         #: (now) -> next time it has work, run before tasks are started
         self.chores: List[Callable[[float], Optional[float]]] = []
         #: the same, run after (the account gate's wake-ups are known only then)
         self.late_chores: List[Callable[[float], Optional[float]]] = []
-        self._cond = threading.Condition()
-        self._dirty = True
-        self._stopping = False
-        self._thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
-
-    def wake(self, *_: Any) -> None:
-        with self._cond:
-            self._dirty = True
-            self._cond.notify()
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+    def round(self) -> Optional[float]:
+        started, next_due = self.tick()
+        log.debug("scheduler: started %s; next wake %s", started or "nothing",
+                  format_time(next_due) or "on an event")
+        return next_due
 
     def tick(self, now: Optional[float] = None) -> Tuple[List[int], Optional[float]]:
         """Start what is due now; returns (started task ids, next time something is due)."""
@@ -4557,25 +4594,6 @@ class Scheduler:
                     return row["id"]
         return None
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._dirty = False
-            try:
-                started, next_due = self.tick()
-                log.debug("scheduler: started %s; next wake %s", started or "nothing",
-                          format_time(next_due) or "on an event")
-            except Exception:
-                log.exception("scheduler round failed")
-                next_due = self.clock() + 5
-            with self._cond:
-                if self._stopping:
-                    return
-                if not self._dirty:
-                    timeout = None if next_due is None else max(0.0, next_due - self.clock())
-                    self._cond.wait(timeout)
 
 
 class _Started(list):
@@ -4602,7 +4620,7 @@ WEBHOOK_BACKOFF = (1, 10, 60, 600)
 WEBHOOK_TIMEOUT = 5.0
 
 
-class Webhooks:
+class Webhooks(WakeLoop):
     """Webhook deliveries: rows in the store, sent by one thread of their own.
 
     Whoever has news (a runner, a request, the device watcher) only inserts rows and
@@ -4612,15 +4630,12 @@ class Webhooks:
 
     def __init__(self, store: Store, urls: Sequence[str], secret: Optional[str],
                  clock: Callable[[], float] = time.time, timeout: float = WEBHOOK_TIMEOUT):
+        super().__init__("webhooks", clock)
         self.store, self.urls, self.secret = store, list(urls), secret
-        self.clock, self.timeout = clock, timeout
+        self.timeout = timeout
         #: called with each try's outcome ("delivered", "retrying", "failed"): metrics
         self.on_outcome: Callable[[str], None] = lambda outcome: None
-        self._cond = threading.Condition()
-        self._dirty = False
-        self._stopping = False
         self._started = False                  # start() was called: the thread may run
-        self._thread = threading.Thread(target=self._loop, name="webhooks", daemon=True)
 
     def send(self, event: str, subject: str, payload: Dict[str, Any],
              extra_urls: Sequence[str] = ()) -> None:
@@ -4685,10 +4700,9 @@ class Webhooks:
         except Exception as exc:
             return f"error: {exc or type(exc).__name__}"[:200]
 
-    def wake(self) -> None:
+    def wake(self, *_: Any) -> None:
+        super().wake()
         with self._cond:
-            self._dirty = True
-            self._cond.notify()
             self._run_thread()
 
     def start(self) -> None:
@@ -4703,31 +4717,12 @@ class Webhooks:
         if self._started and not self._stopping and self._thread.ident is None:
             self._thread.start()
 
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout=self.timeout + 1)
+    def stop(self, join_timeout: Optional[float] = None) -> None:
+        super().stop(self.timeout + 1 if join_timeout is None else join_timeout)
 
-    def _loop(self) -> None:
-        while True:
-            with self._cond:
-                if self._stopping:
-                    return
-                self._dirty = False
-            try:
-                self.deliver_due()
-                next_try = self.store.next_delivery_time()
-            except Exception:
-                log.exception("webhook round failed")
-                next_try = self.clock() + 5
-            with self._cond:
-                if self._stopping:
-                    return
-                if not self._dirty:
-                    wait = None if next_try is None else max(0.0, next_try - self.clock())
-                    self._cond.wait(wait)
+    def round(self) -> Optional[float]:
+        self.deliver_due()
+        return self.store.next_delivery_time()
 
 
 #: the action a completed task of a script counts as (SPEC 8.1)
