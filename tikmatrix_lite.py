@@ -5208,6 +5208,9 @@ class TaskOps:
             raise BadRequest("serials", "give serials or usernames, not both")
         if not fields.get("serials") and not fields.get("usernames") and not external:
             raise BadRequest("serials", "give a non-empty serials or usernames array")
+        if external and fields.get("timeout"):   # never accepted and then ignored
+            raise BadRequest("timeout", f"{name} runs on an external worker, whose lease "
+                                        f"(lease_seconds of /worker/next) bounds it instead")
         now = self.store.clock()
         start, start_note = start_time_of(fields["start_time"], now)
         extras = task_end_fields(fields, now)

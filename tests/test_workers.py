@@ -143,6 +143,17 @@ def test_external_tasks_need_no_phone_and_runners_never_start_them(api):
     assert store.running_count() == 2                  # two external tasks run at once
 
 
+def test_a_timeout_on_an_external_task_is_refused_not_ignored(api):
+    """SPEC 8.3's timeout stops a phone's script; a worker's task is bounded by its lease."""
+    _, client, _ = api
+    reply = client.post_json(f"{API}/task", {"script_name": "ext_job", "script_config":
+                                             {"size": 3}, "timeout": 60},
+                             expect_errors=True).json
+    assert reply["code"] == 40001 and reply["message"].startswith("timeout: ext_job runs on "
+                                                                  "an external worker")
+    assert client.get(f"{API}/task/stats").json["data"]["total"] == 0
+
+
 @pytest.mark.parametrize("body, field", [
     ({"script_names": ["ext_job"]}, "worker_id"),
     ({"worker_id": "w"}, "script_names"),
