@@ -5669,9 +5669,6 @@ class Server:
             raise Unavailable(f"device {serial}: no screenshot ({exc})") from None
 
 
-#: the name callers and tests have always used
-Lite = Server
-
 
 def _lock_database(db: Path):
     """Hold an exclusive lock beside the database for the life of the server."""

@@ -83,7 +83,7 @@ def make_app():
         kwargs = {"with_devices": False}
         if clock is not None:
             kwargs["clock"] = clock
-        lite = tikmatrix_lite.Lite(config, **kwargs)
+        lite = tikmatrix_lite.Server(config, **kwargs)
         made.append(lite)
         return tikmatrix_lite.create_app(config, lite)
 

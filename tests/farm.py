@@ -56,12 +56,12 @@ class Farm:
         self.config = lite_module.Config(
             db=tmp_path / "farm.db", scripts=scripts,
             adb_servers=[f"127.0.0.1:{adb.port}"], **config)
-        self.lite: Optional[lite_module.Lite] = None
+        self.lite: Optional[lite_module.Server] = None
         self.phones: List[SimDevice] = []
 
     def start(self) -> "Farm":
         kwargs = {"clock": self.clock} if self.clock else {}
-        self.lite = lite_module.Lite(self.config, **kwargs)
+        self.lite = lite_module.Server(self.config, **kwargs)
         self.lite.runner.heartbeat = 1.0
         self.lite.start()
         self.app = lite_module.create_app(self.config, self.lite)

@@ -36,11 +36,11 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def serve(config: lite_module.Config, lite: Optional[lite_module.Lite] = None,
+def serve(config: lite_module.Config, lite: Optional[lite_module.Server] = None,
           **lite_kwargs) -> Iterator[LiveServer]:
     config.host, config.port = "127.0.0.1", 0
     own = lite is None
-    lite = lite or lite_module.Lite(config, **lite_kwargs)
+    lite = lite or lite_module.Server(config, **lite_kwargs)
     server = lite_module.make_server(config, lite)
     thread = threading.Thread(target=server.run, name="test-waitress", daemon=True)
     thread.start()

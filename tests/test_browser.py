@@ -54,7 +54,7 @@ def farm(tmp_path_factory, adb, sim):
         shutil.copy(path, scripts / path.name)
     config = tl.Config(db=tmp / "farm.db", scripts=scripts,
                        adb_servers=[f"127.0.0.1:{adb.port}"], screen_fps=8)
-    lite = tl.Lite(config)
+    lite = tl.Server(config)
     lite.runner.heartbeat = 1.0
     lite.start()
     with serve(config, lite) as server:

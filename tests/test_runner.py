@@ -144,7 +144,7 @@ def test_the_phone_gets_its_own_keyboard_back_even_after_a_failure(farm):
 
 def test_a_second_server_on_the_same_database_is_refused(farm):
     with pytest.raises(tml.ConfigError, match="in use by another TikMatrix Lite"):
-        tml.Lite(farm.config)
+        tml.Server(farm.config)
 
 
 def test_unicode_text_without_an_ime_fails_clearly(farm):

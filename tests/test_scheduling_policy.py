@@ -19,7 +19,7 @@ SCRIPTS = Path(__file__).resolve().parent / "fixtures" / "policy_scripts"
 def lite(tmp_path):
     clock = FakeClock()
     config = tml.Config(db=tmp_path / "p.db", scripts=SCRIPTS, adb_servers=["127.0.0.1:1"])
-    lite = tml.Lite(config, clock=clock)           # never started: no adb, no threads
+    lite = tml.Server(config, clock=clock)           # never started: no adb, no threads
     lite.clock = clock
     yield lite
     lite.close()

@@ -28,7 +28,7 @@ def serve(make_config, tmp_path):
             port = probe.getsockname()[1]
         config = make_config(host="127.0.0.1", port=port,
                              allow_from=[ipaddress.ip_network(a) for a in allow])
-        lite = tml.Lite(config, with_devices=False)
+        lite = tml.Server(config, with_devices=False)
         server = tml.make_server(config, lite)
         def run():
             with contextlib.suppress(OSError):      # select() on sockets closed below

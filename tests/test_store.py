@@ -139,7 +139,7 @@ def test_lite_refuses_a_newer_database(db_path, make_config):
     raw.commit()
     raw.close()
     with pytest.raises(tml.ConfigError, match="schema version"):
-        tml.Lite(make_config(db=db_path), with_devices=False)
+        tml.Server(make_config(db=db_path), with_devices=False)
 
 
 def test_create_tasks_is_all_or_nothing(st):

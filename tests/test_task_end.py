@@ -77,7 +77,7 @@ class LiveServer:
         kwargs = {"with_devices": False}
         if clock is not None:
             kwargs["clock"] = clock
-        self.lite = tml.Lite(config, **kwargs)
+        self.lite = tml.Server(config, **kwargs)
         config.port = 0
         self.server = tml.make_server(config, self.lite)
         self.lite.start()
@@ -433,11 +433,11 @@ def test_timeout_without_auto_retry_ends_failed_naming_the_timeout(farm):
 
 def test_deliveries_still_due_survive_a_restart(make_config, receiver):
     config = make_config(webhooks=[receiver.url + "/after"])
-    first = tml.Lite(config, with_devices=False)
+    first = tml.Server(config, with_devices=False)
     first.store.upsert_device("phone-1", state="device")
     _stop_new_task(first)                               # queued, never sent: no thread
     first.close()
-    again = tml.Lite(config, with_devices=False)
+    again = tml.Server(config, with_devices=False)
     try:
         again.start()                                   # its delivery thread sends it
         delivery = receiver.next()
@@ -448,7 +448,7 @@ def test_deliveries_still_due_survive_a_restart(make_config, receiver):
 
 
 def test_without_deliveries_the_delivery_thread_never_starts(make_config):
-    lite = tml.Lite(make_config(), with_devices=False)
+    lite = tml.Server(make_config(), with_devices=False)
     try:
         lite.start()
         lite.store.upsert_device("phone-1", state="device")

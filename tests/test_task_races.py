@@ -115,7 +115,7 @@ def test_a_delete_cannot_land_inside_a_retry(http):
 @pytest.fixture
 def lite(tmp_path):
     config = tml.Config(db=tmp_path / "r.db", scripts=SCRIPTS, adb_servers=["127.0.0.1:1"])
-    lite = tml.Lite(config, clock=FakeClock())       # never started: no adb needed
+    lite = tml.Server(config, clock=FakeClock())       # never started: no adb needed
     lite.store.upsert_device("p1", state="device")
     with lite.devices._lock:
         lite.devices._state["p1"] = ("device", lite.devices.links[0])
