@@ -108,7 +108,8 @@ def main():
                                  (args.baseline_rev, module_at(args.baseline_rev, folder))):
                 workdir = Path(folder) / name
                 workdir.mkdir()
-                server = servers[name] = Server(module, workdir, adb.port)
+                server = servers[name] = Server(workdir, adb.port, program=module,
+                                                db_name="wear.db")
                 until(server.answers, 30, "server")
                 until(lambda: any(d["state"] == "device" for d in
                                   server.call("GET", "/device")["items"]), 30, "phone")

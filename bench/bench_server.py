@@ -66,11 +66,16 @@ def percentile(values, fraction):
 
 
 class Server:
-    def __init__(self, workdir, adb_port):
+    """The real server as a subprocess on a free port: this checkout's module, or
+    ``program`` (another build, for a before/after in the same run)."""
+
+    def __init__(self, workdir, adb_port, program=None, db_name="bench.db"):
+        workdir = Path(workdir)
         self.port = free_port()
+        self.db = workdir / db_name
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tikmatrix_lite.py"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--db", str(workdir / "bench.db"),
+            [sys.executable, str(program or ROOT / "tikmatrix_lite.py"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--db", str(self.db),
              "--scripts", str(ROOT / "tests" / "fixtures" / "runner_scripts"),
              "--adb-server", f"127.0.0.1:{adb_port}", "--log-level", "warning"],
             stdout=subprocess.DEVNULL, stderr=open(workdir / "server.log", "ab"))

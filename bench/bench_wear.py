@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
-from bench_server import free_port, until  # noqa: E402
+from bench_server import Server, until  # noqa: E402
 from phonesim import AdbServer, PhoneSim  # noqa: E402
 
 BASELINE_REV = "b397647"
@@ -49,42 +49,10 @@ def files_size(db):
     return sum(p.stat().st_size for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-class Server:
-    def __init__(self, module, workdir, adb_port):
-        import urllib.request
-        self._urllib = urllib.request
-        self.port = free_port()
-        self.db = Path(workdir) / "wear.db"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(module), "--host", "127.0.0.1", "--port", str(self.port),
-             "--db", str(self.db), "--scripts",
-             str(ROOT / "tests" / "fixtures" / "runner_scripts"),
-             "--adb-server", f"127.0.0.1:{adb_port}", "--log-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=open(Path(workdir) / "server.log", "ab"))
-
-    def call(self, method, path, body=None):
-        data = json.dumps(body).encode() if body is not None else None
-        request = self._urllib.Request(f"http://127.0.0.1:{self.port}/api/v1{path}",
-                                       data=data, method=method)
-        with self._urllib.urlopen(request, timeout=30) as reply:
-            return json.loads(reply.read())["data"]
-
-    def answers(self):
-        try:
-            self.call("GET", "/health")
-            return True
-        except OSError:
-            return False
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-
-
 def measure(module, adb, phones, tasks):
     """Run TASKS tasks through a fresh server of MODULE; bytes written per task."""
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as workdir:
-        server = Server(module, workdir, adb.port)
+        server = Server(workdir, adb.port, program=module, db_name="wear.db")
         try:
             until(server.answers, 30, "server")
             until(lambda: sum(d["state"] == "device" for d in
