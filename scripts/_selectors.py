@@ -28,6 +28,10 @@ Where sources disagree, every alternative is listed, in the order tried.
 """
 from typing import Any, Dict
 
+#: The profile button's labels, English then French (text_regex, whole label).
+FOLLOW_LABELS = r"Follow( back)?|Suivre( en retour)?"
+FOLLOWING_LABELS = r"Following|Friends|Suivi(e)?s ?|Ami\(e\)s|Amis"
+
 TIKTOK: Dict[str, Dict[str, Any]] = {
     # -- tabs (ids: DUMP per version, mkn/mks for 43.x also GL + TK; labels: TK, GL, EU)
     "home_tab": {"ids": {"47.0.3": ["omq"], "43.1.4": ["mkq"], "46.9.3": ["olw"],
@@ -85,14 +89,16 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
     # -- profiles. One id serves "Follow", "Following" and "Message" (43.1.4 "eme" DUMP +
     # TK, 47.0.3 "fmp" DUMP), so an id alone cannot tell the state: id and label
     # together. "Following" is also the label of the followings count: the ids come
-    # first there. Labels: TK en.py, unworld11/ved-experiments (Following / Friends).
-    "follow": {"ids": {"43.1.4": [{"resource_id": "eme", "text_regex": "Follow( back)?"}],
-                       "47.0.3": [{"resource_id": "fmp", "text_regex": "Follow( back)?"}]},
+    # first there. Labels: TK en.py, unworld11/ved-experiments (Following / Friends);
+    # beside the ids, the French labels of the real dumps (DUMP 43.1.4 "Suivre", 47.0.3
+    # "Suivre en retour", "Suivis " with its space), so a French phone reads the state.
+    "follow": {"ids": {"43.1.4": [{"resource_id": "eme", "text_regex": FOLLOW_LABELS}],
+                       "47.0.3": [{"resource_id": "fmp", "text_regex": FOLLOW_LABELS}]},
                "labels": [{"text": "Follow"}, {"text": "Follow back"}]},
     "following": {"ids_first": True,
-                  "ids": {"43.1.4": [{"resource_id": "eme", "text_regex": "Following|Friends"}],
+                  "ids": {"43.1.4": [{"resource_id": "eme", "text_regex": FOLLOWING_LABELS}],
                           "47.0.3": [{"resource_id": "fmp",
-                                      "text_regex": "Following|Friends"}]},
+                                      "text_regex": FOLLOWING_LABELS}]},
                   "labels": [{"text": "Friends"}, {"text": "Requested"}]},
     "unfollow_confirm": {"ids": {}, "labels": [{"text": "Unfollow"}]},
     # not found: WEB (username checkers); no Android source confirms the in-app text

@@ -523,6 +523,22 @@ def test_french_tiktok_posts_where_the_ids_are_known(farm, tmp_path):
     assert app.posts[0]["caption"] == "bonjour"
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43"])
+def test_french_tiktok_follows_and_unfollows_by_link(farm, kind):
+    """The profile's button has one id for Follow, Following and Message, so its state
+    is read from the id and the label together: the French labels of the real dumps
+    (Suivre, Suivre en retour, Suivis) are known beside the English ones."""
+    device, app = farm.phone(kind, locale="fr", users={"alice": False, "bob": True})
+    device.props["persist.sys.locale"] = "fr-FR"
+    tasks = farm.run(device.address, "follow", {"target_users": ["alice", "bob"]})
+    results = {ok(t)["user"]: ok(t) for t in tasks}
+    assert results["alice"]["already"] is False and results["bob"]["already"] is True
+    assert app.follows == {"alice": True, "bob": True}
+    assert ok(farm.run(device.address, "unfollow",
+                       {"target_users": ["alice"]})[0])["already"] is False
+    assert app.follows["alice"] is False
+
+
 def test_french_phone_with_an_unknown_app_version_fails_fast(farm, tmp_path):
     device, app = farm.phone("tiktok47", locale="fr")
     app.version = "48.2.0"
