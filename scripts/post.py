@@ -154,26 +154,65 @@ def open_sound(app, config):
              expect="upload" if app.platform == "tiktok" else ["tab_reel", "gallery_item"])
 
 
-def pick_in_gallery(app, key, count, step, first=None):
-    """Select the newest `count` items (the first cells, where the pushed files are).
+#: Seconds the screen after Next may take when the item and Next were tapped at once.
+NEXT_SHOWS = 5
+
+
+def pick_in_gallery(app, key, count, step, first=None, then=None):
+    """Select the newest `count` items (the first cells, where the pushed files are),
+    then tap Next: `then` is (the Next key, what shows after it).
 
     The cells are tapped in order and one look confirms them all (their badges or the
     Next button's count). If it does not, a pop-up or a lost tap got in the way: what
     was selected is unselected and each item is selected with its own closed-loop step,
     so the order stays the gallery's. `first`: a key tapped before the cells on the
-    same look (a multi-select switch that moves nothing)."""
+    same look (a multi-select switch that moves nothing).
+
+    One item on a gallery where nothing shows selected: Next is tapped on the same look
+    and one look confirms both, a dump less. It cannot post the wrong media: had the
+    item's tap been lost, nothing would be selected and Next does nothing (the gallery
+    still shows, and the careful way takes over)."""
+    next_key, after = then
+
+    def left(tree):
+        """The next screen shows and the gallery's cells are gone (the gallery's own
+        Next reads "Next" like the editor's while nothing is selected)."""
+        shown = after(tree) if callable(after) else app.find(after, tree) is not None
+        return True if shown and app.find(key, tree) is None else None     # None: not yet
+    left.__doc__ = f"the gallery gone and {getattr(after, '__doc__', None) or after}"
     app.wait(key, step)
-    cells = app.find_all(key)
-    if first is not None and app.find(first) is not None:
-        app.phone.tap(app.find(first))
+    tree = app.phone.screen()
+    cells = app.find_all(key, tree)
+    if first is not None and app.find(first, tree) is not None:
+        app.phone.tap(app.find(first, tree))
     if len(cells) < count:
         raise _common.StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
                                  f"{count} needed")
+    button = app.find(next_key, tree)
+    at_once = count == 1 and button is not None and \
+        not any(shows_selected(node) for node in cells)
     for node in cells[:count]:
         app.phone.tap(node)
+    if at_once:
+        app.phone.tap(button)
+        app.phone.changed()
+        try:                                       # normally the first look shows it
+            app.wait_any({"next": left}, f"{step} and Next", timeout=NEXT_SHOWS)
+            return
+        except (_common.AccountBlocked, _common.AppLeft):
+            raise
+        except _common.StepFailed:
+            app.task.log(f"{step}: Next showed nothing new; selecting with a look")
+    if app.wait_any({"next": left, "gallery": key}, step)[0] == "next":
+        return                                     # a slow screen came after all
     tree = app.phone.screen()
-    if all_selected(app, key, tree, count):
-        return
+    if not all_selected(app, key, tree, count):
+        select_one_by_one(app, key, count, step, tree)
+    app.step("gallery: Next", next_key, expect=left)
+
+
+def select_one_by_one(app, key, count, step, tree):
+    """The careful way: unselect what shows selected, then each item in its own step."""
     app.task.log(f"{step}: the selection did not show; selecting one by one")
     for index, node in enumerate(app.find_all(key, tree)):
         if shows_selected(node):
@@ -231,8 +270,8 @@ def edit_tiktok(app, config, remote, title, description):
         app.step("open Upload (the gallery)", "upload", expect="gallery_select")
         if config["content_type"] == 1:
             app.tap_if_present("gallery_photos_tab")
-        pick_in_gallery(app, "gallery_select", len(remote), "select the media")
-        app.step("gallery: Next", "gallery_next", expect="editor_next")
+        pick_in_gallery(app, "gallery_select", len(remote), "select the media",
+                        then=("gallery_next", "editor_next"))
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
     type_caption(app, title, description)
 
@@ -273,9 +312,8 @@ def edit_instagram(app, config, remote, title, description):
             app.step(f"choose {placement.upper()}", tab,
                      expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
         pick_in_gallery(app, "gallery_item", len(remote), "select the media",
-                        first="gallery_multi" if len(remote) > 1 else None)
-        app.step("gallery: Next", "gallery_next",
-                 expect=app.any_of("story_share", "editor_next"))
+                        first="gallery_multi" if len(remote) > 1 else None,
+                        then=("gallery_next", app.any_of("story_share", "editor_next")))
     if placement == "story":
         return
     app.step("editor: Next", "editor_next", timeout=30,
