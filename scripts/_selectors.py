@@ -86,6 +86,45 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                      {"text_contains": "published"}, {"desc": "Posted"}]},
     "use_sound": {"ids": {}, "labels": [{"text": "Use sound"}, {"desc": "Use sound"},
                                         {"text": "Use this sound"}]},
+    # -- the editor's sound (research: /work/research/sound.md). The pill atop the
+    # editor: e1p holding tv_top_text "Add sound", then the sound's name (DUMP 47.0.3
+    # editor; CC and EU tap it; GL: d8a on 43.x, d24 on 35.x, desc "Add sound").
+    "sound_pill": {"ids": {"47.0.3": ["e1p"], "43.1.4": ["d8a"]},
+                   "labels": [{"text": "Add sound"}, {"desc": "Add sound"}]},
+    "sound_pill_text": {"ids": {"47.0.3": ["tv_top_text"]},
+                        "labels": [{"text": "Add sound"}]},
+    # the panel: "Volume" (EU, CC), its tabs (TikMatrix's "recommended" sounds; no
+    # code source names the tabs: research gap), a magnifier that opens its search
+    # (EU: the panel's first ImageView; the field shows "Search")
+    "sound_panel": {"ids": {}, "labels": [{"text": "Volume"}, {"text": "Recommended"},
+                                          {"text": "Favorites"}]},
+    "sound_search": {"ids": {}, "labels": [{"desc": "Search", "class_name":
+                                            "android.widget.ImageView"},
+                                           {"desc": "Search"}]},
+    "sound_search_field": {"ids": {}, "labels": [{"class_name": "android.widget.EditText"}]},
+    # rows: clickable LinearLayouts of the panel's RecyclerView (EU); the chosen one
+    # names the sound in the pill (CC reads the editor after choosing)
+    "no_results": {"ids": {}, "labels": [{"text_contains": "No results"}]},
+    "sound_row": {"ids": {}, "labels": [{"class_name": "android.widget.LinearLayout",
+                                         "clickable": True, "inside": {
+                                             "class_name": "androidx.recyclerview.widget."
+                                                           "RecyclerView"}}]},
+    # Volume -> two SeekBars, the original sound first (EU, CC), set by a tap at a
+    # point of the bar (EU: 0-200 %, 100 % in the middle; CC), then "Done" (EU, CC)
+    "sound_volume": {"ids": {}, "labels": [{"text": "Volume"}, {"desc": "Volume"}]},
+    "volume_bar": {"ids": {}, "labels": [{"class_name": "android.widget.SeekBar"}]},
+    "volume_done": {"ids": {}, "labels": [{"text": "Done"}, {"desc": "Done"}]},
+    # -- post screen: "Add link" (DUMP 47.0.3 post screen: the row dty/ze3 "Ajouter un
+    # lien"; TikTok Seller University: add link -> products) -> "Products" -> the
+    # showcase's first product -> "Add" (TikMatrix: "the first product link in the
+    # showcase"). No code source names the sheet's labels: research gap.
+    "add_link": {"ids": {}, "labels": [{"text": "Add link"}, {"desc": "Add link"}]},
+    "link_products": {"ids": {}, "labels": [{"text": "Products"}, {"text": "Product"},
+                                            {"desc": "Products"}]},
+    "product_add": {"ids": {}, "labels": [{"text": "Add"}, {"desc": "Add"}]},
+    "no_products": {"ids": {}, "labels": [{"text_contains": "No products"}]},
+    "product_added": {"ids": {}, "labels": [{"text_regex": r"(?i)\d+ products?"},
+                                            {"desc_contains": "product"}]},
     # -- profiles. One id serves "Follow", "Following" and "Message" (43.1.4 "eme" DUMP +
     # TK, 47.0.3 "fmp" DUMP), so an id alone cannot tell the state: id and label
     # together. "Following" is also the label of the followings count: the ids come

@@ -4,6 +4,7 @@ The media goes from the box to the phone's camera folder (newest first in the ga
 is published with the chosen `post_way`, and is removed from the phone afterwards.
 """
 
+import re
 from pathlib import Path
 
 import _common
@@ -25,12 +26,17 @@ PARAMS = {
     "materials_tags": {"type": "str", "default": ""},
     "upload_wait_time": {"type": "int", "default": 30, "min": 5, "max": 600},
     "sound_wait_time": {"type": "int", "default": 10, "min": 1, "max": 120},
-    "add_sound": {"type": ["str", "int"], "default": "-1"},
+    "add_sound": {"type": ["str", "int"], "default": "-1",
+                  "description": "TikTok: -1 as is, 0 none, 1 the first recommended "
+                                 "sound, custom the first found for custom_sound_keyword"},
     "sound_name": {"type": "str", "default": "", "max_length": 500},
     "custom_sound_keyword": {"type": "str", "default": "", "max_length": 200},
-    "origin_sound_volume": {"type": "int", "default": 50, "min": 0, "max": 100},
-    "add_sound_volume": {"type": "int", "default": 50, "min": 0, "max": 100},
-    "add_product_link": {"type": "int", "default": 0, "choices": [0, 1]},
+    "origin_sound_volume": {"type": "int", "default": 50, "min": 0, "max": 100,
+                            "description": "TikTok, with an added sound; 50: as is"},
+    "add_sound_volume": {"type": "int", "default": 50, "min": 0, "max": 100,
+                         "description": "TikTok, with an added sound; 50: as is"},
+    "add_product_link": {"type": "int", "default": 0, "choices": [0, 1],
+                         "description": "TikTok: the showcase's first product"},
     "placement": {"type": "str", "default": "reel", "choices": ["reel", "story"]},
     "platform": {"type": "str", "default": "tiktok", "choices": ["tiktok", "instagram"],
                  "description": "Lite: the app when the task has no account"},
@@ -66,24 +72,42 @@ def validate(config):
     refuse_unapplied(config)
 
 
-def refuse_unapplied(config):
-    """Parameters Lite cannot apply are refused here, at creation, never ignored."""
-    if str(config["add_sound"]) in ("1", "custom"):
-        raise ValueError("add_sound", "Lite cannot add a sound in the editor yet: use "
-                         "post_way useSound with sound_name (-1 or 0 are accepted)")
-    if config["custom_sound_keyword"].strip():
-        raise ValueError("custom_sound_keyword", "Lite cannot add a sound in the editor "
-                         "yet: use post_way useSound with sound_name")
-    if config["sound_name"].strip() and config["post_way"] != "useSound":
+def refuse_unapplied(config, failing=False):
+    """What cannot be applied is refused here, at creation, with why: never ignored.
+    `failing`: at run time (the account's app decided the platform): the task fails,
+    without retry, with the same words."""
+    if failing:
+        try:
+            refuse_unapplied(config)
+        except ValueError as exc:
+            field, reason = exc.args
+            raise _common.StepFailed("post: check the parameters", f"{field} {reason}",
+                                     retry=False) from None
+        return
+    sound, way = str(config["add_sound"]), config["post_way"]
+    instagram = config["platform"] == "instagram"
+    if sound in ("1", "custom") and (way == "useSound" or instagram):
+        raise ValueError("add_sound", "post_way useSound brings its own sound (use -1)"
+                         if way == "useSound" else "adds a sound on TikTok only (as "
+                         "TikMatrix's post script; use -1 or 0 for Instagram)")
+    if sound == "0" and way == "useSound":
+        raise ValueError("add_sound", "0 (no sound) contradicts post_way useSound")
+    if config["custom_sound_keyword"].strip() and sound != "custom":
+        raise ValueError("custom_sound_keyword", "is used only with add_sound custom")
+    if config["custom_sound_keyword"].strip().startswith(("http://", "https://")):
+        raise ValueError("custom_sound_keyword", "takes a sound's name; for a sound's "
+                         "link use post_way useSound with sound_name")
+    if config["sound_name"].strip() and way != "useSound":
         raise ValueError("sound_name", f"is only used with post_way useSound (post_way is "
-                         f"{config['post_way']}: the media keeps its own sound)")
+                         f"{way}: use add_sound custom with custom_sound_keyword)")
+    mixed = sound in ("1", "custom") or way == "useSound"
     for name in ("origin_sound_volume", "add_sound_volume"):
-        if config[name] != 50:
-            raise ValueError(name, "Lite cannot set volumes in the editor yet (only the "
-                             "default 50 is accepted)")
-    if config["add_product_link"]:
-        raise ValueError("add_product_link", "Lite cannot add product links (TikTok Shop "
-                         "needs a seller account flow Lite does not drive)")
+        if config[name] != 50 and (not mixed or instagram):
+            raise ValueError(name, "is set on TikTok only" if instagram else "applies only "
+                             "with an added sound: add_sound 1 or custom, or post_way "
+                             "useSound (50 leaves the volume as it is)")
+    if config["add_product_link"] and instagram:
+        raise ValueError("add_product_link", "is TikTok only (TikTok Shop's showcase)")
 
 
 def reserve_materials(config):
@@ -112,8 +136,10 @@ def run(phone, task):
     title, description = _common.split_title(caption)
     app = _common.open_app(phone, task, text=caption,
                            launch=config["post_way"] != "share" or bool(task.username))
+    if app.platform == "instagram":     # an Instagram account's task: the config said tiktok
+        refuse_unapplied(dict(config, platform="instagram"), failing=True)
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")
-    remote = []
+    remote, done = [], {}
     try:
         task.progress(10, "pushing media")
         for path in reversed(files):        # the first file ends up newest: first in gallery
@@ -123,7 +149,7 @@ def run(phone, task):
         # itself is done once (a second one could post twice)
         if app.platform == "tiktok":
             app.recovering("post", lambda: (
-                edit_tiktok(app, config, remote, title, description),
+                done.update(edit_tiktok(app, config, remote, title, description)),
                 publish_once(app, lambda: publish_tiktok(app))))
         else:
             app.recovering("post", lambda: (
@@ -135,7 +161,7 @@ def run(phone, task):
         for path in remote:
             phone.remove(path)
     return {"media": [f.name for f in files], "caption": caption,
-            "post_way": config["post_way"], "platform": app.platform}
+            "post_way": config["post_way"], "platform": app.platform, **done}
 
 
 def open_sound(app, config):
@@ -272,8 +298,135 @@ def edit_tiktok(app, config, remote, title, description):
             app.tap_if_present("gallery_photos_tab")
         pick_in_gallery(app, "gallery_select", len(remote), "select the media",
                         then=("gallery_next", "editor_next"))
+    done = {"sound": mix_sound(app, config)}
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
     type_caption(app, title, description)
+    if config["add_product_link"]:
+        add_product_link(app)
+        done["product_link"] = True
+    return {k: v for k, v in done.items() if v is not None}
+
+
+def mix_sound(app, config):
+    """The editor's sound: add_sound 1 (the first recommended sound), custom (the first
+    sound found for the keyword), 0 (no added sound: the pill must still offer one),
+    and the two volumes. TikMatrix's 0-100 spans the bar: 50 is its middle, where
+    TikTok starts (100 %), so 50 leaves a volume as it is."""
+    choice = str(config["add_sound"])
+    volumes = [config["origin_sound_volume"], config["add_sound_volume"]]
+    if choice == "0":
+        pill = app.find("sound_pill_text")
+        if pill is not None and pill.text.strip() not in NO_SOUND_LABELS:
+            raise _common.StepFailed("post: add_sound 0", f"the editor has a sound added "
+                                     f"({pill.text.strip()!r}); Lite does not remove one",
+                                     retry=False)
+        app.task.log("no sound added (add_sound 0)")
+        return
+    if choice == "-1" and volumes == [50, 50]:
+        return
+    app.step("editor: open the sounds", "sound_pill", expect="sound_panel")
+    title = None
+    if choice in ("1", "custom"):
+        title = choose_sound(app, config["custom_sound_keyword"].strip(),
+                             config["sound_wait_time"])
+    if volumes != [50, 50]:
+        set_volumes(app, volumes)
+    app.step("close the sounds", "sound_panel", act=lambda node: app.phone.press("back"),
+             expect=lambda tree: app.find("sound_panel", tree) is None and
+             app.find("editor_next", tree) is not None)
+    return title
+
+
+#: What the editor's pill says while no sound is added (English; French of the dump).
+NO_SOUND_LABELS = ("Add sound", "Ajouter un son", "")
+
+
+def choose_sound(app, keyword, wait):
+    """The first recommended row, or the first row found for the keyword. It is added
+    when the editor's pill names it (the row is tapped again if it does not)."""
+    if keyword:
+        app.step("sounds: open the search", "sound_search", expect="sound_search_field")
+        app.type_into("sound_search_field", keyword, "sounds: type the keyword")
+        app.phone.press("enter")
+        found, _ = app.wait_any({"row": "sound_row", "none": "no_results"},
+                                f"sounds: results for {keyword!r}", timeout=wait)
+        if found == "none":
+            raise _common.StepFailed("post: add_sound custom", f"no sound found for "
+                                     f"{keyword!r}", retry=False)
+    row = app.wait("sound_row", "sounds: the list", timeout=wait)
+    title = row_title(app.phone.screen(), row)
+    app.step(f"sounds: add {title!r}", "sound_row", timeout=wait,
+             expect=lambda tree: any(n.text.strip() == title
+                                     for n in app.find_all("sound_pill_text", tree)))
+    app.task.log(f"sound added: {title}")
+    if keyword:                                     # the search's Back: the panel's list
+        app.step("sounds: back from the search", "sound_search_field",
+                 act=lambda node: app.phone.press("back"), expect="sound_panel")
+    return title
+
+
+def row_title(tree, row):
+    """A sound row's title: the first text drawn inside the row."""
+    left, top, right, bottom = row.bounds
+    return next((n.text.strip() for n in tree.nodes if n.text.strip() and
+                 left <= n.bounds[0] and n.bounds[2] <= right and
+                 top <= n.bounds[1] and n.bounds[3] <= bottom), row.label)
+
+
+def set_volumes(app, volumes):
+    """Volume -> the two bars (original sound, then added sound), each tapped at its
+    share of the bar, each seen to take it where the sheet shows the bar's percent
+    (TikTok's 0-200 %); Done."""
+    app.step("sounds: open Volume", "sound_volume", expect="volume_bar")
+    for index, (value, name) in enumerate(zip(volumes, ("original sound", "added sound"))):
+        if value == 50:
+            continue
+
+        def bar(tree, i=index):
+            bars = app.find_all("volume_bar", tree)
+            return bars[i] if len(bars) > i else None
+
+        def tap_at_share(node, v=value):
+            left, top, right, bottom = node.bounds
+            app.phone.tap(x=left + round((right - left - 1) * v / 100), y=(top + bottom) // 2)
+
+        def taken(tree, i=index, v=value):
+            node = bar(tree, i)
+            shown = None if node is None else percent_above(tree, node)
+            return node is not None and (shown is None or abs(shown - 2 * v) <= 2)
+        taken.__doc__ = f"the {name} at {2 * value} %"
+        app.step(f"sounds: the {name} to {value} of 100", bar, act=tap_at_share,
+                 expect=taken)
+        app.task.log(f"volume of the {name}: {value} of 100")
+    app.step("sounds: Volume done", "volume_done", expect=lambda tree: app.find(
+        "volume_bar", tree) is None)
+
+
+def percent_above(tree, bar):
+    """The percent the sheet shows for a bar (the nearest "NN%" above it), or None."""
+    labels = [n for n in tree.nodes if re.fullmatch(r"\d{1,3} ?%", n.text.strip())
+              and n.bounds[3] <= bar.bounds[1]]
+    if not labels:
+        return None
+    return int(max(labels, key=lambda n: n.bounds[3]).text.strip().rstrip("% "))
+
+
+def add_product_link(app):
+    """The showcase's first product (TikTok Shop): Add link -> Products -> Add. An
+    account TikTok does not let add products has no Add link row, or no product in
+    its showcase: that fails without retry, saying which."""
+    if app.find("add_link") is None:
+        raise _common.StepFailed("post: add_product_link", "the post screen has no Add "
+                                 "link: this account cannot add product links (TikTok "
+                                 "Shop)", retry=False)
+    app.step("add a link", "add_link", expect="link_products")
+    app.step("open Products", "link_products",
+             expect=app.any_of("product_add", "no_products"))
+    if app.find("no_products") is not None:
+        raise _common.StepFailed("post: add_product_link", "the account's showcase has no "
+                                 "product to add", retry=False)
+    app.step("add the showcase's first product", "product_add", expect="product_added")
+    app.task.log("product link added")
 
 
 def publish_once(app, publish):

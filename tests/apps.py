@@ -51,7 +51,10 @@ Knobs (constructor keywords, or attributes a test sets on the app):
   app's block screen (BLOCKS);
 - TikTok `switcher_paths=("name", "settings")`: the ways to the account list that work
   (the name with chevron atop the own profile; profile menu -> Settings and privacy ->
-  swipe -> Switch account); `publish_dialog`; `sounds`; `version`, `package`.
+  swipe -> Switch account); `publish_dialog`; `sounds` (search and sound pages);
+  `recommended` (the editor's sound panel); `link_row`, `showcase` (TikTok Shop's
+  Add link -> Products); `version`, `package`. A post records its sound, the two
+  volumes (TikTok's 0-200 %) and its product.
 Device-side faults (screen off, keyguard, crashes, lost taps, slow and failing dumps)
 are phonesim's knobs (see its docstring).
 """
@@ -643,17 +646,31 @@ class TikTokApp(ModelApp):
 
     def __init__(self, version="47.0.3", package="com.zhiliaoapp.musically",
                  sounds=("original sound - sim_user",), publish_dialog=False,
+                 recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
+                 link_row=True, showcase=(),
                  switcher_paths=("name", "settings"), **kw):
         super().__init__(package, **kw)
         self.version = version
         self.sounds = list(sounds)
+        #: the sound panel's recommended list; the mix, in TikTok's % (100 = unchanged)
+        self.recommended = list(recommended)
+        self.panel, self.sound_query = "list", None
+        self.volumes = {"original": 100, "added": 100}
+        #: TikTok Shop: the post screen's Add link row, and the showcase's products
+        self.link_row, self.showcase, self.product = link_row, list(showcase), None
         self.publish_dialog = publish_dialog
         self.switcher_paths = tuple(switcher_paths)   #: ways to the account list
         self.settings_scrolled = False
         self.sound = None
 
     def share_screen(self, activity):
+        self.new_draft()
         return "editor"
+
+    def new_draft(self):
+        """A new post starts without an added sound, the mix unchanged, no product."""
+        self.sound, self.volumes = None, {"original": 100, "added": 100}
+        self.product = None
 
     def open_url(self, url):
         super().open_url(url)
@@ -685,6 +702,7 @@ class TikTokApp(ModelApp):
 
     def tap_home(self, h, x, y):
         if hit(h, desc="Create"):
+            self.new_draft()
             self.goto("camera")
         elif hit(h, desc="Profile"):
             self.goto("own_profile")
@@ -782,18 +800,120 @@ class TikTokApp(ModelApp):
             self.goto("editor")
 
     def render_editor(self):
-        return load("tt4703_fr_publish_editor_no_sound", self.package)
+        root = load("tt4703_fr_publish_editor_no_sound", self.package)
+        if self.sound:                  # the pill names the sound once one is added
+            first(root, rid="tv_top_text").set("text", self.sound)
+        return root
 
     def tap_editor(self, h, x, y):
         if hit(h, rid="q03") or hit(h, text="Next"):
             self.fields["caption"] = ""
             self.goto("post")
+        elif hit(h, rid="e1p"):
+            self.panel = "list"
+            self.goto("sound_panel")
+
+    # -- the editor's sound panel (INVENTED layout: no dump of it was published). What
+    # it holds follows edde746/tiktok-uploader and AIClipCreator's uploader (a search
+    # magnifier, rows in a RecyclerView, "Volume" with two SeekBars, original sound
+    # first, that take a tap at a point, "Done"; Back closes the panel) and TikMatrix's
+    # form (the recommended list; the bars' 0-200 % scale with 100 % in the middle).
+    SHEET_TOP = 1150
+
+    def _sheet_rows(self, titles):
+        return ui_node("androidx.recyclerview.widget.RecyclerView",
+                       (0, 1450, W, 2250), scrollable=True, children=[
+            ui_node("android.widget.LinearLayout", (0, 1450 + 150 * i, W, 1590 + 150 * i),
+                    clickable=True, selected=t == self.sound, children=[
+                        text_node(t, (180, 1470 + 150 * i, 900, 1540 + 150 * i)),
+                        text_node("", (950, 1480 + 150 * i, 1040, 1560 + 150 * i),
+                                  desc="Selected" if t == self.sound else "")])
+            for i, t in enumerate(titles)])
+
+    def render_sound_panel(self):
+        root = self.render_editor()
+        sheet = [ui_node("android.widget.FrameLayout", (0, self.SHEET_TOP, W, H))]
+        if self.panel == "volume":
+            for i, (name, key) in enumerate((("Original sound", "original"),
+                                             ("Added sound", "added"))):
+                y = 1350 + 300 * i
+                sheet += [text_node(name, (60, y, 700, y + 80)),
+                          text_node(f"{self.volumes[key]}%", (880, y, 1040, y + 80)),
+                          ui_node("android.widget.SeekBar", (60, y + 100, 1020, y + 200),
+                                  clickable=True, focusable=True)]
+            sheet.append(text_node("Done", (700, 2050, 1040, 2180), clickable=True,
+                                   cls="android.widget.Button"))
+        elif self.panel == "search":
+            typed = self.fields["sound_search"]
+            sheet += [ui_node("android.widget.EditText", (60, 1200, 900, 1320),
+                              text=typed or "Search", clickable=True,
+                              focused=self.focus == "sound_search"),
+                      text_node("Search", (900, 1200, 1060, 1320), clickable=True)]
+            if self.sound_query is not None:
+                q = self.sound_query.lower()
+                found = [t for t in dict.fromkeys(self.sounds + self.recommended)
+                         if q in t.lower()]
+                sheet.append(self._sheet_rows(found) if found else
+                             text_node("No results found", (60, 1500, 1040, 1600)))
+        else:
+            sheet += [text_node("Recommended", (60, 1200, 400, 1300), clickable=True),
+                      text_node("Favorites", (420, 1200, 760, 1300), clickable=True),
+                      ui_node("android.widget.ImageView", (900, 1200, 1040, 1300),
+                              clickable=True, desc="Search"),
+                      self._sheet_rows(self.recommended),
+                      text_node("Volume", (60, 2260, 400, 2330), clickable=True)]
+        overlay(root, *sheet, package=self.package)
+        return root
+
+    def tap_sound_panel(self, h, x, y):
+        if y < self.SHEET_TOP:                           # outside the sheet: closed
+            self.goto("editor")
+            return
+        for el in h:
+            cls, text = el.get("class", ""), el.get("text", "")
+            if self.panel == "volume" and cls.endswith("SeekBar"):
+                x1, _, x2, _ = bounds(el)
+                key = "original" if bounds(el)[1] < 1600 else "added"
+                self.volumes[key] = round(200 * (x - x1) / (x2 - x1))
+                return
+            if self.panel == "volume" and text == "Done":
+                self.panel = "list"
+                return
+            if self.panel == "search" and cls.endswith("EditText"):
+                self.focus = "sound_search"
+                return
+            if self.panel == "search" and text == "Search":
+                self.on_enter()
+                return
+            if self.panel == "list" and el.get("content-desc") == "Search":
+                self.panel, self.sound_query = "search", None
+                self.fields["sound_search"] = ""
+                self.focus = "sound_search"
+                return
+            if self.panel == "list" and text == "Volume":
+                self.panel = "volume" if self.sound else "list"   # nothing to mix yet
+                return
+            if cls.endswith("LinearLayout") and el.get("clickable") == "true":
+                self.sound = el.find("node").get("text")
+                return
+
+    def on_back(self):
+        if self.screen in ("link_sheet", "showcase"):
+            self.goto("post")
+            return True
+        if self.screen == "sound_panel":             # one level up: list, then editor
+            if self.panel == "list":
+                self.goto("editor")
+            self.panel, self.focus = "list", None
+            return True
+        return super().on_back()
 
     def render_post(self):
         root = load("tt4703_fr_publish_post_screen", self.package)
         caption = first(root, rid="h8e")
         caption.set("text", self.fields["caption"] or "Add a description…")
         caption.set("focused", "true" if self.focus == "caption" else "false")
+        self._link_row(root)
         if self.screen == "publish_dialog":      # INVENTED: no dump of this dialog
             overlay(root, ui_node("android.widget.FrameLayout", (0, 1500, W, H), children=[
                 text_node("Publish video publicly?", (60, 1550, 1020, 1650)),
@@ -803,8 +923,53 @@ class TikTokApp(ModelApp):
                           cls="android.widget.Button")]), package=self.package)
         return root
 
+    def _link_row(self, root):
+        """The post screen's "Add link" row (the dump anonymised its noun), or the
+        product it holds once one is added; gone for an account without it."""
+        for el in root.iter("node"):
+            if "name_23" in el.get("text", "") + el.get("content-desc", ""):
+                label = "1 product" if self.product else "Add link"
+                el.set("text" if el.get("text") else "content-desc", label)
+        if not self.link_row:
+            remove(root, lambda el: el.get("text") in ("Add link", "1 product")
+                   or el.get("content-desc") in ("Add link", "1 product"))
+
+    # The link sheet and the showcase (INVENTED: no dump; TikTok Seller University's
+    # manual: "add link" -> products; TikMatrix: "the first product link in the
+    # showcase").
+    def render_link_sheet(self):
+        root = self.render_post()
+        overlay(root, ui_node("android.widget.FrameLayout", (0, 1600, W, H)),
+                text_node("Products", (60, 1700, 1040, 1820), clickable=True),
+                text_node("Cancel", (60, 2000, 1040, 2120), clickable=True),
+                package=self.package)
+        return root
+
+    def tap_link_sheet(self, h, x, y):
+        if hit(h, text="Products"):
+            self.goto("showcase")
+        elif hit(h, text="Cancel") or y < 1600:
+            self.goto("post")
+
+    def render_showcase(self):
+        rows = [node for i, name in enumerate(self.showcase) for node in (
+            text_node(name, (60, 300 + 160 * i, 700, 420 + 160 * i)),
+            text_node("Add", (800, 300 + 160 * i, 1040, 420 + 160 * i), clickable=True,
+                      cls="android.widget.Button"))]
+        return hierarchy(text_node("Showcase", (40, 150, 1040, 260)), *(rows or [
+            text_node("No products in your showcase", (60, 300, 1040, 420))]),
+            package=self.package)
+
+    def tap_showcase(self, h, x, y):
+        if hit(h, text="Add"):
+            index = (y - 300) // 160
+            self.product = self.showcase[index]
+            self.goto("post")
+
     def tap_post(self, h, x, y):
-        if hit(h, rid="h8e"):
+        if hit(h, text="Add link") or hit(h, desc="Add link"):
+            self.goto("link_sheet")
+        elif hit(h, rid="h8e"):
             self.focus = "caption"
         elif hit(h, rid="tiq"):
             self.goto("publish_dialog" if self.publish_dialog else "uploading")
@@ -822,7 +987,10 @@ class TikTokApp(ModelApp):
 
     def _publish(self):
         self.posts.append({"caption": self.fields["caption"], "media": list(self.selected),
-                           "sound": self.sound, "account": self.current})
+                           "sound": self.sound, "volumes": dict(getattr(self, "volumes", {})),
+                           "product": getattr(self, "product", None),
+                           "account": self.current})
+        self.new_draft()
         self.record("post", self.fields["caption"])
         self.upload_pct = 0
 
@@ -993,6 +1161,9 @@ class TikTokApp(ModelApp):
             self.on_enter()
 
     def on_enter(self):
+        if self.screen == "sound_panel" and self.panel == "search":
+            self.sound_query = self.fields["sound_search"]
+            return
         if self.screen == "search":
             self.query, self.tab = self.fields["search"], "Top"
             self.goto("search_results")

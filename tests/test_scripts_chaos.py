@@ -13,7 +13,7 @@ A script passes when at least 19 of its 20 runs complete AND did what they claim
 the account the phone acts as (checked on the app model), and every failed run says
 what failed in words (names the script and step; no traceback, no bare exception).
 
-All 140 tasks run at once, five phones per script, so the test takes about as long as
+All 160 tasks run at once, five phones per script, so the test takes about as long as
 the slowest phone's five tasks.
 """
 
@@ -67,6 +67,13 @@ def _posted(app, n, task):
                for p in app.posts)
 
 
+def _posted_with_sound(app, n, task):
+    """Posted as the account, with the sound found and both volumes set."""
+    return any(p["caption"] == f"chaos {n}" and p["account"] == app.current and
+               p["sound"] == "Trending beat - sim_dj" and
+               p["volumes"] == {"original": 50, "added": 150} for p in app.posts)
+
+
 def _followed(want):
     def check(app, n, task):
         account = app.current
@@ -95,6 +102,11 @@ PLANS = {
         "content_type": 1, "image_count": 2, "captions": f"chaos {n}",
         "post_way": "addButton", "platform": "tiktok", "upload_wait_time": 20},
         _posted, {}),
+    "post with sound": ("post", ["tiktok47"], lambda n, kind, tmp: {
+        "material_list": [_media(tmp, f"s{n}.mp4")], "captions": f"chaos {n}",
+        "post_way": "share", "add_sound": "custom", "custom_sound_keyword": "beat",
+        "origin_sound_volume": 25, "add_sound_volume": 75, "platform": "tiktok",
+        "upload_wait_time": 20}, _posted_with_sound, {}),
     "follow direct": ("follow", ["tiktok47", "tiktok43", "instagram"], lambda n, kind, tmp: {
         "target_users": [f"user_{n}"], "access_method": "direct",
         "platform": PLATFORM[kind]}, _followed(True), {"users": USERS}),

@@ -525,17 +525,118 @@ def test_app_not_installed_fails_fast_without_retry(farm):
     assert task["retry_count"] == 0 and not device.commands("uiautomator")
 
 
-def test_post_parameters_not_applied_are_refused(farm, tmp_path):
+def test_post_sound_parameters_that_cannot_apply_are_refused(farm, tmp_path):
+    """Each says why at creation (40001 naming the field): nothing is accepted and
+    ignored."""
     device, _ = farm.phone("tiktok47")
     files = media(tmp_path, "v.mp4")
-    for extra, field in [({"add_sound": "1"}, "add_sound"),
-                         ({"origin_sound_volume": 20}, "origin_sound_volume"),
-                         ({"add_sound_volume": 80}, "add_sound_volume"),
-                         ({"add_product_link": 1}, "add_product_link"),
-                         ({"sound_name": "x"}, "sound_name")]:
+    for extra, field, why in [
+            ({"add_sound": "1", "platform": "instagram"}, "add_sound", "TikTok only"),
+            ({"add_sound": "custom", "custom_sound_keyword": "x", "post_way": "useSound",
+              "sound_name": "y"}, "add_sound", "brings its own sound"),
+            ({"add_sound": "0", "post_way": "useSound", "sound_name": "y"}, "add_sound",
+             "contradicts"),
+            ({"origin_sound_volume": 20}, "origin_sound_volume", "with an added sound"),
+            ({"add_sound": "-1", "add_sound_volume": 80}, "add_sound_volume", "added sound"),
+            ({"add_sound": "1", "add_sound_volume": 80, "platform": "instagram"},
+             "add_sound", "TikTok only"),
+            ({"custom_sound_keyword": "x"}, "custom_sound_keyword", "only with add_sound"),
+            ({"add_sound": "custom", "custom_sound_keyword": "https://www.tiktok.com/music/"
+              "x-1"}, "custom_sound_keyword", "useSound"),
+            ({"add_product_link": 1, "platform": "instagram"}, "add_product_link",
+             "TikTok only"),
+            ({"sound_name": "x"}, "sound_name", "useSound")]:
         reply = farm.submit(device.address, "post", dict({"material_list": files}, **extra),
                             40001)
         assert reply["message"].startswith("script_config." + field), reply
+        assert why in reply["message"], reply
+
+
+@pytest.mark.parametrize("way", ["share", "addButton"])
+def test_post_adds_the_first_recommended_sound_and_sets_the_volumes(farm, tmp_path, way):
+    """add_sound 1: the editor's pill -> the sound panel -> its first recommended row
+    (confirmed by the pill naming it) -> Volume: the bars tapped at 0 and 100 of 100
+    (TikTok's 0 % and 200 %) -> Done -> the panel closed -> posted."""
+    device, app = farm.phone("tiktok47")
+    result = ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": way, "add_sound": 1,
+        "origin_sound_volume": 0, "add_sound_volume": 100, "captions": "with sound"})[0])
+    post, = app.posts
+    assert post["sound"] == result["sound"] == "Trending beat - sim_dj"
+    assert post["volumes"] == {"original": 0, "added": 200}
+    assert post["caption"] == "with sound"
+
+
+def test_post_custom_sound_found_by_keyword_volume_left_alone(farm, tmp_path):
+    device, app = farm.phone("tiktok47", sounds=("Trending dance 2024 - sim_dj",
+                                                 "Rainy day - sim_band"))
+    result = ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "add_sound": "custom",
+        "custom_sound_keyword": "dance 2024", "add_sound_volume": 75})[0])
+    post, = app.posts
+    assert post["sound"] == result["sound"] == "Trending dance 2024 - sim_dj"
+    assert post["volumes"] == {"original": 100, "added": 150}     # 50 leaves it as is
+
+
+def test_post_custom_sound_not_found_fails_without_retry(farm, tmp_path):
+    device, app = farm.phone("tiktok47")
+    task, = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "add_sound": "custom",
+        "custom_sound_keyword": "no such tune"}, auto_retry=True)
+    assert task["status"] == 3 and task["retry_count"] == 0
+    assert "no sound found for 'no such tune'" in task["error"] and not app.posts
+
+
+def test_post_use_sound_sets_the_volumes_of_its_sound(farm, tmp_path):
+    device, app = farm.phone("tiktok47", sounds=("Summer vibes - sim_dj",))
+    ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "post_way": "useSound",
+        "sound_name": "Summer vibes", "origin_sound_volume": 25})[0])
+    post, = app.posts
+    assert post["sound"] == "Summer vibes - sim_dj"
+    assert post["volumes"] == {"original": 50, "added": 100}
+
+
+def test_post_without_sound_parameters_never_opens_the_sound_panel(farm, tmp_path):
+    """add_sound -1 and 0 with the volumes at 50: no dump more than a plain post, the
+    pill untouched (0 checks it offers a sound, i.e. none is added)."""
+    device, app = farm.phone("tiktok47")
+    for choice in ("-1", "0"):
+        ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                             "add_sound": choice})[0])
+    assert [p["sound"] for p in app.posts] == [None, None]
+    assert not [a for a in device.commands("input") if a[:2] == ["input", "tap"]
+                and 150 <= int(a[3]) < 340 and 300 <= int(a[2]) < 760]   # the pill
+
+
+def test_post_sound_for_an_instagram_account_fails_before_acting(farm, tmp_path):
+    """The task's account decides the app: a sound asked for an Instagram account
+    (the config left platform at tiktok) fails at once, without retry, saying why."""
+    device, app = farm.phone("instagram", accounts=["ig_one"])
+    farm.account("ig_one", device, app, "instagram")
+    reply = farm.http.post_json("/api/v1/task", {
+        "usernames": ["ig_one"], "script_name": "post", "auto_retry": True,
+        "script_config": {"material_list": media(tmp_path, "v.mp4"), "add_sound": "1"}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and task["retry_count"] == 0 and not app.posts
+    assert "add_sound adds a sound on TikTok only" in task["error"], task["error"]
+
+
+def test_post_adds_the_showcase_s_first_product(farm, tmp_path):
+    device, app = farm.phone("tiktok47", showcase=("Sim mug", "Sim cap"))
+    result = ok(farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "add_product_link": 1})[0])
+    assert app.posts[0]["product"] == "Sim mug" and result["product_link"] is True
+
+
+@pytest.mark.parametrize("account", ["no Add link", "empty showcase"])
+def test_post_product_link_on_an_account_without_one_fails_clearly(farm, tmp_path, account):
+    device, app = farm.phone("tiktok47", link_row=account != "no Add link")
+    task, = farm.run(device.address, "post", {
+        "material_list": media(tmp_path, "v.mp4"), "add_product_link": 1}, auto_retry=True)
+    assert task["status"] == 3 and task["retry_count"] == 0 and not app.posts
+    assert ("cannot add product links" if account == "no Add link"
+            else "showcase has no product") in task["error"], task["error"]
 
 
 def test_french_tiktok_posts_where_the_ids_are_known(farm, tmp_path):

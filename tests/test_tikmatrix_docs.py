@@ -567,17 +567,23 @@ def test_post_material_library_tiktok_without_enough_material(farm):
     assert all(m["reserved_by"] is None for m in farm.materials()["items"])
 
 
-def test_post_material_library_custom_sound_is_refused(farm):
-    """Post Script Configuration, "Post with Custom Sound" with a video in the library:
-    Lite cannot add a sound in the editor yet, so the example is refused at creation with
-    a 40001 on add_sound (README: "Custom sound (not yet)"), rather than posted without
-    the sound; no task is made and the library's video stays free."""
-    device, _ = farm.phone()
+def test_post_material_library_custom_sound(farm):
+    """Post Script Configuration, "Post with Custom Sound": the library's video shared
+    into TikTok, the first sound found for "trending dance 2024" added in the editor's
+    sound panel, the original sound at 30 and the added one at 70 of TikMatrix's 0-100
+    (TikTok's 60 % and 140 %), then posted; the library counts the video used."""
+    device, (app,) = farm.phone()
+    app.sounds = ["Trending Dance 2024 remix - sim_dj", "Calm piano - sim_band"]
     video, = farm.library(("clip.mp4", mp4(1)))
-    message = error_of(farm.send(library_post(farm, "Post with Custom Sound", [device])))
-    assert message.startswith("script_config.add_sound: Lite cannot add a sound"), message
-    assert farm.client.get_stats()["data"]["total"] == 0
-    assert [m["reserved_by"] for m in farm.materials()["items"]] == [None]
+    task, = farm.finished(farm.created(library_post(farm, "Post with Custom Sound",
+                                                    [device]), 1))
+    assert task["status"] == 2, task["error"]
+    assert task["result"]["sound"] == "Trending Dance 2024 remix - sim_dj"
+    post, = app.posts
+    assert (post["caption"], post["sound"]) == ("Dancing to this trending sound!",
+                                                "Trending Dance 2024 remix - sim_dj")
+    assert post["volumes"] == {"original": 60, "added": 140}
+    assert farm.materials(unused=1)["total"] == 0
 
 
 def test_post_material_library_specific_sound_url(farm):
