@@ -72,18 +72,8 @@ def validate(config):
     refuse_unapplied(config)
 
 
-def refuse_unapplied(config, failing=False):
-    """What cannot be applied is refused here, at creation, with why: never ignored.
-    `failing`: at run time (the account's app decided the platform): the task fails,
-    without retry, with the same words."""
-    if failing:
-        try:
-            refuse_unapplied(config)
-        except ValueError as exc:
-            field, reason = exc.args
-            raise _common.StepFailed("post: check the parameters", f"{field} {reason}",
-                                     retry=False) from None
-        return
+def refuse_unapplied(config):
+    """What cannot be applied is refused here, at creation, with why: never ignored."""
     sound, way = str(config["add_sound"]), config["post_way"]
     instagram = config["platform"] == "instagram"
     if sound in ("1", "custom") and (way == "useSound" or instagram):
@@ -108,6 +98,17 @@ def refuse_unapplied(config, failing=False):
                              "useSound (50 leaves the volume as it is)")
     if config["add_product_link"] and instagram:
         raise ValueError("add_product_link", "is TikTok only (TikTok Shop's showcase)")
+
+
+def refuse_on_instagram(config):
+    """At run time, when the task's account made it an Instagram post (the config said
+    TikTok): what only TikTok applies fails the task, without retry, in the same words."""
+    try:
+        refuse_unapplied(dict(config, platform="instagram"))
+    except ValueError as exc:
+        field, reason = exc.args
+        raise _common.StepFailed("post: check the parameters", f"{field} {reason}",
+                                 retry=False) from None
 
 
 def reserve_materials(config):
@@ -136,8 +137,8 @@ def run(phone, task):
     title, description = _common.split_title(caption)
     app = _common.open_app(phone, task, text=caption,
                            launch=config["post_way"] != "share" or bool(task.username))
-    if app.platform == "instagram":     # an Instagram account's task: the config said tiktok
-        refuse_unapplied(dict(config, platform="instagram"), failing=True)
+    if app.platform == "instagram":
+        refuse_on_instagram(config)
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")
     remote, done = [], {}
     try:
