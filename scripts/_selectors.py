@@ -62,7 +62,6 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
     "upload": {"ids": {"47.0.3": ["upload_hot_area"]},
                "labels": [{"text": "Upload"}, {"desc": "Upload"}, {"text": "Gallery"}]},
     "gallery_select": {"ids": {"47.0.3": ["l34"]}, "labels": []},
-    "gallery_photos_tab": {"ids": {}, "labels": [{"desc": "Photos"}, {"text": "Photos"}]},
     "gallery_next": {"ids": {"47.0.3": ["xyk"]},
                      "labels": [{"text_regex": r"Next( \(\d+\))?"}]},
     "editor_next": {"ids": {"47.0.3": ["q05"]}, "labels": [{"text": "Next"}]},

@@ -294,9 +294,10 @@ def edit_tiktok(app, config, remote, title, description):
             open_sound(app, config)
         else:
             app.step("addButton: tap Create (+)", "create", expect="upload", timeout=30)
+        # the gallery opens on its "all media" tab, newest first, where the pushed files
+        # are the first cells, images or videos (edde746/tiktok-uploader picks photos
+        # there too, without a Photos tab): no tab to switch, no look more
         app.step("open Upload (the gallery)", "upload", expect="gallery_select")
-        if config["content_type"] == 1:
-            app.tap_if_present("gallery_photos_tab")
         pick_in_gallery(app, "gallery_select", len(remote), "select the media",
                         then=("gallery_next", "editor_next"))
     done = {"sound": mix_sound(app, config)}
