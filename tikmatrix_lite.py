@@ -1738,12 +1738,17 @@ class Store:
 
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         """Devices with their running task and pending count: the phone's own tasks, not
-        workers' (external) tasks that merely name its serial."""
+        workers' (external) tasks that merely name its serial.
+
+        The count is task_counts' (a few rows per phone) less the phone's external
+        pending tasks (usually none): counting its pending tasks one by one cost every
+        POST /task (whose device event reads this) a walk over all of them."""
         return self.query(
             f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING}"
-            " AND external = 0) AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE"
-            f" serial=d.serial AND external = 0 AND status={PENDING}) AS pending_count"
-            " FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
+            " AND external = 0) AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
+            f" task_counts WHERE serial=d.serial AND status={PENDING}) - (SELECT COUNT(*)"
+            " FROM tasks INDEXED BY tasks_due WHERE serial=d.serial AND external = 1"
+            f" AND status={PENDING}) AS pending_count FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
             + " ORDER BY d.serial", () if serial is None else (serial,))
 
     def remember_connection(self, address: str, adb_server: Optional[str]) -> None:

@@ -953,6 +953,12 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
         assert_counts_match(st)
         assert st.due_times() == brute_force_due_times(st)
         for serial in SERIALS:
+            st.upsert_device(serial, state="device")
+        assert {d["serial"]: d["pending_count"] for d in st.list_devices()} == {
+            serial: st.query_one(f"SELECT COUNT(*) FROM tasks NOT INDEXED WHERE serial=?"
+                                 f" AND status={tml.PENDING} AND external = 0",
+                                 (serial,))[0] for serial in SERIALS}
+        for serial in SERIALS:
             for user in USERS[1:]:
                 for statuses in ([], [tml.PENDING], [tml.COMPLETED, tml.FAILED]):
                     _, total = st.list_tasks(serial=serial, username=user,
@@ -1048,6 +1054,8 @@ def test_workers_tasks_are_listed_and_counted_but_are_no_phones(st, clock):
     assert st.claim_next("d1", T0 + 50)["id"] == phone        # the phone is not busy
     assert st.list_devices()[0]["running_task_id"] == phone
     assert_counts_match(st)
+    st.create_tasks([new("d1", external=True), new("d1"), new("d1", external=True)])
+    assert st.list_devices("d1")[0]["pending_count"] == 1
 
 
 def test_lease_and_expiry_ends_keep_the_counters_and_due_times(st, clock):
