@@ -833,9 +833,15 @@ class Store:
     write, so its log is complete on disk when it stops, fails or is interrupted.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, *,
+                 sole_writer: bool = False):
         self.path = Path(path)
         self.clock = clock
+        #: nobody else writes the file (the server holds its lock): what a read found
+        #: holds until this store's next commit, so small hot reads are kept (_cached)
+        self.sole_writer = sole_writer
+        self._commits = 0
+        self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
         #: every connection with the thread that uses it, so close() can spare live ones
@@ -904,6 +910,27 @@ class Store:
         reader's."""
         return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
 
+    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """compute(), or its answer kept since this store's last commit.
+
+        Each query costs a request more than its own time: sqlite3 lets go of the GIL at
+        every step, and with the server's threads busy each step waits its turn again.
+        Only for a store that is the file's sole writer, and never inside a write (whose
+        reads see what may yet roll back). A commit under way while compute() reads
+        leaves the answer filed under the older count: it is read again next time.
+        """
+        if not self.sole_writer or getattr(self._local, "write_depth", 0):
+            return compute()
+        commits = self._commits
+        kept = self._cache.get(key)
+        if kept is not None and kept[0] == commits:
+            return kept[1]
+        value = compute()
+        if len(self._cache) >= 256:               # filters of many kinds: start again
+            self._cache = {}
+        self._cache[key] = (commits, value)
+        return value
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
 
@@ -933,6 +960,7 @@ class Store:
                     flushed = self._flush_live(conn)
                     yield conn
                     self._commit(conn, flushed)
+                    self._commits += 1
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -1065,6 +1093,7 @@ class Store:
                 conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
                                  " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
                 conn.execute("COMMIT")
+                self._commits += 1
             except sqlite3.Error as exc:
                 log.warning("%d log lines of ended tasks not written: %s", len(late), exc)
                 if conn.in_transaction:
@@ -1268,8 +1297,8 @@ class Store:
     def _counted(self, where: List[str], params: List[Any]) -> Optional[int]:
         """How many tasks match these equality filters, from task_counts."""
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return self.query_one(f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}",
-                              params)[0]
+        return self._cached(("counted", clause, *params), lambda: self.query_one(
+            f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}", params)[0])
 
     def task_log(self, task_id: int) -> List[Any]:
         """The task's log lines (rows with 'at' and 'line'), those still in memory last."""
@@ -1282,7 +1311,8 @@ class Store:
         return rows
 
     def stats(self) -> Dict[str, int]:
-        counts = dict(self.query("SELECT status, SUM(n) FROM task_counts GROUP BY status"))
+        counts = self._cached("stats", lambda: dict(self.query(
+            "SELECT status, SUM(n) FROM task_counts GROUP BY status")))
         out = {"total": sum(counts.values())}
         for status, name in STATUS_TEXT.items():
             out[name] = counts.get(status, 0)
@@ -2102,7 +2132,9 @@ class Store:
             return conn.execute("DELETE FROM api_keys WHERE id=?", (key_id,)).rowcount == 1
 
     def has_admin_key(self) -> bool:
-        return self.query_one("SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None
+        """Asked by every request (keys count once an admin key exists)."""
+        return self._cached("admin key", lambda: self.query_one(
+            "SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None)
 
 
 def ended_message(error: str) -> str:
@@ -5537,7 +5569,7 @@ class Server:
         #: one server per database: a second would call the first's tasks interrupted
         self._db_lock = _lock_database(config.db) if with_devices else None
         try:
-            self.store = Store(config.db, clock)
+            self.store = Store(config.db, clock, sole_writer=self._db_lock is not None)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {config.db}: {exc}") from None
         self.events = EventHub(self.store)

@@ -926,7 +926,8 @@ operation = hs.one_of(
 @given(hs.lists(operation, max_size=40))
 def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops):
     clock = FakeClock(T0)
-    st = tml.Store(tmp_path_factory.mktemp("counts") / "c.db", clock)
+    # as the server's: reads kept until its next commit, so each op must be seen
+    st = tml.Store(tmp_path_factory.mktemp("counts") / "c.db", clock, sole_writer=True)
     try:
         for name, arg in ops:
             if name == "create":
@@ -951,6 +952,11 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
             else:
                 st.clear([tml.COMPLETED if name == "clear_completed" else tml.FAILED])
             clock.advance(1)
+            real = dict(st.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+            assert st.stats() == {"total": sum(real.values())} | {
+                text: real.get(number, 0) for number, text in tml.STATUS_TEXT.items()}
+            assert st.list_tasks(serial="d1")[1] == st.query_one(
+                "SELECT COUNT(*) FROM tasks WHERE serial='d1'")[0]
         assert_counts_match(st)
         assert st.due_times() == brute_force_due_times(st)
         for serial in SERIALS:
@@ -1247,3 +1253,48 @@ def test_format_time_in_sql_equals_format_time(st, berlin_time):
         assert st.query_one(f"SELECT {tml._time_sql('?1')}", (epoch,))[0] == \
             tml.format_time(epoch), epoch
 
+
+# ---------------------------------------------------------------------------
+# issue 9's reads kept until the next commit (the server is the file's sole writer)
+# ---------------------------------------------------------------------------
+
+def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
+    st = open_store(clock_=FakeClock(T0))
+    st.sole_writer = True
+    assert (st.stats()["total"], st.has_admin_key()) == (0, False)
+    task_id = st.create_tasks([new("d1")])[0]
+    assert (st.stats()["pending"], st.list_tasks(serial="d1")[1]) == (1, 1)
+    st.add_api_key("boss", "admin", "hash")
+    assert st.has_admin_key()
+    with st.write() as conn:                       # a read inside a write sees the write
+        conn.execute("DELETE FROM api_keys")
+        assert not st.has_admin_key()
+        conn.execute("ROLLBACK")                   # ... which may roll back
+        conn.execute("BEGIN IMMEDIATE")
+    assert st.has_admin_key()
+    st.claim_next("d1", T0 + 1)
+    assert (st.stats()["pending"], st.stats()["running"]) == (0, 1)
+    st.delete_task(task_id)
+    assert st.stats()["total"] == st.list_tasks(serial="d1")[1] == 0
+
+
+def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
+    """Two stores on one file (two processes): each sees the other's commits."""
+    first, second = tml.Store(db_path), tml.Store(db_path)
+    try:
+        assert first.stats()["total"] == 0 and not first.has_admin_key()
+        second.create_tasks([new("d1")])
+        second.add_api_key("boss", "admin", "hash")
+        assert first.stats()["total"] == first.list_tasks(serial="d1")[1] == 1
+        assert first.has_admin_key()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_server_is_its_database_s_sole_writer(make_config, tmp_path):
+    lite = tml.Server(make_config(db=tmp_path / "own.db"), with_devices=True)
+    try:
+        assert lite.store.sole_writer
+    finally:
+        lite.close()
