@@ -840,7 +840,10 @@ class Store:
         #: nobody else writes the file (the server holds its lock): what a read found
         #: holds until this store's next commit, so small hot reads are kept (_cached)
         self.sole_writer = sole_writer
-        self._commits = 0
+        #: counts this store's commits and the progress its running tasks report in
+        #: memory: what _cached keeps is good while it stays the same
+        self._changes = 0
+        self._changes_lock = threading.Lock()
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
@@ -921,15 +924,20 @@ class Store:
         """
         if not self.sole_writer or getattr(self._local, "write_depth", 0):
             return compute()
-        commits = self._commits
+        changes = self._changes
         kept = self._cache.get(key)
-        if kept is not None and kept[0] == commits:
+        if kept is not None and kept[0] == changes:
             return kept[1]
         value = compute()
-        if len(self._cache) >= 256:               # filters of many kinds: start again
+        if len(self._cache) >= 64:        # filters of many kinds (pages up to 60 KB)
             self._cache = {}
-        self._cache[key] = (commits, value)
+        self._cache[key] = (changes, value)
         return value
+
+    def _changed(self) -> None:
+        """After a commit or a change of progress in memory: what was kept is stale."""
+        with self._changes_lock:         # += from two threads at once could count one
+            self._changes += 1
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
@@ -960,7 +968,7 @@ class Store:
                     flushed = self._flush_live(conn)
                     yield conn
                     self._commit(conn, flushed)
-                    self._commits += 1
+                    self._changed()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -1093,7 +1101,7 @@ class Store:
                 conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
                                  " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
                 conn.execute("COMMIT")
-                self._commits += 1
+                self._changed()
             except sqlite3.Error as exc:
                 log.warning("%d log lines of ended tasks not written: %s", len(late), exc)
                 if conn.in_transaction:
@@ -1219,7 +1227,13 @@ class Store:
         load every release hands the interpreter to another thread, and a page read row
         by row, decoded and encoded again cost 3-4 times a bare request. A page with a
         time sqlite cannot show as Python does (see TASK_JSON_SQL) is built in Python.
+        A page asked for again before any change is the one kept (_cached).
         """
+        key = tuple((name, tuple(value) if isinstance(value, list) else value)
+                    for name, value in sorted(filters.items()))
+        return self._cached(("page",) + key, lambda: self._task_page_json(**filters))
+
+    def _task_page_json(self, **filters: Any) -> Tuple[str, int]:
         found = self._page_query(**filters)
         if found is None:
             return "[]", 0
@@ -1342,6 +1356,7 @@ class Store:
             if live is not None:
                 live.progress, live.message, live.progress_dirty = percent, message, True
         if live is not None:
+            self._changed()                               # pages show it
             self._announce({"task": {task_id: None}})     # the farm view shows it live
             return
         with self.write() as conn:

@@ -957,6 +957,8 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
                 text: real.get(number, 0) for number, text in tml.STATUS_TEXT.items()}
             assert st.list_tasks(serial="d1")[1] == st.query_one(
                 "SELECT COUNT(*) FROM tasks WHERE serial='d1'")[0]
+            text, total = st.task_page_json(page_size=5)
+            assert (json.loads(text), total) == page_in_python(st, page_size=5)
         assert_counts_match(st)
         assert st.due_times() == brute_force_due_times(st)
         for serial in SERIALS:
@@ -1274,8 +1276,13 @@ def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
     assert st.has_admin_key()
     st.claim_next("d1", T0 + 1)
     assert (st.stats()["pending"], st.stats()["running"]) == (0, 1)
+    assert json.loads(st.task_page_json()[0])[0]["progress"] == 0
+    st.set_progress(task_id, 30, "in memory")          # no commit: the page changes too
+    shown = json.loads(st.task_page_json()[0])[0]
+    assert (shown["progress"], shown["message"]) == (30, "in memory")
     st.delete_task(task_id)
     assert st.stats()["total"] == st.list_tasks(serial="d1")[1] == 0
+    assert st.task_page_json() == ("[]", 0)
 
 
 def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
