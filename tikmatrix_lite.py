@@ -844,6 +844,9 @@ class Store:
         #: memory: what _cached keeps is good while it stays the same
         self._changes = 0
         self._changes_lock = threading.Lock()
+        #: the same for the API keys alone: every request asks whether there is an
+        #: admin key, and a task's write must not make it ask sqlite again
+        self._key_changes = 0
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
@@ -913,8 +916,10 @@ class Store:
         reader's."""
         return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
 
-    def _cached(self, key: Any, compute: Callable[[], Any]) -> Any:
-        """compute(), or its answer kept since this store's last commit.
+    def _cached(self, key: Any, compute: Callable[[], Any],
+                changes: Optional[int] = None) -> Any:
+        """compute(), or its answer kept since this store's last commit (or since the
+        count of the changes it depends on, ``changes``, moved).
 
         Each query costs a request more than its own time: sqlite3 lets go of the GIL at
         every step, and with the server's threads busy each step waits its turn again.
@@ -924,7 +929,7 @@ class Store:
         """
         if not self.sole_writer or getattr(self._local, "write_depth", 0):
             return compute()
-        changes = self._changes
+        changes = self._changes if changes is None else changes
         kept = self._cache.get(key)
         if kept is not None and kept[0] == changes:
             return kept[1]
@@ -1001,6 +1006,9 @@ class Store:
                     log.exception("change listener failed")
         for task_id, outcome in changes.get("ended", ()):   # webhooks, accounts, metrics
             self.task_ended(task_id, outcome)
+        if changes.get("api_key"):                # committed: has_admin_key asks again
+            with self._changes_lock:
+                self._key_changes += 1
 
     # -- log lines and progress in memory ---------------------------------------
     def _watch_changes(self) -> None:
@@ -2132,6 +2140,7 @@ class Store:
     # -- API keys (SPEC 8.5) ---------------------------------------------------------
     def add_api_key(self, name: str, role: str, key_hash: str) -> int:
         with self.write() as conn:
+            self._note("api_key", name)
             return conn.execute("INSERT INTO api_keys (name, role, key_hash, created_at)"
                                 " VALUES (?,?,?,?)",
                                 (name, role, key_hash, self.clock())).lastrowid
@@ -2144,12 +2153,14 @@ class Store:
 
     def delete_api_key(self, key_id: int) -> bool:
         with self.write() as conn:
+            self._note("api_key", key_id)
             return conn.execute("DELETE FROM api_keys WHERE id=?", (key_id,)).rowcount == 1
 
     def has_admin_key(self) -> bool:
         """Asked by every request (keys count once an admin key exists)."""
         return self._cached("admin key", lambda: self.query_one(
-            "SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None)
+            "SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None,
+            self._key_changes)
 
 
 def ended_message(error: str) -> str:
@@ -2514,8 +2525,10 @@ def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix:
         if data.get(name) is None:
             if decl.get("required"):
                 raise BadRequest(where, "is required")
-            if "default" in decl:
-                out[name] = json.loads(json.dumps(decl["default"]))
+            if "default" in decl:         # a list or dict is the caller's own copy
+                default = decl["default"]
+                out[name] = json.loads(json.dumps(default)) \
+                    if isinstance(default, (list, dict)) else default
             continue
         out[name] = check_param(where, data[name], decl, switches=switches)
     return out

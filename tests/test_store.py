@@ -1283,6 +1283,15 @@ def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
     st.delete_task(task_id)
     assert st.stats()["total"] == st.list_tasks(serial="d1")[1] == 0
     assert st.task_page_json() == ("[]", 0)
+    key_id = st.list_api_keys()[0]["id"]               # the keys have a count of their own
+    st.create_tasks([new("d1")])
+    assert st.has_admin_key()
+    st.delete_api_key(key_id)
+    assert not st.has_admin_key()
+    st.add_api_key("viewer", "viewer", "hash2")
+    assert not st.has_admin_key()
+    st.add_api_key("boss", "admin", "hash3")
+    assert st.has_admin_key()
 
 
 def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
