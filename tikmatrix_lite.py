@@ -6008,6 +6008,8 @@ class Api:
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
+        self._clients: Dict[str, Tuple[Any, bool]] = {}
+        self._queries: Dict[Tuple[int, str], Dict[str, Any]] = {}
         self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
         for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
             handler = getattr(self, name)
@@ -6071,13 +6073,10 @@ class Api:
         return [text]
 
     def _check_access(self, environ, need_key: bool = True) -> None:
-        try:
-            address = ipaddress.ip_address(environ.get("REMOTE_ADDR", "").split("%")[0])
-            address = getattr(address, "ipv4_mapped", None) or address
-        except ValueError:
-            raise Forbidden("client address unknown") from None
-        if not any(address in net for net in self.allowed_networks
-                   if net.version == address.version):
+        address, allowed = self._client(environ.get("REMOTE_ADDR", ""))
+        if address is None:
+            raise Forbidden("client address unknown")
+        if not allowed:
             log.warning("refused %s %s from %s: address not allowed (--allow-from)",
                         environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), address)
             raise Forbidden(f"client address {address} is not allowed (--allow-from)")
@@ -6103,6 +6102,25 @@ class Api:
                                     " or 'X-API-Key: KEY'")
         environ["tmlite.creator"] = name
         self._check_role(environ, role, name)
+
+    def _client(self, remote: str) -> Tuple[Any, bool]:
+        """(the client's address, or None if it is none; whether --allow-from lets it in),
+        kept per address: parsing it and testing the networks cost a request more than
+        all the rest of a /task/stats."""
+        known = self._clients.get(remote)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(remote.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+            known = address, any(address in net for net in self.allowed_networks
+                                 if net.version == address.version)
+        except ValueError:
+            known = None, False
+        if len(self._clients) >= 1024:        # a LAN's hosts fit; a scan starts it again
+            self._clients = {}
+        self._clients[remote] = known
+        return known
 
     @staticmethod
     def _check_role(environ, role: str, name: str) -> None:
@@ -6190,13 +6208,23 @@ class Api:
         return data
 
     def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-        """The query string checked against its declarations (numbers read from text)."""
+        """The query string checked against its declarations (numbers read from text).
+
+        A query string checked before is not parsed again: a client polling one page
+        asks the same one each time, and reading it cost more than the kept page."""
         from urllib.parse import parse_qsl
-        q = dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
-                           keep_blank_values=False))
+        text = self.bottle.request.environ.get("QUERY_STRING", "")
+        kept = self._queries.get((id(decls), text))
+        if kept is not None:
+            return dict(kept)                 # the handler's own copy
+        q = dict(parse_qsl(text, keep_blank_values=False))
         values = {name: _query_value(name, q[name], decl["type"])
                   for name, decl in decls.items() if name in q}
-        return check_fields(values, decls, switches=False)
+        checked = check_fields(values, decls, switches=False)
+        if len(self._queries) >= 256:
+            self._queries = {}
+        self._queries[(id(decls), text)] = checked
+        return dict(checked)
 
     # -- tasks ---------------------------------------------------------------------------
     @route("POST", "/task", "Create tasks on devices or accounts", body=TASK_CREATE,
