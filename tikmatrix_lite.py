@@ -833,9 +833,21 @@ class Store:
     write, so its log is complete on disk when it stops, fails or is interrupted.
     """
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, *,
+                 sole_writer: bool = False):
         self.path = Path(path)
         self.clock = clock
+        #: nobody else writes the file (the server holds its lock): what a read found
+        #: holds until this store's next commit, so small hot reads are kept (_cached)
+        self.sole_writer = sole_writer
+        #: counts this store's commits and the progress its running tasks report in
+        #: memory: what _cached keeps is good while it stays the same
+        self._changes = 0
+        self._changes_lock = threading.Lock()
+        #: the same for the API keys alone: every request asks whether there is an
+        #: admin key, and a task's write must not make it ask sqlite again
+        self._key_changes = 0
+        self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
         #: every connection with the thread that uses it, so close() can spare live ones
@@ -904,6 +916,34 @@ class Store:
         reader's."""
         return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
 
+    def _cached(self, key: Any, compute: Callable[[], Any],
+                changes: Optional[int] = None) -> Any:
+        """compute(), or its answer kept since this store's last commit (or since the
+        count of the changes it depends on, ``changes``, moved).
+
+        Each query costs a request more than its own time: sqlite3 lets go of the GIL at
+        every step, and with the server's threads busy each step waits its turn again.
+        Only for a store that is the file's sole writer, and never inside a write (whose
+        reads see what may yet roll back). A commit under way while compute() reads
+        leaves the answer filed under the older count: it is read again next time.
+        """
+        if not self.sole_writer or getattr(self._local, "write_depth", 0):
+            return compute()
+        changes = self._changes if changes is None else changes
+        kept = self._cache.get(key)
+        if kept is not None and kept[0] == changes:
+            return kept[1]
+        value = compute()
+        if len(self._cache) >= 64:        # filters of many kinds (pages up to 60 KB)
+            self._cache = {}
+        self._cache[key] = (changes, value)
+        return value
+
+    def _changed(self) -> None:
+        """After a commit or a change of progress in memory: what was kept is stale."""
+        with self._changes_lock:         # += from two threads at once could count one
+            self._changes += 1
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> List[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchall()
 
@@ -933,6 +973,7 @@ class Store:
                     flushed = self._flush_live(conn)
                     yield conn
                     self._commit(conn, flushed)
+                    self._changed()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
@@ -965,6 +1006,9 @@ class Store:
                     log.exception("change listener failed")
         for task_id, outcome in changes.get("ended", ()):   # webhooks, accounts, metrics
             self.task_ended(task_id, outcome)
+        if changes.get("api_key"):                # committed: has_admin_key asks again
+            with self._changes_lock:
+                self._key_changes += 1
 
     # -- log lines and progress in memory ---------------------------------------
     def _watch_changes(self) -> None:
@@ -1065,6 +1109,7 @@ class Store:
                 conn.executemany("INSERT INTO task_log (task_id, at, line) SELECT ?, ?, ?"
                                  " WHERE EXISTS (SELECT 1 FROM tasks WHERE id=?)", late)
                 conn.execute("COMMIT")
+                self._changed()
             except sqlite3.Error as exc:
                 log.warning("%d log lines of ended tasks not written: %s", len(late), exc)
                 if conn.in_transaction:
@@ -1173,13 +1218,53 @@ class Store:
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
         return self._with_live(self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,)))
 
-    def list_tasks(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
-                   script_name: Optional[str] = None, source: Optional[str] = None,
-                   username: Optional[str] = None, created_from: Optional[float] = None,
-                   created_to: Optional[float] = None, page: int = 1,
-                   page_size: int = 20, creator: Optional[str] = None
-                   ) -> Tuple[List[Any], int]:
+    def list_tasks(self, **filters: Any) -> Tuple[List[Any], int]:
         """Newest first, filtered and paginated; returns (rows, total matching).
+        The filters are _page_query's."""
+        found = self._page_query(**filters)
+        if found is None:
+            return [], 0
+        sql, params, total = found
+        return [self._with_live(row) for row in self.query(sql, params)], total
+
+    def task_page_json(self, **filters: Any) -> Tuple[str, int]:
+        """list_tasks' page as the API's JSON array of tasks (task_to_json's), built by
+        sqlite in one step; returns (JSON text, total matching).
+
+        Each row read is a step, and sqlite3 lets go of the GIL at every step: under
+        load every release hands the interpreter to another thread, and a page read row
+        by row, decoded and encoded again cost 3-4 times a bare request. A page with a
+        time sqlite cannot show as Python does (see TASK_JSON_SQL) is built in Python.
+        A page asked for again before any change is the one kept (_cached).
+        """
+        key = tuple((name, tuple(value) if isinstance(value, list) else value)
+                    for name, value in sorted(filters.items()))
+        return self._cached(("page",) + key, lambda: self._task_page_json(**filters))
+
+    def _task_page_json(self, **filters: Any) -> Tuple[str, int]:
+        found = self._page_query(**filters)
+        if found is None:
+            return "[]", 0
+        sql, params, total = found
+        with self._live_lock:                  # progress reported since the last write
+            live = {str(task_id): [t.progress, t.message] for task_id, t in
+                    self._live.items() if t.progress is not None}
+        text, exact = self.query_one(
+            f"SELECT '[' || COALESCE(group_concat({TASK_JSON_SQL}, ','), '') || ']',"
+            f" MIN({TASK_TIMES_EXACT_SQL}) FROM ({sql})", [_dump_json(live)] + params)
+        if exact == 0:
+            rows = [self._with_live(row) for row in self.query(sql, params)]
+            text = json.dumps([task_to_json(r) for r in rows], ensure_ascii=False)
+        return text, total
+
+    def _page_query(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
+                    script_name: Optional[str] = None, source: Optional[str] = None,
+                    username: Optional[str] = None, created_from: Optional[float] = None,
+                    created_to: Optional[float] = None, page: int = 1,
+                    page_size: int = 20, creator: Optional[str] = None
+                    ) -> Optional[Tuple[str, List[Any], int]]:
+        """The query of a page of tasks, newest first: (SQL, params, total matching), or
+        None when no task can match.
 
         The total comes from task_counts unless a time range or a creator (not counted
         there) is asked for; a time range is first turned into the range of ids created
@@ -1207,7 +1292,7 @@ class Store:
                 "SELECT COUNT(*), MIN(id), MAX(id) FROM tasks INDEXED BY tasks_created"
                 " WHERE created_at BETWEEN ? AND ?", (low, high))
             if not count:
-                return [], 0
+                return None
             where += ["id BETWEEN ? AND ?", "created_at BETWEEN ? AND ?"]
             params += [first, last, low, high]
             total = count if len(where) == 2 else None
@@ -1215,9 +1300,8 @@ class Store:
         table = "tasks " + self._status_index(statuses, total)
         if total is None:
             total = self.query_one(f"SELECT COUNT(*) FROM {table} {clause}", params)[0]
-        rows = self.query(f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                          params + [page_size, (page - 1) * page_size])
-        return [self._with_live(row) for row in rows], total
+        return (f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                params + [page_size, (page - 1) * page_size], total)
 
     @staticmethod
     def _status_index(statuses: List[int], total: Optional[int]) -> str:
@@ -1235,8 +1319,8 @@ class Store:
     def _counted(self, where: List[str], params: List[Any]) -> Optional[int]:
         """How many tasks match these equality filters, from task_counts."""
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        return self.query_one(f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}",
-                              params)[0]
+        return self._cached(("counted", clause, *params), lambda: self.query_one(
+            f"SELECT COALESCE(SUM(n), 0) FROM task_counts {clause}", params)[0])
 
     def task_log(self, task_id: int) -> List[Any]:
         """The task's log lines (rows with 'at' and 'line'), those still in memory last."""
@@ -1249,7 +1333,8 @@ class Store:
         return rows
 
     def stats(self) -> Dict[str, int]:
-        counts = dict(self.query("SELECT status, SUM(n) FROM task_counts GROUP BY status"))
+        counts = self._cached("stats", lambda: dict(self.query(
+            "SELECT status, SUM(n) FROM task_counts GROUP BY status")))
         out = {"total": sum(counts.values())}
         for status, name in STATUS_TEXT.items():
             out[name] = counts.get(status, 0)
@@ -1279,6 +1364,7 @@ class Store:
             if live is not None:
                 live.progress, live.message, live.progress_dirty = percent, message, True
         if live is not None:
+            self._changed()                               # pages show it
             self._announce({"task": {task_id: None}})     # the farm view shows it live
             return
         with self.write() as conn:
@@ -1738,12 +1824,17 @@ class Store:
 
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         """Devices with their running task and pending count: the phone's own tasks, not
-        workers' (external) tasks that merely name its serial."""
+        workers' (external) tasks that merely name its serial.
+
+        The count is task_counts' (a few rows per phone) less the phone's external
+        pending tasks (usually none): counting its pending tasks one by one cost every
+        POST /task (whose device event reads this) a walk over all of them."""
         return self.query(
             f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING}"
-            " AND external = 0) AS running_task_id, (SELECT COUNT(*) FROM tasks WHERE"
-            f" serial=d.serial AND external = 0 AND status={PENDING}) AS pending_count"
-            " FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
+            " AND external = 0) AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
+            f" task_counts WHERE serial=d.serial AND status={PENDING}) - (SELECT COUNT(*)"
+            " FROM tasks INDEXED BY tasks_due WHERE serial=d.serial AND external = 1"
+            f" AND status={PENDING}) AS pending_count FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
             + " ORDER BY d.serial", () if serial is None else (serial,))
 
     def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
@@ -2049,6 +2140,7 @@ class Store:
     # -- API keys (SPEC 8.5) ---------------------------------------------------------
     def add_api_key(self, name: str, role: str, key_hash: str) -> int:
         with self.write() as conn:
+            self._note("api_key", name)
             return conn.execute("INSERT INTO api_keys (name, role, key_hash, created_at)"
                                 " VALUES (?,?,?,?)",
                                 (name, role, key_hash, self.clock())).lastrowid
@@ -2061,10 +2153,14 @@ class Store:
 
     def delete_api_key(self, key_id: int) -> bool:
         with self.write() as conn:
+            self._note("api_key", key_id)
             return conn.execute("DELETE FROM api_keys WHERE id=?", (key_id,)).rowcount == 1
 
     def has_admin_key(self) -> bool:
-        return self.query_one("SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None
+        """Asked by every request (keys count once an admin key exists)."""
+        return self._cached("admin key", lambda: self.query_one(
+            "SELECT 1 FROM api_keys WHERE role='admin' LIMIT 1") is not None,
+            self._key_changes)
 
 
 def ended_message(error: str) -> str:
@@ -2145,6 +2241,45 @@ def task_to_json(row: Any) -> Dict[str, Any]:
         "schedule_id": schedule_id, "creator": creator, "worker_id": worker_id,
         "lease_until": format_time(lease_until),
     }
+
+
+def _time_sql(column: str) -> str:
+    """format_time in SQL: the whole second below (floor, as format_time) in local time."""
+    second = f"(CAST({column} AS INTEGER) - ({column} < CAST({column} AS INTEGER)))"
+    return f"strftime('{TIME_FORMAT}', {second}, 'unixepoch', 'localtime')"
+
+
+#: task_to_json as one sqlite expression over a tasks row (the API's JSON of a task,
+#: keys in the same order), for pages built in one step (Store.task_page_json). Its
+#: first parameter is {"task id": [progress, message]} of the running tasks whose
+#: progress waits in memory (Store._with_live). tests/test_store.py compares the two.
+TASK_JSON_SQL = "json_object(" + ", ".join(f"'{key}', {value}" for key, value in (
+    ("id", "id"), ("serial", "serial"), ("username", "username"),
+    ("script_name", "script_name"), ("script_config", "json(script_config)"),
+    ("status", "status"),
+    ("status_text", "CASE status " + " ".join(
+        f"WHEN {number} THEN '{text}'" for number, text in STATUS_TEXT.items()) + " END"),
+    ("source", "source"), ("priority", "priority"),
+    ("start_time", _time_sql("start_time")), ("started_at", _time_sql("started_at")),
+    ("end_time", _time_sql("end_time")), ("created_at", _time_sql("created_at")),
+    ("progress", f"CASE WHEN status = {RUNNING} THEN COALESCE(json_extract(?1, '$.\"' ||"
+                 " id || '\"[0]'), progress) ELSE progress END"),
+    ("message", f"CASE WHEN status = {RUNNING} AND json_type(?1, '$.\"' || id || '\"')"
+                " IS NOT NULL THEN json_extract(?1, '$.\"' || id || '\"[1]') ELSE message"
+                " END"),
+    ("error", "error"), ("result", "json(result)"), ("retry_count", "retry_count"),
+    ("max_retry_count", "max_retry_count"),
+    ("auto_retry", "json(CASE WHEN auto_retry THEN 'true' ELSE 'false' END)"),
+    ("min_interval", "min_interval"), ("max_interval", "max_interval"),
+    ("callback_url", "callback_url"), ("expire_at", _time_sql("expire_at")),
+    ("timeout", "timeout"), ("schedule_id", "schedule_id"), ("creator", "creator"),
+    ("worker_id", "worker_id"), ("lease_until", _time_sql("lease_until")),
+)) + ")"
+#: 1 when every time of the row is one sqlite shows as format_time does: sqlite (before
+#: 3.42) finds the local time of a date outside 1971-2037 from another year's offset
+TASK_TIMES_EXACT_SQL = " AND ".join(
+    f"COALESCE({column} BETWEEN 31536000 AND 2145916799, 1)" for column in (
+        "start_time", "started_at", "end_time", "created_at", "expire_at", "lease_until"))
 
 
 ###############################################################################
@@ -2390,8 +2525,10 @@ def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix:
         if data.get(name) is None:
             if decl.get("required"):
                 raise BadRequest(where, "is required")
-            if "default" in decl:
-                out[name] = json.loads(json.dumps(decl["default"]))
+            if "default" in decl:         # a list or dict is the caller's own copy
+                default = decl["default"]
+                out[name] = json.loads(json.dumps(default)) \
+                    if isinstance(default, (list, dict)) else default
             continue
         out[name] = check_param(where, data[name], decl, switches=switches)
     return out
@@ -5460,7 +5597,7 @@ class Server:
         #: one server per database: a second would call the first's tasks interrupted
         self._db_lock = _lock_database(config.db) if with_devices else None
         try:
-            self.store = Store(config.db, clock)
+            self.store = Store(config.db, clock, sole_writer=self._db_lock is not None)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open database {config.db}: {exc}") from None
         self.events = EventHub(self.store)
@@ -5826,6 +5963,10 @@ MATERIAL_QUERY = {
 }
 
 
+class EncodedJson(str):
+    """A handler's answer already encoded as JSON: the envelope goes around it as text."""
+
+
 def _ok(data: Any) -> Dict[str, Any]:
     return {"code": 0, "message": "success", "data": data}
 
@@ -5867,6 +6008,8 @@ class Api:
         self.app.default_error_handler = self._router_error
         self.routes: List[Dict[str, Any]] = []
         self.allowed_networks = list(lite.config.allow_from)
+        self._clients: Dict[str, Tuple[Any, bool]] = {}
+        self._queries: Dict[Tuple[int, str], Dict[str, Any]] = {}
         self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
         for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
             handler = getattr(self, name)
@@ -5930,13 +6073,10 @@ class Api:
         return [text]
 
     def _check_access(self, environ, need_key: bool = True) -> None:
-        try:
-            address = ipaddress.ip_address(environ.get("REMOTE_ADDR", "").split("%")[0])
-            address = getattr(address, "ipv4_mapped", None) or address
-        except ValueError:
-            raise Forbidden("client address unknown") from None
-        if not any(address in net for net in self.allowed_networks
-                   if net.version == address.version):
+        address, allowed = self._client(environ.get("REMOTE_ADDR", ""))
+        if address is None:
+            raise Forbidden("client address unknown")
+        if not allowed:
             log.warning("refused %s %s from %s: address not allowed (--allow-from)",
                         environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), address)
             raise Forbidden(f"client address {address} is not allowed (--allow-from)")
@@ -5962,6 +6102,25 @@ class Api:
                                     " or 'X-API-Key: KEY'")
         environ["tmlite.creator"] = name
         self._check_role(environ, role, name)
+
+    def _client(self, remote: str) -> Tuple[Any, bool]:
+        """(the client's address, or None if it is none; whether --allow-from lets it in),
+        kept per address: parsing it and testing the networks cost a request more than
+        all the rest of a /task/stats."""
+        known = self._clients.get(remote)
+        if known is not None:
+            return known
+        try:
+            address = ipaddress.ip_address(remote.split("%")[0])
+            address = getattr(address, "ipv4_mapped", None) or address
+            known = address, any(address in net for net in self.allowed_networks
+                                 if net.version == address.version)
+        except ValueError:
+            known = None, False
+        if len(self._clients) >= 1024:        # a LAN's hosts fit; a scan starts it again
+            self._clients = {}
+        self._clients[remote] = known
+        return known
 
     @staticmethod
     def _check_role(environ, role: str, name: str) -> None:
@@ -6022,6 +6181,9 @@ class Api:
                 return self._error(LiteError("internal error"))
             if isinstance(result, self.bottle.HTTPResponse):
                 return result
+            if isinstance(result, EncodedJson):
+                self._respond(200, None)
+                return f'{{"code": 0, "message": "success", "data": {result}}}'
             return self._respond(200, _ok(result))
         rule = re.sub(r"\{(\w+_id)\}", r"<\1:int>", spec["path"])
         rule = re.sub(r"\{(\w+)\}", r"<\1>", rule)
@@ -6046,13 +6208,23 @@ class Api:
         return data
 
     def query(self, decls: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-        """The query string checked against its declarations (numbers read from text)."""
+        """The query string checked against its declarations (numbers read from text).
+
+        A query string checked before is not parsed again: a client polling one page
+        asks the same one each time, and reading it cost more than the kept page."""
         from urllib.parse import parse_qsl
-        q = dict(parse_qsl(self.bottle.request.environ.get("QUERY_STRING", ""),
-                           keep_blank_values=False))
+        text = self.bottle.request.environ.get("QUERY_STRING", "")
+        kept = self._queries.get((id(decls), text))
+        if kept is not None:
+            return dict(kept)                 # the handler's own copy
+        q = dict(parse_qsl(text, keep_blank_values=False))
         values = {name: _query_value(name, q[name], decl["type"])
                   for name, decl in decls.items() if name in q}
-        return check_fields(values, decls, switches=False)
+        checked = check_fields(values, decls, switches=False)
+        if len(self._queries) >= 256:
+            self._queries = {}
+        self._queries[(id(decls), text)] = checked
+        return dict(checked)
 
     # -- tasks ---------------------------------------------------------------------------
     @route("POST", "/task", "Create tasks on devices or accounts", body=TASK_CREATE,
@@ -6070,14 +6242,15 @@ class Api:
                     for p in query.get("status", "").split(",") if p.strip()]
         page, page_size = query["page"], min(query["page_size"], MAX_PAGE_SIZE)
         username = query.get("username")
-        rows, total = self.store.list_tasks(
+        items, total = self.store.task_page_json(
             statuses=statuses, serial=query.get("serial"),
             script_name=query.get("script_name"), source=query.get("source"),
             username=None if username is None else normalize_username(username),
             created_from=query.get("start_timestamp"), created_to=query.get("end_timestamp"),
             page=page, page_size=page_size, creator=query.get("creator"))
-        return {"items": [task_to_json(r) for r in rows], "total": total, "page": page,
-                "page_size": page_size}
+        # the page comes as JSON text: the envelope is put around it, not encoded again
+        return EncodedJson(f'{{"items": {items}, "total": {total}, "page": {page},'
+                           f' "page_size": {page_size}}}')
 
     @route("GET", "/task/stats", "Count tasks by status",
            data={k: int for k in ("total", "pending", "running", "completed", "failed")})

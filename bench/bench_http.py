@@ -7,7 +7,10 @@ waitress with the same number of threads. ``wrk`` (Debian's package) loads each 
 connections for a few seconds, in turns, three rounds:
 
 - ``GET /api/v1/task/stats``
-- ``GET /api/v1/task?page=1&page_size=20``
+- ``GET /api/v1/task?page=1&page_size=20`` (asked again and again with nothing written
+  in between: the server answers with the page it kept)
+- ``GET /api/v1/task`` at pages drawn at random from 200 (page 1-40, size 20-24): more
+  than the server keeps, so most are read from the database ("list-new")
 - ``POST /api/v1/task`` (one task each)
 - the baseline: ``GET /`` of the hello app, measured in every round.
 
@@ -52,6 +55,13 @@ HELLO_APP = textwrap.dedent("""
         return "hello"
     waitress.serve(app, host="127.0.0.1", port=int(sys.argv[1]), threads=8,
                    _quiet=True)
+""")
+PAGES_LUA = textwrap.dedent("""
+    math.randomseed(os.time())
+    request = function()
+        return wrk.format("GET", string.format("/api/v1/task?page=%d&page_size=%d",
+                                               math.random(1, 40), math.random(20, 24)))
+    end
 """)
 POST_LUA = textwrap.dedent("""
     wrk.method = "POST"
@@ -120,6 +130,8 @@ def main() -> None:
     lite_port, hello_port = free_port(), free_port()
     post_lua = folder / "post.lua"
     post_lua.write_text(POST_LUA)
+    pages_lua = folder / "pages.lua"
+    pages_lua.write_text(PAGES_LUA)
     env = {k: v for k, v in os.environ.items() if not k.startswith("TMLITE_")}
     servers = [
         subprocess.Popen([sys.executable, str(options.program), "--host",
@@ -138,6 +150,7 @@ def main() -> None:
         "hello": (f"http://127.0.0.1:{hello_port}/", None),
         "stats": (f"{base}/task/stats", None),
         "list": (f"{base}/task?page=1&page_size=20", None),
+        "list-new": (f"{base}/task", str(pages_lua)),
         "create": (f"{base}/task", str(post_lua)),
     }
     try:

@@ -1,6 +1,7 @@
 """The Store on its own, synchronously: schema, lifecycle compare-and-sets, concurrency."""
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import sqlite3
@@ -925,7 +926,8 @@ operation = hs.one_of(
 @given(hs.lists(operation, max_size=40))
 def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops):
     clock = FakeClock(T0)
-    st = tml.Store(tmp_path_factory.mktemp("counts") / "c.db", clock)
+    # as the server's: reads kept until its next commit, so each op must be seen
+    st = tml.Store(tmp_path_factory.mktemp("counts") / "c.db", clock, sole_writer=True)
     try:
         for name, arg in ops:
             if name == "create":
@@ -950,8 +952,21 @@ def test_counters_equal_a_real_count_after_any_operations(tmp_path_factory, ops)
             else:
                 st.clear([tml.COMPLETED if name == "clear_completed" else tml.FAILED])
             clock.advance(1)
+            real = dict(st.query("SELECT status, COUNT(*) FROM tasks GROUP BY status"))
+            assert st.stats() == {"total": sum(real.values())} | {
+                text: real.get(number, 0) for number, text in tml.STATUS_TEXT.items()}
+            assert st.list_tasks(serial="d1")[1] == st.query_one(
+                "SELECT COUNT(*) FROM tasks WHERE serial='d1'")[0]
+            text, total = st.task_page_json(page_size=5)
+            assert (json.loads(text), total) == page_in_python(st, page_size=5)
         assert_counts_match(st)
         assert st.due_times() == brute_force_due_times(st)
+        for serial in SERIALS:
+            st.upsert_device(serial, state="device")
+        assert {d["serial"]: d["pending_count"] for d in st.list_devices()} == {
+            serial: st.query_one(f"SELECT COUNT(*) FROM tasks NOT INDEXED WHERE serial=?"
+                                 f" AND status={tml.PENDING} AND external = 0",
+                                 (serial,))[0] for serial in SERIALS}
         for serial in SERIALS:
             for user in USERS[1:]:
                 for statuses in ([], [tml.PENDING], [tml.COMPLETED, tml.FAILED]):
@@ -1048,6 +1063,8 @@ def test_workers_tasks_are_listed_and_counted_but_are_no_phones(st, clock):
     assert st.claim_next("d1", T0 + 50)["id"] == phone        # the phone is not busy
     assert st.list_devices()[0]["running_task_id"] == phone
     assert_counts_match(st)
+    st.create_tasks([new("d1", external=True), new("d1"), new("d1", external=True)])
+    assert st.list_devices("d1")[0]["pending_count"] == 1
 
 
 def test_lease_and_expiry_ends_keep_the_counters_and_due_times(st, clock):
@@ -1144,3 +1161,156 @@ def test_every_final_move_calls_the_task_end_hooks_after_its_commit(st, db_path)
             raise RuntimeError("rolled back")
     assert len(seen) == 4             # a rolled-back end is never announced
     assert_counts_match(st)
+
+
+# ---------------------------------------------------------------------------
+# issue 9's pages of tasks built by sqlite (GET /task)
+# ---------------------------------------------------------------------------
+
+#: Central European time with its summer time, as a POSIX rule (no tz database needed)
+BERLIN = "CET-1CEST,M3.5.0,M10.5.0/3"
+CONFIGS = [{"text": "héllo 🎉 \u2028 \"quoted\" \\ back\nslash", "n": 1.5, "big": 2 ** 62},
+           {"nested": {"list": [1, None, {"deep": [True, False, "ü"]}], "empty": {}},
+            "none": None},
+           {"emoji": "👍🏽", "float": 1e-7, "neg": -0.25, "tab": "a\tb\x01"}]
+
+
+@pytest.fixture
+def berlin_time(monkeypatch):
+    """The box in a timezone with summer time; format_time's cache forgets other zones."""
+    monkeypatch.setenv("TZ", BERLIN)
+    tml.time.tzset()
+    tml._format_second.cache_clear()
+    yield
+    monkeypatch.undo()
+    tml.time.tzset()
+    tml._format_second.cache_clear()
+
+
+def tasks_in_every_state(st, clock):
+    """Tasks pending, running (progress in memory or not, a worker's), completed, failed,
+    retried, with JSON configs and results of every kind, at fractional times."""
+    clock.now = datetime.datetime(2026, 3, 29, 1, 59, 59).timestamp() + 0.9996
+    ids = st.create_tasks([new(f"p{i}", script_config=CONFIGS[i % 3], username="u",
+                               start_time=clock.now + i * 3600.4, priority=i,
+                               callback_url="http://127.0.0.1:9/x", expire_at=clock.now
+                               + 86400.7, timeout=30, creator="ops")
+                           for i in range(9)])
+    ids += st.create_tasks([new("w", external=True, script_config={"x": [1, 2]})])
+    clock.now = datetime.datetime(2026, 10, 25, 2, 30, 0).timestamp() + 0.5
+    for serial in ("p1", "p2", "p3", "p4", "p5"):
+        assert st.claim_next(serial, clock.now + 86400 * 2)
+    assert st.worker_claim("wk", ["echo"], 30, clock.now)["id"] == ids[-1]
+    st.worker_progress(ids[-1], "wk", 20, "worker says ü", clock.now)
+    st.complete(ids[1], {"done": ["ö", 1.25, None], "n": 10 ** 12})
+    st.finish(ids[2], ok=False, error="boom \"x\"", result=None, allow_auto_retry=False)
+    st.finish(ids[3], ok=False, error="once more", allow_auto_retry=False)
+    st.retry(ids[3])
+    st.set_progress(ids[4], 55, "in memory: ü")          # no write after: memory only
+    return ids
+
+
+def page_in_python(st, **filters):
+    found, total = st.list_tasks(**filters)
+    return [tml.task_to_json(row) for row in found], total
+
+
+def test_a_page_built_by_sqlite_is_task_to_json_s(st, clock, berlin_time):
+    tasks_in_every_state(st, clock)
+    assert st.query_one(f"SELECT MIN({tml.TASK_TIMES_EXACT_SQL}) FROM tasks")[0] == 1
+    assert st.get_task(5)["progress"] == 55 and st.query_one(
+        "SELECT progress FROM tasks WHERE id=5")[0] != 55
+    for filters in ({}, {"statuses": [tml.RUNNING]}, {"statuses": [0, 2, 3]},
+                    {"serial": "p4"}, {"page": 2, "page_size": 3}, {"creator": "ops"},
+                    {"page": 9}):
+        text, total = st.task_page_json(**filters)
+        shown, expected_total = page_in_python(st, **filters)
+        assert (json.loads(text), total) == (shown, expected_total), filters
+        assert [list(task) for task in json.loads(text)] == [list(t) for t in shown]
+    statuses = {task["status_text"] for task in json.loads(st.task_page_json()[0])}
+    assert statuses == {"pending", "running", "completed", "failed"}
+
+
+@pytest.mark.parametrize("when", [datetime.datetime(1960, 7, 1, 12, 0, 0, 500000),
+                                  datetime.datetime(2040, 7, 1, 12, 0, 0, 999000)])
+def test_a_page_with_times_sqlite_shows_otherwise_is_built_in_python(st, clock,
+                                                                     berlin_time, when):
+    """sqlite 3.40 takes the local time of a date outside 1971-2037 from another year's
+    offset (summer time lost): such a page is built as task_to_json builds it."""
+    tasks_in_every_state(st, clock)
+    st.create_tasks([new("far", start_time=when.timestamp(), expire_at=when.timestamp())])
+    text, total = st.task_page_json()
+    assert json.loads(text)[0]["start_time"] == when.strftime("%Y-%m-%d %H:%M:%S")
+    assert (json.loads(text), total) == page_in_python(st)
+
+
+def test_format_time_in_sql_equals_format_time(st, berlin_time):
+    """Fractional, whole, negative-free and NULL epochs across both summer-time changes."""
+    base = datetime.datetime(2026, 3, 29, 0, 0, 0).timestamp()
+    epochs = [None, 31536000, 2145916799] + [
+        base + hour * 1800 + frac for hour in range(8) for frac in (0, 0.4, 0.9996, 0.99999)]
+    base = datetime.datetime(2026, 10, 25, 0, 0, 0).timestamp()
+    epochs += [base + hour * 1800 + frac for hour in range(8) for frac in (0, 0.9996)]
+    for epoch in epochs:
+        assert st.query_one(f"SELECT {tml._time_sql('?1')}", (epoch,))[0] == \
+            tml.format_time(epoch), epoch
+
+
+# ---------------------------------------------------------------------------
+# issue 9's reads kept until the next commit (the server is the file's sole writer)
+# ---------------------------------------------------------------------------
+
+def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
+    st = open_store(clock_=FakeClock(T0))
+    st.sole_writer = True
+    assert (st.stats()["total"], st.has_admin_key()) == (0, False)
+    task_id = st.create_tasks([new("d1")])[0]
+    assert (st.stats()["pending"], st.list_tasks(serial="d1")[1]) == (1, 1)
+    st.add_api_key("boss", "admin", "hash")
+    assert st.has_admin_key()
+    with st.write() as conn:                       # a read inside a write sees the write
+        conn.execute("DELETE FROM api_keys")
+        assert not st.has_admin_key()
+        conn.execute("ROLLBACK")                   # ... which may roll back
+        conn.execute("BEGIN IMMEDIATE")
+    assert st.has_admin_key()
+    st.claim_next("d1", T0 + 1)
+    assert (st.stats()["pending"], st.stats()["running"]) == (0, 1)
+    assert json.loads(st.task_page_json()[0])[0]["progress"] == 0
+    st.set_progress(task_id, 30, "in memory")          # no commit: the page changes too
+    shown = json.loads(st.task_page_json()[0])[0]
+    assert (shown["progress"], shown["message"]) == (30, "in memory")
+    st.delete_task(task_id)
+    assert st.stats()["total"] == st.list_tasks(serial="d1")[1] == 0
+    assert st.task_page_json() == ("[]", 0)
+    key_id = st.list_api_keys()[0]["id"]               # the keys have a count of their own
+    st.create_tasks([new("d1")])
+    assert st.has_admin_key()
+    st.delete_api_key(key_id)
+    assert not st.has_admin_key()
+    st.add_api_key("viewer", "viewer", "hash2")
+    assert not st.has_admin_key()
+    st.add_api_key("boss", "admin", "hash3")
+    assert st.has_admin_key()
+
+
+def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
+    """Two stores on one file (two processes): each sees the other's commits."""
+    first, second = tml.Store(db_path), tml.Store(db_path)
+    try:
+        assert first.stats()["total"] == 0 and not first.has_admin_key()
+        second.create_tasks([new("d1")])
+        second.add_api_key("boss", "admin", "hash")
+        assert first.stats()["total"] == first.list_tasks(serial="d1")[1] == 1
+        assert first.has_admin_key()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_server_is_its_database_s_sole_writer(make_config, tmp_path):
+    lite = tml.Server(make_config(db=tmp_path / "own.db"), with_devices=True)
+    try:
+        assert lite.store.sole_writer
+    finally:
+        lite.close()
