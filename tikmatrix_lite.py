@@ -874,6 +874,10 @@ class Store:
         #: called with (task id, outcome) after a task ended completed or failed, outside
         #: the transaction: webhooks, account counts and metrics hang here
         self.on_task_end: List[Callable[[int, str], None]] = []
+        #: called with (task id, outcome) inside the transaction that ends the task, so
+        #: what they write (an account's counts and cooldown) is committed with the end
+        #: or not at all: a client that sees the task ended sees its effects too
+        self.in_task_end: List[Callable[[int, str], None]] = []
         self.migrate()
         self._adopt_page_size()
         self._watch_changes()
@@ -1509,7 +1513,7 @@ class Store:
                              f" message='expired' WHERE id=? AND status={PENDING}",
                              (now, task_id))
                 self._release_materials(conn, task_id)
-                self._note("ended", (task_id, "failed"))
+                self._ending(conn, task_id, "failed")
             self._note_tasks(conn, ids)
         return ids
 
@@ -1597,7 +1601,7 @@ class Store:
                 conn.execute("INSERT INTO task_log (task_id, at, line) VALUES (?,?,?)",
                              (row["id"], now, f"{LEASE_EXPIRED} ({row['worker_id']})"))
             for task_id, outcome in ended:
-                self._note("ended", (task_id, outcome))
+                self._ending(conn, task_id, outcome)
                 if outcome == "failed":
                     self._release_materials(conn, task_id)
             self._note_tasks(conn, [task_id for task_id, _ in ended])
@@ -1628,7 +1632,7 @@ class Store:
                          f" WHERE id=? AND status={RUNNING}",
                          (now, _dump_json(result), task_id))
             self._use_materials(conn, task_id, now)
-            self._note("ended", (task_id, "completed"))
+            self._ending(conn, task_id, "completed")
             return True
 
     def fail(self, task_id: int, error: str, result: Any = None) -> bool:
@@ -1642,7 +1646,7 @@ class Store:
                          f" message=?, lease_until=NULL WHERE id=? AND status={RUNNING}",
                          (now, error, _dump_json(result), ended_message(error), task_id))
             self._release_materials(conn, task_id)
-            self._note("ended", (task_id, "failed"))
+            self._ending(conn, task_id, "failed")
             return True
 
     def stop(self, task_id: int, error: str = STOPPED_BY_USER, result: Any = None) -> bool:
@@ -1690,6 +1694,20 @@ class Store:
                 return "retrying"
             return "failed" if self.fail(task_id, error, result) else "gone"
 
+    def _ending(self, conn: sqlite3.Connection, task_id: int, outcome: str) -> None:
+        """A task ends for good in this transaction: the in-transaction listeners write
+        beside it (a listener that fails takes back only its own writes), the others
+        hear of it once it is committed."""
+        self._note("ended", (task_id, outcome))
+        for listener in self.in_task_end:
+            conn.execute("SAVEPOINT task_end")
+            try:
+                listener(task_id, outcome)
+            except Exception:
+                conn.execute("ROLLBACK TO task_end")
+                log.exception("task %s: a task-end listener failed", task_id)
+            conn.execute("RELEASE task_end")
+
     def task_ended(self, task_id: int, outcome: str) -> None:
         """Tell the listeners that a task ended for good (completed or failed)."""
         if outcome not in ("completed", "failed"):
@@ -1710,7 +1728,7 @@ class Store:
             if cur.rowcount == 1:
                 self._note_tasks(conn, [task_id])
                 self._release_materials(conn, task_id)
-                self._note("ended", (task_id, "failed"))
+                self._ending(conn, task_id, "failed")
             return cur.rowcount == 1
 
     def retry(self, task_id: int) -> bool:
@@ -4969,8 +4987,9 @@ class AccountSafety:
                     cooldown_until=format_time(account["cooldown_until"]) if cooling
                     else None, counts=self.counts(account["username"], now))
 
-    def task_ended(self, task_id: int, outcome: str) -> None:
-        """Count what the task did as its account; a block starts a cooldown."""
+    def task_ending(self, task_id: int, outcome: str) -> None:
+        """Count what the task did as its account; a block starts a cooldown. Runs in
+        the transaction that ends the task (Store.in_task_end)."""
         task = self.store.get_task(task_id)
         account = self.account_of(task) if task is not None else None
         if account is None:
@@ -4989,7 +5008,15 @@ class AccountSafety:
             self.store.set_cooldown(account["username"], until)
             log.warning("account @%s blocked (task %s): cooldown until %s",
                         account["username"], task_id, format_time(until))
-            self.on_cooldown(self.store.get_account(account["username"]))
+
+    def task_ended(self, task_id: int, outcome: str) -> None:
+        """Once the end is committed: a block's cooldown is announced (on_cooldown)."""
+        task = self.store.get_task(task_id)
+        if outcome != "failed" or task is None or not is_block(None, task["error"]):
+            return
+        account = self.account_of(task)
+        if account is not None:
+            self.on_cooldown(account)
 
 
 def within_hours(hours: str, now: float) -> bool:
@@ -5631,6 +5658,7 @@ class Server:
         # a schedule's slot makes its tasks as POST /task would (TaskOps.build)
         self.schedules = Schedules(store, lambda request, schedule_id: self.tasks.build(
             request, source="schedule", schedule_id=schedule_id))
+        store.in_task_end.append(self.safety.task_ending)
         store.on_task_end += [self.safety.task_ended, self.webhooks.task_finished,
                               self._count_task_end, lambda *_: self.wake()]
         scheduler.chores += [self._deadlines, self.schedules.fire_due]

@@ -1314,3 +1314,29 @@ def test_the_server_is_its_database_s_sole_writer(make_config, tmp_path):
         assert lite.store.sole_writer
     finally:
         lite.close()
+
+
+def test_in_task_end_listeners_write_in_the_ending_transaction(st, db_path):
+    """What a listener writes (an account's cooldown) is committed with the task's end,
+    so no reader sees one without the other; a listener that fails takes back only its
+    own writes, and the task still ends."""
+    assert st.save_account("shop_a", "d1", "tiktok", "com.zhiliaoapp.musically", True,
+                           create=True)
+    seen_inside = []
+
+    def cooldown(task_id, outcome):
+        seen_inside.append(on_disk(db_path, "SELECT status FROM tasks WHERE id=?",
+                                   (task_id,))[0][0])
+        st.set_cooldown("shop_a", T0 + 3600)
+
+    def broken(task_id, outcome):
+        st.set_cooldown("shop_a", T0 + 99)
+        raise RuntimeError("a bug in a listener")
+    st.in_task_end += [cooldown, broken]
+    task_id = claimed_task(st, "d1")
+    assert st.fail(task_id, "account blocked: Try again later")
+    assert seen_inside == [tml.RUNNING]           # not committed yet while it ran
+    assert on_disk(db_path, "SELECT status FROM tasks WHERE id=?", (task_id,))[0][0] == \
+        tml.FAILED
+    assert on_disk(db_path, "SELECT cooldown_until FROM accounts WHERE username='shop_a'"
+                   )[0][0] == T0 + 3600
