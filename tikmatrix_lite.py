@@ -1466,15 +1466,18 @@ class Store:
             if version != self._due_version:
                 self._due_version, self._due_stale = version, None
             stale, self._due_stale = self._due_stale, set()
-            if stale is None:
+            if stale is None:                # all phones: their rests in one query
                 self._due = {}
                 stale = [r[0] for r in self.query(
                     f"SELECT serial FROM task_counts WHERE status={PENDING}"
                     " GROUP BY serial HAVING SUM(n) > 0")]
+                rests = dict(self.query("SELECT serial, last_task_end FROM devices"))
+            else:
+                rests = {serial: self.query_one("SELECT last_task_end FROM devices WHERE"
+                                                " serial=?", (serial,)) for serial in stale}
+                rests = {serial: row[0] for serial, row in rests.items() if row}
             for serial in stale:
-                rested = self.query_one("SELECT last_task_end FROM devices WHERE serial=?",
-                                        (serial,))
-                due = self._due_time(serial, (rested and rested[0]) or 0)
+                due = self._due_time(serial, rests.get(serial) or 0)
                 if due < math.inf:
                     self._due[serial] = due
                 else:
