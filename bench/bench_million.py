@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark (issue 9 item 10): the store's reads at a million tasks.
 
-Builds once (and keeps, in --cache, default /work/research/bench-cache or
-$TMLITE_BENCH_CACHE) a database of TASKS synthetic tasks as a farm would pile them up:
-20 phones, 100 days, 8 scripts, 3 accounts per phone, two log lines per task, the newest
-2% pending, one running task per phone, 8% failed, the rest completed. Then times, on
-the same data, through the current module and through the module of an earlier commit
+Builds once (and keeps, in --cache, default $TMLITE_BENCH_CACHE or
+~/.cache/tikmatrix-lite-bench) a database of TASKS synthetic tasks as a farm would
+pile them up: 20 phones, 100 days, 8 scripts, 3 accounts per phone, two log lines per
+task, the newest 2% pending, one running task per phone, 8% failed, the rest
+completed. Then times, on the same data, through the current module and through the module of an earlier commit
 (``--baseline-rev``, on a database of its own schema):
 
 - every ``GET /task`` filter: Store.list_tasks of a page of 20 and task_to_json of its
@@ -201,7 +201,7 @@ def main():
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--baseline-rev", default=BASELINE_REV)
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get(
-        "TMLITE_BENCH_CACHE", "/work/research/bench-cache")))
+        "TMLITE_BENCH_CACHE", Path.home() / ".cache" / "tikmatrix-lite-bench")))
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     current = load_module(ROOT / "tikmatrix_lite.py", "tml_current")

@@ -9,7 +9,7 @@ language works where ids are known), then the labels, then the other versions' i
 (``ids_first`` puts the ids before the labels).
 
 Where each id and label comes from is noted beside it (no code was copied; facts only).
-Abbreviations, from /work/research/selectors.md (commits there):
+Abbreviations, from docs/research/selectors.md (sources with their commits there):
     DUMP   real window dumps copied in tests/fixtures/ui/ (masterFuf/taktik-bot,
            tests/unit/social_media/{tiktok,instagram}/fixtures/*.xml; rows and commits in
            tests/fixtures/ui/SOURCES.md). TikTok 43.1.4, 46.6.3, 46.9.3, 47.0.3; IG 410.
@@ -85,7 +85,7 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                      {"text_contains": "published"}, {"desc": "Posted"}]},
     "use_sound": {"ids": {}, "labels": [{"text": "Use sound"}, {"desc": "Use sound"},
                                         {"text": "Use this sound"}]},
-    # -- the editor's sound (research: /work/research/sound.md). The pill atop the
+    # -- the editor's sound (research: docs/research/sound.md). The pill atop the
     # editor: e1p holding tv_top_text "Add sound", then the sound's name (DUMP 47.0.3
     # editor; CC and EU tap it; GL: d8a on 43.x, d24 on 35.x, desc "Add sound").
     "sound_pill": {"ids": {"47.0.3": ["e1p"], "43.1.4": ["d8a"]},
