@@ -5,8 +5,8 @@ Builds once (and keeps, in --cache, default $TMLITE_BENCH_CACHE or
 ~/.cache/tikmatrix-lite-bench) a database of TASKS synthetic tasks as a farm would
 pile them up: 20 phones, 100 days, 8 scripts, 3 accounts per phone, two log lines per
 task, the newest 2% pending, one running task per phone, 8% failed, the rest
-completed. Then times, on the same data, through the current module and through the module of an earlier commit
-(``--baseline-rev``, on a database of its own schema):
+completed. Then times, on the same data, through the current module and through the
+module of an earlier commit (``--baseline-rev``, on a database of its own schema):
 
 - every ``GET /task`` filter: Store.list_tasks of a page of 20 and task_to_json of its
   rows (what the handler does before the envelope), p50/p99 over random filter values;
