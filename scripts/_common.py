@@ -517,6 +517,104 @@ def open_topic(app: App, topic: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# Galleries: the newest media, selected (post, comment)
+# ---------------------------------------------------------------------------------------
+
+#: Seconds the screen after Next may take when the item and Next were tapped at once.
+NEXT_SHOWS = 5
+
+
+def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[str] = None,
+                    then: Tuple[str, Any] = ("", None)) -> None:
+    """Select the newest `count` items (the first cells, where the pushed files are),
+    then tap Next: `then` is (the Next key, what shows after it).
+
+    The cells are tapped in order and one look confirms them all (their badges or the
+    Next button's count). If it does not, a pop-up or a lost tap got in the way: what
+    was selected is unselected and each item is selected with its own closed-loop step,
+    so the order stays the gallery's. `first`: a key tapped before the cells on the
+    same look (a multi-select switch that moves nothing).
+
+    One item on a gallery where nothing shows selected: Next is tapped on the same look
+    and one look confirms both, a dump less. It cannot post the wrong media: had the
+    item's tap been lost, nothing would be selected and Next does nothing (the gallery
+    still shows, and the careful way takes over)."""
+    next_key, after = then
+
+    def left(tree: Any) -> Optional[bool]:
+        """The next screen shows and the gallery's cells are gone (the gallery's own
+        Next reads "Next" like the editor's while nothing is selected)."""
+        shown = after(tree) if callable(after) else app.find(after, tree) is not None
+        return True if shown and app.find(key, tree) is None else None     # None: not yet
+    left.__doc__ = f"the gallery gone and {getattr(after, '__doc__', None) or after}"
+    app.wait(key, step)
+    tree = app.phone.screen()
+    cells = app.find_all(key, tree)
+    if first is not None and app.find(first, tree) is not None:
+        app.phone.tap(app.find(first, tree))
+    if len(cells) < count:
+        raise StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
+                                 f"{count} needed")
+    button = app.find(next_key, tree)
+    at_once = count == 1 and button is not None and \
+        not any(shows_selected(node) for node in cells)
+    for node in cells[:count]:
+        app.phone.tap(node)
+    if at_once:
+        app.phone.tap(button)
+        app.phone.changed()
+        try:                                       # normally the first look shows it
+            app.wait_any({"next": left}, f"{step} and Next", timeout=NEXT_SHOWS)
+            return
+        except (AccountBlocked, AppLeft):
+            raise
+        except StepFailed:
+            app.task.log(f"{step}: Next showed nothing new; selecting with a look")
+    if app.wait_any({"next": left, "gallery": key}, step)[0] == "next":
+        return                                     # a slow screen came after all
+    tree = app.phone.screen()
+    if not all_selected(app, key, tree, count):
+        select_one_by_one(app, key, count, step, tree)
+    app.step("gallery: Next", next_key, expect=left)
+
+
+def select_one_by_one(app: App, key: str, count: int, step: str, tree: Any) -> None:
+    """The careful way: unselect what shows selected, then each item in its own step."""
+    app.task.log(f"{step}: the selection did not show; selecting one by one")
+    for index, node in enumerate(app.find_all(key, tree)):
+        if shows_selected(node):
+            app.step(f"{step}: unselect item {index + 1}",
+                     lambda t, i=index: cell(app, key, t, i),
+                     expect=lambda t, i=index: not shows_selected(cell(app, key, t, i)))
+    for index in range(count):
+        app.step(f"{step} ({index + 1} of {count})", lambda t, i=index: cell(app, key, t, i),
+                 expect=lambda t, i=index: is_selected(app, key, t, i))
+
+
+def cell(app: App, key: str, tree: Any, index: int) -> Any:
+    cells = app.find_all(key, tree)
+    return cells[index] if len(cells) > index else None
+
+
+def shows_selected(node: Any) -> bool:
+    return node is not None and (node.selected or node.text.strip().isdigit())
+
+
+def is_selected(app: App, key: str, tree: Any, index: int) -> bool:
+    """The item shows selected: its own flag or its number in the badge."""
+    node = cell(app, key, tree, index)
+    return node is not None and (node.selected or node.text.strip() == str(index + 1))
+
+
+def all_selected(app: App, key: str, tree: Any, count: int) -> bool:
+    """All `count` first items show selected, or the Next button counts them."""
+    if all(is_selected(app, key, tree, i) for i in range(count)):
+        return True
+    return count > 1 and tree.find(text_regex=rf".*\({count}\)") is not None and \
+        all(shows_selected(cell(app, key, tree, i)) for i in range(count))
+
+
+# ---------------------------------------------------------------------------------------
 # Waiting for an upload
 # ---------------------------------------------------------------------------------------
 

@@ -181,99 +181,6 @@ def open_sound(app, config):
              expect="upload" if app.platform == "tiktok" else ["tab_reel", "gallery_item"])
 
 
-#: Seconds the screen after Next may take when the item and Next were tapped at once.
-NEXT_SHOWS = 5
-
-
-def pick_in_gallery(app, key, count, step, first=None, then=None):
-    """Select the newest `count` items (the first cells, where the pushed files are),
-    then tap Next: `then` is (the Next key, what shows after it).
-
-    The cells are tapped in order and one look confirms them all (their badges or the
-    Next button's count). If it does not, a pop-up or a lost tap got in the way: what
-    was selected is unselected and each item is selected with its own closed-loop step,
-    so the order stays the gallery's. `first`: a key tapped before the cells on the
-    same look (a multi-select switch that moves nothing).
-
-    One item on a gallery where nothing shows selected: Next is tapped on the same look
-    and one look confirms both, a dump less. It cannot post the wrong media: had the
-    item's tap been lost, nothing would be selected and Next does nothing (the gallery
-    still shows, and the careful way takes over)."""
-    next_key, after = then
-
-    def left(tree):
-        """The next screen shows and the gallery's cells are gone (the gallery's own
-        Next reads "Next" like the editor's while nothing is selected)."""
-        shown = after(tree) if callable(after) else app.find(after, tree) is not None
-        return True if shown and app.find(key, tree) is None else None     # None: not yet
-    left.__doc__ = f"the gallery gone and {getattr(after, '__doc__', None) or after}"
-    app.wait(key, step)
-    tree = app.phone.screen()
-    cells = app.find_all(key, tree)
-    if first is not None and app.find(first, tree) is not None:
-        app.phone.tap(app.find(first, tree))
-    if len(cells) < count:
-        raise _common.StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
-                                 f"{count} needed")
-    button = app.find(next_key, tree)
-    at_once = count == 1 and button is not None and \
-        not any(shows_selected(node) for node in cells)
-    for node in cells[:count]:
-        app.phone.tap(node)
-    if at_once:
-        app.phone.tap(button)
-        app.phone.changed()
-        try:                                       # normally the first look shows it
-            app.wait_any({"next": left}, f"{step} and Next", timeout=NEXT_SHOWS)
-            return
-        except (_common.AccountBlocked, _common.AppLeft):
-            raise
-        except _common.StepFailed:
-            app.task.log(f"{step}: Next showed nothing new; selecting with a look")
-    if app.wait_any({"next": left, "gallery": key}, step)[0] == "next":
-        return                                     # a slow screen came after all
-    tree = app.phone.screen()
-    if not all_selected(app, key, tree, count):
-        select_one_by_one(app, key, count, step, tree)
-    app.step("gallery: Next", next_key, expect=left)
-
-
-def select_one_by_one(app, key, count, step, tree):
-    """The careful way: unselect what shows selected, then each item in its own step."""
-    app.task.log(f"{step}: the selection did not show; selecting one by one")
-    for index, node in enumerate(app.find_all(key, tree)):
-        if shows_selected(node):
-            app.step(f"{step}: unselect item {index + 1}",
-                     lambda t, i=index: cell(app, key, t, i),
-                     expect=lambda t, i=index: not shows_selected(cell(app, key, t, i)))
-    for index in range(count):
-        app.step(f"{step} ({index + 1} of {count})", lambda t, i=index: cell(app, key, t, i),
-                 expect=lambda t, i=index: is_selected(app, key, t, i))
-
-
-def cell(app, key, tree, index):
-    cells = app.find_all(key, tree)
-    return cells[index] if len(cells) > index else None
-
-
-def shows_selected(node):
-    return node is not None and (node.selected or node.text.strip().isdigit())
-
-
-def is_selected(app, key, tree, index):
-    """The item shows selected: its own flag or its number in the badge."""
-    node = cell(app, key, tree, index)
-    return node is not None and (node.selected or node.text.strip() == str(index + 1))
-
-
-def all_selected(app, key, tree, count):
-    """All `count` first items show selected, or the Next button counts them."""
-    if all(is_selected(app, key, tree, i) for i in range(count)):
-        return True
-    return count > 1 and tree.find(text_regex=rf".*\({count}\)") is not None and \
-        all(shows_selected(cell(app, key, tree, i)) for i in range(count))
-
-
 def type_caption(app, title, description):
     """The post screen: the title where the app has one, then the caption."""
     if title and app.find("title") is not None:
@@ -298,7 +205,7 @@ def edit_tiktok(app, config, remote, title, description):
         # are the first cells, images or videos (edde746/tiktok-uploader picks photos
         # there too, without a Photos tab): no tab to switch, no look more
         app.step("open Upload (the gallery)", "upload", expect="gallery_select")
-        pick_in_gallery(app, "gallery_select", len(remote), "select the media",
+        _common.pick_in_gallery(app, "gallery_select", len(remote), "select the media",
                         then=("gallery_next", "editor_next"))
     done = {"sound": mix_sound(app, config)}
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
@@ -466,7 +373,7 @@ def edit_instagram(app, config, remote, title, description):
         if not any(n.selected for n in app.find_all(tab)):
             app.step(f"choose {placement.upper()}", tab,
                      expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
-        pick_in_gallery(app, "gallery_item", len(remote), "select the media",
+        _common.pick_in_gallery(app, "gallery_item", len(remote), "select the media",
                         first="gallery_multi" if len(remote) > 1 else None,
                         then=("gallery_next", app.any_of("story_share", "editor_next")))
     if placement == "story":
