@@ -68,6 +68,9 @@ def scenarios(folder):
                                  "captions": "three"}, {}),
         "comment": ("comment", {"target_post_url": "https://www.tiktok.com/@a/video/1",
                                 "comment_content": "nice"}, {}),
+        "comment_image": ("comment", {"target_post_url": "https://www.tiktok.com/@a/video/1",
+                                      "comment_content": "nice",
+                                      "comment_image_path": media(folder, "c.png")}, {}),
         "warmup": ("account_warmup", {"task_duration": 12, "min_duration": 1,
                                       "max_duration": 1, "like_probable": 100}, {}),
     }
@@ -137,8 +140,9 @@ def main(argv=None):
         try:
             for platform in args.platforms.split(","):
                 for name, (script, config, app_kw) in scenarios(tmp).items():
-                    if only and name not in only:
-                        continue
+                    if only and name not in only or \
+                            platform == "instagram" and "comment_image_path" in config:
+                        continue                 # image comments are TikTok's only
                     row = run_one(farm, sim, adb, platform, name, script, config, app_kw,
                                   args.dump_delay, counter)
                     results.setdefault(platform, {})[name] = row

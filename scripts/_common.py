@@ -142,18 +142,12 @@ class App:
         """Focus a field, type, and see the text in it (through the phone's Unicode IME
         when it has one). Typed again only when the text did not land (a pop-up took
         the tap on the field)."""
-        shown = as_dumped(text.split("\n")[0])[:30].strip()
-
-        def typed(tree: Any) -> bool:
-            return any(shown in n.text for n in tree.nodes
-                       if n.class_name.endswith(("EditText", "TextView")))
-        typed.__doc__ = f"the text {shown!r} in the field"
+        typed = field_shows(text)
 
         def focus_and_type(node: Any) -> None:
             self.phone.tap(node)
             self.phone.type_text(text)
-        self.step(step, key, expect=typed if shown else None, act=focus_and_type,
-                  attempts=3)
+        self.step(step, key, expect=typed, act=focus_and_type, attempts=3)
 
     # -- app lifecycle -------------------------------------------------------------------
     def launch(self) -> None:
@@ -399,6 +393,21 @@ def check_username(field: str, name: str) -> str:
     return name
 
 
+def field_shows(text: str) -> Any:
+    """An expectation: the text's first line shows in a field (as the dump writes it;
+    the first 30 characters, which every field shows). None for a text with nothing
+    to see (spaces only): nothing to confirm."""
+    shown = as_dumped(text.split("\n")[0])[:30].strip()
+    if not shown:
+        return None
+
+    def typed(tree: Any) -> bool:
+        return any(shown in n.text for n in tree.nodes
+                   if n.class_name.endswith(("EditText", "TextView")))
+    typed.__doc__ = f"the text {shown!r} in the field"
+    return typed
+
+
 # ---------------------------------------------------------------------------------------
 # Profiles: open, follow state
 # ---------------------------------------------------------------------------------------
@@ -525,7 +534,7 @@ NEXT_SHOWS = 5
 
 
 def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[str] = None,
-                    then: Tuple[str, Any] = ("", None)) -> None:
+                    then: Tuple[str, Any] = ("", None), at_once: bool = True) -> None:
     """Select the newest `count` items (the first cells, where the pushed files are),
     then tap Next: `then` is (the Next key, what shows after it).
 
@@ -538,7 +547,8 @@ def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[s
     One item on a gallery where nothing shows selected: Next is tapped on the same look
     and one look confirms both, a dump less. It cannot post the wrong media: had the
     item's tap been lost, nothing would be selected and Next does nothing (the gallery
-    still shows, and the careful way takes over)."""
+    still shows, and the careful way takes over). That holds for the galleries seen in
+    real dumps; `at_once=False` confirms the selection first where none was seen."""
     next_key, after = then
 
     def left(tree: Any) -> Optional[bool]:
@@ -553,10 +563,10 @@ def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[s
     if first is not None and app.find(first, tree) is not None:
         app.phone.tap(app.find(first, tree))
     if len(cells) < count:
-        raise StepFailed(f"post: {step}", f"{len(cells)} item(s) in the gallery, "
+        raise StepFailed(f"{app.script}: {step}", f"{len(cells)} item(s) in the gallery, "
                                  f"{count} needed")
     button = app.find(next_key, tree)
-    at_once = count == 1 and button is not None and \
+    at_once = at_once and count == 1 and button is not None and \
         not any(shows_selected(node) for node in cells)
     for node in cells[:count]:
         app.phone.tap(node)

@@ -21,9 +21,11 @@ Abbreviations, from docs/research/selectors.md (sources with their commits there
            follow_action_engine.py, follow_screen_detector.py, action_engine.py
     EU     edde746/tiktok-uploader api/uploader.py
     TMX    tikmatrix/www.tikmatrix.com docs (flows, the English rule)
+    ES     an anonymous Spanish TikTok farm project in the search index
+           (tiktok_mobile_interact.py; the comment bar as it ran against the app)
     WEB    user reports and help pages (labels only): Insomniac#339/#179, InstaPy#5132,
            #6353, #6512, SimpleInstaBot#202; everydaytech.org "How to Add Another TikTok
-           Account"
+           Account"; swaggyP36000/TrollStore-IPAs#627 (image comments per account)
 Where sources disagree, every alternative is listed, in the order tried.
 """
 from typing import Any, Dict
@@ -177,9 +179,17 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                             {"desc_contains": "comments"}]},
     # comment box: an EditText (desc "Add comment": TK); send: desc "Post comment"
     # (WDIO), desc containing "Post" (TK)
-    "comment_field": {"ids": {}, "labels": [{"class_name": "android.widget.EditText",
-                                             "focused": True},
-                                            {"class_name": "android.widget.EditText"}]},
+    # the comment sheet's bar (TK dumps of the sheet, not copied here:
+    # tt4314_fr_comment_sheet_empty.xml @e9e10ca, tt4703_fr_comment_sheet.xml @b1865b4):
+    # the EditText dpl / ejs, then an icon row whose first icon (jfd / l12, the row's only
+    # Button; desc an unresolved "@2131823358", also seen by the anonymous ES project)
+    # is the image button: the other two are "Stickers" and "Mention". TikTok shows it
+    # to some accounts only (WEB: TrollStore-IPAs#627). No label: none is public.
+    # The research: docs/research/comment_image.md.
+    "comment_field": {"ids": {"47.0.3": ["ejs"], "43.1.4": ["dpl"]},
+                      "labels": [{"class_name": "android.widget.EditText", "focused": True},
+                                 {"class_name": "android.widget.EditText"}]},
+    "comment_image": {"ids": {"47.0.3": ["l12"], "43.1.4": ["jfd"]}, "labels": []},
     "comment_send": {"ids": {}, "labels": [{"desc": "Post comment"}, {"text": "Post"},
                                            {"desc": "Send"}, {"desc_contains": "Post"}]},
     "video": {"ids": {"47.0.3": ["long_press_layout"], "46.9.3": ["long_press_layout"]},

@@ -20,8 +20,7 @@ PARAMS = {
     "comment_order": {"type": "str", "default": "random", "choices": ["random", "sequential"]},
     "insert_emoji": {"type": "bool", "default": False},
     "comment_image_path": {"type": "str", "default": "", "max_length": 4096,
-                           "description": "an image to attach (TikTok): refused, Lite "
-                                          "cannot attach images yet"},
+                           "description": "an image on the box to attach (TikTok only)"},
     "platform": {"type": "str", "choices": ["tiktok", "instagram"],
                  "description": "Lite: the app when the task has no account; by default "
                                 "the link's site (instagram.com: instagram, else tiktok)"},
@@ -34,11 +33,18 @@ def validate(config):
     if not _common.lines(config["comment_content"]):
         raise ValueError("comment_content", "needs at least one comment (one per line)")
     image = config["comment_image_path"]
-    if image:
+    if image:           # the app first: a file fixed for a link that cannot take it is lost
+        urls = _common.split_list(config["target_post_urls"], config["target_post_url"])
+        on_instagram = [i for i, url in enumerate(urls) if link_platform(url) == "instagram"]
+        if on_instagram or config.get("platform") == "instagram":
+            where = f"target_post_urls[{on_instagram[0]}] is a link to instagram" \
+                if on_instagram else "platform is instagram"
+            raise ValueError("comment_image_path", f"TikTok only: Instagram comments take "
+                                                   f"no image ({where})")
         if not Path(image).expanduser().is_file():
             raise ValueError("comment_image_path", f"file not found on the box: {image}")
-        raise ValueError("comment_image_path", "Lite cannot attach an image to a comment "
-                                               "yet; leave it out for a text comment")
+        if Path(image).suffix.lower() not in _common.IMAGE_EXT:
+            raise ValueError("comment_image_path", f"{Path(image).name} is not an image")
 
 
 def expand(config):
@@ -72,11 +78,44 @@ def run(phone, task):
     text = _common.pick_comment(config, task.random, config.get("comment_index", 0),
                                 "comment_content")
     app = _common.open_app(phone, task, text=text, launch=False)
+    image = config["comment_image_path"]
+    if image and app.platform != "tiktok":      # a task run as an Instagram account
+        raise _common.StepFailed("comment: check the parameters", "comment_image_path is "
+                                 "TikTok only, and this task's account is on Instagram",
+                                 retry=False)
     task.progress(30, f"opening {url}")
+    remote = phone.push_media(Path(image).expanduser()) if image else None
 
     def open_and_type():
         app.open_url(url)
         _common.type_comment(app, text)
-    app.recovering("comment", open_and_type)
-    _common.send_comment(app, text)
-    return {"url": url, "comment": text}
+        if remote:
+            attach_image(app, text)
+    try:
+        app.recovering("comment", open_and_type)
+        _common.send_comment(app, text)
+    finally:
+        if remote:
+            phone.remove(remote)
+    return {"url": url, "comment": text, **({"image": Path(image).name} if image else {})}
+
+
+def attach_image(app, text):
+    """With the text typed (the composer open: its tool row holds the image button, as
+    the ES project saw it), the image button, then the gallery's newest item (the pushed
+    image: TikMatrix's docs say it is "selected as the first image in the gallery"), its
+    selection confirmed before Next, back to the text. TikTok shows the button to some
+    accounts only: without it the task fails, not retried, rather than send the text alone."""
+    try:
+        app.wait("comment_image", "find the comment bar's image button", timeout=5)
+    except _common.ElementNotFound:
+        known = "" if app.known_version("comment_image") else \
+            f"; its id is known for TikTok 43.1.4 and 47.0.3, this phone has {app.version}"
+        raise _common.StepFailed("comment: attach the image", "the comment bar shows no image "
+                                 "button (TikTok offers image comments to some accounts "
+                                 f"only{known})", retry=False) from None
+    app.step("open the gallery (the comment bar's image button)", "comment_image",
+             expect="gallery_select")
+    _common.pick_in_gallery(app, "gallery_select", 1, "select the image", at_once=False,
+                            then=("gallery_next", _common.field_shows(text)))
+    app.task.log("image attached")

@@ -560,7 +560,8 @@ class ModelApp(App):
         pass
 
     def on_back(self) -> bool:
-        back = {"comments": "video", "switcher": "own_profile", "gallery": "camera",
+        back = {"comments": "video", "comment_gallery": "comments",
+                "switcher": "own_profile", "gallery": "camera",
                 "camera": "home", "search": "home", "search_results": "search",
                 "profile": "home", "missing": "home", "editor": "home", "post": "editor",
                 "profile_menu": "own_profile", "settings": "own_profile"}
@@ -647,7 +648,7 @@ class TikTokApp(ModelApp):
     def __init__(self, version="47.0.3", package="com.zhiliaoapp.musically",
                  sounds=("original sound - sim_user",), publish_dialog=False,
                  recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
-                 link_row=True, showcase=(),
+                 link_row=True, showcase=(), comment_images=True,
                  switcher_paths=("name", "settings"), **kw):
         super().__init__(package, **kw)
         self.version = version
@@ -659,6 +660,10 @@ class TikTokApp(ModelApp):
         #: TikTok Shop: the post screen's Add link row, and the showcase's products
         self.link_row, self.showcase, self.product = link_row, list(showcase), None
         self.publish_dialog = publish_dialog
+        #: the comment bar's image button (TikTok shows it to some accounts only); the
+        #: image attached to the comment being written; comments sent with their image
+        self.comment_images, self.comment_image = comment_images, None
+        self.image_comments = []
         self.switcher_paths = tuple(switcher_paths)   #: ways to the account list
         self.settings_scrolled = False
         self.sound = None
@@ -729,20 +734,48 @@ class TikTokApp(ModelApp):
 
     tap_video = tap_home
 
-    # -- comments (INVENTED: no dump of the comment sheet) -------------------------------
+    # -- comments. The sheet is INVENTED, except its bar, which follows the real dumps
+    # of the sheet (taktik-bot tt4314_fr_comment_sheet_empty @e9e10ca, tt4703_fr_comment_
+    # sheet @b1865b4): the EditText (dpl / ejs) and an icon row (j21 / kjk) of the image
+    # Button (jfd / l12, desc an unresolved resource "@2131823358"), Stickers and Mention.
+    # Over the closed bar lies a clickable overlay (l74 / mzp in the dumps): a tap on it,
+    # icons included, opens the composer, whose tool row holds the image button (as the
+    # ES project saw it). The image button opens the gallery (the real 47.0.3 gallery
+    # dump: TikMatrix's docs say the image is "selected as the first image in the
+    # gallery"); the attachment's thumbnail above the field is INVENTED.
+    def _bar_ids(self):
+        """(field, icon row, image button, the overlay over the closed bar)."""
+        return ("dpl", "j21", "jfd", "l74") if self.version.startswith("43") else \
+            ("ejs", "kjk", "l12", "mzp")
+
     def render_comments(self):
         root = self.render_home()
         rows = [text_node(c, (40, 1000 + 90 * i, 1040, 1080 + 90 * i))
                 for i, c in enumerate(self.comments[self.target or "feed"][-8:])]
         typed = self.fields["comment"]
-        field = ui_node("android.widget.EditText", (40, 2200, 900, 2320),
+        field_id, row_id, image_id, cover_id = (f"{self.package}:id/{i}"
+                                                for i in self._bar_ids())
+        field = ui_node("android.widget.EditText", (40, 2200, 700, 2320), resource_id=field_id,
                         text=typed or "Add comment...", clickable=True, focusable=True,
                         focused=self.focus == "comment")
-        send = [ui_node("android.widget.ImageView", (910, 2200, 1040, 2320),
+        icons = [ui_node("android.widget.Button", (710, 2210, 810, 2310), clickable=True,
+                         resource_id=image_id, desc="@2131823358")] if self.comment_images else []
+        icons += [ui_node("android.widget.ImageView", (815, 2210, 915, 2310), clickable=True,
+                          desc="Stickers"),
+                  ui_node("android.widget.ImageView", (920, 2210, 1020, 2310), clickable=True,
+                          desc="Mention someone")]
+        bar = [field, ui_node("android.widget.LinearLayout", (710, 2210, 1020, 2310),
+                              resource_id=row_id, children=icons)]
+        if self.focus != "comment":     # the closed bar: a tap anywhere opens the composer
+            bar.append(ui_node("android.view.View", (40, 2200, 1020, 2320), clickable=True,
+                               resource_id=cover_id))
+        if self.comment_image:
+            bar.append(ui_node("android.widget.ImageView", (40, 2040, 200, 2190)))
+        send = [ui_node("android.widget.ImageView", (1025, 2200, 1075, 2320),
                         desc="Post comment", clickable=True)] if typed else []
         overlay(root, ui_node("android.widget.FrameLayout", (0, 900, W, H), clickable=True,
                               children=[text_node("Comments", (40, 920, 600, 990))] + rows
-                              + [field] + send), package=self.package)
+                              + bar + send), package=self.package)
         return root
 
     def tap_comments(self, h, x, y):
@@ -750,9 +783,34 @@ class TikTokApp(ModelApp):
             if self.blocked("comment"):
                 return
             self.comments[self.target or "feed"].append(self.fields.pop("comment"))
+            if self.comment_image:
+                self.image_comments.append((self.target or "feed", self.comment_image))
+                self.comment_image = None
             self.record("comment", self.target or "feed")
+        elif self.focus != "comment" and hit(h, rid=self._bar_ids()[3]):
+            self.focus = "comment"                  # the composer opens, whatever was hit
+        elif hit(h, rid=self._bar_ids()[2]):
+            self.selected = []
+            self.goto("comment_gallery")
         elif any("EditText" in el.get("class") for el in h):
             self.focus = "comment"
+
+    def render_comment_gallery(self):
+        return self.render_gallery()
+
+    def tap_comment_gallery(self, h, x, y):
+        """One image: its Next goes back to the comment bar with the image attached."""
+        if hit(h, rid="xyk"):
+            if self.selected:
+                self.comment_image = self.selected[-1]
+                self.goto("comments")
+            return
+        self.tap_gallery(h, x, y)
+        self.selected = self.selected[-1:]           # one image
+
+    def on_stop(self):
+        super().on_stop()
+        self.comment_image = None                  # a fresh start has no attachment
 
     def on_back(self):
         if self.screen == "comments":

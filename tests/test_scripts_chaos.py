@@ -87,6 +87,14 @@ def _commented(app, n, task):
                                              for cs in app.comments.values() for c in cs)
 
 
+def _commented_with_image(app, n, task):
+    """The comment sent, as the account, on the run's post with its image once, and
+    the pushed image gone from the phone."""
+    pushed = f"/sdcard/DCIM/Camera/c{n}.png"
+    return _commented(app, n, task) and pushed not in app.device.fs.files and \
+        [i for post, i in app.image_comments if post == f"@a/video/{n}"] == [pushed]
+
+
 def _watched(app, n, task):
     return (task["result"] or {}).get("videos", 0) >= 1
 
@@ -121,6 +129,10 @@ PLANS = {
                              else f"https://www.instagram.com/p/Chaos{n}/"],
         "comment_content": f"chaos comment {n}", "insert_emoji": False,
         "platform": PLATFORM[kind]}, _commented, {}),
+    "comment with image": ("comment", ["tiktok47", "tiktok43"], lambda n, kind, tmp: {
+        "target_post_urls": [f"https://www.tiktok.com/@a/video/{n}"],
+        "comment_content": f"chaos comment {n}", "comment_image_path": _media(tmp, f"c{n}.png"),
+        "platform": "tiktok"}, _commented_with_image, {}),
     "account_warmup short": ("account_warmup", ["tiktok47", "tiktok43", "instagram"],
                              lambda n, kind, tmp: {
         "task_duration": 2, "min_duration": 1, "max_duration": 1, "like_probable": 50,

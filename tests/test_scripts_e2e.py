@@ -340,6 +340,82 @@ def test_comment_emoji_and_validation(farm):
     farm.submit(device.address, "comment", {"target_post_urls": ["https://a.b/c"]}, 40001)
 
 
+@pytest.mark.parametrize("kind,trouble", [("tiktok47", "pop-up"), ("tiktok43", "lost tap"),
+                                          ("tiktok47", "crash")])
+def test_comment_with_image(farm, tmp_path, kind, trouble):
+    """comment_image_path: the image pushed, the text typed (the composer open), the
+    image button (jfd / l12), the gallery's first image confirmed selected, Next, send.
+    When the gallery opens: a pop-up covers it; or the tap on the cell is lost (the
+    look before Next sees it unselected and selects it again); or the app crashes at
+    the tap on the cell (the flow starts again: text and image once, not twice)."""
+    device, app = farm.phone(kind)
+    image, = media(tmp_path, "pic.png")
+    original = app.render_comment_gallery
+
+    def gallery_with_trouble():
+        if not getattr(app, "_troubled", False):
+            app._troubled = True
+            {"pop-up": app.inject_popup, "lost tap": device.drop_taps,
+             "crash": lambda: device.crash_after_taps(0)}[trouble]()
+        return original()
+    app.render_comment_gallery = gallery_with_trouble
+    task, = farm.run(device.address, "comment", {
+        "target_post_url": "https://www.tiktok.com/@a/video/1", "comment_content": "look",
+        "comment_image_path": image})
+    assert ok(task) == {"url": "https://www.tiktok.com/@a/video/1", "comment": "look",
+                        "image": "pic.png"}
+    assert app._troubled and app.popup is None
+    assert app.comments["@a/video/1"] == ["look"]
+    assert app.image_comments == [("@a/video/1", "/sdcard/DCIM/Camera/pic.png")]
+    assert "/sdcard/DCIM/Camera/pic.png" not in device.fs.files
+    log = str(farm.http.get(f"/api/v1/task/{task['id']}").json["data"]["log"])
+    assert ("starting the app again" in log) == (trouble == "crash"), log
+
+
+def test_comment_image_refusals(farm, tmp_path):
+    """An account whose TikTok has no image button fails saying so, not retried, and
+    sends nothing (not the text alone); Instagram (a link, the platform, or a task run
+    as an Instagram account) is refused before the file is looked at; non-images too."""
+    device, app = farm.phone("tiktok47", comment_images=False)
+    image, text_file = media(tmp_path, "pic.jpg", "notes.txt")
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "comment", "auto_retry": True,
+        "script_config": {"target_post_url": "https://www.tiktok.com/@a/video/1",
+                          "comment_content": "look", "comment_image_path": image}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and task["retry_count"] == 0
+    assert "the comment bar shows no image button" in task["error"], task["error"]
+    assert not any(app.comments.values()) and not app.image_comments
+    assert "/sdcard/DCIM/Camera/pic.jpg" not in device.fs.files
+    for config in ({"target_post_url": "https://www.instagram.com/p/AbC/"},
+                   {"target_post_url": "https://x.tiktok.com/v/1", "platform": "instagram"}):
+        reply = farm.submit(device.address, "comment", dict(
+            config, comment_content="a", comment_image_path=text_file), 40001)
+        assert reply["message"].startswith("script_config.comment_image_path: TikTok only")
+    reply = farm.submit(device.address, "comment", {
+        "target_post_url": "https://www.tiktok.com/@a/video/1", "comment_content": "a",
+        "comment_image_path": text_file}, 40001)
+    assert reply["message"] == "script_config.comment_image_path: notes.txt is not an image"
+
+
+def test_comment_image_as_an_instagram_account_fails_before_acting(farm, tmp_path):
+    """A task run as an Instagram account, with a TikTok link and an image: the link
+    cannot tell at creation which app the account is on; the task fails at once, not
+    retried, with nothing pushed or typed."""
+    device, app = farm.phone("instagram", accounts=["insta"])
+    farm.account("insta", device, app, "instagram")
+    image, = media(tmp_path, "pic.jpg")
+    reply = farm.http.post_json("/api/v1/task", {
+        "usernames": ["insta"], "script_name": "comment", "auto_retry": True,
+        "script_config": {"target_post_url": "https://www.tiktok.com/@a/video/1",
+                          "comment_content": "look", "comment_image_path": image}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and task["retry_count"] == 0
+    assert "comment_image_path is TikTok only" in task["error"], task["error"]
+    assert not any(app.comments.values())
+    assert not [a for a in device.commands() if a[:1] == ["touch"]]
+
+
 # ---------------------------------------------------------------------------------------
 # account_warmup
 # ---------------------------------------------------------------------------------------

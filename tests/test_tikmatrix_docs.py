@@ -1092,11 +1092,13 @@ def test_comment_instagram_link_goes_to_instagram(farm):
     assert not tiktok.comments
 
 
-def test_comment_with_image_is_refused_clearly(farm):
+def test_comment_with_image(farm):
     """Comment Script Configuration, "TikTok Image Comment Example": as written, the
-    Windows path is not on the box (40001 saying only that); with an image that is on
-    the box, Lite still refuses it (it cannot attach images yet, README)."""
-    device, _ = farm.phone()
+    Windows path is not on the box (40001 saying only that); with the image on the box,
+    the image is pushed, picked as the gallery's first image (the page's tip: "selected
+    as the first image in the gallery") from the comment bar's image button, and sent
+    with the text. The pushed copy is removed afterwards."""
+    device, (app,) = farm.phone()
     body = {
         "serials": ["device_serial_1"],
         "script_name": "comment",
@@ -1110,9 +1112,13 @@ def test_comment_with_image_is_refused_clearly(farm):
     assert reply == {"code": 40001, "data": None, "message":
                      "script_config.comment_image_path: file not found on the box: "
                      "C:/images/my_image.jpg"}
-    image, = farm.media("my_image.jpg")
-    message = error_of(farm.send(on_farm(body, {"device_serial_1": device.address,
-                                                "C:/images/my_image.jpg": image})))
-    assert message.startswith("script_config.comment_image_path: Lite cannot attach an "
-                              "image to a comment yet")
     assert farm.client.get_stats()["data"]["total"] == 0
+    image, = farm.media("my_image.jpg")
+    task, = farm.finished(farm.created(on_farm(body, {"device_serial_1": device.address,
+                                                     "C:/images/my_image.jpg": image}), 1))
+    assert task["result"] == {"url": "https://www.tiktok.com/@username/video/1234567890",
+                              "comment": "Check out this image!", "image": "my_image.jpg"}
+    assert app.comments["@username/video/1234567890"] == ["Check out this image!"]
+    assert app.image_comments == [("@username/video/1234567890",
+                                   "/sdcard/DCIM/Camera/my_image.jpg")]
+    assert "/sdcard/DCIM/Camera/my_image.jpg" not in device.fs.files
