@@ -4226,9 +4226,11 @@ class Phone:
         return remote
 
     def remove(self, remote: str) -> None:
-        self._run(f"rm -f {shlex.quote(remote)}; am broadcast -a "
-                  f"android.intent.action.MEDIA_SCANNER_SCAN_FILE -d "
-                  f"{shlex.quote('file://' + remote)}")
+        """Delete a pushed file and tell the gallery. Cleanup: it runs with a fresh token,
+        so a stopped task's media does not stay in the phone's gallery."""
+        self.devices.run(self.serial, f"shell:rm -f {shlex.quote(remote)}; am broadcast -a "
+                         f"android.intent.action.MEDIA_SCANNER_SCAN_FILE -d "
+                         f"{shlex.quote('file://' + remote)}", timeout=30, token=CancelToken())
 
     def sleep(self, seconds: float) -> None:
         """Wait, but wake at once when the task is stopped or the phone is lost."""

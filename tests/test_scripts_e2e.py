@@ -416,6 +416,25 @@ def test_comment_image_as_an_instagram_account_fails_before_acting(farm, tmp_pat
     assert not [a for a in device.commands() if a[:1] == ["touch"]]
 
 
+def test_stopped_task_removes_its_pushed_media(farm, tmp_path):
+    """Stopped while the gallery shows: the pushed image leaves the phone all the same
+    (the cleanup does not run on the stopped task's token)."""
+    device, app = farm.phone("tiktok47")
+    image, = media(tmp_path, "stop.png")
+    app.render_comment_gallery = lambda: (device.slow_dumps(30), TikTokApp.render_gallery(
+        app))[1]
+    task_id = farm.submit(device.address, "comment", {
+        "target_post_url": "https://www.tiktok.com/@a/video/1", "comment_content": "look",
+        "comment_image_path": image})["data"]["task_ids"][0]
+    wait_until(lambda: app.screen == "comment_gallery", 30, "the gallery open")
+    farm.http.post_json(f"/api/v1/task/{task_id}/stop", {})
+    task = farm.finished(task_id, timeout=20)
+    device.slow_dumps(0)
+    assert task["status"] == 3 and not app.image_comments
+    wait_until(lambda: "/sdcard/DCIM/Camera/stop.png" not in device.fs.files, 10,
+               "the pushed image removed")
+
+
 # ---------------------------------------------------------------------------------------
 # account_warmup
 # ---------------------------------------------------------------------------------------
