@@ -77,12 +77,13 @@ def run(phone, task):
     url = config["target_post_url"]
     text = _common.pick_comment(config, task.random, config.get("comment_index", 0),
                                 "comment_content")
+    account = getattr(task, "account", None)
+    if account is not None and account["platform"] != config["platform"]:
+        raise _common.StepFailed(           # else it would comment on whatever shows
+            "comment: check the link", f"{url} is a {config['platform']} post, and the "
+            f"task's account @{task.username} is on {account['platform']}", retry=False)
     app = _common.open_app(phone, task, text=text, launch=False)
     image = config["comment_image_path"]
-    if image and app.platform != "tiktok":      # a task run as an Instagram account
-        raise _common.StepFailed("comment: check the parameters", "comment_image_path is "
-                                 "TikTok only, and this task's account is on Instagram",
-                                 retry=False)
     task.progress(30, f"opening {url}")
     remote = phone.push_media(Path(image).expanduser()) if image else None
 
