@@ -4642,6 +4642,9 @@ class WakeLoop:
         self._cond = threading.Condition()
         self._dirty = True
         self._stopping = False
+        #: while the thread waits: when that wait ends by itself (None: on a wake only);
+        #: False while a round is under way (or before the first)
+        self._waits_until: Any = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def round(self) -> Optional[float]:
@@ -4651,6 +4654,17 @@ class WakeLoop:
         with self._cond:
             self._dirty = True
             self._cond.notify()
+
+    def wake_by(self, at: float) -> None:
+        """A round must look at what the caller just committed by ``at`` (a time of
+        ``clock``): wake now, unless the thread waits and its wait ends by then anyway
+        (that round reads the store after the caller's commit). A round under way may
+        have read the store before it: it is made to do another."""
+        with self._cond:
+            until = self._waits_until
+            if until is False or until is None or until > at:
+                self._dirty = True
+                self._cond.notify()
 
     def stop(self, join_timeout: float = 5) -> None:
         with self._cond:
@@ -4675,7 +4689,9 @@ class WakeLoop:
                     return
                 if not self._dirty:
                     timeout = None if next_due is None else max(0.0, next_due - self.clock())
+                    self._waits_until = next_due
                     self._cond.wait(timeout)
+                    self._waits_until = False
 
 
 class Scheduler(WakeLoop):
@@ -5339,9 +5355,12 @@ class TaskOps:
 
     def __init__(self, store: Store, scripts: Dict[str, Script], runner: Optional[Runner],
                  artifacts_dir: Path, wake: Callable[[], None],
-                 materials_dir: Optional[Path] = None):
+                 materials_dir: Optional[Path] = None,
+                 wake_for_new: Optional[Callable[[Sequence[NewTask]], None]] = None):
         self.store, self.scripts, self.runner = store, scripts, runner
         self.artifacts_dir, self.wake = artifacts_dir, wake
+        #: after a create: wakes the scheduler if it must look at the new tasks soon
+        self.wake_for_new = wake_for_new or (lambda tasks: wake())
         #: the material library's files, named in the config of a task that reserves some
         self.materials_dir = materials_dir or artifacts_dir.with_name("materials")
         #: how long stop and delete wait for a running script to end
@@ -5357,9 +5376,9 @@ class TaskOps:
     def create(self, body: Dict[str, Any], *, source: Optional[str] = None,
                schedule_id: Optional[int] = None, creator: Optional[str] = None) -> List[int]:
         """The tasks one request asks for, all validated before any is written."""
-        ids = self.store.create_tasks(self.build(body, source=source,
-                                                 schedule_id=schedule_id, creator=creator))
-        self.wake()
+        tasks = self.build(body, source=source, schedule_id=schedule_id, creator=creator)
+        ids = self.store.create_tasks(tasks)
+        self.wake_for_new(tasks)
         return ids
 
     def build(self, body: Dict[str, Any], *, source: Optional[str] = None,
@@ -5643,7 +5662,7 @@ class Server:
         self.scheduler = Scheduler(self.store, self.devices, self.runner,
                                    config.max_running, clock)
         self.tasks = TaskOps(self.store, self.scripts, self.runner, config.artifacts_dir,
-                             self.wake, config.materials_dir)
+                             self.wake, config.materials_dir, self.wake_for_new)
         self._wire_operations()
 
     def _wire_operations(self) -> None:
@@ -5703,6 +5722,28 @@ class Server:
 
     def wake(self) -> None:
         self.scheduler.wake()
+
+    def wake_for_new(self, tasks: Sequence[NewTask]) -> None:
+        """Wake the scheduler for tasks just created only if it must look before it
+        would anyway: a round costs a dozen reads, which under a stream of creates
+        took a request's time again in hand-offs between threads.
+
+        A free, online phone's task must start at its start time. A phone offline or
+        busy now wakes the scheduler itself when it comes online or its task ends
+        (on_online, on_finished, both after the state the check below reads), and that
+        round reads these tasks with the rest. An expiry must be kept on time. Nothing
+        else about a new task has a clock: a timeout or a lease starts when it runs.
+        """
+        by = math.inf
+        for task in tasks:
+            if self.runner is not None and not task.external \
+                    and self.devices.is_online(task.serial) \
+                    and not self.runner.busy(task.serial):
+                by = min(by, task.start_time or -math.inf)
+            if task.expire_at is not None:
+                by = min(by, task.expire_at)
+        if by < math.inf:
+            self.scheduler.wake_by(by)
 
     # -- operations' hooks (SPEC 8) ----------------------------------------------------
     def _deadlines(self, now: float) -> Optional[float]:
