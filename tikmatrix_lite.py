@@ -856,6 +856,11 @@ class Store:
         #: called with (kind, keys) after each commit that changed tasks, devices,
         #: accounts or materials: the events hub listens here
         self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
+        #: called with (kind, {key: row as written}) right after the commit, still under
+        #: the write lock, for the rows a transaction wrote whole (_note_written): the
+        #: hub needs not read them back, and their events precede any later commit's
+        self.on_written: Callable[[str, Dict[Any, Dict[str, Any]]], None] = \
+            lambda kind, rows: None
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
@@ -986,6 +991,7 @@ class Store:
                     raise
                 self._close_ended()
                 self._mark_due_stale()
+                self._tell_written()
             except sqlite3.OperationalError as exc:
                 if _is_disk_full(exc):
                     raise StorageFull() from exc
@@ -1000,6 +1006,23 @@ class Store:
         bucket = self._local.changes.setdefault(kind, {})
         for key in keys:
             bucket[key] = None
+
+    def _note_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
+        """Remember rows this transaction wrote whole, as written (a new task); a key
+        _note'd too (changed in the same transaction) is read back instead."""
+        self._local.changes.setdefault(("written", kind), {}).update(rows)
+
+    def _tell_written(self) -> None:
+        """The rows written whole, told while the lock is held: an event of a later commit
+        (a claim of the new task) comes after theirs."""
+        for key in [k for k in self._local.changes if isinstance(k, tuple)]:
+            kind, rows = key[1], self._local.changes.pop(key)
+            rows = {k: v for k, v in rows.items()
+                    if k not in self._local.changes.get(kind, {})}
+            try:
+                self.on_written(kind, rows)
+            except Exception:                     # a listener must not fail a write
+                log.exception("change listener failed")
 
     def _announce(self, changes: Dict[str, Dict[Any, None]]) -> None:
         for kind in ("task", "device", "account", "material"):
@@ -1215,7 +1238,11 @@ class Store:
                     config = self._reserve_materials(conn, cur.lastrowid, t)
                     conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
                                  (_dump_json(config), cur.lastrowid))
-            self._note("task", *ids)
+            # the event's fields as written (the others are the columns' defaults)
+            self._note_written("task", {task_id: {
+                "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
+                "serial": t.serial, "username": t.username, "error": "",
+                "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
             self._note("device", *dict.fromkeys(t.serial for t in tasks))
         return ids
 
@@ -2332,6 +2359,7 @@ class EventHub:
         self._closed = False
         self._streams = 0                         # streams being served right now
         store.on_change = self.on_store_change
+        store.on_written = self.on_store_written
 
     def publish(self, kind: str, data: Dict[str, Any]) -> int:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
@@ -2351,16 +2379,23 @@ class EventHub:
         for key in keys:
             self.publish(kind, self.describe(kind, key))
 
+    def on_store_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
+        """Rows told as written (new tasks): their events without reading them back."""
+        for row in rows.values():
+            self.publish(kind, self.task_event(row))
+
+    @staticmethod
+    def task_event(row: Any) -> Dict[str, Any]:
+        return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
+                                    "username", "error", "script_name")} | {
+            "status_text": STATUS_TEXT[row["status"]]}
+
     def describe(self, kind: str, key: Any) -> Dict[str, Any]:
         """The event's data: the changed row as the page needs it, or that it is gone."""
         store = self.store
         if kind == "task":
             row = store.get_task(key)
-            if row is None:
-                return {"id": key, "deleted": True}
-            return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
-                                        "username", "error", "script_name")} | {
-                "status_text": STATUS_TEXT[row["status"]]}
+            return {"id": key, "deleted": True} if row is None else self.task_event(row)
         if kind == "device":
             rows = store.list_devices(key)
             if not rows:

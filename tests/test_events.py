@@ -146,3 +146,35 @@ def test_open_streams_never_starve_the_api(config):
         finally:
             for r in readers:
                 r.close()
+
+
+def test_a_created_task_is_told_as_written_and_before_any_later_commit(hub):
+    """A new task's event is made from what the create wrote (no read back) and is
+    published under the write lock: a claim committed while the create's other events
+    are still being announced comes after it, so the last event says running."""
+    store = hub.store
+    store.upsert_device("P1", state="device")
+    claimed, claiming = [], threading.Event()
+    announce = store.on_change
+
+    def late_announce(kind, keys):          # the create's first read back, after its commit
+        if not claiming.is_set():           # (the claim's own announce comes here too)
+            claiming.set()
+            claimer = threading.Thread(target=lambda: claimed.append(
+                store.claim_next("P1", store.clock())))
+            claimer.start()
+            claimer.join(10)
+        announce(kind, keys)
+    store.on_change = late_announce
+    last = hub.last_id
+    [task_id] = store.create_tasks([tl.NewTask(serial="P1", script_name="echo",
+                                               script_config={}, username="shop",
+                                               message="starts at 10:00")])
+    assert claimed and claimed[0]["id"] == task_id
+    told = [tl.json.loads(d) for _, k, d in hub.wait_after(last, 0) if k == "task"]
+    assert [t["status_text"] for t in told] == ["pending", "running"]
+    store.on_change = announce
+    with store.write() as conn:             # the same task read back, as it was then
+        conn.execute("UPDATE tasks SET status=0, message='starts at 10:00' WHERE id=?",
+                     (task_id,))
+    assert told[0] == hub.describe("task", task_id)
