@@ -5937,7 +5937,9 @@ API_PREFIX = "/api/v1"
 #: the dashboard's files (GET /)
 WEB_DIR = HERE / "web"
 #: waitress threads for ordinary requests, and the extra ones event streams may hold:
-#: a stream keeps its thread while open, so streams never take the API's threads
+#: a stream keeps its thread while open, so streams never take the API's threads. The
+#: extra ones run only while their streams are open: idle threads in the pool cost the
+#: API (each request got a thread of its own, and all contended for the interpreter)
 API_THREADS = 8
 EVENT_STREAMS = 16
 
@@ -6118,6 +6120,10 @@ class Api:
         self._clients: Dict[str, Tuple[Any, bool]] = {}
         self._queries: Dict[Tuple[int, str], Dict[str, Any]] = {}
         self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
+        self._streams_open = 0
+        self._streams_lock = threading.Lock()
+        #: sets how many threads serve requests (make_server hooks waitress's pool here)
+        self.set_threads: Callable[[int], None] = lambda count: None
         for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
             handler = getattr(self, name)
             if hasattr(handler, "route"):
@@ -6696,10 +6702,23 @@ class Api:
             after = int(text) if text else None
         if not self._stream_slots.acquire(blocking=False):
             raise Unavailable(f"too many event streams open (at most {EVENT_STREAMS})")
-        body = event_stream(self.lite.events, after, release=self._stream_slots.release)
+        self._streams_changed(+1)
+        body = event_stream(self.lite.events, after, release=self._stream_closed)
         return self.bottle.HTTPResponse(body, status=200, headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no"})
+
+    def _streams_changed(self, by: int) -> None:
+        """One thread more in the pool for each open stream, so the API keeps its own.
+        Once the hub is closed the server is shutting down: its pool is left alone."""
+        with self._streams_lock:
+            self._streams_open += by
+            if not self.lite.events.closed:
+                self.set_threads(API_THREADS + self._streams_open)
+
+    def _stream_closed(self) -> None:
+        self._streams_changed(-1)
+        self._stream_slots.release()
 
     @route("PUT", "/device/{serial}", "Rename a phone or put it in groups",
            body=DEVICE_FIELDS, data="Device")
@@ -7385,10 +7404,11 @@ IDLE_CONNECTION_TIMEOUT = 30
 def make_server(config: Config, lite: Server):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
+    app = create_app(config, lite)
     try:
         server = waitress.server.create_server(
-            create_app(config, lite), host=config.host, port=config.port,
-            threads=API_THREADS + EVENT_STREAMS, ident="TikMatrix-Lite",
+            app, host=config.host, port=config.port,
+            threads=API_THREADS, ident="TikMatrix-Lite",
             max_request_body_size=max(8 * MAX_BODY_BYTES,
                                       (config.max_upload_mb + 1) * 1024 * 1024),
             clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1,
@@ -7397,6 +7417,7 @@ def make_server(config: Config, lite: Server):
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
+    app.api.set_threads = server.task_dispatcher.set_thread_count   # + open streams
     channel_class = _capped_channel_class(config.allow_from)
     listeners = server.map.values() if isinstance(server, waitress.server.MultiSocketServer) \
         else [server]                                 # one listener per address

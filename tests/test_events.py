@@ -148,6 +148,27 @@ def test_open_streams_never_starve_the_api(config):
                 r.close()
 
 
+def test_the_pool_runs_one_thread_more_per_open_stream(config):
+    """The API keeps its API_THREADS threads whatever streams are open, and no thread
+    runs for a stream that is not open: idle ones in the pool cost every request."""
+    with serve(config, with_devices=False) as srv:
+        pool = srv.server.task_dispatcher
+
+        def running():
+            with pool.lock:
+                return len(pool.threads) - pool.stop_count
+        assert running() == tl.API_THREADS
+        readers = [EventReader(srv.port) for _ in range(3)]
+        try:
+            assert running() == tl.API_THREADS + 3      # set before the stream's headers
+            for _ in range(tl.API_THREADS * 2):
+                status, reply = srv.request("GET", "/api/v1/task/stats", timeout=10)
+                assert status == 200 and reply["code"] == 0
+        finally:
+            for r in readers:
+                r.close()
+
+
 def test_a_created_task_is_told_as_written_and_before_any_later_commit(hub):
     """A new task's event is made from what the create wrote (no read back) and is
     published under the write lock: a claim committed while the create's other events
