@@ -847,6 +847,10 @@ class Store:
         #: the same for the API keys alone: every request asks whether there is an
         #: admin key, and a task's write must not make it ask sqlite again
         self._key_changes = 0
+        #: the same for the devices' rows coming and going (device_known), counted
+        #: after the commit that added or removed one (their marks wait in _device_marks)
+        self._device_rows = 0
+        self._device_marks: List[str] = []
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
@@ -988,9 +992,11 @@ class Store:
                         conn.execute("ROLLBACK")
                     self._unflush_live()
                     self._due_marks.clear()
+                    self._device_marks.clear()
                     raise
                 self._close_ended()
                 self._mark_due_stale()
+                self._count_device_rows()
                 self._tell_written()
             except sqlite3.OperationalError as exc:
                 if _is_disk_full(exc):
@@ -1044,6 +1050,7 @@ class Store:
         which phones' pending tasks or rest change (due_times recomputes only those)."""
         self._writer.create_function("task_left_running", 1, self._ended.append)
         self._writer.create_function("due_changed", 1, self._due_marks.append)
+        self._writer.create_function("device_row_changed", 1, self._device_marks.append)
         triggers = {
             "left_running_update": ("UPDATE OF status ON main.tasks",
                                     f"NEW.status != {RUNNING} AND OLD.status = {RUNNING}",
@@ -1064,10 +1071,22 @@ class Store:
                            "due_changed(OLD.serial)"),
             "due_rested": ("UPDATE OF last_task_end ON main.devices", "1",
                            "due_changed(NEW.serial)"),
+            # a device known or not any more (device_known)
+            "device_added": ("INSERT ON main.devices", "1", "device_row_changed(NEW.serial)"),
+            "device_renamed": ("UPDATE OF serial ON main.devices", "1",
+                               "device_row_changed(NEW.serial)"),
+            "device_removed": ("DELETE ON main.devices", "1",
+                               "device_row_changed(OLD.serial)"),
         }
         for name, (event, guard, call) in triggers.items():
             self._writer.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event}"
                                  f" WHEN {guard} BEGIN SELECT {call}; END")
+
+    def _count_device_rows(self) -> None:
+        if self._device_marks:
+            self._device_marks.clear()
+            with self._changes_lock:
+                self._device_rows += 1
 
     def _mark_due_stale(self) -> None:
         if not self._due_marks:
@@ -1869,6 +1888,13 @@ class Store:
 
     def get_device(self, serial: str) -> Optional[sqlite3.Row]:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
+
+    def device_known(self, serial: str) -> bool:
+        """Whether the device has a row: asked for every phone of every POST /task, so
+        the answer is kept until a commit adds or removes a device (_device_rows)."""
+        return self._cached(("device known", serial), lambda: self.query_one(
+            "SELECT 1 FROM devices WHERE serial=?", (serial,)) is not None,
+            self._device_rows)
 
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         """Devices with their running task and pending count: the phone's own tasks, not
@@ -5494,7 +5520,7 @@ class TaskOps:
                         multi: bool) -> List[Tuple[str, Optional[str]]]:
         targets: List[Tuple[str, Optional[str]]] = []
         for i, serial in _first_of_each(serials):
-            if self.store.get_device(serial) is None and script.runner != "external":
+            if script.runner != "external" and not self.store.device_known(serial):
                 raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
             if not multi:
                 targets.append((serial, None))

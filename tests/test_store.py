@@ -1294,6 +1294,34 @@ def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
     assert st.has_admin_key()
 
 
+def test_a_known_device_is_kept_until_a_device_comes_or_goes(open_store):
+    """device_known (every POST /task) is read again after each commit that adds or
+    removes a device, and only then: a task's write does not make it ask sqlite."""
+    st = open_store(clock_=FakeClock(T0))
+    st.sole_writer = True
+    assert not st.device_known("d1")
+    with st.write() as conn:                       # a device added, then rolled back
+        conn.execute("INSERT INTO devices (serial, first_seen) VALUES ('d1', 0)")
+        assert st.device_known("d1")               # the write's own read sees it
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+    assert not st.device_known("d1")
+    st.upsert_device("d1", state="device")
+    assert st.device_known("d1") and not st.device_known("d2")
+    reads = []
+    st._reader().set_trace_callback(reads.append)
+    st.create_tasks([new("d1")])
+    st.upsert_device("d1", state="offline")        # a change of the row, not of the rows
+    assert st.device_known("d1") and not st.device_known("d2")
+    assert not [sql for sql in reads if sql.startswith("SELECT 1 FROM devices")]
+    st._reader().set_trace_callback(None)
+    st.upsert_device("d2", state="device")
+    assert st.device_known("d2")
+    st.delete_task(st.list_tasks(serial="d1")[0][0]["id"])
+    assert st.delete_device("d1")
+    assert not st.device_known("d1") and st.device_known("d2")
+
+
 def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
     """Two stores on one file (two processes): each sees the other's commits."""
     first, second = tml.Store(db_path), tml.Store(db_path)
@@ -1303,6 +1331,9 @@ def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
         second.add_api_key("boss", "admin", "hash")
         assert first.stats()["total"] == first.list_tasks(serial="d1")[1] == 1
         assert first.has_admin_key()
+        assert not first.device_known("d9")
+        second.upsert_device("d9", state="device")
+        assert first.device_known("d9")
     finally:
         first.close()
         second.close()
