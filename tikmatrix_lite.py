@@ -964,13 +964,16 @@ class Store:
         return self._conn().execute(sql, params).fetchone()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction on the writer connection: all of it is committed, or none.
 
         A write inside a write (same thread, holding the lock) joins the outer one. If
         COMMIT itself fails (disk full, I/O error) the transaction is rolled back, so
         the connection never stays inside a transaction that later writes would join.
         Every transaction first writes the log lines and progress waiting in memory.
+        A caller that runs ``one_statement`` while nothing waits in memory gets no
+        BEGIN and COMMIT: sqlite makes a lone statement atomic, and each of the two is a
+        step more under the lock (a hand-off between threads under load).
         """
         with self._write_lock:
             conn = self._writer
@@ -980,12 +983,15 @@ class Store:
                 return
             self._local.write_depth = 1
             self._local.changes = {}
+            alone = one_statement and not self._live
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if not alone:
+                    conn.execute("BEGIN IMMEDIATE")
                 try:
-                    flushed = self._flush_live(conn)
+                    flushed = not alone and self._flush_live(conn)
                     yield conn
-                    self._commit(conn, flushed)
+                    if not alone:
+                        self._commit(conn, flushed)
                     self._changed()
                 except BaseException:
                     if conn.in_transaction:
@@ -1239,7 +1245,7 @@ class Store:
         """
         now = self.clock()
         ids = []
-        with self.write() as conn:
+        with self.write(one_statement=len(tasks) == 1 and not tasks[0].materials) as conn:
             for t in tasks:
                 cur = conn.execute(
                     "INSERT INTO tasks (serial, username, script_name, script_config, source,"

@@ -1371,3 +1371,32 @@ def test_in_task_end_listeners_write_in_the_ending_transaction(st, db_path):
         tml.FAILED
     assert on_disk(db_path, "SELECT cooldown_until FROM accounts WHERE username='shop_a'"
                    )[0][0] == T0 + 3600
+
+
+def test_one_task_is_written_in_one_statement_unless_lines_wait_in_memory(st):
+    """A lone INSERT is atomic by itself: no BEGIN and COMMIT around it. While a task
+    that runs here has lines waiting in memory, the create writes them too, in one
+    transaction; several tasks are one transaction, all or none."""
+    st.upsert_device("d1", state="device")
+    st.upsert_device("d2", state="device")
+    said = []
+    st._writer.set_trace_callback(said.append)
+    st.create_tasks([new("d1")])
+    assert said[0].startswith("INSERT INTO tasks")     # (then its triggers' statements)
+    assert not {"BEGIN", "COMMIT"} & {sql.split()[0] for sql in said}
+    with pytest.raises(sqlite3.IntegrityError):    # a lone statement that fails leaves nothing
+        st.create_tasks([new(None)])
+    del said[:]
+    with pytest.raises(sqlite3.IntegrityError):    # nor does a transaction of several
+        st.create_tasks([new("d2"), new(None)])
+    assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "ROLLBACK"
+    assert [r["serial"] for r in rows(st)] == ["d1"]
+    running = st.claim_next("d1", st.clock() + 1)
+    st.add_log(running["id"], "waits in memory")
+    del said[:]
+    st.create_tasks([new("d2")])
+    assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "COMMIT"
+    st._writer.set_trace_callback(None)
+    assert [r["line"] for r in st.query("SELECT line FROM task_log WHERE task_id=?",
+                                        (running["id"],))] == ["waits in memory"]
+    assert not st._writer.in_transaction
