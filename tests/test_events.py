@@ -2,11 +2,13 @@
 open streams never starve the API."""
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
 
 import tikmatrix_lite as tl
+from farm import wait_until
 from live_server import EventReader, serve
 
 
@@ -158,15 +160,23 @@ def test_the_pool_runs_one_thread_more_per_open_stream(config):
             with pool.lock:
                 return len(pool.threads) - pool.stop_count
         assert running() == tl.API_THREADS
-        readers = [EventReader(srv.port) for _ in range(3)]
+        clients = []
         try:
+            for _ in range(3):
+                client = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                clients.append(client)
+                client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: lite\r\n\r\n")
+                assert client.recv(64).startswith(b"HTTP/1.1 200")
             assert running() == tl.API_THREADS + 3      # set before the stream's headers
             for _ in range(tl.API_THREADS * 2):
                 status, reply = srv.request("GET", "/api/v1/task/stats", timeout=10)
                 assert status == 200 and reply["code"] == 0
         finally:
-            for r in readers:
-                r.close()
+            for client in clients:
+                client.close()
+        # a stream notices its client left when a write fails: events make it write
+        wait_until(lambda: srv.lite.events.publish("ping", {}) and
+                   running() == tl.API_THREADS, 10, "the streams' threads gone")
 
 
 def test_a_created_task_is_told_as_written_and_before_any_later_commit(hub):
