@@ -847,6 +847,10 @@ class Store:
         #: the same for the API keys alone: every request asks whether there is an
         #: admin key, and a task's write must not make it ask sqlite again
         self._key_changes = 0
+        #: the same for the devices' rows coming and going (device_known), counted
+        #: after the commit that added or removed one (their marks wait in _device_marks)
+        self._device_rows = 0
+        self._device_marks: List[str] = []
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
         self._local = threading.local()
@@ -856,6 +860,11 @@ class Store:
         #: called with (kind, keys) after each commit that changed tasks, devices,
         #: accounts or materials: the events hub listens here
         self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
+        #: called with (kind, {key: row as written}) right after the commit, still under
+        #: the write lock, for the rows a transaction wrote whole (_note_written): the
+        #: hub needs not read them back, and their events precede any later commit's
+        self.on_written: Callable[[str, Dict[Any, Dict[str, Any]]], None] = \
+            lambda kind, rows: None
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
@@ -955,13 +964,16 @@ class Store:
         return self._conn().execute(sql, params).fetchone()
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction on the writer connection: all of it is committed, or none.
 
         A write inside a write (same thread, holding the lock) joins the outer one. If
         COMMIT itself fails (disk full, I/O error) the transaction is rolled back, so
         the connection never stays inside a transaction that later writes would join.
         Every transaction first writes the log lines and progress waiting in memory.
+        A caller that runs ``one_statement`` while nothing waits in memory gets no
+        BEGIN and COMMIT: sqlite makes a lone statement atomic, and each of the two is a
+        step more under the lock (a hand-off between threads under load).
         """
         with self._write_lock:
             conn = self._writer
@@ -971,21 +983,27 @@ class Store:
                 return
             self._local.write_depth = 1
             self._local.changes = {}
+            alone = one_statement and not self._live
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if not alone:
+                    conn.execute("BEGIN IMMEDIATE")
                 try:
-                    flushed = self._flush_live(conn)
+                    flushed = not alone and self._flush_live(conn)
                     yield conn
-                    self._commit(conn, flushed)
+                    if not alone:
+                        self._commit(conn, flushed)
                     self._changed()
                 except BaseException:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
                     self._unflush_live()
                     self._due_marks.clear()
+                    self._device_marks.clear()
                     raise
                 self._close_ended()
                 self._mark_due_stale()
+                self._count_device_rows()
+                self._tell_written()
             except sqlite3.OperationalError as exc:
                 if _is_disk_full(exc):
                     raise StorageFull() from exc
@@ -1000,6 +1018,23 @@ class Store:
         bucket = self._local.changes.setdefault(kind, {})
         for key in keys:
             bucket[key] = None
+
+    def _note_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
+        """Remember rows this transaction wrote whole, as written (a new task); a key
+        _note'd too (changed in the same transaction) is read back instead."""
+        self._local.changes.setdefault(("written", kind), {}).update(rows)
+
+    def _tell_written(self) -> None:
+        """The rows written whole, told while the lock is held: an event of a later commit
+        (a claim of the new task) comes after theirs."""
+        for key in [k for k in self._local.changes if isinstance(k, tuple)]:
+            kind, rows = key[1], self._local.changes.pop(key)
+            rows = {k: v for k, v in rows.items()
+                    if k not in self._local.changes.get(kind, {})}
+            try:
+                self.on_written(kind, rows)
+            except Exception:                     # a listener must not fail a write
+                log.exception("change listener failed")
 
     def _announce(self, changes: Dict[str, Dict[Any, None]]) -> None:
         for kind in ("task", "device", "account", "material"):
@@ -1021,6 +1056,7 @@ class Store:
         which phones' pending tasks or rest change (due_times recomputes only those)."""
         self._writer.create_function("task_left_running", 1, self._ended.append)
         self._writer.create_function("due_changed", 1, self._due_marks.append)
+        self._writer.create_function("device_row_changed", 1, self._device_marks.append)
         triggers = {
             "left_running_update": ("UPDATE OF status ON main.tasks",
                                     f"NEW.status != {RUNNING} AND OLD.status = {RUNNING}",
@@ -1041,10 +1077,22 @@ class Store:
                            "due_changed(OLD.serial)"),
             "due_rested": ("UPDATE OF last_task_end ON main.devices", "1",
                            "due_changed(NEW.serial)"),
+            # a device known or not any more (device_known)
+            "device_added": ("INSERT ON main.devices", "1", "device_row_changed(NEW.serial)"),
+            "device_renamed": ("UPDATE OF serial ON main.devices", "1",
+                               "device_row_changed(NEW.serial)"),
+            "device_removed": ("DELETE ON main.devices", "1",
+                               "device_row_changed(OLD.serial)"),
         }
         for name, (event, guard, call) in triggers.items():
             self._writer.execute(f"CREATE TEMP TRIGGER IF NOT EXISTS {name} AFTER {event}"
                                  f" WHEN {guard} BEGIN SELECT {call}; END")
+
+    def _count_device_rows(self) -> None:
+        if self._device_marks:
+            self._device_marks.clear()
+            with self._changes_lock:
+                self._device_rows += 1
 
     def _mark_due_stale(self) -> None:
         if not self._due_marks:
@@ -1197,7 +1245,7 @@ class Store:
         """
         now = self.clock()
         ids = []
-        with self.write() as conn:
+        with self.write(one_statement=len(tasks) == 1 and not tasks[0].materials) as conn:
             for t in tasks:
                 cur = conn.execute(
                     "INSERT INTO tasks (serial, username, script_name, script_config, source,"
@@ -1215,7 +1263,11 @@ class Store:
                     config = self._reserve_materials(conn, cur.lastrowid, t)
                     conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
                                  (_dump_json(config), cur.lastrowid))
-            self._note("task", *ids)
+            # the event's fields as written (the others are the columns' defaults)
+            self._note_written("task", {task_id: {
+                "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
+                "serial": t.serial, "username": t.username, "error": "",
+                "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
             self._note("device", *dict.fromkeys(t.serial for t in tasks))
         return ids
 
@@ -1843,6 +1895,13 @@ class Store:
     def get_device(self, serial: str) -> Optional[sqlite3.Row]:
         return self.query_one("SELECT * FROM devices WHERE serial=?", (serial,))
 
+    def device_known(self, serial: str) -> bool:
+        """Whether the device has a row: asked for every phone of every POST /task, so
+        the answer is kept until a commit adds or removes a device (_device_rows)."""
+        return self._cached(("device known", serial), lambda: self.query_one(
+            "SELECT 1 FROM devices WHERE serial=?", (serial,)) is not None,
+            self._device_rows)
+
     def list_devices(self, serial: Optional[str] = None) -> List[sqlite3.Row]:
         """Devices with their running task and pending count: the phone's own tasks, not
         workers' (external) tasks that merely name its serial.
@@ -2332,6 +2391,7 @@ class EventHub:
         self._closed = False
         self._streams = 0                         # streams being served right now
         store.on_change = self.on_store_change
+        store.on_written = self.on_store_written
 
     def publish(self, kind: str, data: Dict[str, Any]) -> int:
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
@@ -2351,16 +2411,23 @@ class EventHub:
         for key in keys:
             self.publish(kind, self.describe(kind, key))
 
+    def on_store_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
+        """Rows told as written (new tasks): their events without reading them back."""
+        for row in rows.values():
+            self.publish(kind, self.task_event(row))
+
+    @staticmethod
+    def task_event(row: Any) -> Dict[str, Any]:
+        return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
+                                    "username", "error", "script_name")} | {
+            "status_text": STATUS_TEXT[row["status"]]}
+
     def describe(self, kind: str, key: Any) -> Dict[str, Any]:
         """The event's data: the changed row as the page needs it, or that it is gone."""
         store = self.store
         if kind == "task":
             row = store.get_task(key)
-            if row is None:
-                return {"id": key, "deleted": True}
-            return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
-                                        "username", "error", "script_name")} | {
-                "status_text": STATUS_TEXT[row["status"]]}
+            return {"id": key, "deleted": True} if row is None else self.task_event(row)
         if kind == "device":
             rows = store.list_devices(key)
             if not rows:
@@ -4644,6 +4711,9 @@ class WakeLoop:
         self._cond = threading.Condition()
         self._dirty = True
         self._stopping = False
+        #: while the thread waits: when that wait ends by itself (None: on a wake only);
+        #: False while a round is under way (or before the first)
+        self._waits_until: Any = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def round(self) -> Optional[float]:
@@ -4653,6 +4723,17 @@ class WakeLoop:
         with self._cond:
             self._dirty = True
             self._cond.notify()
+
+    def wake_by(self, at: float) -> None:
+        """A round must look at what the caller just committed by ``at`` (a time of
+        ``clock``): wake now, unless the thread waits and its wait ends by then anyway
+        (that round reads the store after the caller's commit). A round under way may
+        have read the store before it: it is made to do another."""
+        with self._cond:
+            until = self._waits_until
+            if until is False or until is None or until > at:
+                self._dirty = True
+                self._cond.notify()
 
     def stop(self, join_timeout: float = 5) -> None:
         with self._cond:
@@ -4677,7 +4758,9 @@ class WakeLoop:
                     return
                 if not self._dirty:
                     timeout = None if next_due is None else max(0.0, next_due - self.clock())
+                    self._waits_until = next_due
                     self._cond.wait(timeout)
+                    self._waits_until = False
 
 
 class Scheduler(WakeLoop):
@@ -5341,9 +5424,12 @@ class TaskOps:
 
     def __init__(self, store: Store, scripts: Dict[str, Script], runner: Optional[Runner],
                  artifacts_dir: Path, wake: Callable[[], None],
-                 materials_dir: Optional[Path] = None):
+                 materials_dir: Optional[Path] = None,
+                 wake_for_new: Optional[Callable[[Sequence[NewTask]], None]] = None):
         self.store, self.scripts, self.runner = store, scripts, runner
         self.artifacts_dir, self.wake = artifacts_dir, wake
+        #: after a create: wakes the scheduler if it must look at the new tasks soon
+        self.wake_for_new = wake_for_new or (lambda tasks: wake())
         #: the material library's files, named in the config of a task that reserves some
         self.materials_dir = materials_dir or artifacts_dir.with_name("materials")
         #: how long stop and delete wait for a running script to end
@@ -5359,9 +5445,9 @@ class TaskOps:
     def create(self, body: Dict[str, Any], *, source: Optional[str] = None,
                schedule_id: Optional[int] = None, creator: Optional[str] = None) -> List[int]:
         """The tasks one request asks for, all validated before any is written."""
-        ids = self.store.create_tasks(self.build(body, source=source,
-                                                 schedule_id=schedule_id, creator=creator))
-        self.wake()
+        tasks = self.build(body, source=source, schedule_id=schedule_id, creator=creator)
+        ids = self.store.create_tasks(tasks)
+        self.wake_for_new(tasks)
         return ids
 
     def build(self, body: Dict[str, Any], *, source: Optional[str] = None,
@@ -5442,7 +5528,7 @@ class TaskOps:
                         multi: bool) -> List[Tuple[str, Optional[str]]]:
         targets: List[Tuple[str, Optional[str]]] = []
         for i, serial in _first_of_each(serials):
-            if self.store.get_device(serial) is None and script.runner != "external":
+            if script.runner != "external" and not self.store.device_known(serial):
                 raise BadRequest(f"serials[{i}]", f"unknown device {serial!r}")
             if not multi:
                 targets.append((serial, None))
@@ -5645,7 +5731,7 @@ class Server:
         self.scheduler = Scheduler(self.store, self.devices, self.runner,
                                    config.max_running, clock)
         self.tasks = TaskOps(self.store, self.scripts, self.runner, config.artifacts_dir,
-                             self.wake, config.materials_dir)
+                             self.wake, config.materials_dir, self.wake_for_new)
         self._wire_operations()
 
     def _wire_operations(self) -> None:
@@ -5705,6 +5791,28 @@ class Server:
 
     def wake(self) -> None:
         self.scheduler.wake()
+
+    def wake_for_new(self, tasks: Sequence[NewTask]) -> None:
+        """Wake the scheduler for tasks just created only if it must look before it
+        would anyway: a round costs a dozen reads, which under a stream of creates
+        took a request's time again in hand-offs between threads.
+
+        A free, online phone's task must start at its start time. A phone offline or
+        busy now wakes the scheduler itself when it comes online or its task ends
+        (on_online, on_finished, both after the state the check below reads), and that
+        round reads these tasks with the rest. An expiry must be kept on time. Nothing
+        else about a new task has a clock: a timeout or a lease starts when it runs.
+        """
+        by = math.inf
+        for task in tasks:
+            if self.runner is not None and not task.external \
+                    and self.devices.is_online(task.serial) \
+                    and not self.runner.busy(task.serial):
+                by = min(by, task.start_time or -math.inf)
+            if task.expire_at is not None:
+                by = min(by, task.expire_at)
+        if by < math.inf:
+            self.scheduler.wake_by(by)
 
     # -- operations' hooks (SPEC 8) ----------------------------------------------------
     def _deadlines(self, now: float) -> Optional[float]:
@@ -5863,7 +5971,9 @@ API_PREFIX = "/api/v1"
 #: the dashboard's files (GET /)
 WEB_DIR = HERE / "web"
 #: waitress threads for ordinary requests, and the extra ones event streams may hold:
-#: a stream keeps its thread while open, so streams never take the API's threads
+#: a stream keeps its thread while open, so streams never take the API's threads. The
+#: extra ones run only while their streams are open: idle threads in the pool cost the
+#: API (each request got a thread of its own, and all contended for the interpreter)
 API_THREADS = 8
 EVENT_STREAMS = 16
 
@@ -6044,6 +6154,10 @@ class Api:
         self._clients: Dict[str, Tuple[Any, bool]] = {}
         self._queries: Dict[Tuple[int, str], Dict[str, Any]] = {}
         self._stream_slots = threading.BoundedSemaphore(EVENT_STREAMS)
+        self._streams_open = 0
+        self._streams_lock = threading.Lock()
+        #: sets how many threads serve requests (make_server hooks waitress's pool here)
+        self.set_threads: Callable[[int], None] = lambda count: None
         for name in dict.fromkeys(n for klass in type(self).__mro__ for n in vars(klass)):
             handler = getattr(self, name)
             if hasattr(handler, "route"):
@@ -6622,10 +6736,23 @@ class Api:
             after = int(text) if text else None
         if not self._stream_slots.acquire(blocking=False):
             raise Unavailable(f"too many event streams open (at most {EVENT_STREAMS})")
-        body = event_stream(self.lite.events, after, release=self._stream_slots.release)
+        self._streams_changed(+1)
+        body = event_stream(self.lite.events, after, release=self._stream_closed)
         return self.bottle.HTTPResponse(body, status=200, headers={
             "Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no"})
+
+    def _streams_changed(self, by: int) -> None:
+        """One thread more in the pool for each open stream, so the API keeps its own.
+        Once the hub is closed the server is shutting down: its pool is left alone."""
+        with self._streams_lock:
+            self._streams_open += by
+            if not self.lite.events.closed:
+                self.set_threads(API_THREADS + self._streams_open)
+
+    def _stream_closed(self) -> None:
+        self._streams_changed(-1)
+        self._stream_slots.release()
 
     @route("PUT", "/device/{serial}", "Rename a phone or put it in groups",
            body=DEVICE_FIELDS, data="Device")
@@ -7311,10 +7438,11 @@ IDLE_CONNECTION_TIMEOUT = 30
 def make_server(config: Config, lite: Server):
     """Bind the port (a taken port is a ConfigError) before anything else starts."""
     import waitress.server
+    app = create_app(config, lite)
     try:
         server = waitress.server.create_server(
-            create_app(config, lite), host=config.host, port=config.port,
-            threads=API_THREADS + EVENT_STREAMS, ident="TikMatrix-Lite",
+            app, host=config.host, port=config.port,
+            threads=API_THREADS, ident="TikMatrix-Lite",
             max_request_body_size=max(8 * MAX_BODY_BYTES,
                                       (config.max_upload_mb + 1) * 1024 * 1024),
             clear_untrusted_proxy_headers=True, asyncore_loop_timeout=1,
@@ -7323,6 +7451,7 @@ def make_server(config: Config, lite: Server):
     except OSError as exc:
         raise ConfigError(f"cannot listen on {config.host}:{config.port}: "
                           f"{exc.strerror or exc}") from None
+    app.api.set_threads = server.task_dispatcher.set_thread_count   # + open streams
     channel_class = _capped_channel_class(config.allow_from)
     listeners = server.map.values() if isinstance(server, waitress.server.MultiSocketServer) \
         else [server]                                 # one listener per address

@@ -2,11 +2,13 @@
 open streams never starve the API."""
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
 
 import tikmatrix_lite as tl
+from farm import wait_until
 from live_server import EventReader, serve
 
 
@@ -146,3 +148,64 @@ def test_open_streams_never_starve_the_api(config):
         finally:
             for r in readers:
                 r.close()
+
+
+def test_the_pool_runs_one_thread_more_per_open_stream(config):
+    """The API keeps its API_THREADS threads whatever streams are open, and no thread
+    runs for a stream that is not open: idle ones in the pool cost every request."""
+    with serve(config, with_devices=False) as srv:
+        pool = srv.server.task_dispatcher
+
+        def running():
+            with pool.lock:
+                return len(pool.threads) - pool.stop_count
+        assert running() == tl.API_THREADS
+        clients = []
+        try:
+            for _ in range(3):
+                client = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+                clients.append(client)
+                client.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: lite\r\n\r\n")
+                assert client.recv(64).startswith(b"HTTP/1.1 200")
+            assert running() == tl.API_THREADS + 3      # set before the stream's headers
+            for _ in range(tl.API_THREADS * 2):
+                status, reply = srv.request("GET", "/api/v1/task/stats", timeout=10)
+                assert status == 200 and reply["code"] == 0
+        finally:
+            for client in clients:
+                client.close()
+        # a stream notices its client left when a write fails: events make it write
+        wait_until(lambda: srv.lite.events.publish("ping", {}) and
+                   running() == tl.API_THREADS, 10, "the streams' threads gone")
+
+
+def test_a_created_task_is_told_as_written_and_before_any_later_commit(hub):
+    """A new task's event is made from what the create wrote (no read back) and is
+    published under the write lock: a claim committed while the create's other events
+    are still being announced comes after it, so the last event says running."""
+    store = hub.store
+    store.upsert_device("P1", state="device")
+    claimed, claiming = [], threading.Event()
+    announce = store.on_change
+
+    def late_announce(kind, keys):          # the create's first read back, after its commit
+        if not claiming.is_set():           # (the claim's own announce comes here too)
+            claiming.set()
+            claimer = threading.Thread(target=lambda: claimed.append(
+                store.claim_next("P1", store.clock())))
+            claimer.start()
+            claimer.join(10)
+        announce(kind, keys)
+    store.on_change = late_announce
+    last = hub.last_id
+    [task_id] = store.create_tasks([tl.NewTask(serial="P1", script_name="echo",
+                                               script_config={}, username="shop",
+                                               message="starts at 10:00")])
+    assert claimed and claimed[0]["id"] == task_id
+    told = [tl.json.loads(d) for _, k, d in hub.wait_after(last, 0) if k == "task"]
+    assert [t["status_text"] for t in told] == ["pending", "running"]
+    store.on_change = announce
+    with store.write() as conn:             # the same task read back, as it was then
+        conn.execute("UPDATE tasks SET status=0, message='starts at 10:00' WHERE id=?",
+                     (task_id,))
+    assert told[0] == hub.describe("task", task_id)

@@ -1294,6 +1294,34 @@ def test_kept_reads_follow_every_commit_and_never_a_transaction(open_store):
     assert st.has_admin_key()
 
 
+def test_a_known_device_is_kept_until_a_device_comes_or_goes(open_store):
+    """device_known (every POST /task) is read again after each commit that adds or
+    removes a device, and only then: a task's write does not make it ask sqlite."""
+    st = open_store(clock_=FakeClock(T0))
+    st.sole_writer = True
+    assert not st.device_known("d1")
+    with st.write() as conn:                       # a device added, then rolled back
+        conn.execute("INSERT INTO devices (serial, first_seen) VALUES ('d1', 0)")
+        assert st.device_known("d1")               # the write's own read sees it
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+    assert not st.device_known("d1")
+    st.upsert_device("d1", state="device")
+    assert st.device_known("d1") and not st.device_known("d2")
+    reads = []
+    st._reader().set_trace_callback(reads.append)
+    st.create_tasks([new("d1")])
+    st.upsert_device("d1", state="offline")        # a change of the row, not of the rows
+    assert st.device_known("d1") and not st.device_known("d2")
+    assert not [sql for sql in reads if sql.startswith("SELECT 1 FROM devices")]
+    st._reader().set_trace_callback(None)
+    st.upsert_device("d2", state="device")
+    assert st.device_known("d2")
+    st.delete_task(st.list_tasks(serial="d1")[0][0]["id"])
+    assert st.delete_device("d1")
+    assert not st.device_known("d1") and st.device_known("d2")
+
+
 def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
     """Two stores on one file (two processes): each sees the other's commits."""
     first, second = tml.Store(db_path), tml.Store(db_path)
@@ -1303,6 +1331,9 @@ def test_a_store_that_is_not_the_sole_writer_keeps_nothing(db_path):
         second.add_api_key("boss", "admin", "hash")
         assert first.stats()["total"] == first.list_tasks(serial="d1")[1] == 1
         assert first.has_admin_key()
+        assert not first.device_known("d9")
+        second.upsert_device("d9", state="device")
+        assert first.device_known("d9")
     finally:
         first.close()
         second.close()
@@ -1340,3 +1371,32 @@ def test_in_task_end_listeners_write_in_the_ending_transaction(st, db_path):
         tml.FAILED
     assert on_disk(db_path, "SELECT cooldown_until FROM accounts WHERE username='shop_a'"
                    )[0][0] == T0 + 3600
+
+
+def test_one_task_is_written_in_one_statement_unless_lines_wait_in_memory(st):
+    """A lone INSERT is atomic by itself: no BEGIN and COMMIT around it. While a task
+    that runs here has lines waiting in memory, the create writes them too, in one
+    transaction; several tasks are one transaction, all or none."""
+    st.upsert_device("d1", state="device")
+    st.upsert_device("d2", state="device")
+    said = []
+    st._writer.set_trace_callback(said.append)
+    st.create_tasks([new("d1")])
+    assert said[0].startswith("INSERT INTO tasks")     # (then its triggers' statements)
+    assert not {"BEGIN", "COMMIT"} & {sql.split()[0] for sql in said}
+    with pytest.raises(sqlite3.IntegrityError):    # a lone statement that fails leaves nothing
+        st.create_tasks([new(None)])
+    del said[:]
+    with pytest.raises(sqlite3.IntegrityError):    # nor does a transaction of several
+        st.create_tasks([new("d2"), new(None)])
+    assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "ROLLBACK"
+    assert [r["serial"] for r in rows(st)] == ["d1"]
+    running = st.claim_next("d1", st.clock() + 1)
+    st.add_log(running["id"], "waits in memory")
+    del said[:]
+    st.create_tasks([new("d2")])
+    assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "COMMIT"
+    st._writer.set_trace_callback(None)
+    assert [r["line"] for r in st.query("SELECT line FROM task_log WHERE task_id=?",
+                                        (running["id"],))] == ["waits in memory"]
+    assert not st._writer.in_transaction
