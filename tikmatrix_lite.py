@@ -3115,15 +3115,17 @@ class DeviceManager:
         """Called by a link when adb reports a change for one of its devices."""
         with self._lock:
             previous = self._state.get(serial, ("disconnected", link))[0]
-            self._state[serial] = (state, link)
-            self._unresponsive.discard(serial)
         log.info("device %s: %s -> %s (adb server %s)", serial, previous, state, link.address)
-        try:
-            self.store.upsert_device(serial, state=state, adb_server=link.address,
-                                     connection=connection_type(serial),
-                                     last_seen=self.store.clock())
+        try:                  # the row first: a phone seen online takes tasks at once, and
+            self.store.upsert_device(  # a task is refused for a phone without a row
+                serial, state=state, adb_server=link.address,
+                connection=connection_type(serial), last_seen=self.store.clock())
         except StorageFull:                    # the state in memory is what counts
             log.warning("device %s: state %s not stored: the disk is full", serial, state)
+        finally:
+            with self._lock:
+                self._state[serial] = (state, link)
+                self._unresponsive.discard(serial)
         if state == "device":
             self.on_online(serial)             # its due tasks start now, not after getprop
             threading.Thread(target=self._identify, args=(serial,), daemon=True,

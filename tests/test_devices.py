@@ -169,3 +169,29 @@ def test_a_command_cut_short_by_an_unplug_is_never_a_success(farm):
     assert isinstance(outcome[0], tml.DeviceLost), outcome
     assert farm.lite.devices.run(farm.add_phone().address, "shell:echo whole", timeout=10,
                                  token=tml.CancelToken()) == b"whole\n"
+
+
+def test_a_phone_shows_online_only_once_its_row_is_written(farm):
+    """A task may be created for a phone the moment it shows online, and one for a
+    phone without a row is refused ("unknown device"): the row is written first. The
+    row's write is held here; the phone must not show online until it is let go."""
+    import threading
+    store, entered, release = farm.lite.store, threading.Event(), threading.Event()
+    original = store.upsert_device
+
+    def held(serial, **fields):
+        if fields.get("state") == "device" and not release.is_set():
+            entered.set()
+            assert release.wait(10)
+        return original(serial, **fields)
+    store.upsert_device = held
+    device = farm.sim.add_device()
+    farm.adb.connect(device.address)
+    assert entered.wait(20), "the phone's row was never written"
+    assert not farm.lite.devices.is_online(device.address)
+    release.set()
+    wait_until(lambda: farm.lite.devices.is_online(device.address), 10, "online")
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "follow",
+        "script_config": {"target_users": ["alice"]}}, expect_errors=True).json
+    assert reply["code"] == 0, reply
