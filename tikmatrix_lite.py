@@ -982,7 +982,7 @@ class Store:
                 yield conn
                 return
             self._local.write_depth = 1
-            self._local.changes = {}
+            self._local.changes, self._local.written = {}, {}
             alone = one_statement and not self._live
             try:
                 if not alone:
@@ -1022,13 +1022,13 @@ class Store:
     def _note_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
         """Remember rows this transaction wrote whole, as written (a new task); a key
         _note'd too (changed in the same transaction) is read back instead."""
-        self._local.changes.setdefault(("written", kind), {}).update(rows)
+        self._local.written.setdefault(kind, {}).update(rows)
 
     def _tell_written(self) -> None:
         """The rows written whole, told while the lock is held: an event of a later commit
         (a claim of the new task) comes after theirs."""
-        for key in [k for k in self._local.changes if isinstance(k, tuple)]:
-            kind, rows = key[1], self._local.changes.pop(key)
+        written, self._local.written = self._local.written, {}
+        for kind, rows in written.items():
             rows = {k: v for k, v in rows.items()
                     if k not in self._local.changes.get(kind, {})}
             try:
@@ -3873,8 +3873,13 @@ class Phone:
             value = self._stay_on_before if self._stay_on_before.isdigit() else "0"
             commands.append(f"settings put global stay_on_while_plugged_in {value}")
         if commands:
-            self.devices.run(self.serial, "shell:" + "; ".join(commands), timeout=10,
-                             token=CancelToken())
+            self._run_cleanup("; ".join(commands), timeout=10)
+
+    def _run_cleanup(self, command: str, timeout: float = 30) -> None:
+        """A command that puts the phone back after a task: on a fresh token, since the
+        task's own may be cancelled (a stopped task must still clean up)."""
+        self.devices.run(self.serial, "shell:" + command, timeout=timeout,
+                         token=CancelToken())
 
 
     def app_version(self, package: str) -> str:
@@ -4295,11 +4300,11 @@ class Phone:
         return remote
 
     def remove(self, remote: str) -> None:
-        """Delete a pushed file and tell the gallery. Cleanup: it runs with a fresh token,
-        so a stopped task's media does not stay in the phone's gallery."""
-        self.devices.run(self.serial, f"shell:rm -f {shlex.quote(remote)}; am broadcast -a "
-                         f"android.intent.action.MEDIA_SCANNER_SCAN_FILE -d "
-                         f"{shlex.quote('file://' + remote)}", timeout=30, token=CancelToken())
+        """Delete a pushed file and tell the gallery; a cleanup, so a stopped task's
+        media does not stay in the phone's gallery."""
+        self._run_cleanup(f"rm -f {shlex.quote(remote)}; am broadcast -a android.intent"
+                          f".action.MEDIA_SCANNER_SCAN_FILE -d "
+                          f"{shlex.quote('file://' + remote)}")
 
     def sleep(self, seconds: float) -> None:
         """Wait, but wake at once when the task is stopped or the phone is lost."""

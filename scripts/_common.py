@@ -533,8 +533,8 @@ def open_topic(app: App, topic: str) -> None:
 NEXT_SHOWS = 5
 
 
-def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[str] = None,
-                    then: Tuple[str, Any] = ("", None), at_once: bool = True) -> None:
+def pick_in_gallery(app: App, key: str, count: int, step: str, *, then: Tuple[str, Any],
+                    first: Optional[str] = None, at_once: bool = True) -> None:
     """Select the newest `count` items (the first cells, where the pushed files are),
     then tap Next: `then` is (the Next key, what shows after it).
 
@@ -563,8 +563,8 @@ def pick_in_gallery(app: App, key: str, count: int, step: str, first: Optional[s
     if first is not None and app.find(first, tree) is not None:
         app.phone.tap(app.find(first, tree))
     if len(cells) < count:
-        raise StepFailed(f"{app.script}: {step}", f"{len(cells)} item(s) in the gallery, "
-                                 f"{count} needed")
+        raise StepFailed(f"{app.script}: {step}",
+                         f"{len(cells)} item(s) in the gallery, {count} needed")
     button = app.find(next_key, tree)
     at_once = at_once and count == 1 and button is not None and \
         not any(shows_selected(node) for node in cells)

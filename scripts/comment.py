@@ -110,8 +110,9 @@ def attach_image(app, text):
     try:
         app.wait("comment_image", "find the comment bar's image button", timeout=5)
     except _common.ElementNotFound:
+        versions = " and ".join(sorted(app.table["comment_image"]["ids"]))
         known = "" if app.known_version("comment_image") else \
-            f"; its id is known for TikTok 43.1.4 and 47.0.3, this phone has {app.version}"
+            f"; its id is known for TikTok {versions}, this phone has {app.version}"
         raise _common.StepFailed("comment: attach the image", "the comment bar shows no image "
                                  "button (TikTok offers image comments to some accounts "
                                  f"only{known})", retry=False) from None

@@ -206,7 +206,7 @@ def edit_tiktok(app, config, remote, title, description):
         # there too, without a Photos tab): no tab to switch, no look more
         app.step("open Upload (the gallery)", "upload", expect="gallery_select")
         _common.pick_in_gallery(app, "gallery_select", len(remote), "select the media",
-                        then=("gallery_next", "editor_next"))
+                                then=("gallery_next", "editor_next"))
     done = {"sound": mix_sound(app, config)}
     app.step("editor: Next", "editor_next", expect="caption", timeout=30)
     type_caption(app, title, description)
@@ -374,8 +374,9 @@ def edit_instagram(app, config, remote, title, description):
             app.step(f"choose {placement.upper()}", tab,
                      expect=lambda tree: any(n.selected for n in app.find_all(tab, tree)))
         _common.pick_in_gallery(app, "gallery_item", len(remote), "select the media",
-                        first="gallery_multi" if len(remote) > 1 else None,
-                        then=("gallery_next", app.any_of("story_share", "editor_next")))
+                                first="gallery_multi" if len(remote) > 1 else None,
+                                then=("gallery_next", app.any_of("story_share",
+                                                                 "editor_next")))
     if placement == "story":
         return
     app.step("editor: Next", "editor_next", timeout=30,

@@ -779,6 +779,7 @@ class TikTokApp(ModelApp):
         return root
 
     def tap_comments(self, h, x, y):
+        _, _, image, cover = self._bar_ids()
         if hit(h, desc="Post comment"):
             if self.blocked("comment"):
                 return
@@ -787,9 +788,9 @@ class TikTokApp(ModelApp):
                 self.image_comments.append((self.target or "feed", self.comment_image))
                 self.comment_image = None
             self.record("comment", self.target or "feed")
-        elif self.focus != "comment" and hit(h, rid=self._bar_ids()[3]):
+        elif self.focus != "comment" and hit(h, rid=cover):
             self.focus = "comment"                  # the composer opens, whatever was hit
-        elif hit(h, rid=self._bar_ids()[2]):
+        elif hit(h, rid=image):
             self.selected = []
             self.goto("comment_gallery")
         elif any("EditText" in el.get("class") for el in h):
@@ -811,12 +812,6 @@ class TikTokApp(ModelApp):
     def on_stop(self):
         super().on_stop()
         self.comment_image = None                  # a fresh start has no attachment
-
-    def on_back(self):
-        if self.screen == "comments":
-            self.screen, self.focus = "video" if self.target else "home", None
-            return True
-        return super().on_back()
 
     # -- create: camera, gallery, editor, post screen (real 47.0.3 dumps) ----------------
     def render_camera(self):
@@ -956,6 +951,9 @@ class TikTokApp(ModelApp):
                 return
 
     def on_back(self):
+        if self.screen == "comments":                # the sheet closes on what it covered
+            self.screen, self.focus = "video" if self.target else "home", None
+            return True
         if self.screen in ("link_sheet", "showcase"):
             self.goto("post")
             return True
