@@ -4079,13 +4079,16 @@ class Phone:
             looks += 1
 
     def wait_any(self, choices: Dict[str, Any], timeout: float = 10, step: str = "",
-                 dismiss_popups: bool = True) -> Tuple[str, Node]:
+                 dismiss_popups: bool = True,
+                 pauses: Optional[Callable[[int], float]] = None) -> Tuple[str, Node]:
         """Wait for whichever of several elements shows first: (its name, the node).
 
         A flow often cannot know which screen comes next (a dialog, or straight to the
         result); each look serves all of them, and the screen already dumped is looked
         at first. Block screens fail the step; pop-ups are dismissed first, because a
-        modal pop-up swallows the taps meant for what lies under it.
+        modal pop-up swallows the taps meant for what lies under it. ``pauses(looks)``
+        says how long to wait before the next look, for a wait that knows better than
+        BACKOFF (an upload whose pace shows).
         """
         for sel in choices.values():
             if not callable(sel):
@@ -4105,7 +4108,7 @@ class Phone:
                     raise ElementNotFound(step or "wait", wanted, f"waited {timeout:g} s; "
                                           "the app must be in English where no id is "
                                           f"known; the screen showed {tree.describe()}")
-                self._backoff(looks, deadline)
+                self._backoff(looks, deadline, pauses)
                 looks += 1
 
     def wait(self, timeout: float = 10, step: str = "", dismiss_popups: bool = True,
@@ -4114,10 +4117,11 @@ class Phone:
         return self.wait_any({"": sel}, timeout, step, dismiss_popups)[1]
 
     def wait_until(self, predicate: Callable[[UiTree], Any], timeout: float, step: str,
-                   what: str = "") -> Any:
+                   what: str = "", pauses: Optional[Callable[[int], float]] = None) -> Any:
         """Look at the screen, backing off, until ``predicate(screen)`` is truthy; its
         value. Pop-ups are dismissed and block screens fail the step meanwhile."""
-        _, value = self.wait_any({"": lambda tree: predicate(tree) or None}, timeout, step)
+        _, value = self.wait_any({"": lambda tree: predicate(tree) or None}, timeout, step,
+                                 pauses=pauses)
         return value
 
     def tap_if_present(self, **sel: Any) -> bool:
@@ -4161,9 +4165,10 @@ class Phone:
         raise StepFailed(name, f"{wanted} did not show within {timeout:g} s; the screen "
                          f"showed {tree.describe()}")
 
-    def _backoff(self, looks: int, deadline: float) -> None:
+    def _backoff(self, looks: int, deadline: float,
+                 pauses: Optional[Callable[[int], float]] = None) -> None:
         """Wait before the next dump, longer each time nothing changed; then look anew."""
-        pause = BACKOFF[min(looks, len(BACKOFF) - 1)]
+        pause = pauses(looks) if pauses else BACKOFF[min(looks, len(BACKOFF) - 1)]
         self.sleep(max(0.0, min(pause, deadline - time.monotonic())))
         self.changed()
 

@@ -628,12 +628,24 @@ def all_selected(app: App, key: str, tree: Any, count: int) -> bool:
 # Waiting for an upload
 # ---------------------------------------------------------------------------------------
 
-def wait_upload(app: App, seconds: float) -> None:
+#: Seconds between looks at an upload whose pace does not show (Instagram's banner has
+#: no percent): an upload takes seconds, and every look costs the phone a dump.
+UPLOAD_BACKOFF = (2.0, 3.0, 5.0, 8.0)
+
+
+def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> None:
     """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
-    that was showing goes away. Looks back off; fails after `seconds` with the last
-    progress seen. If the app closes meanwhile it is started again once: the apps go on
-    with a pending upload and show its end."""
-    seen = {"progress": False, "last": ""}
+    that was showing goes away. Fails after `seconds` with the last progress seen. If
+    the app closes meanwhile it is started again once: the apps go on with a pending
+    upload and show its end.
+
+    Where the app shows a percent (TikTok), the next look is when the upload should end
+    at the pace seen since the publishing tap (`tapped_at`, monotonic), so a steady
+    upload takes two looks; without one, looks back off from 2 to 8 s. Two looks 2 s
+    apart that show neither progress nor its end count as an upload over before the
+    first look (the publishing step saw the post screen go)."""
+    seen = {"progress": False, "last": "", "bare": 0}
+    readings = [(tapped_at, 0)] if tapped_at is not None else []
     deadline = time.monotonic() + seconds
 
     def finished(tree: Any) -> bool:
@@ -642,13 +654,21 @@ def wait_upload(app: App, seconds: float) -> None:
         progress = app.find("upload_progress", tree)
         if progress is not None:
             seen.update(progress=True, last=progress.text)
+            percent = re.search(r"(\d{1,3})\s?%", progress.text)
+            if percent:
+                readings.append((time.monotonic(), int(percent.group(1))))
             app.task.progress(90, f"uploading {progress.text}")
             return False
-        return seen["progress"]
+        seen["bare"] += not seen["progress"]
+        if seen["bare"] == 2:
+            app.task.log(f"{app.script}: no upload progress showed after the publishing "
+                         "tap: the upload ended before the first look")
+        return seen["progress"] or seen["bare"] >= 2
     for attempt in range(2):
         try:
             app.phone.wait_until(finished, max(1.0, deadline - time.monotonic()),
-                                 f"{app.script}: wait for the upload")
+                                 f"{app.script}: wait for the upload",
+                                 pauses=lambda looks: upload_pause(readings, looks))
             return
         except (AccountBlocked, AppLeft) as exc:
             if not isinstance(exc, AppLeft) or attempt:
@@ -660,6 +680,24 @@ def wait_upload(app: App, seconds: float) -> None:
             break
     raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
                      f"(upload_wait_time; last progress {seen['last'] or 'none seen'})")
+
+
+#: The longest wait between two looks at an upload whose pace shows: the pace measured
+#: from the tap counts the app's own preparing, so it can quicken; a look this late at
+#: most (half the default upload_wait_time) keeps the end seen soon enough.
+UPLOAD_LOOK_AT_MOST = 15.0
+
+
+def upload_pause(readings: Sequence[Tuple[float, int]], looks: int) -> float:
+    """Seconds to the next look at an upload: a little after the end the pace of the
+    last two (time, percent) readings points to, at most UPLOAD_LOOK_AT_MOST ahead;
+    UPLOAD_BACKOFF while no pace shows."""
+    if len(readings) >= 2:
+        (then, before), (now, percent) = readings[-2:]
+        if percent > before and now > then:
+            left = (100 - percent) * (now - then) / (percent - before)
+            return min(UPLOAD_LOOK_AT_MOST, max(0.25, left * 1.1 + 0.2))
+    return UPLOAD_BACKOFF[min(looks, len(UPLOAD_BACKOFF) - 1)]
 
 
 # ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ is published with the chosen `post_way`, and is removed from the phone afterward
 """
 
 import re
+import time
 from pathlib import Path
 
 import _common
@@ -146,18 +147,18 @@ def run(phone, task):
         for path in reversed(files):        # the first file ends up newest: first in gallery
             remote.insert(0, phone.push_media(path))
         task.progress(30, f"opening the editor ({config['post_way']})")
+
+        def edit_and_publish():
+            if app.platform == "tiktok":
+                done.update(edit_tiktok(app, config, remote, title, description))
+                return publish_once(app, lambda: publish_tiktok(app))
+            edit_instagram(app, config, remote, title, description)
+            return publish_once(app, lambda: publish_instagram(app, config["placement"]))
         # if the app crashes before the publishing tap the flow starts again; the tap
         # itself is done once (a second one could post twice)
-        if app.platform == "tiktok":
-            app.recovering("post", lambda: (
-                done.update(edit_tiktok(app, config, remote, title, description)),
-                publish_once(app, lambda: publish_tiktok(app))))
-        else:
-            app.recovering("post", lambda: (
-                edit_instagram(app, config, remote, title, description),
-                publish_once(app, lambda: publish_instagram(app, config["placement"]))))
+        tapped_at = app.recovering("post", edit_and_publish)
         task.progress(80, "uploading")
-        _common.wait_upload(app, config["upload_wait_time"])
+        _common.wait_upload(app, config["upload_wait_time"], tapped_at)
     finally:
         for path in remote:
             phone.remove(path)
@@ -340,7 +341,9 @@ def add_product_link(app):
 
 def publish_once(app, publish):
     """The publishing tap: if the app closes before it, the flow starts again; if it
-    closes after, the post may be out: never tapped twice, and no auto-retry."""
+    closes after, the post may be out: never tapped twice, and no auto-retry. Returns
+    the time of the tap (monotonic), where the upload starts."""
+    tapped_at = time.monotonic()
     try:
         publish()
     except _common.AppLeft as exc:
@@ -349,14 +352,25 @@ def publish_once(app, publish):
         raise _common.StepFailed(f"post: {exc.step.split(': ', 1)[-1]}", f"{exc.reason} "
                                  "right after the publishing tap: the post may or may not "
                                  "be published, so it is not repeated", retry=False) from None
+    return tapped_at
 
 
 def publish_tiktok(app):
-    app.step("tap Post", "post", expect=app.any_of("publish_now", "upload_progress",
-                                                   "posted"))
+    app.step("tap Post", "post", expect=left_for_the_upload(app, "publish_now"))
     if app.find("publish_now") is not None:
-        app.step("confirm Publish now", "publish_now",
-                 expect=app.any_of("upload_progress", "posted"))
+        app.step("confirm Publish now", "publish_now", expect=left_for_the_upload(app))
+
+
+def left_for_the_upload(app, *also):
+    """The publishing tap's effect: the upload's progress or its end shows, or the post
+    screen is gone (an upload shorter than a dump can end before the next look)."""
+    shown = app.any_of(*also, "upload_progress", "posted")
+
+    def published(tree):
+        return shown(tree) or (app.find("post", tree) is None and
+                               app.find("caption", tree) is None)
+    published.__doc__ = f"{shown.__doc__}, or the post screen gone"
+    return published
 
 
 def edit_instagram(app, config, remote, title, description):

@@ -63,6 +63,7 @@ import collections
 import functools
 import random
 import re
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -325,7 +326,8 @@ class ModelApp(App):
     platform = ""
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
-                 popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en"):
+                 popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en",
+                 upload_seconds=0.5, clock=time.monotonic):
         super().__init__(package=package)
         self.locale = locale                    #: "fr": the labels of the real dumps
 
@@ -348,7 +350,12 @@ class ModelApp(App):
         self.posts, self.comments = [], collections.defaultdict(list)
         self.likes = self.collects = self.feed_follows = 0
         self.selected, self.media_mode = [], "video"
-        self.upload_pct = 0
+        #: an upload takes this long from the publishing tap, by `clock`: on a phone it
+        #: moves with time, whatever the looks (a model moving per look would count the
+        #: same looks whatever a script's waiting does)
+        self.upload_seconds, self.clock = upload_seconds, clock
+        self.upload_pct, self.upload_started = 0, None
+        self.upload_looks = 0                   #: dumps taken while an upload showed
         self.target = None                      #: the profile / post / sound on screen
         self.query = ""
 
@@ -360,6 +367,15 @@ class ModelApp(App):
     @follows.setter
     def follows(self, value):
         self.follow_state[self.current] = dict(value)
+
+    def start_upload(self):
+        self.upload_pct, self.upload_started = 0, self.clock()
+
+    def upload_percent(self):
+        """How far the upload is, by the time since the publishing tap."""
+        if self.upload_seconds <= 0:
+            return 100
+        return min(100, int(100 * (self.clock() - self.upload_started) / self.upload_seconds))
 
     def record(self, action, target=None):
         self.actions.append({"account": self.current, "action": action, "target": target})
@@ -379,6 +395,7 @@ class ModelApp(App):
         self.goto("closed")
 
     def dump(self) -> str:
+        self.upload_looks += self.screen == "uploading"
         root = self.render()
         if self.toast:                          # a toast is a window of its own
             self.toast_dumps -= 1
@@ -1048,11 +1065,11 @@ class TikTokApp(ModelApp):
                            "account": self.current})
         self.new_draft()
         self.record("post", self.fields["caption"])
-        self.upload_pct = 0
+        self.start_upload()
 
     # -- uploading, posted -----------------------------------------------------------------
     def render_uploading(self):
-        self.upload_pct = min(100, self.upload_pct + 34)     # each look: a bit further
+        self.upload_pct = self.upload_percent()
         if self.upload_pct >= 100:
             self.goto("own_profile" if self.version.startswith("43") else "home")
             return self.render()
@@ -1638,11 +1655,11 @@ class InstagramApp(ModelApp):
         self.posts.append({"caption": self.fields["caption"], "media": list(self.selected),
                            "placement": self.placement, "account": self.current})
         self.record("post", self.fields["caption"])
-        self.upload_pct = 0
+        self.start_upload()
         self.goto("uploading")
 
     def render_uploading(self):                    # INVENTED progress banner on home
-        self.upload_pct = min(100, self.upload_pct + 34)
+        self.upload_pct = self.upload_percent()
         self.banner = "Sharing…" if self.upload_pct < 100 else "Your reel has been shared."
         if self.upload_pct >= 100:
             self.goto("home")

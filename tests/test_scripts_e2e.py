@@ -511,6 +511,53 @@ def test_post_costs_at_most_ten_dumps(farm, tmp_path, kind):
     assert len(app.posts) == 1 and dumps(device) <= 10
 
 
+@pytest.mark.parametrize("kind, seconds", [("tiktok47", 1.5), ("tiktok47", 6.0),
+                                           ("instagram", 1.5)])
+def test_an_upload_is_looked_at_when_it_should_have_ended(farm, tmp_path, kind, seconds):
+    """An upload moves with time. TikTok shows its percent: the look that confirms the
+    publishing tap gives the pace, and the next look is when the upload should end, so
+    a steady upload takes two looks (the old back-off, 0.25 s doubling to 2 s, took six
+    for 6 s). Instagram's banner has no percent: looks 2, 3, 5, 8 s apart."""
+    device, app = farm.phone(kind, upload_seconds=seconds)
+    device.slow_dumps(0.3)
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton",
+                                         "platform": PLATFORM[kind]}, timeout=90)[0])
+    assert len(app.posts) == 1
+    assert 1 <= app.upload_looks <= 2, app.upload_looks
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43"])
+def test_an_upload_over_before_the_first_look_still_completes(farm, tmp_path, kind):
+    """A tiny upload on a fast network ends while the dump after the publishing tap is
+    still running: that look shows the app's feed or profile, with no progress and no
+    "posted" (Instagram's banner says "shared"). The Post tap took effect (the post
+    screen is gone), and two looks without progress end the wait."""
+    device, app = farm.phone(kind, upload_seconds=0.05)
+    device.slow_dumps(0.3)
+    task = farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                             "post_way": "addButton",
+                                             "platform": PLATFORM[kind]}, timeout=90)[0]
+    ok(task)
+    assert len(app.posts) == 1
+    assert any("ended before the first look" in line for line in task["log"])
+
+
+def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import _common
+    # 25 % in 1.5 s: the rest in 4.5 s, looked at a little after
+    assert _common.upload_pause([(10.0, 0), (11.5, 25)], 0) == pytest.approx(4.5 * 1.1 + 0.2)
+    # 1 % in 1 s would be 99 s more: a pace can change, so 15 s at most
+    assert _common.upload_pause([(10.0, 0), (11.0, 1)], 0) == 15.0
+    # the pace of the last two readings, not of the whole upload
+    assert _common.upload_pause([(0.0, 0), (1.0, 10), (2.0, 60)], 1) == pytest.approx(
+        40 / 50 * 1.1 + 0.2)
+    # no pace (no percent yet, or stalled): the upload back-off
+    assert _common.upload_pause([], 0) == 2.0
+    assert _common.upload_pause([(0.0, 0), (1.0, 40), (3.0, 40)], 9) == 8.0
+
+
 @pytest.mark.parametrize("lost", ["the item", "Next"])
 def test_post_item_and_next_tapped_at_once_recover_from_a_lost_tap(farm, tmp_path, lost):
     """One video: the item and Next are tapped on one look. A lost tap on the item
