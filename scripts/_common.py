@@ -290,25 +290,37 @@ def switch_account(app: App, username: str) -> None:
 
 
 def open_switcher(app: App, current: str, listed: Any) -> None:
-    """From the own profile to the list of the accounts logged in on the phone."""
+    """From the own profile to the list of the accounts logged in on the phone. TikTok:
+    the display name in the body (where its id is known for the version) or the name at
+    the top; a short way whose tap shows no list gives way to the next, and the long
+    way (profile menu -> Settings and privacy -> Switch account) comes last."""
     def name_at_top(tree: Any) -> Any:
         """TikTok: the account's name at the top of its profile, with a chevron."""
         return next((n for n in tree.nodes if n.text.strip().lstrip("@") == current
                      and n.bounds[1] < 400 and not n.class_name.endswith("EditText")), None)
     tree = app.phone.screen()
-    if app.find("switcher_open", tree) is not None:
+    if app.platform != "tiktok" or app.find("switcher_open", tree) is not None:
         app.step("open the account switcher", "switcher_open", expect=listed)
-    elif app.platform == "tiktok" and name_at_top(tree) is not None:
-        app.step("open the account switcher (the name at the top)", name_at_top,
-                 expect=listed)
-    elif app.platform == "tiktok":              # the long way
-        app.step("open the profile menu", "profile_menu", expect="settings")
-        app.step("open Settings and privacy", "settings",
-                 expect=["settings_switch", {"text": "Account"}, {"text": "Privacy"}])
-        scroll_to(app, "settings_switch", "find Switch account in the settings")
-        app.step("open Switch account", "settings_switch", expect=listed)
-    else:
-        app.step("open the account switcher", "switcher_open", expect=listed)
+        return
+    short = [("the display name", "profile_name")] if app.known_version("profile_name") \
+        and app.find("profile_name", tree) is not None else []
+    short += [("the name at the top", name_at_top)] if name_at_top(tree) is not None else []
+    for how, target in short:
+        try:
+            app.step(f"open the account switcher ({how})", target, expect=listed,
+                     attempts=2)
+            return
+        except (AccountBlocked, AppLeft):
+            raise
+        except StepFailed as exc:
+            app.task.log(f"{app.script}: {how} opened no account list ({exc}); the next way")
+            if app.find("own_handle") is None:         # it opened something else
+                app.phone.press("back")
+    app.step("open the profile menu", "profile_menu", expect="settings")
+    app.step("open Settings and privacy", "settings",
+             expect=["settings_switch", {"text": "Account"}, {"text": "Privacy"}])
+    scroll_to(app, "settings_switch", "find Switch account in the settings")
+    app.step("open Switch account", "settings_switch", expect=listed)
 
 
 def scroll_to(app: App, key: str, step: str, swipes: int = 6) -> None:

@@ -165,9 +165,21 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                        {"desc": "Settings and privacy"}]},
     "settings_switch": {"ids": {}, "labels": [{"text": "Switch account"},
                                               {"desc": "Switch account"}]},
-    # the account list's rows: no public source names their ids (research gap): rows
-    # are matched by the account's name; "Add account" ends the list (WEB)
-    "switcher_row": {"ids": {}, "labels": []},
+    # The display name in the profile body opens the account list: qf8 (43.1.4: the
+    # DUMP's clickable Button above the @handle; taktik-bot taps it, TK-SW in
+    # docs/research/sources_s5.md), su7 (46.7.3: TK-SW's test; the anonymous trill
+    # farm's body name); a French iOS bot taps the big name too. Only for the version
+    # whose id it is: an obfuscated id means something else in another release.
+    "profile_name": {"ids": {"43.1.4": [{"resource_id": "qf8", "clickable": True}],
+                             "46.7.3": [{"resource_id": "su7", "clickable": True}]},
+                     "labels": []},
+    # The account list ("Switch account" sheet, TK-SW 43.1.4 / 46.7.3; the Spanish
+    # TiktokAutomator ES2 agrees): a clickable Button per account, the current one
+    # first, desc = the name without "@", its TextView (ljk / n72) showing it; "Add
+    # account" is a row alike, last (TK-SW, ES2; gone at TikTok's 8 accounts: VNF).
+    # Rows are matched by the account's name; VNF saw rows show the display name
+    # instead of the handle on trill 46.x (then the account is reported missing).
+    "switcher_row": {"ids": {"43.1.4": ["ljk"], "46.7.3": ["n72"]}, "labels": []},
     "add_account": {"ids": {}, "labels": [{"text": "Add account"}, {"desc": "Add account"}]},
     # -- feed (DUMP 46.9.3 English feed; labels AJ6, WDIO, RUST, U2F in the research)
     "like": {"ids": {}, "labels": [{"desc_contains": "Like video"}, {"desc": "Like"}]},

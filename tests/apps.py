@@ -11,8 +11,8 @@ Why
 
 Invented screens (no real dump of them exists in the fixtures) are built with
 phonesim.ui_node and marked "INVENTED" where they are made: the TikTok search page and
-its results, the sound page, the name-with-chevron, profile menu, settings and "Switch
-account" sheet, the comment sheets, the "Publish now" dialog and the missing-profile
+its results, the sound page, the name-with-chevron, profile menu and settings (the
+"Switch account" sheet follows taktik-bot's captured trees), the comment sheets, the "Publish now" dialog and the missing-profile
 page; Instagram's home, own profile, switcher sheet, unfollow sheet, story editor, post
 page, comments and "shared" banner. Pop-ups and block screens are Android dialog windows
 (phonesim.alert_window, AOSP ids) with the apps' texts; their sources are cited at
@@ -666,7 +666,7 @@ class TikTokApp(ModelApp):
                  sounds=("original sound - sim_user",), publish_dialog=False,
                  recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
                  link_row=True, showcase=(), comment_images=True,
-                 switcher_paths=("name", "settings"), **kw):
+                 switcher_paths=("name", "body", "settings"), **kw):
         super().__init__(package, **kw)
         self.version = version
         self.sounds = list(sounds)
@@ -1085,10 +1085,12 @@ class TikTokApp(ModelApp):
     # -- own profile and the account switcher ----------------------------------------------
     # The real 43.1.4 own profile (after posting). Its top bar holds "Add friends" (wh8),
     # profile views, share and the "Profile menu" button, with the middle empty: TikTok
-    # draws the account's name there with a chevron that opens the account list. That
-    # name and the sheets below are INVENTED (no dump of them): the profile menu sheet
-    # ("Settings and privacy"), the settings list (its "Switch account" row under the
-    # fold, after a swipe) and the "Switch account" sheet.
+    # draws the account's name there with a chevron that opens the account list (an
+    # anonymous trill farm's notes). The display name in the body (qf8, in the dump)
+    # opens the list too: taktik-bot taps it on 43.1.4 (TK-SW). The name at the top,
+    # the profile menu sheet ("Settings and privacy") and the settings list (its
+    # "Switch account" row under the fold, after a swipe) are INVENTED (no dump of
+    # them); the "Switch account" sheet follows taktik-bot's captured trees.
     def render_own_profile(self, progress=False):
         root = load("tt4314_fr_publish_posted", self.package)   # real 43.1.4 own profile
         first(root, rid="qh5").set("text", "@" + self.current)
@@ -1101,10 +1103,7 @@ class TikTokApp(ModelApp):
                 ui_node("android.widget.ImageView", (660, 170, 720, 230))]),
                 package=self.package)
         if self.screen == "switcher":
-            overlay(root, ui_node("android.widget.FrameLayout", (0, 1100, W, H), children=[
-                text_node("Switch account", (40, 1120, 1040, 1220))]
-                + self.switcher_rows(1250, self.package)), package=self.package)
-            # (TikTok's obfuscated ids of these rows are unknown: the rows have none)
+            overlay(root, self.switch_sheet(), package=self.package)
         elif self.screen == "profile_menu":
             items = ["TikTok Studio", "Your orders", "Balance", "Your QR code",
                      "Settings and privacy"]
@@ -1117,9 +1116,44 @@ class TikTokApp(ModelApp):
 
     render_switcher = render_profile_menu = render_own_profile
 
+    #: the sheet's ids in taktik-bot's captured 43.1.4 tree (47.0.3's are unknown)
+    SHEET_IDS = {"43": {"sheet": "f0u", "title": "nmh", "row": "k5o", "label": "ljk",
+                        "check": "en4"}}
+
+    def switch_sheet(self):
+        """The "Switch account" sheet as taktik-bot's captured 43.1.4 and 46.7.3 trees
+        show it (TK-SW in docs/research/sources_s5.md; the Spanish TiktokAutomator
+        agrees on the rows): a "Bottom sheet" with its title, one clickable Button per
+        account, the current one first, whose desc is the name and whose TextView
+        shows it, the current one selected with a "Checkmark", and "Add account" as a
+        row alike, last."""
+        ids = self.SHEET_IDS.get(self.version[:2], {})
+
+        def rid(part):
+            return f"{self.package}:id/{ids[part]}" if part in ids else ""
+        names = [self.current] + [a for a in self.accounts if a != self.current]
+        rows = []
+        for i, name in enumerate(names + ["Add account"]):
+            y, current = 1250 + 150 * i, name == self.current
+            rows.append(ui_node("android.widget.Button", (0, y, W, y + 140), desc=name,
+                                clickable=True, selected=current, resource_id=rid("row"),
+                                children=[text_node(name, (180, y + 30, 800, y + 110),
+                                                    rid=rid("label"))] + ([ui_node(
+                                    "android.widget.ImageView", (920, y + 30, 1040, y + 110),
+                                    desc="Checkmark", resource_id=rid("check"))]
+                                    if current else [])))
+        return ui_node("android.widget.FrameLayout", (0, 1100, W, H), desc="Bottom sheet",
+                       resource_id=rid("sheet"), children=[
+                           text_node("Switch account", (40, 1120, 900, 1220),
+                                     desc="Switch account", rid=rid("title")),
+                           ui_node("android.widget.Button", (920, 1120, 1040, 1220),
+                                   desc="Close", clickable=True)] + rows)
+
     def tap_own_profile(self, h, x, y):
         if "name" in self.switcher_paths and 148 <= y < 253 and 340 <= x < 740:
             self.goto("switcher")
+        elif "body" in self.switcher_paths and hit(h, rid="qf8"):
+            self.goto("switcher")           # the display name in the body (TK-SW)
         elif hit(h, desc="Profile menu"):
             self.goto("profile_menu")
         elif hit(h, desc="Home"):

@@ -607,16 +607,18 @@ def test_instagram_switcher_and_follows_per_account(sim, adb):
     assert [a["account"] for a in app.actions] == ["shop"]
 
 
-@pytest.mark.parametrize("path", ["name", "settings"])
+@pytest.mark.parametrize("path", ["name", "body", "settings"])
 def test_tiktok_switch_account_both_paths(sim, adb, path):
     from apps import TikTokApp
-    app = TikTokApp(accounts=["main", "shop"], switcher_paths=[path])
+    app = TikTokApp("43.1.4", accounts=["main", "shop"], switcher_paths=[path])
     device, d = model_phone(sim, adb, app)
     tap_node(d, dump_tree(d), **{"content-desc": "Profile"})
     tree = dump_tree(d)
     assert node(tree, **{"content-desc": "Switch account"}) is None
     if path == "name":
         tap_node(d, tree, text="main", clickable="false")
+    elif path == "body":                    # the display name, 43.1.4's qf8
+        tap_node(d, tree, **{"resource-id": "com.zhiliaoapp.musically:id/qf8"})
     else:
         tap_node(d, tree, **{"content-desc": "Profile menu"})
         tap_node(d, dump_tree(d), text="Settings and privacy")
@@ -624,8 +626,10 @@ def test_tiktok_switch_account_both_paths(sim, adb, path):
         d.shell("input swipe 540 2000 540 600 300")
         tap_node(d, dump_tree(d), text="Switch account")
     sheet = dump_tree(d)
-    assert [n.get("checked") for n in sheet.iter("node")
-            if n.get("class") == "android.widget.RadioButton"] == ["true", "false"]
+    rows = [n for n in sheet.iter("node")
+            if n.get("resource-id") == "com.zhiliaoapp.musically:id/k5o"]
+    assert [(n.get("content-desc"), n.get("selected")) for n in rows] == [
+        ("main", "true"), ("shop", "false"), ("Add account", "false")]
     tap_node(d, sheet, text="shop")
     assert app.current == "shop" and app.screen == "home"
 

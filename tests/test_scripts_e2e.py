@@ -604,20 +604,26 @@ def test_popup_on_top_of_the_target_is_dismissed_before_the_tap(farm, tmp_path):
     assert any("pop-up" in str(line) for line in task["log"])
 
 
-@pytest.mark.parametrize("paths", [("name",), ("settings",)])
-def test_tiktok_switcher_both_paths(farm, paths):
-    """Failure 4: the name at the top of the own profile, or the long way through the
-    profile menu and the settings."""
-    device, app = farm.phone("tiktok47", accounts=["main", "second"],
+@pytest.mark.parametrize("kind, paths", [("tiktok47", ("name",)), ("tiktok47", ("settings",)),
+                                         ("tiktok43", ("body",)), ("tiktok43", ("settings",))])
+def test_tiktok_switcher_both_paths(farm, kind, paths):
+    """Failure 4: the name at the top of the own profile, the display name in its body
+    (43.1.4, whose id is known), or the long way through the profile menu and the
+    settings."""
+    device, app = farm.phone(kind, accounts=["main", "second"],
                              users={"alice": False}, switcher_paths=paths)
     farm.account("second", device, app, "tiktok")
     reply = farm.http.post_json("/api/v1/task", {"usernames": ["second"],
                                                 "script_name": "follow",
                                                 "script_config": {"target_users": ["alice"]}}
                                 ).json
-    ok(farm.finished(reply["data"]["task_ids"][0]))
+    task = farm.finished(reply["data"]["task_ids"][0])
+    ok(task)
     assert app.current == "second"
     assert app.follow_state["second"]["alice"] is True
+    # 43.1.4's display name is tried first: where it opens nothing, the long way
+    tried = any("the display name opened no account list" in line for line in task["log"])
+    assert tried == (kind == "tiktok43" and paths == ("settings",)), task["log"]
     assert not app.follow_state["main"].get("alice")
 
 
