@@ -118,8 +118,17 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
     # -- post screen: "Add link" (DUMP 47.0.3 post screen: the row dty/ze3 "Ajouter un
     # lien"; TikTok Seller University: add link -> products) -> "Products" -> the
     # showcase's first product -> "Add" (TikMatrix: "the first product link in the
-    # showcase"). No code source names the sheet's labels: research gap.
+    # showcase"). getskillary's TikTok-Automated-Posting-System (GSK in
+    # docs/research/sources_s5.md, ran) adds two optional steps after Add: an "Add
+    # product?" confirmation (its button "Add" or "Confirm add") and a product-name
+    # page (an EditText with the name, a wide "Add" at the bottom).
     "add_link": {"ids": {}, "labels": [{"text": "Add link"}, {"desc": "Add link"}]},
+    "product_confirm": {"ids": {}, "labels": [{"text": "Add product?"},
+                                              {"desc": "Add product?"}]},
+    "product_confirm_add": {"ids": {}, "labels": [{"text": "Confirm add"}, {"text": "Add"},
+                                                  {"desc": "Add"}]},
+    "product_name_page": {"ids": {}, "labels": [{"text_contains": "Add product name"},
+                                                {"text": "Product name"}]},
     "link_products": {"ids": {}, "labels": [{"text": "Products"}, {"text": "Product"},
                                             {"desc": "Products"}]},
     "product_add": {"ids": {}, "labels": [{"text": "Add"}, {"desc": "Add"}]},

@@ -322,7 +322,8 @@ def percent_above(tree, bar):
 
 
 def add_product_link(app):
-    """The showcase's first product (TikTok Shop): Add link -> Products -> Add. An
+    """The showcase's first product (TikTok Shop): Add link -> Products -> Add (then,
+    where the app asks, "Add product?" -> Add, and the product-name page's Add). An
     account TikTok does not let add products has no Add link row, or no product in
     its showcase: that fails without retry, saying which."""
     if app.find("add_link") is None:
@@ -335,8 +336,34 @@ def add_product_link(app):
     if app.find("no_products") is not None:
         raise _common.StepFailed("post: add_product_link", "the account's showcase has no "
                                  "product to add", retry=False)
-    app.step("add the showcase's first product", "product_add", expect="product_added")
+    app.step("add the showcase's first product", "product_add", expect=app.any_of(
+        "product_added", "product_confirm", "product_name_page"))
+    if app.find("product_confirm") is not None:
+        app.step("confirm Add product?", last_of(app, "product_confirm_add"),
+                 expect=app.any_of("product_added", "product_name_page"))
+    if app.find("product_name_page") is not None:
+        app.step("keep the product's name: Add", wide_at_bottom(app, "product_add"),
+                 expect="product_added")
     app.task.log("product link added")
+
+
+def last_of(app, key):
+    """The element drawn last: a dialog's button, not the one of the list under it."""
+    def last(tree):
+        found = app.find_all(key, tree)
+        return found[-1] if found else None
+    last.__doc__ = f"{key} (the dialog's)"
+    return last
+
+
+def wide_at_bottom(app, key):
+    """The page's main button: the widest of the key's elements in the bottom quarter."""
+    def wide(tree):
+        height = max(n.bounds[3] for n in tree.nodes)
+        low = [n for n in app.find_all(key, tree) if n.bounds[1] >= height * 3 // 4]
+        return max(low, key=lambda n: n.bounds[2] - n.bounds[0], default=None)
+    wide.__doc__ = f"{key} (the wide one at the bottom)"
+    return wide
 
 
 def publish_once(app, publish):

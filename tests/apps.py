@@ -665,7 +665,7 @@ class TikTokApp(ModelApp):
     def __init__(self, version="47.0.3", package="com.zhiliaoapp.musically",
                  sounds=("original sound - sim_user",), publish_dialog=False,
                  recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
-                 link_row=True, showcase=(), comment_images=True,
+                 link_row=True, showcase=(), product_steps=(), comment_images=True,
                  switcher_paths=("name", "body", "settings"), **kw):
         super().__init__(package, **kw)
         self.version = version
@@ -676,6 +676,9 @@ class TikTokApp(ModelApp):
         self.volumes = {"original": 100, "added": 100}
         #: TikTok Shop: the post screen's Add link row, and the showcase's products
         self.link_row, self.showcase, self.product = link_row, list(showcase), None
+        #: what TikTok asks after a product's Add, in order: "confirm" (an "Add
+        #: product?" dialog), "name" (the product-name page), as GSK met them
+        self.product_steps, self.product_pending = tuple(product_steps), None
         self.publish_dialog = publish_dialog
         #: the comment bar's image button (TikTok shows it to some accounts only); the
         #: image attached to the comment being written; comments sent with their image
@@ -1036,8 +1039,49 @@ class TikTokApp(ModelApp):
     def tap_showcase(self, h, x, y):
         if hit(h, text="Add"):
             index = (y - 300) // 160
-            self.product = self.showcase[index]
+            self.product_pending = self.showcase[index]
+            self._next_product_step(None)
+
+    def _next_product_step(self, done):
+        steps = list(self.product_steps)
+        later = steps[steps.index(done) + 1:] if done in steps else steps
+        if later:
+            self.goto({"confirm": "product_confirm", "name": "product_name"}[later[0]])
+        else:
+            self.product, self.product_pending = self.product_pending, None
             self.goto("post")
+
+    # After Add (GSK, ran; INVENTED screens from its description): an "Add product?"
+    # dialog over the showcase, its buttons Cancel and Add; a product-name page, the
+    # name in an EditText, a wide Add at the bottom.
+    def render_product_confirm(self):
+        root = self.render_showcase()
+        overlay(root, ui_node("android.widget.FrameLayout", (90, 900, 990, 1500), children=[
+            text_node("Add product?", (140, 950, 940, 1050)),
+            text_node("Cancel", (140, 1350, 500, 1450), clickable=True,
+                      cls="android.widget.Button"),
+            text_node("Add", (580, 1350, 940, 1450), clickable=True,
+                      cls="android.widget.Button")]), package=self.package)
+        return root
+
+    def tap_product_confirm(self, h, x, y):
+        if 900 <= y < 1500 and 90 <= x < 990:          # a modal: only its buttons act
+            if hit(h, text="Add"):
+                self._next_product_step("confirm")
+            elif hit(h, text="Cancel"):
+                self.goto("showcase")
+
+    def render_product_name(self):
+        return hierarchy(
+            text_node("Add product name", (40, 150, 1040, 260)),
+            ui_node("android.widget.EditText", (40, 400, 1040, 520),
+                    text=self.product_pending or ""),
+            text_node("Add", (40, 2100, 1040, 2220), clickable=True,
+                      cls="android.widget.Button"), package=self.package)
+
+    def tap_product_name(self, h, x, y):
+        if hit(h, text="Add"):
+            self._next_product_step("name")
 
     def tap_post(self, h, x, y):
         if hit(h, text="Add link") or hit(h, desc="Add link"):

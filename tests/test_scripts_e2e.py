@@ -776,8 +776,13 @@ def test_post_sound_for_an_instagram_account_fails_before_acting(farm, tmp_path)
     assert "add_sound adds a sound on TikTok only" in task["error"], task["error"]
 
 
-def test_post_adds_the_showcase_s_first_product(farm, tmp_path):
-    device, app = farm.phone("tiktok47", showcase=("Sim mug", "Sim cap"))
+@pytest.mark.parametrize("steps", [(), ("confirm",), ("name",), ("confirm", "name")])
+def test_post_adds_the_showcase_s_first_product(farm, tmp_path, steps):
+    """Add, then what TikTok may ask (getskillary's posting system met both): an "Add
+    product?" dialog over the showcase, whose Add is the dialog's and not a row's
+    under it, and a product-name page with its wide Add at the bottom."""
+    device, app = farm.phone("tiktok47", showcase=("Sim mug", "Sim cap"),
+                             product_steps=steps)
     result = ok(farm.run(device.address, "post", {
         "material_list": media(tmp_path, "v.mp4"), "add_product_link": 1})[0])
     assert app.posts[0]["product"] == "Sim mug" and result["product_link"] is True
