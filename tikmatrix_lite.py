@@ -1242,6 +1242,9 @@ class Store:
             if version > len(MIGRATIONS):
                 raise ConfigError(f"database {self.path} has schema version {version}, newer "
                                   f"than this program ({len(MIGRATIONS)}): upgrade the program")
+            if 0 < version < len(MIGRATIONS):     # a million tasks: seconds on a Pi
+                log.info("upgrading %s from schema %d to %d (once)", self.path, version,
+                         len(MIGRATIONS))
             for number in range(version, len(MIGRATIONS)):
                 for statement in _split_sql(MIGRATIONS[number]):
                     conn.execute(statement)
