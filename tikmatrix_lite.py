@@ -3608,6 +3608,12 @@ POPUP_BUTTONS = (
     "Got it", "Dismiss", "Agree and continue", "Remind me later", "Continue anyway",
     "Maybe later", "No thanks", "Don't allow",
 )
+#: A runtime permission prompt is answered with its fullest grant, found by the AOSP ids
+#: (PermissionController's grant_permissions.xml) in any language: the gallery needs
+#: every photo, and Android 14's other choices ("Select photos and videos", then the
+#: deny button, drawn last) would leave the pushed media out of it.
+PERMISSION_GRANTS = ("permission_allow_all_button", "permission_allow_foreground_only_button",
+                     "permission_allow_button")
 #: Packages whose windows are pop-ups over the app (runtime permission prompts).
 POPUP_PACKAGES = ("com.android.permissioncontroller", "com.google.android.permissioncontroller",
                   "com.android.packageinstaller")
@@ -3861,7 +3867,8 @@ class Phone:
         self.last_dump: Optional[str] = None
         self.dumps = 0
         self._screen: Optional[UiTree] = None     # the last dump, while nothing changed
-        self._popups: List[Selector] = [{"text": label} for label in POPUP_BUTTONS]
+        self._popups: List[Selector] = [{"resource_id": grant} for grant in PERMISSION_GRANTS] \
+            + [{"text": label} for label in POPUP_BUTTONS]
         self._blocks: List[Selector] = []
         self._app: Optional[str] = None           # the package a task drives, if told
         self._absent = 0                          # looks in a row without it in front

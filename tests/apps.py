@@ -118,6 +118,18 @@ PERMISSION_IDS = {"title": PERMISSION + ":id/permission_message",
                   "panel": PERMISSION + ":id/grant_dialog"}
 DONT_ALLOW = "Don\u2019t allow"
 
+#: Android 14's photos and videos prompt (AOSP PermissionController, the
+#: READ_MEDIA_VISUAL_USER_SELECTED grant: permission_allow_all_button "Allow all",
+#: permission_allow_selected_button, the deny button last). Only "Allow all" lets the app
+#: see the pushed media; "Select photos and videos" shows it only the items picked.
+MEDIA_PROMPT = dict(window=PERMISSION, title="Allow {app} to access photos and videos on "
+                    "this device?", ids=PERMISSION_IDS, back=True, buttons=[
+                        ("Allow all", PERMISSION + ":id/permission_allow_all_button"),
+                        ("Select photos and videos",
+                         PERMISSION + ":id/permission_allow_selected_button"),
+                        (DONT_ALLOW, PERMISSION + ":id/permission_deny_button")],
+                    stacked=True)
+
 #: Pop-ups by kind: where the window comes from ("app" = the app's own package), title,
 #: message, buttons (label, resource id; "{pkg}" is the app's package), whether BACK
 #: closes it, and "tutorial": a full-screen overlay without buttons that any tap or
@@ -327,8 +339,11 @@ class ModelApp(App):
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
                  popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en",
-                 upload_seconds=0.5, clock=time.monotonic):
+                 upload_seconds=0.5, clock=time.monotonic, media_access="all"):
         super().__init__(package=package)
+        #: the photos permission: "all", "limited", "denied", None (not asked yet: the
+        #: prompt shows when the gallery opens)
+        self.media_access = media_access
         self.locale = locale                    #: "fr": the labels of the real dumps
 
         self.accounts = list(accounts)          #: logged in on this phone, in order
@@ -435,9 +450,8 @@ class ModelApp(App):
         for el in popup["window"].iter("node"):
             if el.get("clickable") == "true" and _inside(el, x, y):
                 self.close_popup()
-                action = popup.get("action")
-                if action is not None and el.get("text") == popup.get("action_on"):
-                    action()
+                if popup.get("on_button"):
+                    popup["on_button"](el.get("text"))
                 return
         # outside the buttons (or outside the dialog): swallowed
 
@@ -488,6 +502,16 @@ class ModelApp(App):
             self._pause()
         if screen != "closed" and self.popup_rate and self.rng.random() < self.popup_rate:
             self.show_popup(self.rng.choice(self.popup_kinds))
+        if screen == "gallery" and self.media_access is None:
+            self.ask_media_access()
+
+    def ask_media_access(self):
+        """The photos and videos prompt, the first time the gallery opens; the answer
+        decides what the gallery shows."""
+        spec = dict(MEDIA_PROMPT, title=MEDIA_PROMPT["title"].format(app=self.label))
+        self._set_popup(spec, kind="media")
+        self.popup["on_button"] = lambda label: setattr(self, "media_access", {
+            "Allow all": "all", "Select photos and videos": "limited"}.get(label, "denied"))
 
     def inject_popup(self, title="Turn on notifications?", button="Not now"):
         """A pop-up now (tests of a pop-up in the middle of a flow): an AlertDialog
@@ -527,6 +551,18 @@ class ModelApp(App):
                               clickable=True, children=[
                 ui_node("android.widget.TextView", (140, 1500, 940, 1600),
                         text=spec["title"], package=package)])
+        elif spec.get("stacked"):               # Android 12+'s grant dialog: buttons
+            buttons = spec["buttons"]            # one under the other, deny last
+            top = 700
+            element = ui_node("android.widget.LinearLayout", (90, top, 990, top + 300 + 150 *
+                                                                len(buttons)),
+                              package=package, resource_id=spec["ids"]["panel"], children=[
+                ui_node("android.widget.TextView", (150, top + 60, 930, top + 240),
+                        text=spec["title"], resource_id=spec["ids"]["title"])] + [
+                ui_node("android.widget.Button", (150, top + 280 + 150 * i, 930,
+                                                  top + 400 + 150 * i),
+                        text=label, resource_id=rid, clickable=True, focusable=True)
+                for i, (label, rid) in enumerate(buttons)])
         else:
             top = 820
             if over is not None:                # drawn right over the tapped point
@@ -567,7 +603,10 @@ class ModelApp(App):
         return []
 
     def gallery(self):
-        """Media of the camera folder that the scanner knows, newest first."""
+        """Media of the camera folder that the scanner knows, newest first (none when
+        the app may not see every photo: the pushed ones were not picked)."""
+        if self.media_access != "all":
+            return []
         fs = self.device.fs
         scanned = {path: n for n, path in enumerate(self.device.media_scans)}
         files = [p for p in list(fs.files) if p.startswith(CAMERA_DIR) and p in scanned]

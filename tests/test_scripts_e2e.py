@@ -511,6 +511,18 @@ def test_post_costs_at_most_ten_dumps(farm, tmp_path, kind):
     assert len(app.posts) == 1 and dumps(device) <= 10
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_the_photos_prompt_is_answered_allow_all(farm, tmp_path, kind):
+    """Android 14 asks for photos and videos the first time the gallery opens: "Allow
+    all", "Select photos and videos", then "Don't allow", drawn last. Only the first
+    lets the app see the pushed media; it is found by its AOSP id."""
+    device, app = farm.phone(kind, media_access=None)
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton",
+                                         "platform": PLATFORM[kind]})[0])
+    assert app.media_access == "all" and len(app.posts) == 1
+
+
 @pytest.mark.parametrize("kind, seconds", [("tiktok47", 1.5), ("tiktok47", 6.0),
                                            ("instagram", 1.5)])
 def test_an_upload_is_looked_at_when_it_should_have_ended(farm, tmp_path, kind, seconds):
