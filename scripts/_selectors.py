@@ -349,7 +349,12 @@ POPUPS = {
 #: of profiles you can view" (WEB Insomniac#179). TikTok: "You're tapping too fast" (a
 #: toast; WEB), "Maximum number of attempts reached", "Too many attempts", "Try again
 #: later" (TK's generic markers), "You're visiting too frequently" (research: no code
-#: source; kept as users quote it).
+#: source; kept as users quote it); from docs/research/sources_s5b.md: the follow
+#: limit's own words "You are following too fast." (hushfeed's test of the app's reply;
+#: web tools), a ban "Your account was permanently banned" (GL, a Chinese Auto.js trill
+#: farm CNAJ, an iOS bot), a suspension (GL, the iOS bot), and the verification puzzle
+#: a suspicious account gets ("Verify you are human", "slide to verify": GL; desc
+#: "verify captcha": CNAJ): the account needs a person before it acts again.
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
                   {"text": "Try Again Later"},
@@ -359,6 +364,12 @@ BLOCKS = {
                   {"text_contains": "Too many requests"},
                   {"text_contains": "limit the number of profiles you can view"}],
     "tiktok": [{"text_contains": "tapping too fast"},
+               {"text_contains": "following too fast"},
+               {"text_contains": "Your account was permanently banned"},
+               {"text_contains": "account has been suspended"},
+               {"text_contains": "Account is currently suspended"},
+               {"text_contains": "Verify you are human"}, {"text_contains": "slide to verify"},
+               {"desc_contains": "verify captcha"},
                {"text_contains": "Maximum number of attempts reached"},
                {"text_contains": "Too many attempts"},
                {"text_contains": "visiting too frequently"},

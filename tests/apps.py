@@ -190,7 +190,10 @@ POPUP_KINDS = {
 #: "why-does-instagram-say-we-restrict-certain-activity"), the older "Action Blocked"
 #: (qainsta.com, "what-does-action-blocked-mean-on-instagram"); TikTok's "You're tapping
 #: too fast. Take a break." (old.artsprofessional.co.uk, "why-is-tiktok-saying-im-tapping-
-#: too-fast") is a toast; its "Maximum number of attempts reached" dialog is INVENTED.
+#: too-fast") is a toast; its "Maximum number of attempts reached" dialog is INVENTED;
+#: "You are following too fast." is the app's reply to a refused follow, shown as a
+#: toast (SysAdminDoc/hushfeed's follow diagnostics); the verification puzzle's window
+#: is INVENTED around its desc "verify captcha" (a Chinese Auto.js trill farm).
 BLOCKS = {
     "instagram": {
         "try_again_later": dict(title="Try Again Later",
@@ -208,6 +211,10 @@ BLOCKS = {
     },
     "tiktok": {
         "tapping_too_fast": dict(toast="You're tapping too fast. Take a break."),
+        "following_too_fast": dict(toast="You are following too fast."),
+        "captcha": dict(title="Security verification", desc="verify captcha",
+                        message="Drag the puzzle piece into place",
+                        buttons=[("Refresh", "android:id/button1")]),
         "try_again_later": dict(title="Maximum number of attempts reached",
                                 message="Try again later.",
                                 buttons=[("OK", "android:id/button1")]),
@@ -541,6 +548,8 @@ class ModelApp(App):
             self.toast, self.toast_dumps = spec["toast"], 2
         else:
             self._set_popup(dict(spec, window="app", back=True), kind="block:" + kind)
+            if spec.get("desc"):
+                self.popup["window"].set("content-desc", spec["desc"])
         return True
 
     def _set_popup(self, spec, over=None, kind=""):

@@ -657,16 +657,19 @@ def test_account_not_logged_in_is_named_and_not_retried(farm, kind):
     assert not [a for a in app.actions if a["action"] == "follow"]
 
 
-@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
-def test_account_blocked_fails_without_retry(farm, kind):
+@pytest.mark.parametrize("kind, block", [
+    ("tiktok47", "tapping_too_fast"), ("tiktok47", "following_too_fast"),
+    ("tiktok47", "try_again_later"), ("tiktok47", "captcha"),
+    ("instagram", "try_again_later"), ("instagram", "action_blocked")])
+def test_account_blocked_fails_without_retry(farm, kind, block):
     device, app = farm.phone(kind, users={"alice": False})
-    app.block_next("follow")
+    app.block_next("follow", block)
     reply = farm.http.post_json("/api/v1/task", {
         "serials": [device.address], "script_name": "follow", "auto_retry": True,
         "script_config": {"target_users": ["alice"], "platform": PLATFORM[kind]}}).json
     task = farm.finished(reply["data"]["task_ids"][0])
     assert task["status"] == 3 and "account blocked: " in task["error"], task["error"]
-    assert task["retry_count"] == 0
+    assert task["retry_count"] == 0 and app.follows["alice"] is False
 
 
 def test_locked_phone_is_woken_and_kept_awake(farm):
