@@ -248,6 +248,12 @@ INSTAGRAM: Dict[str, Dict[str, Any]] = {
     "share": {"ids": {"410": ["share_button", "action_bar_button_text"]},
               "labels": [{"desc": "Share"}]},
     "story_share": {"ids": {}, "labels": [{"desc": "Your story"}, {"text": "Your story"}]},
+    # the first reel's "About Reels" sheet after Share: its own Share posts the reel
+    # (clips_nux_sheet_share_button: six public posters; the original-audio one: one;
+    # docs/research/sources_s5b.md 2e)
+    "reels_nux_share": {"ids": {"410": ["clips_nux_sheet_share_button",
+                                        "clips_original_audio_nux_sheet_share_button"]},
+                        "labels": []},
     # upload: "Sharing to Reels", "Keep Instagram open to finish posting" (GL)
     "upload_progress": {"ids": {"410": ["row_pending_media_progress_bar"]},
                         "labels": [{"text_contains": "Sharing"},
@@ -331,12 +337,16 @@ SELECTORS = {"tiktok": TIKTOK, "instagram": INSTAGRAM}
 #: "Not now" / "Skip" / "Dismiss" (TK popups.py), the first-feed swipe tutorial (any tap
 #: closes it), the permission prompt's "WHILE USING THE APP" (GL). Instagram: "Not Now" /
 #: "Not now" (notifications, save login info: TK, GL), "Skip", "Maybe later", "No
-#: thanks" (GL), "Got it" (GL, TK), a Huawei update's "Later" (INS). Both: "Post anyway".
+#: thanks" (GL), "Got it" (GL, TK), a Huawei update's "Later" (INS), and "Start new
+#: video" of the "Keep editing your draft?" dialog, never its primary button, which
+#: opens another run's video (five posters, docs/research/sources_s5b.md 2e). Both:
+#: "Post anyway".
 POPUPS = {
     "tiktok": [{"text": "Agree and continue"}, {"text": "Got it"}, {"text": "Post anyway"},
                {"text": "Swipe up for more"}, {"text": "Not now"}, {"text": "Skip"},
                {"text": "WHILE USING THE APP"}, {"desc": "Dismiss"}],
-    "instagram": [{"text": "Not Now"}, {"text": "Not now"}, {"text": "Agree and continue"},
+    "instagram": [{"text": "Start new video"},
+                  {"text": "Not Now"}, {"text": "Not now"}, {"text": "Agree and continue"},
                   {"text": "Post anyway"}, {"text": "Skip"}, {"text": "Maybe later"},
                   {"text": "No thanks"}, {"text": "Got it"}],
 }

@@ -432,5 +432,9 @@ def publish_instagram(app, placement):
         app.step("share to Your story", "story_share", timeout=30,
                  expect=app.any_of("upload_progress", "posted", "home_tab"))
     else:
-        app.step("tap Share", "share", expect=app.any_of("upload_progress", "posted",
+        app.step("tap Share", "share", expect=app.any_of("reels_nux_share",
+                                                          "upload_progress", "posted",
                                                           "home_tab"))
+        if app.find("reels_nux_share") is not None:     # the first reel: About Reels
+            app.step("share from About Reels", "reels_nux_share",
+                     expect=app.any_of("upload_progress", "posted", "home_tab"))

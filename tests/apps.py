@@ -458,7 +458,7 @@ class ModelApp(App):
             if el.get("clickable") == "true" and _inside(el, x, y):
                 self.close_popup()
                 if popup.get("on_button"):
-                    popup["on_button"](el.get("text"))
+                    popup["on_button"](el.get("text") or el.get("content-desc"))
                 return
         # outside the buttons (or outside the dialog): swallowed
 
@@ -1458,10 +1458,13 @@ class InstagramApp(ModelApp):
     PLAYING = ()
     platform = "instagram"
 
-    def __init__(self, **kw):
+    def __init__(self, reels_nux=False, draft=False, **kw):
         super().__init__("com.instagram.android", **kw)
         self.placement = "reel"
         self.nux_seen = False
+        #: the first reel's "About Reels" sheet after Share, whose own Share posts it;
+        #: a draft left by another run, offered again when the gallery opens
+        self.reels_nux, self.draft = reels_nux, draft
 
     def share_screen(self, activity):
         self.placement = "story" if "Story" in activity else "reel"
@@ -1510,6 +1513,8 @@ class InstagramApp(ModelApp):
     def tap_home(self, h, x, y):
         if hit(h, rid="creation_tab"):
             self.goto("gallery")
+            if self.draft:
+                self._draft_dialog()
         elif hit(h, rid="search_tab"):
             self.goto("search", focus="search")
         elif hit(h, rid="profile_tab"):
@@ -1766,8 +1771,49 @@ class InstagramApp(ModelApp):
             return                                 # the sheet covers the screen
         if hit(h, rid="caption_input_text_view"):
             self.focus = "caption"
+        elif hit(h, rid="share_button") and self.reels_nux:
+            self._about_reels()
         elif hit(h, rid="share_button"):
             self._publish()
+
+    # The first reel's "About Reels" sheet after Share, and the dialog offering another
+    # run's draft (INVENTED from their ids and labels in six and five public posters:
+    # docs/research/sources_s5b.md, gap 2e).
+    def _about_reels(self):
+        pkg = self.package
+        self._set_popup({"window": "app", "back": True}, kind="about_reels")
+        self.popup["window"] = ui_node(
+            "android.widget.FrameLayout", (0, 1200, W, H), package=pkg, children=[
+                text_node("About Reels", (60, 1260, 1020, 1360),
+                          rid=f"{pkg}:id/clips_nux_sheet_title"),
+                ui_node("android.widget.Button", (60, 1500, 1020, 1620), desc="Share",
+                        clickable=True, resource_id=f"{pkg}:id/clips_nux_sheet_share_button"),
+                ui_node("android.widget.Button", (60, 1660, 1020, 1780), text="Cancel",
+                        clickable=True, resource_id=f"{pkg}:id/clips_nux_sheet_cancel_button")])
+        def answered(label):
+            self.reels_nux = False
+            if label == "Share":
+                self._publish()
+        self.popup["on_button"] = answered
+
+    def _draft_dialog(self):
+        pkg = self.package
+        self._set_popup({"window": "app", "back": False}, kind="draft")
+        self.popup["window"] = ui_node(
+            "android.widget.FrameLayout", (90, 300, 990, 850), package=pkg, children=[
+                text_node("Keep editing your draft?", (150, 360, 930, 460),
+                          rid=f"{pkg}:id/igds_headline_headline"),
+                text_node("Continue editing", (150, 560, 930, 660), clickable=True,
+                          rid=f"{pkg}:id/primary_button", cls="android.widget.Button"),
+                text_node("Start new video", (150, 700, 930, 800), clickable=True,
+                          rid=f"{pkg}:id/auxiliary_button", cls="android.widget.Button")])
+
+        def answered(label):
+            self.draft = False
+            if label == "Continue editing":        # another run's video, in the editor
+                self.selected = ["/sdcard/DCIM/Camera/old_draft.mp4"]
+                self.goto("editor")
+        self.popup["on_button"] = answered
 
     def render_story_editor(self):                 # INVENTED: no story editor dump
         return hierarchy(ui_node("android.widget.Button", (40, 2100, 520, 2240),

@@ -511,6 +511,21 @@ def test_post_costs_at_most_ten_dumps(farm, tmp_path, kind):
     assert len(app.posts) == 1 and dumps(device) <= 10
 
 
+@pytest.mark.parametrize("trouble", ["about reels", "a draft"])
+def test_instagram_first_reel_sheet_and_an_old_draft(farm, tmp_path, trouble):
+    """The first reel's Share opens "About Reels", whose own Share posts it; a draft
+    another run left is offered when the gallery opens: "Start new video", never
+    "Continue editing" (that would post the other video)."""
+    device, app = farm.phone("instagram", reels_nux=trouble == "about reels",
+                             draft=trouble == "a draft")
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton", "captions": "mine",
+                                         "platform": "instagram"})[0])
+    assert [(p["media"], p["caption"]) for p in app.posts] == [
+        (["/sdcard/DCIM/Camera/v.mp4"], "mine")]
+    assert not app.reels_nux and not app.draft
+
+
 @pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
 def test_the_photos_prompt_is_answered_allow_all(farm, tmp_path, kind):
     """Android 14 asks for photos and videos the first time the gallery opens: "Allow
