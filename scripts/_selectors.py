@@ -236,7 +236,10 @@ INSTAGRAM: Dict[str, Dict[str, Any]] = {
                                      "gallery_picker_grid_item_container"]}, "labels": []},
     "gallery_multi": {"ids": {"410": ["multi_select_slide_button_alt"]},
                       "labels": [{"desc": "Select multiple button"}]},
-    "gallery_next": {"ids": {"410": ["next_button_textview", "creation_next_button"]},
+    # media_thumbnail_tray_button: the Next of the reel gallery's selection tray in
+    # newer builds (three posters, docs/research/sources_s5b.md 2b)
+    "gallery_next": {"ids": {"410": ["next_button_textview", "creation_next_button",
+                                     "media_thumbnail_tray_button"]},
                      "labels": [{"text": "Next"}]},
     "editor_next": {"ids": {"410": ["clips_right_action_button"]},
                     "labels": [{"desc": "Next"}]},
@@ -247,7 +250,8 @@ INSTAGRAM: Dict[str, Dict[str, Any]] = {
     # share_button reads "Next" on the 410 reel composer (DUMP), "Share" elsewhere
     "share": {"ids": {"410": ["share_button", "action_bar_button_text"]},
               "labels": [{"desc": "Share"}]},
-    "story_share": {"ids": {}, "labels": [{"desc": "Your story"}, {"text": "Your story"}]},
+    "story_share": {"ids": {}, "labels": [{"desc": "Your story"}, {"text": "Your story"},
+                                          {"desc": "Share to your story"}]},
     # the first reel's "About Reels" sheet after Share: its own Share posts the reel
     # (clips_nux_sheet_share_button: six public posters; the original-audio one: one;
     # docs/research/sources_s5b.md 2e)
@@ -255,7 +259,10 @@ INSTAGRAM: Dict[str, Dict[str, Any]] = {
                                         "clips_original_audio_nux_sheet_share_button"]},
                         "labels": []},
     # upload: "Sharing to Reels", "Keep Instagram open to finish posting" (GL)
-    "upload_progress": {"ids": {"410": ["row_pending_media_progress_bar"]},
+    # newer builds: upload_progress_bar_container (a 2025 poster), igds_upload_snackbar
+    "upload_progress": {"ids": {"410": ["row_pending_media_progress_bar",
+                                        "upload_progress_bar_container",
+                                        "igds_upload_snackbar"]},
                         "labels": [{"text_contains": "Sharing"},
                                    {"text_contains": "Posting"},
                                    {"text_contains": "Keep Instagram open"}]},
