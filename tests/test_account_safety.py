@@ -54,6 +54,9 @@ def test_daily_limit_holds_the_task_with_a_reason_and_starts_it_at_midnight(farm
     assert waiting["status"] == 0
     assert waiting["message"] == ("waiting: @shop_a reached its follow limit of 1 per day;"
                                   f" next at {tml.format_time(MIDNIGHT)}")
+    # a busy phone's tasks are read when it is freed: the runner may still be ending
+    # shop_b's task (status written first), so the phone must be idle before the look
+    farm.wait_idle(phone)
     _, wake = farm.lite.scheduler.tick()
     assert wake == MIDNIGHT                                     # told when, not polled
     shown = farm.http.get(f"{API}/account/shop_a").json["data"]
