@@ -772,6 +772,16 @@ MAX_BUFFERED_LINES = 100
 #: A device's last_seen alone is written when it is this much older than the new one.
 LAST_SEEN_PRECISION = 60.0
 
+#: A new task's row; INSERT_ROWS of them make one statement (20 values each: sqlite
+#: before 3.32 binds at most 999).
+INSERT_TASKS_SQL = (
+    "INSERT INTO tasks (serial, username, script_name, script_config, source, priority,"
+    " start_time, rest_seconds, min_interval, max_interval, created_at, max_retry_count,"
+    " auto_retry, callback_url, expire_at, timeout, schedule_id, creator, external,"
+    " message) VALUES ")
+INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_ROWS = 40
+
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
                 "max_interval", "created_at", "started_at", "end_time", "progress",
@@ -820,6 +830,21 @@ class NewTask:
     message: str = ""
 
 
+class _CreateJob:
+    """One create_tasks call in line: the call that writes it sets ids or error, then
+    releases turn (held from the start), as it does for the next call in line."""
+
+    __slots__ = ("tasks", "ids", "error", "done", "turn")
+
+    def __init__(self, tasks: Sequence[NewTask]):
+        self.tasks = tasks
+        self.ids: Optional[List[int]] = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+        self.turn = threading.Lock()
+        self.turn.acquire()
+
+
 class Store:
     """Tasks, task logs, devices and accounts in one sqlite file.
 
@@ -853,6 +878,9 @@ class Store:
         self._device_marks: List[str] = []
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
+        #: create_tasks calls waiting for the first of them to write them all
+        self._creates: "collections.deque[_CreateJob]" = collections.deque()
+        self._creates_lock = threading.Lock()
         self._local = threading.local()
         #: every connection with the thread that uses it, so close() can spare live ones
         self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
@@ -1240,27 +1268,89 @@ class Store:
     def create_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
         """Insert all the tasks in one transaction, or none of them.
 
-        A task that asks for library material reserves it here, in the same transaction,
-        so two tasks never get the same file; not enough of it refuses the whole request.
+        Creates that arrive while one is being written wait in line, and the first of
+        them writes them all in one statement (group commit): under a stream of POST
+        /task each commit, and each step of sqlite (where the server's threads hand the
+        interpreter to one another), was a request's time again. Each call still gets
+        its own ids or its own error, and only once they are committed. A task that
+        asks for library material, or a create inside a write, is written at once.
         """
-        now = self.clock()
-        ids = []
-        with self.write(one_statement=len(tasks) == 1 and not tasks[0].materials) as conn:
-            for t in tasks:
-                cur = conn.execute(
-                    "INSERT INTO tasks (serial, username, script_name, script_config, source,"
-                    " priority, start_time, rest_seconds, min_interval, max_interval,"
-                    " created_at, max_retry_count, auto_retry, callback_url, expire_at,"
-                    " timeout, schedule_id, creator, external, message)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (t.serial, t.username, t.script_name, _dump_json(t.script_config),
+        if getattr(self._local, "write_depth", 0) or any(t.materials for t in tasks):
+            return self._insert_tasks(tasks)
+        job = _CreateJob(tasks)
+        with self._creates_lock:
+            self._creates.append(job)
+            first = len(self._creates) == 1
+        if not first:
+            job.turn.acquire()               # until written, or first in line
+        if not job.done:
+            self._write_creates()
+        if job.error is not None:
+            raise job.error
+        return job.ids
+
+    def _write_creates(self) -> None:
+        """The first in line writes the creates waiting behind it, then wakes them and
+        the next in line. It takes them once another write has let go of the lock (more
+        come meanwhile), but does not keep the lock: its write's events are told after
+        the write lets go, as any write's."""
+        with self._write_lock, self._creates_lock:
+            batch = list(self._creates)
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._creates_lock:
+                for _ in batch:
+                    self._creates.popleft()
+                after = self._creates[0] if self._creates else None
+            for job in batch:
+                if job.ids is None and job.error is None:        # the writer was stopped
+                    job.error = Unavailable("the task write was interrupted")
+                job.done = True
+        for job in batch[1:] + ([after] if after else []):
+            job.turn.release()
+
+    def _write_batch(self, batch: List["_CreateJob"]) -> None:
+        try:
+            ids = self._insert_tasks([t for job in batch for t in job.tasks])
+        except Exception as exc:
+            # a statement that failed wrote nothing: if one call's tasks broke it (a
+            # constraint, a value sqlite cannot bind), each call is tried alone
+            if len(batch) == 1 or isinstance(exc, (sqlite3.OperationalError, LiteError)):
+                for job in batch:
+                    job.error = exc
+                return
+            for job in batch:
+                try:
+                    job.ids = self._insert_tasks(job.tasks)
+                except Exception as alone:
+                    job.error = alone
+            return
+        for job in batch:
+            job.ids, ids = ids[:len(job.tasks)], ids[len(job.tasks):]
+
+    def _insert_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
+        """Write tasks now, in one transaction; those without material in statements of
+        many rows (one step of sqlite each). A task that asks for library material
+        reserves it here, in the same transaction, so two tasks never get the same
+        file; not enough of it refuses the whole request."""
+        plain = not any(t.materials for t in tasks)
+        ids: List[int] = []
+        with self.write(one_statement=plain and len(tasks) <= INSERT_ROWS) as conn:
+            now = self.clock()                   # under the lock: ids grow with time
+            rows = [(t.serial, t.username, t.script_name, _dump_json(t.script_config),
                      t.source, t.priority, t.start_time or now, t.rest_seconds,
                      t.min_interval, t.max_interval, now, t.max_retry_count,
                      int(t.auto_retry), t.callback_url, t.expire_at, t.timeout,
-                     t.schedule_id, t.creator, int(t.external), t.message))
-                ids.append(cur.lastrowid)
-                if t.materials:
-                    config = self._reserve_materials(conn, cur.lastrowid, t)
+                     t.schedule_id, t.creator, int(t.external), t.message) for t in tasks]
+            for start in range(0, len(rows), INSERT_ROWS if plain else 1):
+                chunk = rows[start:start + (INSERT_ROWS if plain else 1)]
+                cur = conn.execute(INSERT_TASKS_SQL + ",".join([INSERT_ROW] * len(chunk)),
+                                   [value for row in chunk for value in row])
+                # AUTOINCREMENT gives a statement's rows consecutive ids
+                ids += range(cur.lastrowid - len(chunk) + 1, cur.lastrowid + 1)
+                if tasks[start].materials:
+                    config = self._reserve_materials(conn, cur.lastrowid, tasks[start])
                     conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
                                  (_dump_json(config), cur.lastrowid))
             # the event's fields as written (the others are the columns' defaults)
