@@ -889,10 +889,10 @@ class Store:
         #: accounts or materials: the events hub listens here
         self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
         #: called with (kind, {key: row as written}) right after the commit, still under
-        #: the write lock, for the rows a transaction wrote whole (_note_written): the
-        #: hub needs not read them back, and their events precede any later commit's
-        self.on_written: Callable[[str, Dict[Any, Dict[str, Any]]], None] = \
-            lambda kind, rows: None
+        #: the write lock, for the rows a transaction wrote whole or read as it left
+        #: them (_note_written): the hub needs not read them back, and their events
+        #: precede any later commit's
+        self.on_written: Callable[[str, Dict[Any, Any]], None] = lambda kind, rows: None
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
@@ -1047,9 +1047,10 @@ class Store:
         for key in keys:
             bucket[key] = None
 
-    def _note_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
-        """Remember rows this transaction wrote whole, as written (a new task); a key
-        _note'd too (changed in the same transaction) is read back instead."""
+    def _note_written(self, kind: str, rows: Dict[Any, Any]) -> None:
+        """Remember rows this transaction wrote whole, as written (a new task), or read
+        as it leaves them (a device, None if it has no row); a key _note'd too (changed
+        in the same transaction) is read back instead."""
         self._local.written.setdefault(kind, {}).update(rows)
 
     def _tell_written(self) -> None:
@@ -1358,7 +1359,10 @@ class Store:
                 "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
                 "serial": t.serial, "username": t.username, "error": "",
                 "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
-            self._note("device", *dict.fromkeys(t.serial for t in tasks))
+            # the phones' rows as this write leaves them, read by the writer: a reader
+            # would read again the pages the commit changed (each a step of sqlite)
+            self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
+                                          for serial in dict.fromkeys(t.serial for t in tasks)})
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
@@ -2501,16 +2505,28 @@ class EventHub:
         for key in keys:
             self.publish(kind, self.describe(kind, key))
 
-    def on_store_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
-        """Rows told as written (new tasks): their events without reading them back."""
-        for row in rows.values():
-            self.publish(kind, self.task_event(row))
+    def on_store_written(self, kind: str, rows: Dict[Any, Any]) -> None:
+        """Rows told as written (new tasks, their phones): their events without reading
+        them back."""
+        for key, row in rows.items():
+            self.publish(kind, self.task_event(row) if kind == "task"
+                         else self.device_event(key, row))
 
     @staticmethod
     def task_event(row: Any) -> Dict[str, Any]:
         return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
                                     "username", "error", "script_name")} | {
             "status_text": STATUS_TEXT[row["status"]]}
+
+    @staticmethod
+    def device_event(serial: str, row: Any) -> Dict[str, Any]:
+        """A row of Store.list_devices (None: the phone has no row)."""
+        if row is None:
+            return {"serial": serial, "deleted": True}
+        return {"serial": serial, "state": row["state"], "battery": row["battery"],
+                "running_task_id": row["running_task_id"],
+                "pending_count": row["pending_count"], "alias": row["alias"],
+                "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
 
     def describe(self, kind: str, key: Any) -> Dict[str, Any]:
         """The event's data: the changed row as the page needs it, or that it is gone."""
@@ -2519,14 +2535,7 @@ class EventHub:
             row = store.get_task(key)
             return {"id": key, "deleted": True} if row is None else self.task_event(row)
         if kind == "device":
-            rows = store.list_devices(key)
-            if not rows:
-                return {"serial": key, "deleted": True}
-            row = rows[0]
-            return {"serial": key, "state": row["state"], "battery": row["battery"],
-                    "running_task_id": row["running_task_id"],
-                    "pending_count": row["pending_count"], "alias": row["alias"],
-                    "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
+            return self.device_event(key, next(iter(store.list_devices(key)), None))
         if kind == "account":
             row = store.get_account(key)
             if row is None:
