@@ -2714,11 +2714,20 @@ def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix:
                 raise BadRequest(where, "is required")
             if "default" in decl:         # a list or dict is the caller's own copy
                 default = decl["default"]
-                out[name] = json.loads(json.dumps(default)) \
-                    if isinstance(default, (list, dict)) else default
+                out[name] = _copy_json(default) if isinstance(default, (list, dict)) \
+                    else default
             continue
         out[name] = check_param(where, data[name], decl, switches=switches)
     return out
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (lists, dicts and immutable leaves)."""
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    return value
 
 
 def check_param(where: str, value: Any, decl: Dict[str, Any], *,
@@ -2783,31 +2792,49 @@ MAX_JSON_DEPTH = 32
 
 def check_json(value: Any, where: str = "") -> None:
     """Every string of a request, keys too, is text that sqlite and a phone can take (no
-    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep."""
-    stack = [(value, where, 0)]
+    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep.
+
+    A value's place is kept as (parent's place, key or index) and spelled out only for
+    an error: every request with a body comes here, and the names cost more than the
+    checks."""
+    stack: List[Tuple[Any, Any, int]] = [(value, where, 0)]
     while stack:
-        value, where, depth = stack.pop()
+        value, place, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise BadRequest(where or "body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+            raise BadRequest(_place_name(place) or "body",
+                             f"nests deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(value, str):
-            _check_chars(where or "body", value)
+            _check_chars(place or "body", value)
         elif isinstance(value, list):
-            stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+            stack += [(item, (place, i), depth + 1) for i, item in enumerate(value)]
         elif isinstance(value, dict):
             for key, item in value.items():
-                name = _printable(key)
-                name = f"{where}.{name}" if where else name
-                _check_chars(name, key)
-                stack.append((item, name, depth + 1))
+                _check_chars((place, key), key)
+                stack.append((item, (place, key), depth + 1))
 
 
-def _check_chars(where: str, text: str) -> None:
+def _place_name(place: Any) -> str:
+    """check_json's (parent, key or index) as "a.b[0].c"; a str is a name already."""
+    if isinstance(place, str):
+        return place
+    parent, step = place
+    name = _place_name(parent)
+    if isinstance(step, int):
+        return f"{name}[{step}]"
+    return f"{name}.{_printable(step)}" if name else _printable(step)
+
+
+def _check_chars(where: Any, text: str) -> None:
+    """``where``: a field's name, or check_json's place of the text."""
     if "\x00" in text:
-        raise BadRequest(_printable(where), "contains a NUL character")
+        raise BadRequest(_printable(_place_name(where)), "contains a NUL character")
+    if text.isascii():                  # (a flag of the str: no surrogate can be in it)
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest(_printable(where), "contains a lone UTF-16 surrogate") from None
+        raise BadRequest(_printable(_place_name(where)),
+                         "contains a lone UTF-16 surrogate") from None
 
 
 def _printable(text: str) -> str:
