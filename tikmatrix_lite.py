@@ -6302,6 +6302,8 @@ class Api:
     def wsgi(self, environ, start_response):
         """Every request, logged in one line at info: client, method, path, status, time
         (never the key)."""
+        if not http_log.isEnabledFor(logging.INFO):    # the line is all the rest is for
+            return self._serve(environ, start_response)
         began = time.monotonic()
         seen = []
 
