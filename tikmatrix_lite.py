@@ -6239,6 +6239,10 @@ MATERIAL_QUERY = {
 }
 
 
+#: The answers' JSON: json.dumps makes a new encoder at every call given an option.
+_ANSWER_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class EncodedJson(str):
     """A handler's answer already encoded as JSON: the envelope goes around it as text."""
 
@@ -6415,9 +6419,10 @@ class Api:
 
     def _respond(self, status: int, payload: Any) -> str:
         response = self.bottle.response
-        response.status = status
+        if status != 200:                  # bottle starts every request's response at 200
+            response.status = status
         response.content_type = "application/json"
-        return json.dumps(payload, ensure_ascii=False)
+        return _ANSWER_JSON.encode(payload)
 
     def _error(self, exc: LiteError) -> str:
         return self._respond(exc.code // 100, {"code": exc.code, "message": exc.message,
