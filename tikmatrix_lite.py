@@ -2002,10 +2002,13 @@ class Store:
 
         The count is task_counts' (a few rows per phone) less the phone's external
         pending tasks (usually none): counting its pending tasks one by one cost every
-        POST /task (whose device event reads this) a walk over all of them."""
+        POST /task (whose device event reads this) a walk over all of them. The running
+        task is looked up in the index of running tasks, named: an index on (serial, ...)
+        of all tasks looks as good to the planner and walks all the phone's tasks."""
         return self.query(
-            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING}"
-            " AND external = 0) AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
+            "SELECT d.*, (SELECT id FROM tasks INDEXED BY tasks_one_running_per_device"
+            f" WHERE serial=d.serial AND status={RUNNING} AND external = 0)"
+            " AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
             f" task_counts WHERE serial=d.serial AND status={PENDING}) - (SELECT COUNT(*)"
             " FROM tasks INDEXED BY tasks_due WHERE serial=d.serial AND external = 1"
             f" AND status={PENDING}) AS pending_count FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")

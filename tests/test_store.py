@@ -558,6 +558,21 @@ def creates_in_line(st, tasks_of):
     return answers, commits + 1                 # + the commit of the write held above
 
 
+def test_a_device_s_row_reads_only_its_running_and_pending_tasks(st):
+    """list_devices (read for every create's device event) finds the running task in
+    the index of running tasks, and counts pending ones in tasks_due: never a walk over
+    all the phone's tasks, whatever other index on serial the schema has."""
+    st.upsert_device("d1", state="device")
+    said = []
+    st._reader().set_trace_callback(said.append)
+    st.list_devices("d1")
+    st._reader().set_trace_callback(None)
+    plan = [row[3] for row in st.query("EXPLAIN QUERY PLAN " + said[-1])]
+    on_tasks = [step for step in plan if step.split()[1] == "tasks"]
+    assert len(on_tasks) == 2, plan
+    assert all("tasks_one_running_per_device" in s or "tasks_due" in s for s in on_tasks)
+
+
 def test_creates_in_line_are_written_together_each_with_its_own_ids(st):
     """Group commit: creates that wait while another write holds the lock are written in
     one statement by the first of them, and each gets its own ids once committed."""
