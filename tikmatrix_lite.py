@@ -1312,6 +1312,7 @@ class Store:
             job.turn.release()
 
     def _write_batch(self, batch: List["_CreateJob"]) -> None:
+        """Every call's tasks in one write; its ids, or its error, on each call."""
         try:
             ids = self._insert_tasks([t for job in batch for t in job.tasks])
         except Exception as exc:
@@ -1361,8 +1362,9 @@ class Store:
                 "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
             # the phones' rows as this write leaves them, read by the writer: a reader
             # would read again the pages the commit changed (each a step of sqlite)
+            serials = dict.fromkeys(t.serial for t in tasks)
             self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
-                                          for serial in dict.fromkeys(t.serial for t in tasks)})
+                                          for serial in serials})
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
