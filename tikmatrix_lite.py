@@ -805,6 +805,16 @@ MAX_BUFFERED_LINES = 100
 #: A device's last_seen alone is written when it is this much older than the new one.
 LAST_SEEN_PRECISION = 60.0
 
+#: A new task's row; INSERT_ROWS of them make one statement (20 values each: sqlite
+#: before 3.32 binds at most 999).
+INSERT_TASKS_SQL = (
+    "INSERT INTO tasks (serial, username, script_name, script_config, source, priority,"
+    " start_time, rest_seconds, min_interval, max_interval, created_at, max_retry_count,"
+    " auto_retry, callback_url, expire_at, timeout, schedule_id, creator, external,"
+    " message) VALUES ")
+INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+INSERT_ROWS = 40
+
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
                 "max_interval", "created_at", "started_at", "end_time", "progress",
@@ -853,6 +863,21 @@ class NewTask:
     message: str = ""
 
 
+class _CreateJob:
+    """One create_tasks call in line: the call that writes it sets ids or error, then
+    releases turn (held from the start), as it does for the next call in line."""
+
+    __slots__ = ("tasks", "ids", "error", "done", "turn")
+
+    def __init__(self, tasks: Sequence[NewTask]):
+        self.tasks = tasks
+        self.ids: Optional[List[int]] = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+        self.turn = threading.Lock()
+        self.turn.acquire()
+
+
 class Store:
     """Tasks, task logs, devices and accounts in one sqlite file.
 
@@ -886,6 +911,9 @@ class Store:
         self._device_marks: List[str] = []
         self._cache: Dict[Any, Tuple[int, Any]] = {}
         self._write_lock = threading.RLock()
+        #: create_tasks calls waiting for the first of them to write them all
+        self._creates: "collections.deque[_CreateJob]" = collections.deque()
+        self._creates_lock = threading.Lock()
         self._local = threading.local()
         #: every connection with the thread that uses it, so close() can spare live ones
         self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
@@ -894,10 +922,10 @@ class Store:
         #: accounts or materials: the events hub listens here
         self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
         #: called with (kind, {key: row as written}) right after the commit, still under
-        #: the write lock, for the rows a transaction wrote whole (_note_written): the
-        #: hub needs not read them back, and their events precede any later commit's
-        self.on_written: Callable[[str, Dict[Any, Dict[str, Any]]], None] = \
-            lambda kind, rows: None
+        #: the write lock, for the rows a transaction wrote whole or read as it left
+        #: them (_note_written): the hub needs not read them back, and their events
+        #: precede any later commit's
+        self.on_written: Callable[[str, Dict[Any, Any]], None] = lambda kind, rows: None
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
@@ -1052,9 +1080,10 @@ class Store:
         for key in keys:
             bucket[key] = None
 
-    def _note_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
-        """Remember rows this transaction wrote whole, as written (a new task); a key
-        _note'd too (changed in the same transaction) is read back instead."""
+    def _note_written(self, kind: str, rows: Dict[Any, Any]) -> None:
+        """Remember rows this transaction wrote whole, as written (a new task), or read
+        as it leaves them (a device, None if it has no row); a key _note'd too (changed
+        in the same transaction) is read back instead."""
         self._local.written.setdefault(kind, {}).update(rows)
 
     def _tell_written(self) -> None:
@@ -1276,27 +1305,90 @@ class Store:
     def create_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
         """Insert all the tasks in one transaction, or none of them.
 
-        A task that asks for library material reserves it here, in the same transaction,
-        so two tasks never get the same file; not enough of it refuses the whole request.
+        Creates that arrive while one is being written wait in line, and the first of
+        them writes them all in one statement (group commit): under a stream of POST
+        /task each commit, and each step of sqlite (where the server's threads hand the
+        interpreter to one another), was a request's time again. Each call still gets
+        its own ids or its own error, and only once they are committed. A task that
+        asks for library material, or a create inside a write, is written at once.
         """
-        now = self.clock()
-        ids = []
-        with self.write(one_statement=len(tasks) == 1 and not tasks[0].materials) as conn:
-            for t in tasks:
-                cur = conn.execute(
-                    "INSERT INTO tasks (serial, username, script_name, script_config, source,"
-                    " priority, start_time, rest_seconds, min_interval, max_interval,"
-                    " created_at, max_retry_count, auto_retry, callback_url, expire_at,"
-                    " timeout, schedule_id, creator, external, message)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (t.serial, t.username, t.script_name, _dump_json(t.script_config),
+        if getattr(self._local, "write_depth", 0) or any(t.materials for t in tasks):
+            return self._insert_tasks(tasks)
+        job = _CreateJob(tasks)
+        with self._creates_lock:
+            self._creates.append(job)
+            first = len(self._creates) == 1
+        if not first:
+            job.turn.acquire()               # until written, or first in line
+        if not job.done:
+            self._write_creates()
+        if job.error is not None:
+            raise job.error
+        return job.ids
+
+    def _write_creates(self) -> None:
+        """The first in line writes the creates waiting behind it, then wakes them and
+        the next in line. It takes them once another write has let go of the lock (more
+        come meanwhile), but does not keep the lock: its write's events are told after
+        the write lets go, as any write's."""
+        with self._write_lock, self._creates_lock:
+            batch = list(self._creates)
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._creates_lock:
+                for _ in batch:
+                    self._creates.popleft()
+                after = self._creates[0] if self._creates else None
+            for job in batch:
+                if job.ids is None and job.error is None:        # the writer was stopped
+                    job.error = Unavailable("the task write was interrupted")
+                job.done = True
+        for job in batch[1:] + ([after] if after else []):
+            job.turn.release()
+
+    def _write_batch(self, batch: List["_CreateJob"]) -> None:
+        """Every call's tasks in one write; its ids, or its error, on each call."""
+        try:
+            ids = self._insert_tasks([t for job in batch for t in job.tasks])
+        except Exception as exc:
+            # a statement that failed wrote nothing: if one call's tasks broke it (a
+            # constraint, a value sqlite cannot bind), each call is tried alone
+            if len(batch) == 1 or isinstance(exc, (sqlite3.OperationalError, LiteError)):
+                for job in batch:
+                    job.error = exc
+                return
+            for job in batch:
+                try:
+                    job.ids = self._insert_tasks(job.tasks)
+                except Exception as alone:
+                    job.error = alone
+            return
+        for job in batch:
+            job.ids, ids = ids[:len(job.tasks)], ids[len(job.tasks):]
+
+    def _insert_tasks(self, tasks: Sequence[NewTask]) -> List[int]:
+        """Write tasks now, in one transaction; those without material in statements of
+        many rows (one step of sqlite each). A task that asks for library material
+        reserves it here, in the same transaction, so two tasks never get the same
+        file; not enough of it refuses the whole request."""
+        plain = not any(t.materials for t in tasks)
+        ids: List[int] = []
+        with self.write(one_statement=plain and len(tasks) <= INSERT_ROWS) as conn:
+            now = self.clock()                   # under the lock: ids grow with time
+            rows = [(t.serial, t.username, t.script_name, _dump_json(t.script_config),
                      t.source, t.priority, t.start_time or now, t.rest_seconds,
                      t.min_interval, t.max_interval, now, t.max_retry_count,
                      int(t.auto_retry), t.callback_url, t.expire_at, t.timeout,
-                     t.schedule_id, t.creator, int(t.external), t.message))
-                ids.append(cur.lastrowid)
-                if t.materials:
-                    config = self._reserve_materials(conn, cur.lastrowid, t)
+                     t.schedule_id, t.creator, int(t.external), t.message) for t in tasks]
+            for start in range(0, len(rows), INSERT_ROWS if plain else 1):
+                chunk = rows[start:start + (INSERT_ROWS if plain else 1)]
+                cur = conn.execute(INSERT_TASKS_SQL + ",".join([INSERT_ROW] * len(chunk)),
+                                   [value for row in chunk for value in row])
+                # AUTOINCREMENT gives a statement's rows consecutive ids
+                ids += range(cur.lastrowid - len(chunk) + 1, cur.lastrowid + 1)
+                if tasks[start].materials:
+                    config = self._reserve_materials(conn, cur.lastrowid, tasks[start])
                     conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
                                  (_dump_json(config), cur.lastrowid))
             # the event's fields as written (the others are the columns' defaults)
@@ -1304,7 +1396,11 @@ class Store:
                 "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
                 "serial": t.serial, "username": t.username, "error": "",
                 "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
-            self._note("device", *dict.fromkeys(t.serial for t in tasks))
+            # the phones' rows as this write leaves them, read by the writer: a reader
+            # would read again the pages the commit changed (each a step of sqlite)
+            serials = dict.fromkeys(t.serial for t in tasks)
+            self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
+                                          for serial in serials})
         return ids
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
@@ -1970,10 +2066,13 @@ class Store:
 
         The count is task_counts' (a few rows per phone) less the phone's external
         pending tasks (usually none): counting its pending tasks one by one cost every
-        POST /task (whose device event reads this) a walk over all of them."""
+        POST /task (whose device event reads this) a walk over all of them. The running
+        task is looked up in the index of running tasks, named: an index on (serial, ...)
+        of all tasks looks as good to the planner and walks all the phone's tasks."""
         return self.query(
-            f"SELECT d.*, (SELECT id FROM tasks WHERE serial=d.serial AND status={RUNNING}"
-            " AND external = 0) AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
+            "SELECT d.*, (SELECT id FROM tasks INDEXED BY tasks_one_running_per_device"
+            f" WHERE serial=d.serial AND status={RUNNING} AND external = 0)"
+            " AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
             f" task_counts WHERE serial=d.serial AND status={PENDING}) - (SELECT COUNT(*)"
             " FROM tasks INDEXED BY tasks_due WHERE serial=d.serial AND external = 1"
             f" AND status={PENDING}) AS pending_count FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
@@ -2473,16 +2572,28 @@ class EventHub:
         for key in keys:
             self.publish(kind, self.describe(kind, key))
 
-    def on_store_written(self, kind: str, rows: Dict[Any, Dict[str, Any]]) -> None:
-        """Rows told as written (new tasks): their events without reading them back."""
-        for row in rows.values():
-            self.publish(kind, self.task_event(row))
+    def on_store_written(self, kind: str, rows: Dict[Any, Any]) -> None:
+        """Rows told as written (new tasks, their phones): their events without reading
+        them back."""
+        for key, row in rows.items():
+            self.publish(kind, self.task_event(row) if kind == "task"
+                         else self.device_event(key, row))
 
     @staticmethod
     def task_event(row: Any) -> Dict[str, Any]:
         return {k: row[k] for k in ("id", "status", "progress", "message", "serial",
                                     "username", "error", "script_name")} | {
             "status_text": STATUS_TEXT[row["status"]]}
+
+    @staticmethod
+    def device_event(serial: str, row: Any) -> Dict[str, Any]:
+        """A row of Store.list_devices (None: the phone has no row)."""
+        if row is None:
+            return {"serial": serial, "deleted": True}
+        return {"serial": serial, "state": row["state"], "battery": row["battery"],
+                "running_task_id": row["running_task_id"],
+                "pending_count": row["pending_count"], "alias": row["alias"],
+                "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
 
     def describe(self, kind: str, key: Any) -> Dict[str, Any]:
         """The event's data: the changed row as the page needs it, or that it is gone."""
@@ -2491,14 +2602,7 @@ class EventHub:
             row = store.get_task(key)
             return {"id": key, "deleted": True} if row is None else self.task_event(row)
         if kind == "device":
-            rows = store.list_devices(key)
-            if not rows:
-                return {"serial": key, "deleted": True}
-            row = rows[0]
-            return {"serial": key, "state": row["state"], "battery": row["battery"],
-                    "running_task_id": row["running_task_id"],
-                    "pending_count": row["pending_count"], "alias": row["alias"],
-                    "groups": _load_json(row["groups"]), "last_error": row["last_error"]}
+            return self.device_event(key, next(iter(store.list_devices(key)), None))
         if kind == "account":
             row = store.get_account(key)
             if row is None:
@@ -2677,11 +2781,20 @@ def check_fields(data: Dict[str, Any], decls: Dict[str, Dict[str, Any]], prefix:
                 raise BadRequest(where, "is required")
             if "default" in decl:         # a list or dict is the caller's own copy
                 default = decl["default"]
-                out[name] = json.loads(json.dumps(default)) \
-                    if isinstance(default, (list, dict)) else default
+                out[name] = _copy_json(default) if isinstance(default, (list, dict)) \
+                    else default
             continue
         out[name] = check_param(where, data[name], decl, switches=switches)
     return out
+
+
+def _copy_json(value: Any) -> Any:
+    """A deep copy of JSON data (lists, dicts and immutable leaves)."""
+    if isinstance(value, list):
+        return [_copy_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _copy_json(item) for key, item in value.items()}
+    return value
 
 
 def check_param(where: str, value: Any, decl: Dict[str, Any], *,
@@ -2746,31 +2859,49 @@ MAX_JSON_DEPTH = 32
 
 def check_json(value: Any, where: str = "") -> None:
     """Every string of a request, keys too, is text that sqlite and a phone can take (no
-    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep."""
-    stack = [(value, where, 0)]
+    NUL, no lone UTF-16 surrogate), and it nests at most MAX_JSON_DEPTH deep.
+
+    A value's place is kept as (parent's place, key or index) and spelled out only for
+    an error: every request with a body comes here, and the names cost more than the
+    checks."""
+    stack: List[Tuple[Any, Any, int]] = [(value, where, 0)]
     while stack:
-        value, where, depth = stack.pop()
+        value, place, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
-            raise BadRequest(where or "body", f"nests deeper than {MAX_JSON_DEPTH} levels")
+            raise BadRequest(_place_name(place) or "body",
+                             f"nests deeper than {MAX_JSON_DEPTH} levels")
         if isinstance(value, str):
-            _check_chars(where or "body", value)
+            _check_chars(place or "body", value)
         elif isinstance(value, list):
-            stack += [(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+            stack += [(item, (place, i), depth + 1) for i, item in enumerate(value)]
         elif isinstance(value, dict):
             for key, item in value.items():
-                name = _printable(key)
-                name = f"{where}.{name}" if where else name
-                _check_chars(name, key)
-                stack.append((item, name, depth + 1))
+                _check_chars((place, key), key)
+                stack.append((item, (place, key), depth + 1))
 
 
-def _check_chars(where: str, text: str) -> None:
+def _place_name(place: Any) -> str:
+    """check_json's (parent, key or index) as "a.b[0].c"; a str is a name already."""
+    if isinstance(place, str):
+        return place
+    parent, step = place
+    name = _place_name(parent)
+    if isinstance(step, int):
+        return f"{name}[{step}]"
+    return f"{name}.{_printable(step)}" if name else _printable(step)
+
+
+def _check_chars(where: Any, text: str) -> None:
+    """``where``: a field's name, or check_json's place of the text."""
     if "\x00" in text:
-        raise BadRequest(_printable(where), "contains a NUL character")
+        raise BadRequest(_printable(_place_name(where)), "contains a NUL character")
+    if text.isascii():                  # (a flag of the str: no surrogate can be in it)
+        return
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise BadRequest(_printable(where), "contains a lone UTF-16 surrogate") from None
+        raise BadRequest(_printable(_place_name(where)),
+                         "contains a lone UTF-16 surrogate") from None
 
 
 def _printable(text: str) -> str:
@@ -6187,6 +6318,10 @@ MATERIAL_QUERY = {
 }
 
 
+#: The answers' JSON: json.dumps makes a new encoder at every call given an option.
+_ANSWER_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class EncodedJson(str):
     """A handler's answer already encoded as JSON: the envelope goes around it as text."""
 
@@ -6250,6 +6385,8 @@ class Api:
     def wsgi(self, environ, start_response):
         """Every request, logged in one line at info: client, method, path, status, time
         (never the key)."""
+        if not http_log.isEnabledFor(logging.INFO):    # the line is all the rest is for
+            return self._serve(environ, start_response)
         began = time.monotonic()
         seen = []
 
@@ -6361,9 +6498,10 @@ class Api:
 
     def _respond(self, status: int, payload: Any) -> str:
         response = self.bottle.response
-        response.status = status
+        if status != 200:                  # bottle starts every request's response at 200
+            response.status = status
         response.content_type = "application/json"
-        return json.dumps(payload, ensure_ascii=False)
+        return _ANSWER_JSON.encode(payload)
 
     def _error(self, exc: LiteError) -> str:
         return self._respond(exc.code // 100, {"code": exc.code, "message": exc.message,

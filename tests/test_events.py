@@ -180,32 +180,37 @@ def test_the_pool_runs_one_thread_more_per_open_stream(config):
 
 
 def test_a_created_task_is_told_as_written_and_before_any_later_commit(hub):
-    """A new task's event is made from what the create wrote (no read back) and is
-    published under the write lock: a claim committed while the create's other events
-    are still being announced comes after it, so the last event says running."""
+    """A new task's event is made from what the create wrote, and its phone's from the
+    row as the create left it, read by the writer (no read back after the commit); both
+    are published under the write lock, so a claim waiting for the lock meanwhile comes
+    after them and the last events say running."""
     store = hub.store
     store.upsert_device("P1", state="device")
-    claimed, claiming = [], threading.Event()
-    announce = store.on_change
+    claimed, claimers, under_lock = [], [], []
+    told_written = store.on_written
 
-    def late_announce(kind, keys):          # the create's first read back, after its commit
-        if not claiming.is_set():           # (the claim's own announce comes here too)
-            claiming.set()
-            claimer = threading.Thread(target=lambda: claimed.append(
-                store.claim_next("P1", store.clock())))
-            claimer.start()
-            claimer.join(10)
-        announce(kind, keys)
-    store.on_change = late_announce
+    def on_written(kind, rows):             # the create's rows, told after its commit
+        if not claimers:                    # a claim now waits for the create's lock
+            claimers.append(threading.Thread(target=lambda: claimed.append(
+                store.claim_next("P1", store.clock()))))
+            claimers[0].start()
+        told_written(kind, rows)
+        under_lock.append(store._write_lock._is_owned())
+    store.on_written = on_written
     last = hub.last_id
     [task_id] = store.create_tasks([tl.NewTask(serial="P1", script_name="echo",
                                                script_config={}, username="shop",
                                                message="starts at 10:00")])
+    claimers[0].join(10)
+    store.on_written = told_written
     assert claimed and claimed[0]["id"] == task_id
-    told = [tl.json.loads(d) for _, k, d in hub.wait_after(last, 0) if k == "task"]
-    assert [t["status_text"] for t in told] == ["pending", "running"]
-    store.on_change = announce
-    with store.write() as conn:             # the same task read back, as it was then
+    assert under_lock == [True, True]                  # the task's rows, then the phone's
+    told = [(k, tl.json.loads(d)) for _, k, d in hub.wait_after(last, 0)]
+    assert [(k, t.get("status_text"), t.get("pending_count")) for k, t in told] == [
+        ("task", "pending", None), ("device", None, 1), ("task", "running", None),
+        ("device", None, 0)]
+    with store.write() as conn:             # the same rows read back, as they were then
         conn.execute("UPDATE tasks SET status=0, message='starts at 10:00' WHERE id=?",
                      (task_id,))
-    assert told[0] == hub.describe("task", task_id)
+    assert told[0][1] == hub.describe("task", task_id)
+    assert told[1][1] == hub.describe("device", "P1")

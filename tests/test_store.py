@@ -1,6 +1,7 @@
 """The Store on its own, synchronously: schema, lifecycle compare-and-sets, concurrency."""
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import random
@@ -515,6 +516,96 @@ def test_eight_threads_create_and_finish_without_locking_errors(db_path):
         assert store.query_one("SELECT COUNT(*) FROM task_log")[0] == 8 * per_thread
     finally:
         store.close()
+
+
+class _Line(collections.deque):
+    """Store._creates that sets ``full`` once ``size`` creates wait in it."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size, self.full = size, threading.Event()
+
+    def append(self, job):
+        super().append(job)
+        if len(self) >= self.size:
+            self.full.set()
+
+
+def creates_in_line(st, tasks_of):
+    """create_tasks(tasks_of(i)) in one thread each, all started while the write lock is
+    held, so they are in line together when it is let go; returns each one's ids or
+    error, and the store's commit count before the lock was let go."""
+    answers, line = {}, _Line(len(tasks_of))
+    st._creates = line
+
+    def create(index):
+        try:
+            answers[index] = st.create_tasks(tasks_of[index])
+            for task_id in answers[index]:       # answered only once on disk
+                assert on_disk(st.path, "SELECT 1 FROM tasks WHERE id=?", (task_id,))
+        except Exception as exc:                  # noqa: BLE001 - the test looks at it
+            answers[index] = exc
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(len(tasks_of))]
+    with st.write():
+        for thread in threads:
+            thread.start()
+        assert line.full.wait(10), "the creates did not get in line"
+        commits = st._changes
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(t.is_alive() for t in threads), "a create hung"
+    return answers, commits + 1                 # + the commit of the write held above
+
+
+def test_a_device_s_row_reads_only_its_running_and_pending_tasks(st):
+    """list_devices (read for every create's device event) finds the running task in
+    the index of running tasks, and counts pending ones in tasks_due: never a walk over
+    all the phone's tasks, whatever other index on serial the schema has."""
+    st.upsert_device("d1", state="device")
+    said = []
+    st._reader().set_trace_callback(said.append)
+    st.list_devices("d1")
+    st._reader().set_trace_callback(None)
+    plan = [row[3] for row in st.query("EXPLAIN QUERY PLAN " + said[-1])]
+    on_tasks = [step for step in plan if step.split()[1] == "tasks"]
+    assert len(on_tasks) == 2, plan
+    assert all("tasks_one_running_per_device" in s or "tasks_due" in s for s in on_tasks)
+
+
+def test_creates_in_line_are_written_together_each_with_its_own_ids(st):
+    """Group commit: creates that wait while another write holds the lock are written in
+    one statement by the first of them, and each gets its own ids once committed."""
+    tasks_of = [[new(f"d{i}")] * (1 + i % 3) for i in range(6)]
+    answers, commits = creates_in_line(st, tasks_of)
+    assert st._changes == commits + 1                        # one write for all six
+    for index, ids in answers.items():
+        assert [r["serial"] for r in map(st.get_task, ids)] == [f"d{index}"] * len(ids)
+    assert sorted(i for ids in answers.values() for i in ids) == [r["id"] for r in rows(st)]
+    assert st.stats()["pending"] == sum(map(len, tasks_of))
+
+
+def test_a_create_in_line_that_breaks_fails_alone(st):
+    """A create whose task the database refuses gets its own error; the others in line
+    with it are written."""
+    tasks_of = [[new("d0")], [new("d1"), new(None)], [new("d2")]]
+    answers, _ = creates_in_line(st, tasks_of)
+    assert isinstance(answers[1], sqlite3.IntegrityError)
+    assert [r["serial"] for r in rows(st)] == ["d0", "d2"]
+    assert [r["id"] for r in rows(st)] == answers[0] + answers[2]
+
+
+def test_a_write_of_creates_in_line_that_fails_answers_each_and_writes_none(st):
+    """A full disk fails the write of all the creates in line: each is told, none is
+    written, and the creates after them are written as usual."""
+    st.create_tasks([new()])
+    pages = st.query_one("PRAGMA page_count")[0]
+    st._writer.execute(f"PRAGMA max_page_count={pages}")     # a full disk
+    answers, _ = creates_in_line(st, [[new(f"d{i}", message="x" * 4000)] for i in range(3)])
+    assert all(isinstance(a, tml.StorageFull) for a in answers.values()), answers
+    assert len(rows(st)) == 1
+    st._writer.execute("PRAGMA max_page_count=1073741823")
+    assert len(st.create_tasks([new()])) == 1
 
 
 def test_concurrent_claims_never_run_a_task_twice(db_path):
@@ -1373,10 +1464,11 @@ def test_in_task_end_listeners_write_in_the_ending_transaction(st, db_path):
                    )[0][0] == T0 + 3600
 
 
-def test_one_task_is_written_in_one_statement_unless_lines_wait_in_memory(st):
-    """A lone INSERT is atomic by itself: no BEGIN and COMMIT around it. While a task
-    that runs here has lines waiting in memory, the create writes them too, in one
-    transaction; several tasks are one transaction, all or none."""
+def test_new_tasks_are_written_in_one_statement_unless_lines_wait_in_memory(st):
+    """A lone INSERT is atomic by itself: no BEGIN and COMMIT around it, and it holds up
+    to INSERT_ROWS tasks. More tasks are one transaction, all or none. While a task that
+    runs here has lines waiting in memory, the create writes them too, in one
+    transaction."""
     st.upsert_device("d1", state="device")
     st.upsert_device("d2", state="device")
     said = []
@@ -1387,10 +1479,19 @@ def test_one_task_is_written_in_one_statement_unless_lines_wait_in_memory(st):
     with pytest.raises(sqlite3.IntegrityError):    # a lone statement that fails leaves nothing
         st.create_tasks([new(None)])
     del said[:]
-    with pytest.raises(sqlite3.IntegrityError):    # nor does a transaction of several
+    with pytest.raises(sqlite3.IntegrityError):    # nor does one of several rows
         st.create_tasks([new("d2"), new(None)])
+    assert {sql.split()[0] for sql in said} == {"INSERT"}          # and its triggers
+    del said[:]
+    with pytest.raises(sqlite3.IntegrityError):    # nor a transaction of several statements
+        st.create_tasks([new("d2")] * tml.INSERT_ROWS + [new(None)])
     assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "ROLLBACK"
     assert [r["serial"] for r in rows(st)] == ["d1"]
+    del said[:]
+    ids = st.create_tasks([new("d2")] * (tml.INSERT_ROWS + 1))
+    assert said[0] == "BEGIN IMMEDIATE" and said[-1] == "COMMIT"
+    assert ids == list(range(ids[0], ids[0] + tml.INSERT_ROWS + 1))
+    assert [r["id"] for r in rows(st) if r["serial"] == "d2"] == ids
     running = st.claim_next("d1", st.clock() + 1)
     st.add_log(running["id"], "waits in memory")
     del said[:]
