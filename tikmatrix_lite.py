@@ -1495,8 +1495,9 @@ class Store:
         tasks_created (a day: 24 rows and at most two hours' entries, not the day's)."""
         if low > high:
             return 0, 0, 0
-        hour_low = math.floor(low / 3600) if low > -math.inf else None
-        hour_high = math.floor(high / 3600) if high < math.inf else None
+        # floats: sqlite's integers end at 2**63, a timestamp asked for need not
+        hour_low = float(math.floor(low / 3600)) if low > -math.inf else None
+        hour_high = float(math.floor(high / 3600)) if high < math.inf else None
         count_sql = ("SELECT COUNT(*), MIN(id), MAX(id) FROM tasks INDEXED BY tasks_created"
                      " WHERE created_at BETWEEN ? AND ? AND CAST(created_at / 3600 AS"
                      " INTEGER) BETWEEN ? AND ?")

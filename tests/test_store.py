@@ -1531,3 +1531,13 @@ def test_time_range_totals_match_a_count_of_the_tasks(st, clock):
                  serial, serial))]
             assert total == len(plain), (low, high, serial)
             assert [r["id"] for r in found] == plain[:7], (low, high, serial)
+
+
+@pytest.mark.parametrize("low, high", [(9.223372036854774e18, None), (None, -9.3e18),
+                                       (1e300, 1e308), (-1e308, 1e308)])
+def test_time_range_at_the_ends_of_the_numbers(st, low, high):
+    """A range beyond sqlite's 64-bit integers is a range like another (the hours are
+    bound as floats): nothing there, or everything."""
+    st.create_tasks([new()])
+    _, total = st.list_tasks(created_from=low, created_to=high)
+    assert total == (1 if (low, high) == (-1e308, 1e308) else 0)
