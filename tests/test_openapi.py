@@ -12,7 +12,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 import tikmatrix_lite as tml
 
@@ -116,6 +116,17 @@ def value_of(decl, name=""):
                            max_size=3)
 
 
+def _utf8(value):
+    """Whether a form field's value can be written as UTF-8."""
+    items = value if isinstance(value, list) else [value]
+    try:
+        for item in items:
+            str(item).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def fields_of(decls):
     required = {n: value_of(d, n) for n, d in decls.items() if d.get("required")}
     optional = {n: value_of(d, n) for n, d in decls.items() if not d.get("required")}
@@ -195,6 +206,9 @@ def test_schema_valid_uploads_are_never_refused_for_their_shape(app, client, add
                               st.sampled_from(MEDIA_HEADS), st.binary(max_size=64)),
                     min_size=1, max_size=3))
     def check(fields, files):
+        # a form field travels as UTF-8 bytes: a lone surrogate cannot be sent at all
+        # (the JSON routes get it escaped, and refuse it: test_bad_text.py)
+        assume(all(_utf8(v) for v in fields.values()))
         uploads = [("file", name, head + tail) for name, head, tail in files]
         resp = client.post(API + "/material", params=fields, upload_files=uploads,
                            expect_errors=True)
