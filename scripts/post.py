@@ -359,7 +359,7 @@ def last_of(app, key):
 def wide_at_bottom(app, key):
     """The page's main button: the widest of the key's elements in the bottom quarter."""
     def wide(tree):
-        height = max(n.bounds[3] for n in tree.nodes)
+        height = max((n.bounds[3] for n in tree.nodes), default=0)
         low = [n for n in app.find_all(key, tree) if n.bounds[1] >= height * 3 // 4]
         return max(low, key=lambda n: n.bounds[2] - n.bounds[0], default=None)
     wide.__doc__ = f"{key} (the wide one at the bottom)"
