@@ -327,6 +327,13 @@ def text_node(text, box, rid="", clickable=False, desc="", cls="android.widget.T
                    focusable=clickable)
 
 
+def app_dialog(box, title, *buttons):
+    """An INVENTED dialog of the app: its title and its buttons, each (label, box)."""
+    return ui_node("android.widget.FrameLayout", box, children=[text_node(*title)] + [
+        text_node(label, where, clickable=True, cls="android.widget.Button")
+        for label, where in buttons])
+
+
 # ---------------------------------------------------------------------------------------
 # The base of both apps
 # ---------------------------------------------------------------------------------------
@@ -1039,12 +1046,11 @@ class TikTokApp(ModelApp):
         caption.set("focused", "true" if self.focus == "caption" else "false")
         self._link_row(root)
         if self.screen == "publish_dialog":      # INVENTED: no dump of this dialog
-            overlay(root, ui_node("android.widget.FrameLayout", (0, 1500, W, H), children=[
-                text_node("Publish video publicly?", (60, 1550, 1020, 1650)),
-                text_node("Publish now", (60, 1700, 1020, 1820), clickable=True,
-                          cls="android.widget.Button"),
-                text_node("Cancel", (60, 1850, 1020, 1970), clickable=True,
-                          cls="android.widget.Button")]), package=self.package)
+            overlay(root, app_dialog((0, 1500, W, H), ("Publish video publicly?",
+                                                       (60, 1550, 1020, 1650)),
+                                     ("Publish now", (60, 1700, 1020, 1820)),
+                                     ("Cancel", (60, 1850, 1020, 1970))),
+                    package=self.package)
         return root
 
     def _link_row(self, root):
@@ -1104,12 +1110,9 @@ class TikTokApp(ModelApp):
     # name in an EditText, a wide Add at the bottom.
     def render_product_confirm(self):
         root = self.render_showcase()
-        overlay(root, ui_node("android.widget.FrameLayout", (90, 900, 990, 1500), children=[
-            text_node("Add product?", (140, 950, 940, 1050)),
-            text_node("Cancel", (140, 1350, 500, 1450), clickable=True,
-                      cls="android.widget.Button"),
-            text_node("Add", (580, 1350, 940, 1450), clickable=True,
-                      cls="android.widget.Button")]), package=self.package)
+        overlay(root, app_dialog((90, 900, 990, 1500), ("Add product?", (140, 950, 940, 1050)),
+                                 ("Cancel", (140, 1350, 500, 1450)),
+                                 ("Add", (580, 1350, 940, 1450))), package=self.package)
         return root
 
     def tap_product_confirm(self, h, x, y):
