@@ -389,14 +389,16 @@ def publish_tiktok(app):
 
 
 def left_for_the_upload(app, *also):
-    """The publishing tap's effect: the upload's progress or its end shows, or the post
-    screen is gone (an upload shorter than a dump can end before the next look)."""
+    """The publishing tap's effect: the upload's progress or its end shows, or the app's
+    feed or profile instead of the post screen (an upload shorter than a dump can end
+    before the next look). An empty or failed dump proves nothing."""
     shown = app.any_of(*also, "upload_progress", "posted")
+    main = app.any_of("home_tab", "profile_tab")
 
     def published(tree):
-        return shown(tree) or (app.find("post", tree) is None and
+        return shown(tree) or (main(tree) and app.find("post", tree) is None and
                                app.find("caption", tree) is None)
-    published.__doc__ = f"{shown.__doc__}, or the post screen gone"
+    published.__doc__ = f"{shown.__doc__}, or the feed instead of the post screen"
     return published
 
 
