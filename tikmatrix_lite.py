@@ -3336,6 +3336,8 @@ class DeviceManager:
             log.warning("could not read the properties of %s: %s", serial, exc)
             with contextlib.suppress(Exception):
                 self.store.upsert_device(serial, last_error=f"identify: {exc}"[:500])
+        finally:                   # a thread per phone that comes online: no reader kept
+            self.store.release_thread()
 
     def describe(self, serial: str) -> None:
         """Screen size, broadcast input method and app versions, for the farm view."""

@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -217,6 +218,17 @@ def test_task_threads_leave_no_sqlite_connection_behind(farm):
     for _ in range(10):
         run_batch()
     assert len(farm.lite.store._all_connections) <= before
+
+
+def test_identifying_a_phone_leaves_no_sqlite_connection_behind(farm):
+    """A thread reads each phone that comes online (model, apps): its reader is closed
+    with it, or a farm whose phones reconnect all day piles them up."""
+    phone = farm.add_phone()
+    wait_until(lambda: farm.lite.store.get_device(phone.address)["model"], 10, "identified")
+    wait_until(lambda: not any(t.name.startswith("identify-") and t.is_alive()
+                               for t in threading.enumerate()), 10, "identify thread ends")
+    assert not [t.name for t, _ in farm.lite.store._all_connections
+                if t.name.startswith("identify-")]
 
 
 def test_delete_of_a_running_task_stops_it_first(farm):
