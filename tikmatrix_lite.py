@@ -4260,7 +4260,9 @@ class Phone:
                         return node
                     continue
             else:
-                done = self._expected(tree, expect, target)
+                # an effect counts on a screen of the app only: the launcher a crash fell
+                # back to also lacks the element a step expected to go away
+                done = self._expected(tree, expect, target) if self._absent == 0 else None
                 if done is not None:
                     return node if done is True else done
                 again = self._locate(tree, target)

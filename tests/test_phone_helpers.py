@@ -204,6 +204,16 @@ def test_app_that_left_the_screen_raises_app_left(phone):
     assert "no longer on the screen" in str(failure.value)
 
 
+def test_a_crash_at_the_tap_is_no_effect_even_for_an_element_expected_to_go(phone):
+    """The launcher a crash falls back to lacks the button as well: "Go gone" is not
+    seen there (the app must be on the screen), and the step ends AppLeft, acted."""
+    p, device, _ = phone
+    device.crash_after_taps(0)
+    with pytest.raises(lite.AppLeft) as failure:
+        p.step("tap Go", GO, expect=lite.GONE, timeout=20)
+    assert failure.value.acted
+
+
 def test_crash_dialog_is_closed_and_raises_app_left(phone):
     p, device, _ = phone
     device.crash_app(PKG, dialog=True)
