@@ -4260,8 +4260,7 @@ class Phone:
                         return node
                     continue
             else:
-                # an effect counts on a screen of the app only: the launcher a crash fell
-                # back to also lacks the element a step expected to go away
+                # an effect counts on the app's screen only, not on a crash's launcher
                 done = self._expected(tree, expect, target) if self._absent == 0 else None
                 if done is not None:
                     return node if done is True else done
