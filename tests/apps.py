@@ -12,9 +12,11 @@ Why
 Invented screens (no real dump of them exists in the fixtures) are built with
 phonesim.ui_node and marked "INVENTED" where they are made: the TikTok search page and
 its results, the sound page, the name-with-chevron, profile menu and settings (the
-"Switch account" sheet follows taktik-bot's captured trees), the comment sheets, the "Publish now" dialog and the missing-profile
-page; Instagram's home, own profile, switcher sheet, unfollow sheet, story editor, post
-page, comments and "shared" banner. Pop-ups and block screens are Android dialog windows
+"Switch account" sheet follows taktik-bot's captured trees), the comment sheets, the
+"Publish now" dialog and the missing-profile page; Instagram's home, own profile,
+switcher sheet, unfollow sheet, story editor, post page, comments, "shared" banner,
+"About Reels" sheet and draft dialog; the app dialogs after a showcase product's Add;
+the puzzle window. Pop-ups and block screens are Android dialog windows
 (phonesim.alert_window, AOSP ids) with the apps' texts; their sources are cited at
 POPUP_KINDS and BLOCKS.
 
