@@ -671,10 +671,9 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                 readings.append((time.monotonic(), int(percent.group(1))))
             app.task.progress(90, f"uploading {progress.text}")
             return False
-        # a bare look: the app's feed or profile, nothing of the upload (not an empty
-        # or failed dump, which proves nothing)
-        seen["bare"] += not seen["progress"] and (app.find("home_tab", tree) is not None
-                                                  or app.find("profile_tab", tree) is not None)
+        # a bare look: the app's feed or profile, nothing of the upload (not another
+        # screen, which proves nothing)
+        seen["bare"] += not seen["progress"] and app.any_of("home_tab", "profile_tab")(tree)
         if seen["bare"] == 2:
             app.task.log(f"{app.script}: no upload progress showed after the publishing "
                          "tap: the upload ended before the first look")

@@ -525,9 +525,9 @@ class ModelApp(App):
         """The photos and videos prompt, the first time the gallery opens; the answer
         decides what the gallery shows."""
         spec = dict(MEDIA_PROMPT, title=MEDIA_PROMPT["title"].format(app=self.label))
-        self._set_popup(spec, kind="media")
-        self.popup["on_button"] = lambda label: setattr(self, "media_access", {
-            "Allow all": "all", "Select photos and videos": "limited"}.get(label, "denied"))
+        self._set_popup(spec, kind="media", on_button=lambda label: setattr(
+            self, "media_access", {"Allow all": "all", "Select photos and videos":
+                                   "limited"}.get(label, "denied")))
 
     def inject_popup(self, title="Turn on notifications?", button="Not now"):
         """A pop-up now (tests of a pop-up in the middle of a flow): an AlertDialog
@@ -557,11 +557,21 @@ class ModelApp(App):
             self.toast, self.toast_dumps = spec["toast"], 2
         else:
             self._set_popup(dict(spec, window="app", back=True), kind="block:" + kind)
-            if spec.get("desc"):
-                self.popup["window"].set("content-desc", spec["desc"])
         return True
 
-    def _set_popup(self, spec, over=None, kind=""):
+    def _set_popup(self, spec, over=None, kind="", element=None, on_button=None):
+        """Show a pop-up: a window drawn from `spec` (or `element`, drawn already);
+        `on_button(label)` is told which of its buttons closed it."""
+        if element is None:
+            element = self._popup_window(spec, over)
+        if spec.get("desc"):
+            element.set("content-desc", spec["desc"])
+        self.popup = {"kind": kind, "window": element, "tutorial": bool(spec.get("tutorial")),
+                      "back": spec.get("back", True), "on_button": on_button}
+        self._pause()
+
+    def _popup_window(self, spec, over=None):
+        """The window of a POPUP_KINDS / BLOCKS spec, `over` a point it covers."""
         window = spec.get("window", "app")
         package = self.package if window == "app" else window
         if spec.get("tutorial"):
@@ -590,9 +600,7 @@ class ModelApp(App):
             element = alert_window(package, spec.get("title", ""), spec.get("message", ""),
                                    buttons, bounds=(90, top, 990, top + 680),
                                    ids=spec.get("ids"))
-        self.popup = {"kind": kind, "window": element, "tutorial": bool(spec.get("tutorial")),
-                      "back": spec.get("back", True)}
-        self._pause()
+        return element
 
     def _play(self):
         """A playing video keeps uiautomator from getting an idle state: the next three
@@ -1786,8 +1794,7 @@ class InstagramApp(ModelApp):
     # docs/research/sources_s5b.md, gap 2e).
     def _about_reels(self):
         pkg = self.package
-        self._set_popup({"window": "app", "back": True}, kind="about_reels")
-        self.popup["window"] = ui_node(
+        sheet = ui_node(
             "android.widget.FrameLayout", (0, 1200, W, H), package=pkg, children=[
                 text_node("About Reels", (60, 1260, 1020, 1360),
                           rid=f"{pkg}:id/clips_nux_sheet_title"),
@@ -1795,16 +1802,16 @@ class InstagramApp(ModelApp):
                         clickable=True, resource_id=f"{pkg}:id/clips_nux_sheet_share_button"),
                 ui_node("android.widget.Button", (60, 1660, 1020, 1780), text="Cancel",
                         clickable=True, resource_id=f"{pkg}:id/clips_nux_sheet_cancel_button")])
+
         def answered(label):
             self.reels_nux = False
             if label == "Share":
                 self._publish()
-        self.popup["on_button"] = answered
+        self._set_popup({"back": True}, kind="about_reels", element=sheet, on_button=answered)
 
     def _draft_dialog(self):
         pkg = self.package
-        self._set_popup({"window": "app", "back": False}, kind="draft")
-        self.popup["window"] = ui_node(
+        dialog = ui_node(
             "android.widget.FrameLayout", (90, 300, 990, 850), package=pkg, children=[
                 text_node("Keep editing your draft?", (150, 360, 930, 460),
                           rid=f"{pkg}:id/igds_headline_headline"),
@@ -1818,7 +1825,7 @@ class InstagramApp(ModelApp):
             if label == "Continue editing":        # another run's video, in the editor
                 self.selected = ["/sdcard/DCIM/Camera/old_draft.mp4"]
                 self.goto("editor")
-        self.popup["on_button"] = answered
+        self._set_popup({"back": False}, kind="draft", element=dialog, on_button=answered)
 
     def render_story_editor(self):                 # INVENTED: no story editor dump
         return hierarchy(ui_node("android.widget.Button", (40, 2100, 520, 2240),
