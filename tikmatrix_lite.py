@@ -784,6 +784,16 @@ MIGRATIONS: List[str] = [
         UPDATE task_hours SET n = n - 1 WHERE hour = CAST(OLD.created_at / 3600 AS INTEGER);
     END;
     """,
+    # 7: a task's revision, so a page of tasks is made of the JSON kept for each one
+    # (Store.task_page_json) while it is current. Every UPDATE moves it: a trigger, so
+    # no writer can forget; it rewrites the row in the page the update writes anyway.
+    # Recursive triggers are off: the trigger's own UPDATE does not fire it again.
+    """
+    ALTER TABLE tasks ADD COLUMN rev INTEGER NOT NULL DEFAULT 0;
+    CREATE TRIGGER tasks_rev AFTER UPDATE ON tasks WHEN NEW.rev = OLD.rev BEGIN
+        UPDATE tasks SET rev = OLD.rev + 1 WHERE id = NEW.id;
+    END;
+    """,
 ]
 
 #: New databases get small pages: a commit writes every page it changed to the WAL, whole,
@@ -814,6 +824,8 @@ INSERT_TASKS_SQL = (
     " message) VALUES ")
 INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ROWS = 40
+#: Tasks whose JSON the store keeps for pages (about 1 KB each: 100 pages of 20).
+KEPT_TASKS_JSON = 2000
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
@@ -910,6 +922,9 @@ class Store:
         self._device_rows = 0
         self._device_marks: List[str] = []
         self._cache: Dict[Any, Tuple[int, Any]] = {}
+        #: task id -> (rev, the task's JSON) for pages of tasks: a page after a commit
+        #: builds only the tasks that changed (building one costs sqlite ~30 columns)
+        self._task_json: Dict[int, Tuple[int, str]] = {}
         self._write_lock = threading.RLock()
         #: create_tasks calls waiting for the first of them to write them all
         self._creates: "collections.deque[_CreateJob]" = collections.deque()
@@ -1416,13 +1431,14 @@ class Store:
         return [self._with_live(row) for row in self.query(sql, params)], total
 
     def task_page_json(self, **filters: Any) -> Tuple[str, int]:
-        """list_tasks' page as the API's JSON array of tasks (task_to_json's), built by
-        sqlite in one step; returns (JSON text, total matching).
+        """list_tasks' page as the API's JSON array of tasks (task_to_json's), read by
+        sqlite in a step or two; returns (JSON text, total matching).
 
         Each row read is a step, and sqlite3 lets go of the GIL at every step: under
         load every release hands the interpreter to another thread, and a page read row
-        by row, decoded and encoded again cost 3-4 times a bare request. A page with a
-        time sqlite cannot show as Python does (see TASK_JSON_SQL) is built in Python.
+        by row, decoded and encoded again cost 3-4 times a bare request. So sqlite joins
+        the rows into one text, and each task's JSON, once built, is kept at its
+        revision (rev): a page after a commit builds again only the tasks it changed.
         A page asked for again before any change is the one kept (_cached).
         """
         key = tuple((name, tuple(value) if isinstance(value, list) else value)
@@ -1430,20 +1446,60 @@ class Store:
         return self._cached(("page",) + key, lambda: self._task_page_json(**filters))
 
     def _task_page_json(self, **filters: Any) -> Tuple[str, int]:
+        """The page in two steps at most: its tasks' ids, revisions and states, then the
+        JSON of those not kept at their revision. A task changed between the two shows
+        its newer state; one deleted between them is left out."""
         found = self._page_query(**filters)
         if found is None:
             return "[]", 0
         sql, params, total = found
+        listed = self.query_one(f"SELECT group_concat(id || ' ' || rev || ' ' || status)"
+                                f" FROM ({sql})", params)[0]
+        if not listed:
+            return "[]", total
+        page = [tuple(map(int, entry.split(" "))) for entry in listed.split(",")]
+        kept = self._task_json
+        pieces = {task_id: kept[task_id][1] for task_id, rev, status in page
+                  if status != RUNNING and kept.get(task_id, (None,))[0] == rev}
+        missing = [task_id for task_id, _rev, _status in page if task_id not in pieces]
+        if missing:
+            pieces.update(self._tasks_json(missing))
+        return "[" + ",".join(pieces[task_id] for task_id, _rev, _status in page
+                              if task_id in pieces) + "]", total
+
+    def _tasks_json(self, ids: List[int]) -> Dict[int, str]:
+        """These tasks' JSON (task_to_json's) built by sqlite in one step, kept at their
+        revision unless running (whose progress waits in memory, _with_live). A task
+        with a time sqlite cannot show as Python does (see TASK_TIMES_EXACT_SQL) is
+        built in Python."""
         with self._live_lock:                  # progress reported since the last write
             live = {str(task_id): [t.progress, t.message] for task_id, t in
                     self._live.items() if t.progress is not None}
-        text, exact = self.query_one(
-            f"SELECT '[' || COALESCE(group_concat({TASK_JSON_SQL}, ','), '') || ']',"
-            f" MIN({TASK_TIMES_EXACT_SQL}) FROM ({sql})", [_dump_json(live)] + params)
-        if exact == 0:
-            rows = [self._with_live(row) for row in self.query(sql, params)]
-            text = json.dumps([task_to_json(r) for r in rows], ensure_ascii=False)
-        return text, total
+        marks = ",".join("?" * len(ids))
+        text = self.query_one(
+            f"SELECT group_concat(id || ' ' || rev || ' ' || status || ' ' ||"
+            f" ({TASK_TIMES_EXACT_SQL}) || ' ' || {TASK_JSON_SQL}, char(10))"
+            f" FROM tasks WHERE id IN ({marks})", [_dump_json(live)] + ids)[0]
+        built, inexact = {}, []
+        for line in (text or "").split("\n"):      # JSON text holds no raw newline
+            task_id, rev, status, exact, task_json = line.split(" ", 4)
+            if exact != "1":
+                inexact.append(int(task_id))
+                continue
+            built[int(task_id)] = task_json
+            if int(status) != RUNNING:
+                self._keep_task_json(int(task_id), int(rev), task_json)
+        if inexact:
+            rows = self.query(f"SELECT * FROM tasks WHERE id IN ({','.join('?' * len(inexact))})",
+                              inexact)
+            built.update((row["id"], json.dumps(task_to_json(self._with_live(row)),
+                                                ensure_ascii=False)) for row in rows)
+        return built
+
+    def _keep_task_json(self, task_id: int, rev: int, task_json: str) -> None:
+        if len(self._task_json) >= KEPT_TASKS_JSON:
+            self._task_json = {}            # dropped whole: a rebinding needs no lock
+        self._task_json[task_id] = (rev, task_json)
 
     def _page_query(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
                     script_name: Optional[str] = None, source: Optional[str] = None,
@@ -1652,8 +1708,9 @@ class Store:
     def _mark_running(conn: sqlite3.Connection, task_id: int,
                       now: float) -> Optional[sqlite3.Row]:
         """The compare-and-set pending -> running; the task's new row, or None."""
+        # it moves rev itself: RETURNING shows the row before triggers run (tasks_rev)
         sql = (f"UPDATE tasks SET status={RUNNING}, started_at=?, progress=0, message='',"
-               f" error='' WHERE id=? AND status={PENDING}")
+               f" error='', rev=rev + 1 WHERE id=? AND status={PENDING}")
         if SQLITE_HAS_RETURNING:        # one statement instead of two
             rows = conn.execute(sql + " RETURNING *", (now, task_id)).fetchall()
             return rows[0] if rows else None

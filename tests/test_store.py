@@ -400,7 +400,8 @@ def test_recover_interrupted_changes_nothing_else(st, clock):
     assert set(after) == set(before)
     for task_id in (ids[0], ids[1]):
         changed = {k for k in before[task_id] if before[task_id][k] != after[task_id][k]}
-        assert changed == {"status", "end_time", "error", "message"}
+        # rev: the revision every update moves (kept pages of tasks see it changed)
+        assert changed == {"status", "end_time", "error", "message", "rev"}
         assert after[task_id]["message"] == "failed: " + tml.INTERRUPTED   # how it ended
         assert after[task_id]["status"] == 3
         assert after[task_id]["error"] == tml.INTERRUPTED
@@ -1320,6 +1321,30 @@ def test_a_page_built_by_sqlite_is_task_to_json_s(st, clock, berlin_time):
         assert [list(task) for task in json.loads(text)] == [list(t) for t in shown]
     statuses = {task["status_text"] for task in json.loads(st.task_page_json()[0])}
     assert statuses == {"pending", "running", "completed", "failed"}
+
+
+def test_a_page_builds_again_only_the_tasks_that_changed(st, db_path, clock):
+    """Each task's JSON is kept at its revision: a change by this store, by another
+    writer of the file, or a task deleted, shows on the next page; the rest is kept."""
+    ids = st.create_tasks([new("d1") for _ in range(6)])
+    first = json.loads(st.task_page_json()[0])
+    assert set(st._task_json) == set(ids)
+    built = []
+    real = st._tasks_json
+    st._tasks_json = lambda missing: built.append(sorted(missing)) or real(missing)
+    st.claim_next("d1", T0 + 1)                        # ids[0] runs: never kept
+    st.finish(ids[0], ok=True, result={"n": 1})
+    other = sqlite3.connect(str(db_path))                # another writer of the file
+    with other:
+        other.execute("UPDATE tasks SET message='from elsewhere' WHERE id=?", (ids[3],))
+    other.close()
+    st.delete_task(ids[5])
+    shown = {task["id"]: task for task in json.loads(st.task_page_json()[0])}
+    assert built == [[ids[0], ids[3]]]
+    assert (shown[ids[0]]["status_text"], shown[ids[0]]["result"]) == ("completed", {"n": 1})
+    assert shown[ids[3]]["message"] == "from elsewhere" and ids[5] not in shown
+    assert [shown[i] for i in (ids[2], ids[1])] == [t for t in first if t["id"] in ids[1:3]]
+    assert (json.loads(st.task_page_json()[0]), st.list_tasks()[1]) == page_in_python(st)
 
 
 @pytest.mark.parametrize("when", [datetime.datetime(1960, 7, 1, 12, 0, 0, 500000),
