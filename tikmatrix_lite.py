@@ -2591,6 +2591,10 @@ EVENT_RING = 2000
 EVENT_KEEPALIVE = 15.0
 
 
+#: one encoder for every event (json.dumps with options builds one per call)
+_EVENT_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
+
+
 class EventHub:
     """Live events (SPEC 7.1): what the store's commits changed, as numbered events.
 
@@ -2613,7 +2617,7 @@ class EventHub:
         store.on_written = self.on_store_written
 
     def publish(self, kind: str, data: Dict[str, Any]) -> int:
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=str)
+        text = _EVENT_JSON.encode(data)
         with self._cond:
             event_id = self._next_id
             self._next_id += 1
@@ -6399,7 +6403,8 @@ def route(method: str, path: str, summary: str, *, body: Optional[dict] = None,
 
     ``body`` and ``query`` are declarations (like a script's PARAMS): the handler gets
     them checked as ``body=`` and ``query=``, unless ``checks_body`` says its operation
-    checks the body itself (a multipart ``consumes`` is always read by its handler).
+    checks the body itself, check_json included (a multipart ``consumes`` is always read
+    by its handler).
     ``data`` is the OpenAPI schema of a success's data.
     """
     def mark(handler):
@@ -6595,7 +6600,8 @@ class Api:
                         raise NotFound(f"{name[:-3]} {kwargs[name]} not found")
                 if spec["body"] and spec["consumes"] == "application/json":
                     raw = self.json_body()
-                    check_json({k: v for k, v in raw.items() if k in spec["body"]})
+                    if not spec["checks_body"]:
+                        check_json({k: v for k, v in raw.items() if k in spec["body"]})
                     kwargs["body"] = raw if spec["checks_body"] else \
                         check_fields(raw, spec["body"], switches=False)
                 if spec["query"]:
@@ -7110,6 +7116,7 @@ class Api:
     @route("PUT", "/material/{material_id}", "Change a material's tags, account or caption",
            body=MATERIAL_FIELDS, checks_body=True, data="Material")
     def update_material(self, material_id, body):
+        check_json({k: v for k, v in body.items() if k in MATERIAL_FIELDS})
         row = self.lite.material(material_id)
         check_fields(body, MATERIAL_FIELDS, switches=False)
         fields = self._material_fields({k: body[k] for k in MATERIAL_FIELDS if k in body},
