@@ -3861,6 +3861,13 @@ CRASH_CLOSE_ID = "android:id/aerr_close"
 APP_ABSENT_LOOKS = 4
 
 
+#: Directional marks the apps wrap text in (TikTok shows "\u200e\u2068name\u2069" for
+#: every handle: TK search.py and its 47.0.3 test, docs/research/sources_s6.md 5a). A
+#: dump's text and desc are read without them, so a handle compares as typed.
+BIDI_MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                    "\u2066\u2067\u2068\u2069"))
+
+
 @dataclass
 class Node:
     """One element of a uiautomator window dump."""
@@ -3941,8 +3948,10 @@ class UiTree:
                 continue
             nums = [int(n) for n in re.findall(r"-?\d+", el.get("bounds", ""))] + [0] * 4
             self.nodes.append(Node(
-                text=el.get("text", ""), resource_id=el.get("resource-id", ""),
-                desc=el.get("content-desc", ""), class_name=el.get("class", ""),
+                text=el.get("text", "").translate(BIDI_MARKS),
+                resource_id=el.get("resource-id", ""),
+                desc=el.get("content-desc", "").translate(BIDI_MARKS),
+                class_name=el.get("class", ""),
                 package=el.get("package", ""), bounds=tuple(nums[:4]),
                 clickable=el.get("clickable") == "true", enabled=el.get("enabled") != "false",
                 selected=el.get("selected") == "true", checked=el.get("checked") == "true",

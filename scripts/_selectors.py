@@ -55,9 +55,13 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
     # result tabs have no ids: "Users" (TK search.py), "Accounts" on some builds
     "users_tab": {"ids": {}, "labels": [{"text": "Users"}, {"desc": "Users"},
                                         {"text": "Accounts"}]},
-    # a user row's handle: tv_username (TK's 47.0.3 dump), ye2 (TK search.py); rows are
-    # matched with the handle's text, never the EditText
-    "user_row_name": {"ids": {"47.0.3": ["tv_username"], "43.1.4": ["ye2"]}, "labels": []},
+    # a user row's handle: tv_username (TK's 47.0.3 dump and search.py on 46.6.3), ye2
+    # (TK search.py, 43.1.4); trill 46.x has it in tv_aweme_id and the display name in
+    # tv_username (VNF-search; TikTok fills tv_username from a server field, DECOMP:
+    # docs/research/sources_s6.md 5a). Rows are matched with the handle's text, never
+    # the EditText
+    "user_row_name": {"ids": {"47.0.3": ["tv_username", "tv_aweme_id"], "43.1.4": ["ye2"]},
+                      "labels": []},
     "sounds_tab": {"ids": {}, "labels": [{"text": "Sounds"}, {"desc": "Sounds"}]},
     # -- create flow: DUMP 47.0.3 ids; labels EU ("Upload", "Next (n)", "Post",
     # "Post Now"), TK ("Add a description", "Publish now", "successfully"), GL
@@ -379,7 +383,7 @@ BLOCKS = {
                   {"text_contains": "This action was blocked"},
                   {"text_contains": "temporarily blocked"},
                   {"text_contains": "Too many requests"},
-                  {"text_contains": "limit the number of profiles you can view"}],
+                  {"text_contains": "limit the number of profiles you can view"},],
     "tiktok": [{"text_contains": "tapping too fast"},
                {"text_contains": "following too fast"},
                {"text_contains": "Your account was permanently banned"},

@@ -251,6 +251,14 @@ def load(name: str, package: str = None, translate: bool = True) -> ET.Element:
     return root
 
 
+#: How TikTok shows a handle (directional isolates around it), and the handle back.
+HANDLE_MARKS = "\u200e\u2068%s\u2069"
+
+
+def unmarked(text: str) -> str:
+    return text.strip("\u200e\u2068\u2069")
+
+
 def short_id(el) -> str:
     return el.get("resource-id", "").rsplit("/", 1)[-1]
 
@@ -1389,7 +1397,10 @@ class TikTokApp(ModelApp):
                     resource_id=f"{pkg}:id/avatar"),
             text_node(name.replace("_", " ").replace(".", " ").title(),
                       (210, y + 25, 760, y + 90), rid=f"{pkg}:id/nickname"),
-            text_node(name, (210, y + 95, 760, y + 150), rid=f"{pkg}:id/unique_id"),
+            # the handle wrapped in directional marks, as TikTok shows every handle (TK
+            # search.py and its 47.0.3 test)
+            text_node(HANDLE_MARKS % name, (210, y + 95, 760, y + 150),
+                      rid=f"{pkg}:id/unique_id"),
             text_node("Following" if self.follows.get(name) else "Follow",
                       (800, y + 50, 1050, y + 140), clickable=True,
                       rid=f"{pkg}:id/follow_btn", cls="android.widget.Button")])
@@ -1423,12 +1434,12 @@ class TikTokApp(ModelApp):
                 self.tab = text
                 return
             if self.tab == "Users" and short_id(el) == "follow_btn":
-                name = first(_parent_row(h), rid="unique_id").get("text")
+                name = unmarked(first(_parent_row(h), rid="unique_id").get("text"))
                 self.target = name
                 self.set_following(not self.follows.get(name))
                 return
             if self.tab == "Users" and short_id(el) == "user_item":
-                self.target = first(el, rid="unique_id").get("text")
+                self.target = unmarked(first(el, rid="unique_id").get("text"))
                 self.goto("profile")
                 return
             if self.tab == "Sounds" and text in self.sounds:
