@@ -375,7 +375,14 @@ POPUPS = {
 #: web tools), a ban "Your account was permanently banned" (GL, a Chinese Auto.js trill
 #: farm CNAJ, an iOS bot), a suspension (GL, the iOS bot), and the verification puzzle
 #: a suspicious account gets ("Verify you are human", "slide to verify": GL; desc
-#: "verify captcha": CNAJ): the account needs a person before it acts again.
+#: "verify captcha": CNAJ): the account needs a person before it acts again. From
+#: docs/research/sources_s6.md gap 4: TikTok's own wording "You are visiting our service
+#: too frequently" (an Auto.js login farm, LBH; TikTok's API), which the earlier
+#: "visiting too frequently" missed; the follow cap "Limit reached. You are unable to
+#: follow more people." and "Account status: locked" (screenshots of the app, BYTE);
+#: Instagram's "We limit how often you can do certain things" (the body of its "Try
+#: Again Later"), "going too fast" (its word for tapping too fast) and "Follow limit
+#: reached" (server replies and web bots).
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
                   {"text": "Try Again Later"},
@@ -383,7 +390,10 @@ BLOCKS = {
                   {"text_contains": "This action was blocked"},
                   {"text_contains": "temporarily blocked"},
                   {"text_contains": "Too many requests"},
-                  {"text_contains": "limit the number of profiles you can view"},],
+                  {"text_contains": "limit the number of profiles you can view"},
+                  {"text_contains": "We limit how often"},
+                  {"text_contains": "going too fast"},
+                  {"text_contains": "Follow limit reached"}],
     "tiktok": [{"text_contains": "tapping too fast"},
                {"text_contains": "following too fast"},
                {"text_contains": "Your account was permanently banned"},
@@ -393,7 +403,10 @@ BLOCKS = {
                {"desc_contains": "verify captcha"},
                {"text_contains": "Maximum number of attempts reached"},
                {"text_contains": "Too many attempts"},
-               {"text_contains": "visiting too frequently"},
+               {"text_regex": "(?i)you('re| are) visiting (our service )?too frequently"
+                              ".*"},
+               {"text_contains": "unable to follow more people"},
+               {"text_contains": "Account status: locked"},
                {"text_regex": "(?i)try again later\\.?"}],
 }
 

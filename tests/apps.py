@@ -196,6 +196,10 @@ POPUP_KINDS = {
 #: "You are following too fast." is the app's reply to a refused follow, shown as a
 #: toast (SysAdminDoc/hushfeed's follow diagnostics); the verification puzzle's window
 #: is INVENTED around its desc "verify captcha" (a Chinese Auto.js trill farm).
+#: From docs/research/sources_s6.md gap 4: TikTok's "You are visiting our service too
+#: frequently" (LBH; drawn as a toast: INVENTED) and the follow cap's top banner (BYTE's
+#: screenshots); Instagram's "Try Again Later" body "We limit how often..." under a
+#: "Follow limit reached" title (web bots; the dialog's frame is the other blocks').
 BLOCKS = {
     "instagram": {
         "try_again_later": dict(title="Try Again Later",
@@ -210,10 +214,17 @@ BLOCKS = {
                                        "protect our community.",
                                buttons=[("OK", "android:id/button1"),
                                         ("Tell us", "android:id/button2")]),
+        "follow_limit": dict(title="Follow limit reached",
+                             message="We limit how often you can do certain things on "
+                                     "Instagram to protect our community.",
+                             buttons=[("OK", "android:id/button1")]),
     },
     "tiktok": {
         "tapping_too_fast": dict(toast="You're tapping too fast. Take a break."),
         "following_too_fast": dict(toast="You are following too fast."),
+        "visiting_too_frequently": dict(
+            toast="You are visiting our service too frequently. Please try again later."),
+        "follow_cap": dict(toast="Limit reached. You are unable to follow more people."),
         "captcha": dict(title="Security verification", desc="verify captcha",
                         message="Drag the puzzle piece into place",
                         buttons=[("Refresh", "android:id/button1")]),

@@ -675,7 +675,9 @@ def test_account_not_logged_in_is_named_and_not_retried(farm, kind):
 @pytest.mark.parametrize("kind, block", [
     ("tiktok47", "tapping_too_fast"), ("tiktok47", "following_too_fast"),
     ("tiktok47", "try_again_later"), ("tiktok47", "captcha"),
-    ("instagram", "try_again_later"), ("instagram", "action_blocked")])
+    ("tiktok47", "visiting_too_frequently"), ("tiktok47", "follow_cap"),
+    ("instagram", "try_again_later"), ("instagram", "action_blocked"),
+    ("instagram", "follow_limit")])
 def test_account_blocked_fails_without_retry(farm, kind, block):
     device, app = farm.phone(kind, users={"alice": False})
     app.block_next("follow", block)
