@@ -93,11 +93,13 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                         {"text": "Use this sound"}]},
     # -- the editor's sound (research: docs/research/sound.md). The pill atop the
     # editor: e1p holding tv_top_text "Add sound", then the sound's name (DUMP 47.0.3
-    # editor; CC and EU tap it; GL: d8a on 43.x, d24 on 35.x, desc "Add sound").
+    # editor; CC and EU tap it; GL: d8a on 43.x, d24 on 35.x, desc "Add sound"); a
+    # TikTok Shop poster reads it "Sounds" (CNSHOP, docs/research/sources_s6.md gap 1).
     "sound_pill": {"ids": {"47.0.3": ["e1p"], "43.1.4": ["d8a"]},
-                   "labels": [{"text": "Add sound"}, {"desc": "Add sound"}]},
+                   "labels": [{"text": "Add sound"}, {"desc": "Add sound"},
+                              {"text": "Sounds"}]},
     "sound_pill_text": {"ids": {"47.0.3": ["tv_top_text"]},
-                        "labels": [{"text": "Add sound"}]},
+                        "labels": [{"text": "Add sound"}, {"text": "Sounds"}]},
     # the panel: "Volume" (EU, CC), its tabs (TikMatrix's "recommended" sounds; no
     # code source names the tabs: research gap), a magnifier that opens its search
     # (EU: the panel's first ImageView; the field shows "Search")
@@ -125,7 +127,8 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
     # showcase"). getskillary's TikTok-Automated-Posting-System (GSK in
     # docs/research/sources_s5.md, ran) adds two optional steps after Add: an "Add
     # product?" confirmation (its button "Add" or "Confirm add") and a product-name
-    # page (an EditText with the name, a wide "Add" at the bottom).
+    # page (an EditText with the name, a wide "Add" at the bottom). "Product" first: a
+    # second poster (CNSHOP) and a help page name it so (sources_s6.md gap 2).
     "add_link": {"ids": {}, "labels": [{"text": "Add link"}, {"desc": "Add link"}]},
     "product_confirm": {"ids": {}, "labels": [{"text": "Add product?"},
                                               {"desc": "Add product?"}]},
@@ -133,7 +136,7 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                                   {"desc": "Add"}]},
     "product_name_page": {"ids": {}, "labels": [{"text_contains": "Add product name"},
                                                 {"text": "Product name"}]},
-    "link_products": {"ids": {}, "labels": [{"text": "Products"}, {"text": "Product"},
+    "link_products": {"ids": {}, "labels": [{"text": "Product"}, {"text": "Products"},
                                             {"desc": "Products"}]},
     "product_add": {"ids": {}, "labels": [{"text": "Add"}, {"desc": "Add"}]},
     "no_products": {"ids": {}, "labels": [{"text_contains": "No products"}]},

@@ -248,7 +248,7 @@ def mix_sound(app, config):
 
 
 #: What the editor's pill says while no sound is added (English; French of the dump).
-NO_SOUND_LABELS = ("Add sound", "Ajouter un son", "")
+NO_SOUND_LABELS = ("Add sound", "Sounds", "Ajouter un son", "")
 
 
 def choose_sound(app, keyword, wait):
