@@ -826,6 +826,9 @@ INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ROWS = 40
 #: Tasks whose JSON the store keeps for pages (about 1 KB each: 100 pages of 20).
 KEPT_TASKS_JSON = 2000
+#: The newest tasks of a filter whose pages are cut from one read (Store._page_entries):
+#: 50 pages of 20, about 80 KB of ids.
+PAGE_WINDOW = 1000
 
 TASK_COLUMNS = ("id", "serial", "username", "script_name", "script_config", "status",
                 "source", "priority", "start_time", "rest_seconds", "min_interval",
@@ -925,6 +928,9 @@ class Store:
         #: task id -> (rev, the task's JSON) for pages of tasks: a page after a commit
         #: builds only the tasks that changed (building one costs sqlite ~30 columns)
         self._task_json: Dict[int, Tuple[int, str]] = {}
+        #: a filter's newest tasks as (id, rev, status), and the commit count they hold
+        #: for: pages are cut from them (_page_entries)
+        self._windows: Dict[Any, Tuple[int, List[Tuple[int, int, int]], bool]] = {}
         self._write_lock = threading.RLock()
         #: create_tasks calls waiting for the first of them to write them all
         self._creates: "collections.deque[_CreateJob]" = collections.deque()
@@ -1446,18 +1452,14 @@ class Store:
         return self._cached(("page",) + key, lambda: self._task_page_json(**filters))
 
     def _task_page_json(self, **filters: Any) -> Tuple[str, int]:
-        """The page in two steps at most: its tasks' ids, revisions and states, then the
-        JSON of those not kept at their revision. A task changed between the two shows
-        its newer state; one deleted between them is left out."""
-        found = self._page_query(**filters)
+        """The page from its tasks' ids, revisions and states (_page_entries), and the
+        JSON of those not kept at their revision, built in one more step. A task
+        changed between the two shows its newer state; one deleted is left out."""
+        found = self._page_query(**filters, columns="id, rev, status")
         if found is None:
             return "[]", 0
         sql, params, total = found
-        listed = self.query_one(f"SELECT group_concat(id || ' ' || rev || ' ' || status)"
-                                f" FROM ({sql})", params)[0]
-        if not listed:
-            return "[]", total
-        page = [tuple(map(int, entry.split(" "))) for entry in listed.split(",")]
+        page = self._page_entries(sql, params)
         kept = self._task_json
         pieces = {task_id: kept[task_id][1] for task_id, rev, status in page
                   if status != RUNNING and kept.get(task_id, (None,))[0] == rev}
@@ -1466,6 +1468,36 @@ class Store:
             pieces.update(self._tasks_json(missing))
         return "[" + ",".join(pieces[task_id] for task_id, _rev, _status in page
                               if task_id in pieces) + "]", total
+
+    def _page_entries(self, sql: str, params: List[Any]) -> List[Tuple[int, int, int]]:
+        """(id, rev, status) of a page's tasks, in one step of sqlite.
+
+        Within the newest PAGE_WINDOW tasks of a filter they come from a window of them
+        read once per commit, twice as deep as the page asked for: a client going
+        through the pages after a change reads sqlite once, not once a page (each read
+        a hand-off of the interpreter under load, see task_page_json)."""
+        *where, size, offset = params
+        end = offset + size
+        if not self.sole_writer or getattr(self._local, "write_depth", 0) \
+                or end > PAGE_WINDOW:
+            return self._listed(sql, params)
+        key = (sql, *where)
+        changes = self._changes
+        kept = self._windows.get(key)
+        if kept is None or kept[0] != changes or (len(kept[1]) < end and not kept[2]):
+            rows = min(PAGE_WINDOW, max(2 * end, 100))
+            window = self._listed(sql, where + [rows, 0])
+            kept = (changes, window, len(window) < rows)     # all there is, if short
+            if len(self._windows) >= 16:        # kinds of filters (_cache: their pages)
+                self._windows = {}
+            self._windows[key] = kept
+        return kept[1][offset:end]
+
+    def _listed(self, sql: str, params: List[Any]) -> List[Tuple[int, int, int]]:
+        listed = self.query_one(f"SELECT group_concat(id || ' ' || rev || ' ' || status)"
+                                f" FROM ({sql})", params)[0]
+        return [tuple(map(int, entry.split(" "))) for entry in listed.split(",")] \
+            if listed else []
 
     def _tasks_json(self, ids: List[int]) -> Dict[int, str]:
         """These tasks' JSON (task_to_json's) built by sqlite in one step, kept at their
@@ -1505,8 +1537,8 @@ class Store:
                     script_name: Optional[str] = None, source: Optional[str] = None,
                     username: Optional[str] = None, created_from: Optional[float] = None,
                     created_to: Optional[float] = None, page: int = 1,
-                    page_size: int = 20, creator: Optional[str] = None
-                    ) -> Optional[Tuple[str, List[Any], int]]:
+                    page_size: int = 20, creator: Optional[str] = None,
+                    columns: str = "*") -> Optional[Tuple[str, List[Any], int]]:
         """The query of a page of tasks, newest first: (SQL, params, total matching), or
         None when no task can match.
 
@@ -1542,7 +1574,7 @@ class Store:
         table = "tasks " + self._status_index(statuses, total)
         if total is None:
             total = self.query_one(f"SELECT COUNT(*) FROM {table} {clause}", params)[0]
-        return (f"SELECT * FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+        return (f"SELECT {columns} FROM {table} {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
                 params + [page_size, (page - 1) * page_size], total)
 
     def _created_between(self, low: float, high: float) -> Tuple[int, int, int]:

@@ -1347,6 +1347,29 @@ def test_a_page_builds_again_only_the_tasks_that_changed(st, db_path, clock):
     assert (json.loads(st.task_page_json()[0]), st.list_tasks()[1]) == page_in_python(st)
 
 
+def test_pages_are_cut_from_one_read_until_the_next_commit(st, monkeypatch):
+    """A client going through the pages reads sqlite once per window of them (twice as
+    deep as the page asked for), again after a commit; past PAGE_WINDOW, once a page."""
+    monkeypatch.setattr(tml, "PAGE_WINDOW", 150)
+    st.sole_writer = True
+    st.create_tasks([new("d1" if i % 3 else "d2") for i in range(250)])
+    reads = []
+    real = st._listed
+    st._listed = lambda sql, params: reads.append(params[-2:]) or real(sql, params)
+    for page in range(1, 11):
+        assert (json.loads(st.task_page_json(page=page)[0]), 250) == \
+            page_in_python(st, page=page)
+    assert reads == [[100, 0], [150, 0], [20, 140], [20, 160], [20, 180]]
+    d2 = [json.loads(st.task_page_json(serial="d2", page=page)[0]) for page in (1, 4)]
+    assert [d2, reads[5:]] == [[page_in_python(st, serial="d2", page=page)[0]
+                                for page in (1, 4)], [[100, 0]]]
+    assert json.loads(st.task_page_json(serial="d2", page=6)[0]) == []   # 84 in all
+    assert len(reads) == 6                               # the window held them all
+    st.create_tasks([new("d1")])                         # a commit: read again
+    assert (json.loads(st.task_page_json(page=2)[0]), 251) == page_in_python(st, page=2)
+    assert reads[6:] == [[100, 0]]
+
+
 @pytest.mark.parametrize("when", [datetime.datetime(1960, 7, 1, 12, 0, 0, 500000),
                                   datetime.datetime(2040, 7, 1, 12, 0, 0, 999000)])
 def test_a_page_with_times_sqlite_shows_otherwise_is_built_in_python(st, clock,
