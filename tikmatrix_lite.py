@@ -1930,9 +1930,10 @@ class Store:
         with self.write() as conn:
             if self._end_running(conn, task_id, now) is None:
                 return False
+            # every task ends here or in fail(): it moves rev itself (no trigger's UPDATE)
             conn.execute(f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
-                         " error='', result=?, message='completed', lease_until=NULL"
-                         f" WHERE id=? AND status={RUNNING}",
+                         " error='', result=?, message='completed', lease_until=NULL,"
+                         f" rev=rev + 1 WHERE id=? AND status={RUNNING}",
                          (now, _dump_json(result), task_id))
             self._use_materials(conn, task_id, now)
             self._ending(conn, task_id, "completed")
@@ -1946,7 +1947,8 @@ class Store:
             if self._end_running(conn, task_id, now) is None:
                 return False
             conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?,"
-                         f" message=?, lease_until=NULL WHERE id=? AND status={RUNNING}",
+                         f" message=?, lease_until=NULL, rev=rev + 1"
+                         f" WHERE id=? AND status={RUNNING}",
                          (now, error, _dump_json(result), ended_message(error), task_id))
             self._release_materials(conn, task_id)
             self._ending(conn, task_id, "failed")
