@@ -18,7 +18,6 @@ Writes bench/results/screens.json and prints it.
 import argparse
 import http.client
 import json
-import statistics
 import sys
 import threading
 import time

@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-import tikmatrix_lite  # noqa: E402
 from apps import InstagramApp, TikTokApp  # noqa: E402
 from farm import Farm, wait_until  # noqa: E402
 from phonesim import FASTINPUT_IME, AdbServer, PhoneSim  # noqa: E402

@@ -15,7 +15,6 @@ Usage: python bench/bench_wear.py [--tasks 200] [--phones 20] [--baseline-rev RE
 """
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile

@@ -2,7 +2,6 @@
 full start times, case-insensitive usernames, one log line per request."""
 from __future__ import annotations
 
-import datetime
 import logging
 
 import pytest
