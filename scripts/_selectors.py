@@ -175,7 +175,9 @@ TIKTOK: Dict[str, Dict[str, Any]] = {
                                  {"text": "Switch account"}]},
     # The long way: "Profile menu" (TK en.py; DUMP 43.1.4 own profile "Menu du profil") ->
     # "Settings and privacy" (TK auth/logout.py; WEB) -> "Switch account" (WEB; the row is
-    # under the fold: the list is scrolled)
+    # under the fold: the list is scrolled). A TikTok Shop poster takes the same way by
+    # the labels' starts, "Settings" and "Switch" (CNSHOP, docs/research/sources_s6.md
+    # 5b); Lite keeps the whole labels: "Switch to Business account" starts alike.
     "profile_menu": {"ids": {}, "labels": [{"desc": "Profile menu"}, {"desc": "Menu"}]},
     "settings": {"ids": {}, "labels": [{"text": "Settings and privacy"},
                                        {"desc": "Settings and privacy"}]},
@@ -385,7 +387,8 @@ POPUPS = {
 #: follow more people." and "Account status: locked" (screenshots of the app, BYTE);
 #: Instagram's "We limit how often you can do certain things" (the body of its "Try
 #: Again Later"), "going too fast" (its word for tapping too fast) and "Follow limit
-#: reached" (server replies and web bots).
+#: reached" (server replies and web bots); TikTok's "session expired, please sign in
+#: again" banner (BYTE): the account is logged out, a person must sign in again.
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
                   {"text": "Try Again Later"},
@@ -410,6 +413,7 @@ BLOCKS = {
                               ".*"},
                {"text_contains": "unable to follow more people"},
                {"text_contains": "Account status: locked"},
+               {"text_contains": "session expired, please sign in again"},
                {"text_regex": "(?i)try again later\\.?"}],
 }
 

@@ -198,8 +198,9 @@ POPUP_KINDS = {
 #: is INVENTED around its desc "verify captcha" (a Chinese Auto.js trill farm).
 #: From docs/research/sources_s6.md gap 4: TikTok's "You are visiting our service too
 #: frequently" (LBH; drawn as a toast: INVENTED) and the follow cap's top banner (BYTE's
-#: screenshots); Instagram's "Try Again Later" body "We limit how often..." under a
-#: "Follow limit reached" title (web bots; the dialog's frame is the other blocks').
+#: screenshots, also the lost session's banner); Instagram's "Try Again Later" body
+#: "We limit how often..." under a "Follow limit reached" title (web bots; the
+#: dialog's frame is the other blocks').
 BLOCKS = {
     "instagram": {
         "try_again_later": dict(title="Try Again Later",
@@ -225,6 +226,7 @@ BLOCKS = {
         "visiting_too_frequently": dict(
             toast="You are visiting our service too frequently. Please try again later."),
         "follow_cap": dict(toast="Limit reached. You are unable to follow more people."),
+        "session_expired": dict(toast="Session expired, please sign in again"),
         "captcha": dict(title="Security verification", desc="verify captcha",
                         message="Drag the puzzle piece into place",
                         buttons=[("Refresh", "android:id/button1")]),

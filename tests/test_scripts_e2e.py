@@ -676,6 +676,7 @@ def test_account_not_logged_in_is_named_and_not_retried(farm, kind):
     ("tiktok47", "tapping_too_fast"), ("tiktok47", "following_too_fast"),
     ("tiktok47", "try_again_later"), ("tiktok47", "captcha"),
     ("tiktok47", "visiting_too_frequently"), ("tiktok47", "follow_cap"),
+    ("tiktok47", "session_expired"),
     ("instagram", "try_again_later"), ("instagram", "action_blocked"),
     ("instagram", "follow_limit")])
 def test_account_blocked_fails_without_retry(farm, kind, block):
