@@ -386,8 +386,8 @@ POPUPS = {
 #: "visiting too frequently" missed; the follow cap "Limit reached. You are unable to
 #: follow more people." and "Account status: locked" (screenshots of the app, BYTE);
 #: Instagram's "We limit how often you can do certain things" (the body of its "Try
-#: Again Later"), "going too fast" (its word for tapping too fast) and "Follow limit
-#: reached" (server replies and web bots); TikTok's "session expired, please sign in
+#: Again Later") and "Follow limit reached" (server replies and web bots; its "going
+#: too fast" comes inside "...temporarily blocked", and alone would match captions); TikTok's "session expired, please sign in
 #: again" banner (BYTE): the account is logged out, a person must sign in again.
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
@@ -398,7 +398,6 @@ BLOCKS = {
                   {"text_contains": "Too many requests"},
                   {"text_contains": "limit the number of profiles you can view"},
                   {"text_contains": "We limit how often"},
-                  {"text_contains": "going too fast"},
                   {"text_contains": "Follow limit reached"}],
     "tiktok": [{"text_contains": "tapping too fast"},
                {"text_contains": "following too fast"},
