@@ -22,6 +22,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -3902,6 +3903,12 @@ BIDI_MARKS = dict.fromkeys(map(ord, "\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                                     "\u2066\u2067\u2068\u2069"))
 
 
+def as_dumped(text: str) -> str:
+    """Text as the phone helpers read a dump: characters outside the BMP become two
+    dots (uiautomator), directional marks are dropped (UiTree)."""
+    return "".join(".." if ord(c) > 0xFFFF else c for c in text.translate(BIDI_MARKS))
+
+
 @dataclass
 class Node:
     """One element of a uiautomator window dump."""
@@ -4108,6 +4115,9 @@ class Phone:
         self._popups: List[Selector] = [{"resource_id": grant} for grant in PERMISSION_GRANTS] \
             + [{"text": label} for label in POPUP_BUTTONS]
         self._blocks: List[Selector] = []
+        #: what this task typed, as a dump shows it: a block text in it (a comment that
+        #: says "too many attempts") is the task's own words, not the app's
+        self._typed: List[str] = []
         self._app: Optional[str] = None           # the package a task drives, if told
         self._absent = 0                          # looks in a row without it in front
         self._ime: Optional[str] = None           # the broadcast IME found, "" for none
@@ -4291,12 +4301,25 @@ class Phone:
                           f"crashed); the screen showed {tree.describe()}")
 
     def check_blocked(self, tree: UiTree, step: str) -> None:
+        """A block text counts where the app says it: not in a field, not in another
+        app's window (a notification's text is in the dump), not in what this task
+        typed (its comment or caption showing in a list)."""
         for sel in self._blocks:
-            node = tree.find(**sel)
+            node = next((n for n in tree.find_all(**sel) if self._says_blocked(n, sel)),
+                        None)
             if node is not None:
                 said = " ".join(n.label for n in tree.nodes if n.label and (
                     n is node or n.resource_id == "android:id/message"))
                 raise AccountBlocked(step, said or node.label)
+
+    def _says_blocked(self, node: Node, sel: Selector) -> bool:
+        if _class_matches(node, "EditText") or (
+                self._app is not None and node.package not in (self._app, "android", "")):
+            return False
+        unsaid = node.text, node.desc                  # the node without the typed words
+        for typed in self._typed:
+            unsaid = tuple(part.replace(typed, " ") for part in unsaid)
+        return dataclasses.replace(node, text=unsaid[0], desc=unsaid[1]).matches(sel)
 
     def popup(self, tree: UiTree, keep: Optional[Selector] = None) -> Optional[Node]:
         """The button that closes a pop-up on top of the screen, if one shows: a known
@@ -4499,6 +4522,8 @@ class Phone:
         if not text:
             return
         self.check_can_type(text)
+        self._typed += [shown for shown in (as_dumped(line).strip()
+                                            for line in text.split("\n")) if shown]
         ime = self._broadcast_ime()
         encoded = base64.b64encode(text.encode("utf-8")).decode("ascii")
         if ime == FAST_INPUT_IME:

@@ -27,8 +27,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from _selectors import (BLOCKS, LAUNCH_ACTIVITIES, POPUPS, PROFILE_URLS, SELECTORS,
                         SHARE_ACTIVITIES)
-from tikmatrix_lite import (APP_PACKAGES, BIDI_MARKS, GONE, USERNAME_RE,  # noqa: F401
-                            AccountBlocked, AppLeft, ElementNotFound, StepFailed)
+from tikmatrix_lite import (APP_PACKAGES, GONE, USERNAME_RE, AccountBlocked,  # noqa: F401
+                            AppLeft, ElementNotFound, StepFailed, as_dumped)
 
 APP_NAMES = {"tiktok": "TikTok", "instagram": "Instagram"}
 
@@ -389,12 +389,6 @@ def pick_comment(config: Dict[str, Any], rng: Any, index: int, field: str) -> st
     if config.get("insert_emoji"):
         text = f"{text} {rng.choice(EMOJI)}"
     return text
-
-
-def as_dumped(text: str) -> str:
-    """Text as the phone helpers read a dump: characters outside the BMP become two
-    dots (uiautomator), directional marks are dropped (UiTree)."""
-    return "".join(".." if ord(c) > 0xFFFF else c for c in text.translate(BIDI_MARKS))
 
 
 def check_username(field: str, name: str) -> str:

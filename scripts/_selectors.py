@@ -408,8 +408,7 @@ BLOCKS = {
                {"desc_contains": "verify captcha"},
                {"text_contains": "Maximum number of attempts reached"},
                {"text_contains": "Too many attempts"},
-               {"text_regex": "(?i)you('re| are) visiting (our service )?too frequently"
-                              ".*"},
+               {"text_regex": "(?i).*visiting (our service )?too frequently.*"},
                {"text_contains": "unable to follow more people"},
                {"text_contains": "Account status: locked"},
                {"text_contains": "session expired, please sign in again"},

@@ -196,6 +196,26 @@ def test_block_screen_fails_as_account_blocked_without_retry(phone):
     assert "We restrict certain activity." in failure.value.said
 
 
+def test_block_text_counts_only_where_the_app_says_it(phone):
+    """Not in a field, a notification of another app, or the words this task typed (its
+    comment showing in the list); the app's own message still counts beside them."""
+    p, _, _ = phone
+    p.watch(blocks=[{"text_contains": "Too many attempts"}], package=PKG)
+    p._typed.append("Too many attempts to land this, respect")   # what type_text keeps
+
+    def look(*nodes):
+        p.check_blocked(lite.UiTree(hierarchy_xml(ui_node(children=nodes), package=PKG)),
+                        "look")
+    look(ui_node("android.widget.EditText", text="Too many attempts, my friend"),
+         ui_node(text="Too many attempts to land this, respect"),
+         ui_node(text="Too many attempts. Try again later.",
+                 package="com.android.systemui"))
+    with pytest.raises(lite.AccountBlocked) as failure:
+        look(ui_node(text="Too many attempts to land this, respect"),
+             ui_node(text="Too many attempts. Try again later."))
+    assert failure.value.said == "Too many attempts. Try again later."
+
+
 def test_app_that_left_the_screen_raises_app_left(phone):
     p, device, _ = phone
     device.stop_app(PKG)

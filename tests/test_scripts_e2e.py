@@ -329,6 +329,22 @@ def test_comment(farm, kind, urls):
     assert "reboot" not in [argv[0] for argv in device.commands()]
 
 
+@pytest.mark.parametrize("kind, text", [
+    ("tiktok47", "Too many attempts to land this, respect"),
+    ("instagram", "Follow limit reached lol")])
+def test_a_comment_that_quotes_a_block_text_is_no_block(farm, kind, text):
+    """Block texts are looked for on every screen; the task's own comment, in its field
+    and then in the list, is not the app saying so (found by review: it failed
+    "account blocked" and cooled the account down)."""
+    device, app = farm.phone(kind)
+    task, = farm.run(device.address, "comment", {
+        "target_post_urls": ["https://www.instagram.com/p/AbC/" if kind == "instagram"
+                             else "https://www.tiktok.com/@a/video/1"],
+        "comment_content": text,
+        "insert_emoji": False, "platform": PLATFORM[kind]})
+    assert ok(task)["comment"] == text
+
+
 def test_comment_emoji_and_validation(farm):
     device, app = farm.phone("tiktok47")
     task, = farm.run(device.address, "comment", {
