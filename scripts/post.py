@@ -175,7 +175,9 @@ def open_sound(app, config):
         app.step("useSound: open search", "search", expect="search_field", timeout=30)
         app.type_into("search_field", name, "useSound: type the sound name")
         app.phone.press("enter")
-        row = [{"text": name, "editable": False}, {"text_contains": name, "editable": False}]
+        shown = _common.as_dumped(name)         # as the dump shows it (emoji, marks)
+        row = [{"text": shown, "editable": False},
+               {"text_contains": shown, "editable": False}]
         app.step("useSound: open the Sounds tab", "sounds_tab", expect=row)
         app.step(f"useSound: open the sound {name!r}", row, expect="use_sound")
     app.step("useSound: tap Use sound", "use_sound", timeout=config["sound_wait_time"],
