@@ -825,8 +825,11 @@ INSERT_TASKS_SQL = (
     " message) VALUES ")
 INSERT_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 INSERT_ROWS = 40
-#: Tasks whose JSON the store keeps for pages (about 1 KB each: 100 pages of 20).
-KEPT_TASKS_JSON = 2000
+#: Characters of tasks' JSON the store keeps for pages (a task is about 1 KB: 200 pages
+#: of 20), and the largest JSON of one task it keeps; pages bigger than the second are
+#: not kept either (Store.task_page_json).
+KEPT_TASKS_JSON = 4_000_000
+KEPT_JSON_LARGEST = 64 * 1024
 #: The newest tasks of a filter whose pages are cut from one read (Store._page_entries):
 #: 50 pages of 20, about 80 KB of ids.
 PAGE_WINDOW = 1000
@@ -929,6 +932,7 @@ class Store:
         #: task id -> (rev, the task's JSON) for pages of tasks: a page after a commit
         #: builds only the tasks that changed (building one costs sqlite ~30 columns)
         self._task_json: Dict[int, Tuple[int, str]] = {}
+        self._task_json_chars = 0
         #: a filter's newest tasks as (id, rev, status), and the commit count they hold
         #: for: pages are cut from them (_page_entries)
         self._windows: Dict[Any, Tuple[int, List[Tuple[int, int, int]], bool]] = {}
@@ -1013,9 +1017,11 @@ class Store:
         return self._writer if getattr(self._local, "write_depth", 0) else self._reader()
 
     def _cached(self, key: Any, compute: Callable[[], Any],
-                changes: Optional[int] = None) -> Any:
+                changes: Optional[int] = None,
+                keep: Callable[[Any], bool] = lambda value: True) -> Any:
         """compute(), or its answer kept since this store's last commit (or since the
-        count of the changes it depends on, ``changes``, moved).
+        count of the changes it depends on, ``changes``, moved). An answer ``keep``
+        refuses (too big to hold) is not kept.
 
         Each query costs a request more than its own time: sqlite3 lets go of the GIL at
         every step, and with the server's threads busy each step waits its turn again.
@@ -1030,7 +1036,9 @@ class Store:
         if kept is not None and kept[0] == changes:
             return kept[1]
         value = compute()
-        if len(self._cache) >= 64:        # filters of many kinds (pages up to 60 KB)
+        if not keep(value):                # too big to hold in memory
+            return value
+        if len(self._cache) >= 64:        # filters of many kinds (pages up to 256 KB)
             self._cache = {}
         self._cache[key] = (changes, value)
         return value
@@ -1450,7 +1458,8 @@ class Store:
         """
         key = tuple((name, tuple(value) if isinstance(value, list) else value)
                     for name, value in sorted(filters.items()))
-        return self._cached(("page",) + key, lambda: self._task_page_json(**filters))
+        return self._cached(("page",) + key, lambda: self._task_page_json(**filters),
+                            keep=lambda page: len(page[0]) <= KEPT_JSON_LARGEST * 4)
 
     def _task_page_json(self, **filters: Any) -> Tuple[str, int]:
         """The page from its tasks' ids, revisions and states (_page_entries), and the
@@ -1530,9 +1539,14 @@ class Store:
         return built
 
     def _keep_task_json(self, task_id: int, rev: int, task_json: str) -> None:
-        if len(self._task_json) >= KEPT_TASKS_JSON:
-            self._task_json = {}            # dropped whole: a rebinding needs no lock
+        """Kept up to KEPT_TASKS_JSON characters in all; a task bigger than a
+        KEPT_JSON_LARGEST (a config near the 1 MB body limit) is built each time."""
+        if len(task_json) > KEPT_JSON_LARGEST:
+            return
+        if self._task_json_chars + len(task_json) > KEPT_TASKS_JSON:
+            self._task_json, self._task_json_chars = {}, 0     # a rebinding: no lock
         self._task_json[task_id] = (rev, task_json)
+        self._task_json_chars += len(task_json)
 
     def _page_query(self, *, statuses: Sequence[int] = (), serial: Optional[str] = None,
                     script_name: Optional[str] = None, source: Optional[str] = None,

@@ -1347,6 +1347,22 @@ def test_a_page_builds_again_only_the_tasks_that_changed(st, db_path, clock):
     assert (json.loads(st.task_page_json()[0]), st.list_tasks()[1]) == page_in_python(st)
 
 
+def test_kept_json_is_bounded_in_characters_and_big_tasks_are_not_kept(st, monkeypatch):
+    """A config can be near the 1 MB body limit: such tasks, and pages of them, are
+    built each time; the rest are kept up to KEPT_TASKS_JSON characters in all."""
+    monkeypatch.setattr(tml, "KEPT_TASKS_JSON", 5000)
+    st.sole_writer = True
+    big = st.create_tasks([new("d1", script_config={"text": "x" * 300_000})])[0]
+    small = st.create_tasks([new("d1", script_config={"text": f"t{i}"}) for i in range(30)])
+    page, _ = st.task_page_json(page_size=100)
+    assert len(page) > 300_000 and big not in st._task_json
+    assert 0 < st._task_json_chars <= 5000 and set(st._task_json) < set(small)
+    assert st._task_json_chars == sum(len(j) for _, j in st._task_json.values())
+    assert not [key for key in st._cache if key[0] == "page"]          # not kept either
+    assert (json.loads(st.task_page_json(page_size=100)[0]), 31) == \
+        page_in_python(st, page_size=100)
+
+
 def test_pages_are_cut_from_one_read_until_the_next_commit(st, monkeypatch):
     """A client going through the pages reads sqlite once per window of them (twice as
     deep as the page asked for), again after a commit; past PAGE_WINDOW, once a page."""
