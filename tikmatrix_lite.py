@@ -1540,8 +1540,9 @@ class Store:
 
     def _keep_task_json(self, task_id: int, rev: int, task_json: str) -> None:
         """Kept up to KEPT_TASKS_JSON characters in all; a task bigger than a
-        KEPT_JSON_LARGEST (a config near the 1 MB body limit) is built each time."""
-        if len(task_json) > KEPT_JSON_LARGEST:
+        KEPT_JSON_LARGEST (a config near the 1 MB body limit) is built each time. Never
+        inside a write, whose reads see what may yet roll back."""
+        if len(task_json) > KEPT_JSON_LARGEST or getattr(self._local, "write_depth", 0):
             return
         if self._task_json_chars + len(task_json) > KEPT_TASKS_JSON:
             self._task_json, self._task_json_chars = {}, 0     # a rebinding: no lock
