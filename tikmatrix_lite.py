@@ -917,25 +917,7 @@ class Store:
         #: nobody else writes the file (the server holds its lock): what a read found
         #: holds until this store's next commit, so small hot reads are kept (_cached)
         self.sole_writer = sole_writer
-        #: counts this store's commits and the progress its running tasks report in
-        #: memory: what _cached keeps is good while it stays the same
-        self._changes = 0
-        self._changes_lock = threading.Lock()
-        #: the same for the API keys alone: every request asks whether there is an
-        #: admin key, and a task's write must not make it ask sqlite again
-        self._key_changes = 0
-        #: the same for the devices' rows coming and going (device_known), counted
-        #: after the commit that added or removed one (their marks wait in _device_marks)
-        self._device_rows = 0
-        self._device_marks: List[str] = []
-        self._cache: Dict[Any, Tuple[int, Any]] = {}
-        #: task id -> (rev, the task's JSON) for pages of tasks: a page after a commit
-        #: builds only the tasks that changed (building one costs sqlite ~30 columns)
-        self._task_json: Dict[int, Tuple[int, str]] = {}
-        self._task_json_chars = 0
-        #: a filter's newest tasks as (id, rev, status), and the commit count they hold
-        #: for: pages are cut from them (_page_entries)
-        self._windows: Dict[Any, Tuple[int, List[Tuple[int, int, int]], bool]] = {}
+        self._init_kept_reads()
         self._write_lock = threading.RLock()
         #: create_tasks calls waiting for the first of them to write them all
         self._creates: "collections.deque[_CreateJob]" = collections.deque()
@@ -978,7 +960,30 @@ class Store:
         self._adopt_page_size()
         self._watch_changes()
 
+    def _init_kept_reads(self) -> None:
+        """What the store keeps in memory for reads, and the counts that say it holds."""
+        #: counts this store's commits and the progress its running tasks report in
+        #: memory: what _cached keeps is good while it stays the same
+        self._changes = 0
+        self._changes_lock = threading.Lock()
+        #: the same for the API keys alone: every request asks whether there is an
+        #: admin key, and a task's write must not make it ask sqlite again
+        self._key_changes = 0
+        #: the same for the devices' rows coming and going (device_known), counted
+        #: after the commit that added or removed one (their marks wait in _device_marks)
+        self._device_rows = 0
+        self._device_marks: List[str] = []
+        self._cache: Dict[Any, Tuple[int, Any]] = {}
+        #: task id -> (rev, the task's JSON) for pages of tasks: a page after a commit
+        #: builds only the tasks that changed (building one costs sqlite ~30 columns)
+        self._task_json: Dict[int, Tuple[int, str]] = {}
+        self._task_json_chars = 0
+        #: a filter's newest tasks as (id, rev, status), and the commit count they hold
+        #: for: pages are cut from them (_page_entries)
+        self._windows: Dict[Any, Tuple[int, List[Tuple[int, int, int]], bool]] = {}
+
     # -- connections ---------------------------------------------------------
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
                                check_same_thread=False)
