@@ -51,6 +51,10 @@ Knobs (constructor keywords, or attributes a test sets on the app):
   `show_popup(kind)` / `inject_popup(title, button)`: one now;
 - `block_next(action, kind)`: the next "follow" / "comment" / "like" is refused with the
   app's block screen (BLOCKS);
+- `upload_seconds`: an upload's length from the publishing tap, moving with time;
+  `upload_prepare_seconds`: before its progress shows, the app prepares the media this
+  long showing nothing of the upload (its feed or profile); `uploading()`: it still
+  reads the media;
 - TikTok `switcher_paths=("name", "settings")`: the ways to the account list that work
   (the name with chevron atop the own profile; profile menu -> Settings and privacy ->
   swipe -> Switch account); `publish_dialog`; `sounds` (search and sound pages);
@@ -355,7 +359,8 @@ class ModelApp(App):
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
                  popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en",
-                 upload_seconds=0.5, clock=time.monotonic, media_access="all"):
+                 upload_seconds=0.5, upload_prepare_seconds=0.0, clock=time.monotonic,
+                 media_access="all"):
         super().__init__(package=package)
         #: the photos permission: "all", "limited", "denied", None (not asked yet: the
         #: prompt shows when the gallery opens)
@@ -385,6 +390,9 @@ class ModelApp(App):
         #: moves with time, whatever the looks (a model moving per look would count the
         #: same looks whatever a script's waiting does)
         self.upload_seconds, self.clock = upload_seconds, clock
+        #: before its progress shows, the app prepares the media this long (compressing
+        #: a long video) showing nothing of the upload: its feed or profile, bare
+        self.upload_prepare_seconds = upload_prepare_seconds
         self.upload_pct, self.upload_started = 0, None
         self.upload_looks = 0                   #: dumps taken while an upload showed
         self.target = None                      #: the profile / post / sound on screen
@@ -403,10 +411,18 @@ class ModelApp(App):
         self.upload_pct, self.upload_started = 0, self.clock()
 
     def upload_percent(self):
-        """How far the upload is, by the time since the publishing tap."""
+        """How far the upload is, by the time since the publishing tap; None while the
+        app still prepares the media (`upload_prepare_seconds`: nothing shows)."""
+        elapsed = self.clock() - self.upload_started - self.upload_prepare_seconds
+        if elapsed < 0:
+            return None
         if self.upload_seconds <= 0:
             return 100
-        return min(100, int(100 * (self.clock() - self.upload_started) / self.upload_seconds))
+        return min(100, int(100 * elapsed / self.upload_seconds))
+
+    def uploading(self) -> bool:
+        """An upload is being prepared or sent: the app still reads its media."""
+        return self.upload_started is not None and (self.upload_percent() or 0) < 100
 
     def record(self, action, target=None):
         self.actions.append({"account": self.current, "action": action, "target": target})
@@ -1174,7 +1190,11 @@ class TikTokApp(ModelApp):
 
     # -- uploading, posted -----------------------------------------------------------------
     def render_uploading(self):
-        self.upload_pct = self.upload_percent()
+        percent = self.upload_percent()
+        if percent is None:                        # preparing: the feed, nothing of it
+            return self.render_own_profile() if self.version.startswith("43") \
+                else self.render_home()
+        self.upload_pct = percent
         if self.upload_pct >= 100:
             self.goto("own_profile" if self.version.startswith("43") else "home")
             return self.render()
@@ -1843,7 +1863,11 @@ class InstagramApp(ModelApp):
         self.goto("uploading")
 
     def render_uploading(self):                    # INVENTED progress banner on home
-        self.upload_pct = self.upload_percent()
+        percent = self.upload_percent()
+        if percent is None:                        # preparing: the feed, no banner yet
+            self.banner = ""
+            return self.render_home()
+        self.upload_pct = percent
         self.banner = "Sharing…" if self.upload_pct < 100 else "Your reel has been shared."
         if self.upload_pct >= 100:
             self.goto("home")

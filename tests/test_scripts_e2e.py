@@ -570,6 +570,27 @@ def test_an_upload_over_before_the_first_look_still_completes(farm, tmp_path, ki
     assert any("ended before the first look" in line for line in task["log"])
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+def test_an_upload_the_app_still_prepares_keeps_its_media(farm, tmp_path, kind):
+    """After the publishing tap a long video is prepared (compressed) before any
+    progress shows: the feed is bare for a while. Looks at that bare feed are no proof
+    that the upload is over; the media stays on the phone until the upload has ended."""
+    device, app = farm.phone(kind, upload_seconds=1.0, upload_prepare_seconds=5.0)
+    device.slow_dumps(0.3)
+    removed = []
+    remove = device.fs.remove
+
+    def remove_and_note(path, *args, **kwargs):
+        removed.append((path, app.uploading()))
+        return remove(path, *args, **kwargs)
+    device.fs.remove = remove_and_note
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton",
+                                         "platform": PLATFORM[kind]}, timeout=90)[0])
+    assert len(app.posts) == 1
+    assert removed == [("/sdcard/DCIM/Camera/v.mp4", False)], removed
+
+
 def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import _common
@@ -583,6 +604,13 @@ def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monk
     # no pace (no percent yet, or stalled): the upload back-off
     assert _common.upload_pause([], 0) == 2.0
     assert _common.upload_pause([(0.0, 0), (1.0, 40), (3.0, 40)], 9) == 8.0
+    # the look due after the moment bare looks start to count is pulled to it, never
+    # sooner than the first back-off step; once past it, the back-off again
+    soon = time.monotonic()
+    assert _common.upload_pause([], 2, proof_at=soon + 3.5) == pytest.approx(3.5, abs=0.2)
+    assert _common.upload_pause([], 2, proof_at=soon + 0.5) == 2.0
+    assert _common.upload_pause([], 2, proof_at=soon + 60) == 5.0
+    assert _common.upload_pause([], 3, proof_at=soon - 1) == 8.0
 
 
 @pytest.mark.parametrize("lost", ["the item", "Next"])
