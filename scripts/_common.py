@@ -501,12 +501,36 @@ def follow_once(app: App, name: str, method: str, want_following: bool) -> Dict[
     task.progress(70, f"{'follow' if want_following else 'unfollow'} @{name}")
     if want_following:
         app.step(f"tap Follow on @{name}", "follow", expect="following")
+        confirm_follow(app, name)
     else:
         app.step(f"tap Following on @{name}", "following",
                  expect=app.any_of("unfollow_confirm", "follow"))
         if app.find("unfollow_confirm") is not None:
             app.step(f"confirm Unfollow of @{name}", "unfollow_confirm", expect="follow")
     return {"user": name, "already": False, "following": want_following}
+
+
+#: Seconds between the look that sees Following and the look that sees it held. A
+#: follow the server refuses shows Following at once (the app does not wait for the
+#: reply: "a follow TikTok turns down comes back looking like a success", HUSH) and
+#: Follow again when the refusal arrives; enkaku reads the button 2 s after its tap.
+#: On Instagram the refusal is its "Action Blocked" dialog, which GramAddict and
+#: Insomniac look for right after the follow (docs/research/sources_s6.md).
+FOLLOW_SETTLES = 2.0
+
+
+def confirm_follow(app: App, name: str) -> None:
+    """A second look, after a pause, that the follow held: Follow again means the app
+    undid it (a soft block): the task fails "account blocked", without auto-retry,
+    like a block screen, which this look also catches."""
+    app.phone.sleep(FOLLOW_SETTLES)
+    app.phone.changed()
+    key, _ = app.wait_any({"held": "following", "undone": "follow"},
+                          f"see the follow of @{name} hold")
+    if key == "undone":
+        raise AccountBlocked(f"{app.script}: follow @{name}",
+                             f"{app.name} undid the follow of @{name} (the button "
+                             "went back to Follow)")
 
 
 def type_comment(app: App, text: str) -> None:

@@ -51,6 +51,8 @@ Knobs (constructor keywords, or attributes a test sets on the app):
   `show_popup(kind)` / `inject_popup(title, button)`: one now;
 - `block_next(action, kind)`: the next "follow" / "comment" / "like" is refused with the
   app's block screen (BLOCKS);
+- `follow_reverts_after=s`: a follow shows Following, then Follow again after s
+  seconds, silently (a follow the server refused: a soft block);
 - `upload_seconds`: an upload's length from the publishing tap, moving with time;
   `upload_prepare_seconds`: before its progress shows, the app prepares the media this
   long showing nothing of the upload (its feed or profile); `uploading()`: it still
@@ -360,7 +362,7 @@ class ModelApp(App):
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
                  popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en",
                  upload_seconds=0.5, upload_prepare_seconds=0.0, clock=time.monotonic,
-                 media_access="all"):
+                 media_access="all", follow_reverts_after=None):
         super().__init__(package=package)
         #: the photos permission: "all", "limited", "denied", None (not asked yet: the
         #: prompt shows when the gallery opens)
@@ -378,6 +380,10 @@ class ModelApp(App):
         self.screen = "home"
         self.popup = None
         self.blocks = {}                        #: action -> block kind, for the next one
+        #: seconds after which a follow shows Follow again, silently (the server
+        #: refused it: a soft block); None: follows hold
+        self.follow_reverts_after = follow_reverts_after
+        self.reverts = []                       #: (account, user, when), pending
         self.toast, self.toast_dumps = "", 0
         self.actions = []
         self.fields = collections.defaultdict(str)
@@ -443,6 +449,7 @@ class ModelApp(App):
 
     def dump(self) -> str:
         self.upload_looks += self.screen == "uploading"
+        self._undo_refused_follows()
         root = self.render()
         if self.toast:                          # a toast is a window of its own
             self.toast_dumps -= 1
@@ -675,6 +682,18 @@ class ModelApp(App):
             return
         self.follows[self.target] = following
         self.record("follow" if following else "unfollow", self.target)
+        if following and self.follow_reverts_after is not None:
+            self.reverts.append((self.current, self.target,
+                                 self.clock() + self.follow_reverts_after))
+
+    def _undo_refused_follows(self):
+        """`follow_reverts_after`: a follow the server refused shows Follow again."""
+        for account, user, when in list(self.reverts):
+            if self.clock() >= when:
+                self.reverts.remove((account, user, when))
+                self.follow_state.setdefault(account, {})[user] = False
+                self.actions.append({"account": account, "action": "follow undone",
+                                     "target": user})
 
     # -- the account switcher (both apps) --------------------------------------------------
     def switcher_rows(self, top, package, name_id=""):

@@ -715,6 +715,26 @@ def test_account_blocked_fails_without_retry(farm, kind, block):
     assert task["retry_count"] == 0 and app.follows["alice"] is False
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+def test_a_follow_the_app_undoes_is_a_block_not_a_success(farm, kind):
+    """A follow the server refuses shows Following, then Follow again (TikTok: a soft
+    block, docs/research/sources_s6.md). A second look after a pause sees it: the task
+    fails "account blocked", without auto-retry, within the three dumps of a follow."""
+    device, app = farm.phone(kind, users={"alice": False}, follow_reverts_after=1.0)
+    device.clear_log()
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "follow", "auto_retry": True,
+        "script_config": {"target_users": ["alice"], "platform": PLATFORM[kind]}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    name = "TikTok" if kind.startswith("tiktok") else "Instagram"
+    assert task["status"] == 3, (task["error"], task["log"])
+    assert f"account blocked: {name} undid the follow of @alice" in task["error"]
+    assert task["retry_count"] == 0 and app.follows["alice"] is False
+    assert [a["action"] for a in app.actions] == ["follow", "follow undone"]
+    if kind != "tiktok43":                  # the home feed's video costs 43 a dump more
+        assert dumps(device) <= 3
+
+
 def test_locked_phone_is_woken_and_kept_awake(farm):
     device, app = farm.phone("tiktok47", users={"alice": False})
     device.screen_off()
