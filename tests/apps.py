@@ -29,7 +29,7 @@ Behaviour the scripts must cope with, as on a phone:
 - taps land on bounds: the point is hit-tested against the nodes of the screen shown;
 - a pop-up is another window on top: the screen below stays in the dump, and every tap
   but one on its buttons is swallowed (BACK closes the cancellable ones; the swipe-up
-  tutorial closes on any tap or swipe, which does nothing else);
+  tutorial takes every tap and closes on a swipe up, which does nothing else);
 - while a video plays, `uiautomator dump` fails ("could not get idle state") until the
   screen is tapped (the tap pauses it);
 - typed text appears in the focused field; characters outside the BMP are written as
@@ -60,7 +60,8 @@ Knobs (constructor keywords, or attributes a test sets on the app):
 - TikTok `switcher_paths=("name", "settings")`: the ways to the account list that work
   (the name with chevron atop the own profile; profile menu -> Settings and privacy ->
   swipe -> Switch account); `publish_dialog`; `sounds` (search and sound pages);
-  `recommended` (the editor's sound panel); `link_row`, `showcase` (TikTok Shop's
+  `recommended` (the editor's sound panel); `first_feed_tutorial` (the next feed shows
+  the "Swipe up for more" overlay); `link_row`, `showcase` (TikTok Shop's
   Add link -> Products); `version`, `package`. A post records its sound, the two
   volumes (TikTok's 0-200 %) and its product.
 Device-side faults (screen off, keyguard, crashes, lost taps, slow and failing dumps)
@@ -140,8 +141,10 @@ MEDIA_PROMPT = dict(window=PERMISSION, title="Allow {app} to access photos and v
 
 #: Pop-ups by kind: where the window comes from ("app" = the app's own package), title,
 #: message, buttons (label, resource id; "{pkg}" is the app's package), whether BACK
-#: closes it, and "tutorial": a full-screen overlay without buttons that any tap or
-#: swipe closes (the tap itself does nothing else).
+#: closes it, and "tutorial": a full-screen overlay without buttons that swallows every
+#: tap and closes on a swipe up (which does nothing else): the one public source that
+#: meets it, an Auto.js trill farm (CNAJ in docs/research/sources_s5b.md), swipes it
+#: away slowly; none taps it.
 #: Sources of the texts: the permission dialogs are Android's (above); Instagram's
 #: "Turn on Notifications"/"Not Now" and "Save your login info?"/"Not now" are the
 #: prompts public Instagram bots dismiss after logging in (a Playwright login flow and an
@@ -484,8 +487,7 @@ class ModelApp(App):
     def _tap_popup(self, x, y):
         popup = self.popup
         if popup["tutorial"]:
-            self.close_popup()
-            return
+            return                              # it wants a swipe up: the tap is lost
         for el in popup["window"].iter("node"):
             if el.get("clickable") == "true" and _inside(el, x, y):
                 self.close_popup()
@@ -524,8 +526,8 @@ class ModelApp(App):
 
     def swipe(self, x1, y1, x2, y2, ms):
         if self.popup:
-            if self.popup["tutorial"]:
-                self.close_popup()
+            if self.popup["tutorial"] and y1 - y2 > 300:
+                self.close_popup()              # swiped up: gone, the feed stays
             return
         if self.screen in self.PLAYING and y1 - y2 > 300:
             self.video_index = getattr(self, "video_index", 0) + 1
@@ -766,9 +768,12 @@ class TikTokApp(ModelApp):
                  sounds=("original sound - sim_user",), publish_dialog=False,
                  recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
                  link_row=True, showcase=(), product_steps=(), comment_images=True,
-                 switcher_paths=("name", "body", "settings"), **kw):
+                 switcher_paths=("name", "body", "settings"), first_feed_tutorial=False,
+                 **kw):
         super().__init__(package, **kw)
         self.version = version
+        #: the next feed shown carries the "Swipe up for more" tutorial (a first start)
+        self.first_feed_tutorial = first_feed_tutorial
         self.sounds = list(sounds)
         #: the sound panel's recommended list; the mix, in TikTok's % (100 = unchanged)
         self.recommended = list(recommended)
@@ -791,6 +796,12 @@ class TikTokApp(ModelApp):
     def share_screen(self, activity):
         self.new_draft()
         return "editor"
+
+    def goto(self, screen, focus=None):
+        super().goto(screen, focus)
+        if screen == "home" and self.first_feed_tutorial and self.popup is None:
+            self.first_feed_tutorial = False
+            self.show_popup("swipe_tutorial")
 
     def new_draft(self):
         """A new post starts without an added sound, the mix unchanged, no product."""

@@ -735,6 +735,20 @@ def test_a_follow_the_app_undoes_is_a_block_not_a_success(farm, kind):
         assert dumps(device) <= 3
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43"])
+def test_the_first_feed_s_swipe_tutorial_is_swiped_away(farm, kind):
+    """TikTok's first feed wears a "Swipe up for more" overlay that takes every tap;
+    its entry in the pop-up table says it goes with a swipe up, which the phone
+    helpers do before tapping Search."""
+    device, app = farm.phone(kind, users={"alice": False}, first_feed_tutorial=True)
+    ok(farm.run(device.address, "follow", {"target_users": ["alice"],
+                                           "access_method": "search"})[0])
+    assert app.follows["alice"] is True and app.popup is None
+    assert app.actions == [{"account": "sim_user", "action": "follow", "target": "alice"}]
+    swipes = [a for a in device.commands("input") if a[1] == "swipe"]
+    assert len(swipes) == 1 and int(swipes[0][3]) > int(swipes[0][5])
+
+
 def test_locked_phone_is_woken_and_kept_awake(farm):
     device, app = farm.phone("tiktok47", users={"alice": False})
     device.screen_off()
