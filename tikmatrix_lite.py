@@ -3864,6 +3864,13 @@ POPUP_BUTTONS = (
 #: deny button, drawn last) would leave the pushed media out of it.
 PERMISSION_GRANTS = ("permission_allow_all_button", "permission_allow_foreground_only_button",
                      "permission_allow_button")
+#: How a pop-up the table names is closed when a tap does not do it: an entry's
+#: ``"dismiss"`` (``{"text": "Swipe up for more", "dismiss": "swipe up"}``); without one
+#: its button is tapped. A swipe is slow (POPUP_SWIPE_MS), as a person pushes a tutorial
+#: away: a fling could move the screen below too.
+POPUP_SWIPES = {"swipe up": "up", "swipe down": "down", "swipe left": "left",
+                "swipe right": "right"}
+POPUP_SWIPE_MS = 600
 #: Packages whose windows are pop-ups over the app (runtime permission prompts).
 POPUP_PACKAGES = ("com.android.permissioncontroller", "com.google.android.permissioncontroller",
                   "com.android.packageinstaller")
@@ -4293,9 +4300,13 @@ class Phone:
 
     def watch(self, popups: Sequence[Selector] = (), blocks: Sequence[Selector] = (),
               package: Optional[str] = None) -> None:
-        """Teach the phone an app's pop-ups (the button that closes each), the screens
+        """Teach the phone an app's pop-ups (the button that closes each, or a selector
+        with how it is closed: ``"dismiss": "swipe up"``, see POPUP_SWIPES), the screens
         that say the account is blocked, and the app's package (a step whose app left
         the screen raises AppLeft); every look checks for them first."""
+        for entry in popups:
+            if entry.get("dismiss", "tap") not in ("tap", *POPUP_SWIPES):
+                raise ValueError(f"unknown pop-up dismissal {entry['dismiss']!r}")
         self._popups = list(popups) + [p for p in self._popups if p not in popups]
         self._blocks = list(blocks) + [b for b in self._blocks if b not in blocks]
         self._app = package or self._app
@@ -4341,30 +4352,40 @@ class Phone:
             unsaid = tuple(part.replace(typed, " ") for part in unsaid)
         return dataclasses.replace(node, text=unsaid[0], desc=unsaid[1]).matches(sel)
 
-    def popup(self, tree: UiTree, keep: Optional[Selector] = None) -> Optional[Node]:
-        """The button that closes a pop-up on top of the screen, if one shows: a known
-        pop-up, a permission prompt, or an Android dialog (its positive button). Not
-        when the step's own target is that button."""
-        for sel in self._popups:
+    def popup(self, tree: UiTree, keep: Optional[Selector] = None
+              ) -> Optional[Tuple[Node, str]]:
+        """A pop-up on top of the screen, if one shows: (the node that closes it, how:
+        "tap" or one of POPUP_SWIPES). A known pop-up, a permission prompt, or an
+        Android dialog (its positive button). Not when the step's own target is that
+        node."""
+        for entry in self._popups:
+            sel = {k: v for k, v in entry.items() if k != "dismiss"}
             node = tree.find(**sel)
             if node is not None and not (keep and tree.find(**keep) is node):
-                return node
+                return node, entry.get("dismiss", "tap")
         for node in reversed(tree.nodes):           # the topmost window is drawn last
             foreign = node.package in POPUP_PACKAGES and node.clickable and node.label
             dialog = node.resource_id == "android:id/button1" and any(
                 n.resource_id in DIALOG_IDS for n in tree.nodes)
             if (foreign or dialog) and not (keep and tree.find(**keep) is node):
-                return node
+                return node, "tap"
         return None
 
     def dismiss_popup(self, tree: Optional[UiTree] = None,
                       keep: Optional[Selector] = None) -> bool:
+        """Close the pop-up on top, if one shows: a tap on its button, or the swipe its
+        table entry names (a tutorial overlay that takes every tap)."""
         tree = tree or self.screen()
-        node = self.popup(tree, keep)
-        if node is None:
+        found = self.popup(tree, keep)
+        if found is None:
             return False
-        self._log(f"dismissed a pop-up ({node.label or node.resource_id})")
-        self.tap(node)
+        node, how = found
+        self._log(f"dismissed a pop-up ({node.label or node.resource_id}"
+                  f"{'' if how == 'tap' else ': ' + how})")
+        if how == "tap":
+            self.tap(node)
+        else:
+            self.swipe(POPUP_SWIPES[how], duration_ms=POPUP_SWIPE_MS)
         return True
 
     # -- closed-loop steps ----------------------------------------------------------

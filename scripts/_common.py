@@ -496,12 +496,36 @@ def follow_once(app: App, name: str, method: str, want_following: bool) -> Dict[
     task.progress(70, f"{'follow' if want_following else 'unfollow'} @{name}")
     if want_following:
         app.step(f"tap Follow on @{name}", "follow", expect="following")
+        confirm_follow(app, name)
     else:
         app.step(f"tap Following on @{name}", "following",
                  expect=app.any_of("unfollow_confirm", "follow"))
         if app.find("unfollow_confirm") is not None:
             app.step(f"confirm Unfollow of @{name}", "unfollow_confirm", expect="follow")
     return {"user": name, "already": False, "following": want_following}
+
+
+#: Seconds between the look that sees Following and the look that sees it held. A
+#: follow the server refuses shows Following at once (the app does not wait for the
+#: reply: "a follow TikTok turns down comes back looking like a success", HUSH) and
+#: Follow again when the refusal arrives; enkaku reads the button 2 s after its tap.
+#: On Instagram the refusal is its "Action Blocked" dialog, which GramAddict and
+#: Insomniac look for right after the follow (docs/research/sources_s6.md).
+FOLLOW_SETTLES = 2.0
+
+
+def confirm_follow(app: App, name: str) -> None:
+    """A second look, after a pause, that the follow held: Follow again means the app
+    undid it (a soft block): the task fails "account blocked", without auto-retry,
+    like a block screen, which this look also catches."""
+    app.phone.sleep(FOLLOW_SETTLES)
+    app.phone.changed()
+    key, _ = app.wait_any({"held": "following", "undone": "follow"},
+                          f"see the follow of @{name} hold")
+    if key == "undone":
+        raise AccountBlocked(f"{app.script}: follow @{name}",
+                             f"{app.name} undid the follow of @{name} (the button "
+                             "went back to Follow)")
 
 
 def type_comment(app: App, text: str) -> None:
@@ -638,6 +662,15 @@ def all_selected(app: App, key: str, tree: Any, count: int) -> bool:
 #: Seconds between looks at an upload whose pace does not show (Instagram's banner has
 #: no percent): an upload takes seconds, and every look costs the phone a dump.
 UPLOAD_BACKOFF = (2.0, 3.0, 5.0, 8.0)
+#: Seconds after the publishing tap by which the apps are taken to show an upload's
+#: progress. Before it a look at the bare feed proves nothing: the app may still be
+#: preparing the media (compressing a long video) with nothing on screen, and it reads
+#: the pushed files meanwhile. No public source measures that delay (docs/research/
+#: sources_s6.md); the public bots that watch uploads never take a bare screen this
+#: early for the end. 12 s is six times the 2 s the old rule trusted, leaves the default
+#: upload_wait_time (30 s) 18 s for the upload itself, and costs an upload over before
+#: the first look three more dumps than before (2, 3 then 7 s apart).
+UPLOAD_SHOWS_WITHIN = 12.0
 
 
 def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> None:
@@ -648,12 +681,16 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
 
     Where the app shows a percent (TikTok), the next look is when the upload should end
     at the pace seen since the publishing tap (`tapped_at`, monotonic), so a steady
-    upload takes two looks; without one, looks back off from 2 to 8 s. Two looks 2 s
-    apart that show neither progress nor its end count as an upload over before the
-    first look (the publishing step saw the post screen go)."""
+    upload takes two looks; without one, looks back off from 2 to 8 s. Looks that show
+    neither progress nor its end (the feed or profile: "bare") count as an upload over
+    before the first look only when there are two and the later one is at least
+    UPLOAD_SHOWS_WITHIN s after the tap (or `seconds`, the whole wait the user allows,
+    if shorter); the look due after that moment is pulled to it."""
     seen = {"progress": False, "last": "", "bare": 0}
     readings = [(tapped_at, 0)] if tapped_at is not None else []
     deadline = time.monotonic() + seconds
+    proof_at = (time.monotonic() if tapped_at is None else tapped_at) + \
+        min(UPLOAD_SHOWS_WITHIN, seconds)
 
     def finished(tree: Any) -> bool:
         if app.find("posted", tree) is not None:
@@ -666,18 +703,13 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                 readings.append((time.monotonic(), int(percent.group(1))))
             app.task.progress(90, f"uploading {progress.text}")
             return False
-        # a bare look: the app's feed or profile, nothing of the upload (not another
-        # screen, which proves nothing)
-        seen["bare"] += not seen["progress"] and app.any_of("home_tab", "profile_tab")(tree)
-        if seen["bare"] == 2:
-            app.task.log(f"{app.script}: no upload progress showed after the publishing "
-                         "tap: the upload ended before the first look")
-        return seen["progress"] or seen["bare"] >= 2
+        return seen["progress"] or bare_look(app, tree, seen, proof_at)
     for attempt in range(2):
         try:
             app.phone.wait_until(finished, max(1.0, deadline - time.monotonic()),
                                  f"{app.script}: wait for the upload",
-                                 pauses=lambda looks: upload_pause(readings, looks))
+                                 pauses=lambda looks: upload_pause(readings, looks,
+                                                                   proof_at))
             return
         except (AccountBlocked, AppLeft) as exc:
             if not isinstance(exc, AppLeft) or attempt:
@@ -691,22 +723,42 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                      f"(upload_wait_time; last progress {seen['last'] or 'none seen'})")
 
 
+def bare_look(app: App, tree: Any, seen: Dict[str, Any], proof_at: float) -> bool:
+    """A look at the app's feed or profile with nothing of the upload (not another
+    screen, which proves nothing): True when it ends the wait, the second such look at
+    least at `proof_at`."""
+    if not app.any_of("home_tab", "profile_tab")(tree):
+        return False
+    seen["bare"] += 1
+    if seen["bare"] < 2 or time.monotonic() < proof_at:
+        return False
+    app.task.log(f"{app.script}: no upload progress showed in the "
+                 f"{seen['bare']} looks after the publishing tap: the upload ended "
+                 "before the first look")
+    return True
+
+
 #: The longest wait between two looks at an upload whose pace shows: the pace measured
 #: from the tap counts the app's own preparing, so it can quicken; a look this late at
 #: most (half the default upload_wait_time) keeps the end seen soon enough.
 UPLOAD_LOOK_AT_MOST = 15.0
 
 
-def upload_pause(readings: Sequence[Tuple[float, int]], looks: int) -> float:
+def upload_pause(readings: Sequence[Tuple[float, int]], looks: int,
+                 proof_at: Optional[float] = None) -> float:
     """Seconds to the next look at an upload: a little after the end the pace of the
     last two (time, percent) readings points to, at most UPLOAD_LOOK_AT_MOST ahead;
-    UPLOAD_BACKOFF while no pace shows."""
+    UPLOAD_BACKOFF while no pace shows, a look due after `proof_at` (monotonic: from
+    then a bare look proves the upload over) pulled to it, never sooner than the first
+    back-off step."""
     if len(readings) >= 2:
         (then, before), (now, percent) = readings[-2:]
         if percent > before and now > then:
             left = (100 - percent) * (now - then) / (percent - before)
             return min(UPLOAD_LOOK_AT_MOST, max(0.25, left * 1.1 + 0.2))
-    return UPLOAD_BACKOFF[min(looks, len(UPLOAD_BACKOFF) - 1)]
+    pause = UPLOAD_BACKOFF[min(looks, len(UPLOAD_BACKOFF) - 1)]
+    until = proof_at - time.monotonic() if proof_at is not None else 0.0
+    return min(pause, max(until, UPLOAD_BACKOFF[0])) if until > 0 else pause
 
 
 # ---------------------------------------------------------------------------------------

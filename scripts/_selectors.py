@@ -350,8 +350,10 @@ SELECTORS = {"tiktok": TIKTOK, "instagram": INSTAGRAM}
 #: Buttons that close each app's own pop-ups, tried before the generic ones of the phone
 #: helpers (which also close permission prompts, Android dialogs and the "keeps stopping"
 #: dialog). TikTok: the Terms consent "Agree and continue", feature tips "Got it",
-#: "Not now" / "Skip" / "Dismiss" (TK popups.py), the first-feed swipe tutorial (any tap
-#: closes it), the permission prompt's "WHILE USING THE APP" (GL). Instagram: "Not Now" /
+#: "Not now" / "Skip" / "Dismiss" (TK popups.py), the first-feed swipe tutorial "Swipe
+#: up for more" (the one source that meets it, CNAJ in docs/research/sources_s5b.md,
+#: swipes it away slowly: its entry says "dismiss": "swipe up", the phone helpers'
+#: POPUP_SWIPES), the permission prompt's "WHILE USING THE APP" (GL). Instagram: "Not Now" /
 #: "Not now" (notifications, save login info: TK, GL), "Skip", "Maybe later", "No
 #: thanks" (GL), "Got it" (GL, TK), a Huawei update's "Later" (INS), and "Start new
 #: video" of the "Keep editing your draft?" dialog, never its primary button, which
@@ -359,8 +361,8 @@ SELECTORS = {"tiktok": TIKTOK, "instagram": INSTAGRAM}
 #: "Post anyway".
 POPUPS = {
     "tiktok": [{"text": "Agree and continue"}, {"text": "Got it"}, {"text": "Post anyway"},
-               {"text": "Swipe up for more"}, {"text": "Not now"}, {"text": "Skip"},
-               {"text": "WHILE USING THE APP"}, {"desc": "Dismiss"}],
+               {"text": "Swipe up for more", "dismiss": "swipe up"}, {"text": "Not now"},
+               {"text": "Skip"}, {"text": "WHILE USING THE APP"}, {"desc": "Dismiss"}],
     "instagram": [{"text": "Start new video"},
                   {"text": "Not Now"}, {"text": "Not now"}, {"text": "Agree and continue"},
                   {"text": "Post anyway"}, {"text": "Skip"}, {"text": "Maybe later"},

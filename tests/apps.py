@@ -29,7 +29,7 @@ Behaviour the scripts must cope with, as on a phone:
 - taps land on bounds: the point is hit-tested against the nodes of the screen shown;
 - a pop-up is another window on top: the screen below stays in the dump, and every tap
   but one on its buttons is swallowed (BACK closes the cancellable ones; the swipe-up
-  tutorial closes on any tap or swipe, which does nothing else);
+  tutorial takes every tap and closes on a swipe up, which does nothing else);
 - while a video plays, `uiautomator dump` fails ("could not get idle state") until the
   screen is tapped (the tap pauses it);
 - typed text appears in the focused field; characters outside the BMP are written as
@@ -51,10 +51,17 @@ Knobs (constructor keywords, or attributes a test sets on the app):
   `show_popup(kind)` / `inject_popup(title, button)`: one now;
 - `block_next(action, kind)`: the next "follow" / "comment" / "like" is refused with the
   app's block screen (BLOCKS);
+- `follow_reverts_after=s`: a follow shows Following, then Follow again after s
+  seconds, silently (a follow the server refused: a soft block);
+- `upload_seconds`: an upload's length from the publishing tap, moving with time;
+  `upload_prepare_seconds`: before its progress shows, the app prepares the media this
+  long showing nothing of the upload (its feed or profile); `uploading()`: it still
+  reads the media;
 - TikTok `switcher_paths=("name", "settings")`: the ways to the account list that work
   (the name with chevron atop the own profile; profile menu -> Settings and privacy ->
   swipe -> Switch account); `publish_dialog`; `sounds` (search and sound pages);
-  `recommended` (the editor's sound panel); `link_row`, `showcase` (TikTok Shop's
+  `recommended` (the editor's sound panel); `first_feed_tutorial` (the next feed shows
+  the "Swipe up for more" overlay); `link_row`, `showcase` (TikTok Shop's
   Add link -> Products); `version`, `package`. A post records its sound, the two
   volumes (TikTok's 0-200 %) and its product.
 Device-side faults (screen off, keyguard, crashes, lost taps, slow and failing dumps)
@@ -134,8 +141,10 @@ MEDIA_PROMPT = dict(window=PERMISSION, title="Allow {app} to access photos and v
 
 #: Pop-ups by kind: where the window comes from ("app" = the app's own package), title,
 #: message, buttons (label, resource id; "{pkg}" is the app's package), whether BACK
-#: closes it, and "tutorial": a full-screen overlay without buttons that any tap or
-#: swipe closes (the tap itself does nothing else).
+#: closes it, and "tutorial": a full-screen overlay without buttons that swallows every
+#: tap and closes on a swipe up (which does nothing else): the one public source that
+#: meets it, an Auto.js trill farm (CNAJ in docs/research/sources_s5b.md), swipes it
+#: away slowly; none taps it.
 #: Sources of the texts: the permission dialogs are Android's (above); Instagram's
 #: "Turn on Notifications"/"Not Now" and "Save your login info?"/"Not now" are the
 #: prompts public Instagram bots dismiss after logging in (a Playwright login flow and an
@@ -376,7 +385,8 @@ class ModelApp(App):
 
     def __init__(self, package, *, accounts=("sim_user",), users=None, seed=1,
                  popup_rate=0.0, popup_on_tap_rate=0.0, popup_kinds=None, locale="en",
-                 upload_seconds=0.5, clock=time.monotonic, media_access="all"):
+                 upload_seconds=0.5, upload_prepare_seconds=0.0, clock=time.monotonic,
+                 media_access="all", follow_reverts_after=None):
         super().__init__(package=package)
         #: the photos permission: "all", "limited", "denied", None (not asked yet: the
         #: prompt shows when the gallery opens)
@@ -394,6 +404,10 @@ class ModelApp(App):
         self.screen = "home"
         self.popup = None
         self.blocks = {}                        #: action -> block kind, for the next one
+        #: seconds after which a follow shows Follow again, silently (the server
+        #: refused it: a soft block); None: follows hold
+        self.follow_reverts_after = follow_reverts_after
+        self.reverts = []                       #: (account, user, when), pending
         self.toast, self.toast_dumps = "", 0
         self.actions = []
         self.fields = collections.defaultdict(str)
@@ -406,6 +420,9 @@ class ModelApp(App):
         #: moves with time, whatever the looks (a model moving per look would count the
         #: same looks whatever a script's waiting does)
         self.upload_seconds, self.clock = upload_seconds, clock
+        #: before its progress shows, the app prepares the media this long (compressing
+        #: a long video) showing nothing of the upload: its feed or profile, bare
+        self.upload_prepare_seconds = upload_prepare_seconds
         self.upload_pct, self.upload_started = 0, None
         self.upload_looks = 0                   #: dumps taken while an upload showed
         self.target = None                      #: the profile / post / sound on screen
@@ -424,10 +441,18 @@ class ModelApp(App):
         self.upload_pct, self.upload_started = 0, self.clock()
 
     def upload_percent(self):
-        """How far the upload is, by the time since the publishing tap."""
+        """How far the upload is, by the time since the publishing tap; None while the
+        app still prepares the media (`upload_prepare_seconds`: nothing shows)."""
+        elapsed = self.clock() - self.upload_started - self.upload_prepare_seconds
+        if elapsed < 0:
+            return None
         if self.upload_seconds <= 0:
             return 100
-        return min(100, int(100 * (self.clock() - self.upload_started) / self.upload_seconds))
+        return min(100, int(100 * elapsed / self.upload_seconds))
+
+    def uploading(self) -> bool:
+        """An upload is being prepared or sent: the app still reads its media."""
+        return self.upload_started is not None and (self.upload_percent() or 0) < 100
 
     def record(self, action, target=None):
         self.actions.append({"account": self.current, "action": action, "target": target})
@@ -448,6 +473,7 @@ class ModelApp(App):
 
     def dump(self) -> str:
         self.upload_looks += self.screen == "uploading"
+        self._undo_refused_follows()
         root = self.render()
         if self.toast:                          # a toast is a window of its own
             self.toast_dumps -= 1
@@ -482,8 +508,7 @@ class ModelApp(App):
     def _tap_popup(self, x, y):
         popup = self.popup
         if popup["tutorial"]:
-            self.close_popup()
-            return
+            return                              # it wants a swipe up: the tap is lost
         for el in popup["window"].iter("node"):
             if el.get("clickable") == "true" and _inside(el, x, y):
                 self.close_popup()
@@ -522,8 +547,8 @@ class ModelApp(App):
 
     def swipe(self, x1, y1, x2, y2, ms):
         if self.popup:
-            if self.popup["tutorial"]:
-                self.close_popup()
+            if self.popup["tutorial"] and y1 - y2 > 300:
+                self.close_popup()              # swiped up: gone, the feed stays
             return
         if self.screen in self.PLAYING and y1 - y2 > 300:
             self.video_index = getattr(self, "video_index", 0) + 1
@@ -680,6 +705,18 @@ class ModelApp(App):
             return
         self.follows[self.target] = following
         self.record("follow" if following else "unfollow", self.target)
+        if following and self.follow_reverts_after is not None:
+            self.reverts.append((self.current, self.target,
+                                 self.clock() + self.follow_reverts_after))
+
+    def _undo_refused_follows(self):
+        """`follow_reverts_after`: a follow the server refused shows Follow again."""
+        for account, user, when in list(self.reverts):
+            if self.clock() >= when:
+                self.reverts.remove((account, user, when))
+                self.follow_state.setdefault(account, {})[user] = False
+                self.actions.append({"account": account, "action": "follow undone",
+                                     "target": user})
 
     # -- the account switcher (both apps) --------------------------------------------------
     def switcher_rows(self, top, package, name_id=""):
@@ -752,9 +789,12 @@ class TikTokApp(ModelApp):
                  sounds=("original sound - sim_user",), publish_dialog=False,
                  recommended=("Trending beat - sim_dj", "Lo-fi morning - sim_band"),
                  link_row=True, showcase=(), product_steps=(), comment_images=True,
-                 switcher_paths=("name", "body", "settings"), **kw):
+                 switcher_paths=("name", "body", "settings"), first_feed_tutorial=False,
+                 **kw):
         super().__init__(package, **kw)
         self.version = version
+        #: the next feed shown carries the "Swipe up for more" tutorial (a first start)
+        self.first_feed_tutorial = first_feed_tutorial
         self.sounds = list(sounds)
         #: the sound panel's recommended list; the mix, in TikTok's % (100 = unchanged)
         self.recommended = list(recommended)
@@ -777,6 +817,12 @@ class TikTokApp(ModelApp):
     def share_screen(self, activity):
         self.new_draft()
         return "editor"
+
+    def goto(self, screen, focus=None):
+        super().goto(screen, focus)
+        if screen == "home" and self.first_feed_tutorial and self.popup is None:
+            self.first_feed_tutorial = False
+            self.show_popup("swipe_tutorial")
 
     def new_draft(self):
         """A new post starts without an added sound, the mix unchanged, no product."""
@@ -1195,7 +1241,11 @@ class TikTokApp(ModelApp):
 
     # -- uploading, posted -----------------------------------------------------------------
     def render_uploading(self):
-        self.upload_pct = self.upload_percent()
+        percent = self.upload_percent()
+        if percent is None:                        # preparing: the feed, nothing of it
+            return self.render_own_profile() if self.version.startswith("43") \
+                else self.render_home()
+        self.upload_pct = percent
         if self.upload_pct >= 100:
             self.goto("own_profile" if self.version.startswith("43") else "home")
             return self.render()
@@ -1867,7 +1917,11 @@ class InstagramApp(ModelApp):
         self.goto("uploading")
 
     def render_uploading(self):                    # INVENTED progress banner on home
-        self.upload_pct = self.upload_percent()
+        percent = self.upload_percent()
+        if percent is None:                        # preparing: the feed, no banner yet
+            self.banner = ""
+            return self.render_home()
+        self.upload_pct = percent
         self.banner = "Sharing…" if self.upload_pct < 100 else "Your reel has been shared."
         if self.upload_pct >= 100:
             self.goto("home")

@@ -18,7 +18,8 @@ PKG = "com.example.steps"
 
 class StepsApp(App):
     """Two screens: "start" with a Go button; tapping Go shows "done". A dialog window
-    can sit on top and swallow every tap but its own button."""
+    can sit on top and swallow every tap but its own button; a tutorial overlay takes
+    every tap and goes on a swipe up only."""
 
     package = PKG
 
@@ -26,15 +27,28 @@ class StepsApp(App):
         super().__init__()
         self.screen, self.dialog, self.taps_on_go = "start", None, 0
         self.ignore_taps = 0
+        self.tutorial = False
 
     def dump(self):
         label = "Go" if self.screen == "start" else "Done!"
         xml = hierarchy_xml(ui_node(children=[
             ui_node("android.widget.Button", (100, 100, 500, 300), text=label,
                     resource_id=f"{PKG}:id/go", clickable=True)]), package=PKG)
-        return with_windows(xml, [self.dialog]) if self.dialog is not None else xml
+        windows = [self.dialog] if self.dialog is not None else []
+        if self.tutorial:
+            windows.append(ui_node("android.widget.FrameLayout", (0, 0, 1080, 2400),
+                                   package=PKG, clickable=True, children=[
+                ui_node("android.widget.TextView", (140, 1500, 940, 1600),
+                        text="Swipe up for more", package=PKG)]))
+        return with_windows(xml, windows) if windows else xml
+
+    def swipe(self, x1, y1, x2, y2, ms):
+        if self.tutorial and y1 - y2 > 300:
+            self.tutorial = False
 
     def tap(self, x, y):
+        if self.tutorial:
+            return                                # the overlay takes it
         if self.dialog is not None:
             if 700 <= y < 1500 and x >= 600:      # the dialog's positive button
                 self.dialog = None
@@ -151,6 +165,24 @@ def test_popup_on_top_of_the_target_is_dismissed_before_acting(phone):
     p.step("tap Go", GO, expect=DONE)
     assert app.taps_on_go == 1 and app.dialog is None
     assert any("pop-up" in line for line in app.log)
+
+
+def test_a_popup_whose_entry_says_swipe_is_swiped_away_not_tapped(phone):
+    """A tutorial overlay takes every tap; its table entry says how it goes: one slow
+    swipe up, then the target is tapped once."""
+    p, device, app = phone
+    app.tutorial = True
+    p.watch(popups=[{"text": "Swipe up for more", "dismiss": "swipe up"}])
+    p.step("tap Go", GO, expect=DONE)
+    assert app.screen == "done" and app.taps_on_go == 1 and not app.tutorial
+    swipes = [argv for argv in device.commands("input") if argv[1] == "swipe"]
+    assert len(swipes) == 1
+    _, _, x1, y1, x2, y2, ms = swipes[0]
+    assert int(y1) - int(y2) > 300 and x1 == x2 and ms == str(lite.POPUP_SWIPE_MS)
+    assert [a for a in device.commands("input") if a[1] == "tap"] == [
+        ["input", "tap", "300", "200"]]                 # Go only: the overlay never
+    with pytest.raises(ValueError, match="dismissal"):  # an unknown way is refused
+        p.watch(popups=[{"text": "Swipe up for more", "dismiss": "shake"}])
 
 
 def test_unknown_android_dialog_is_closed_by_its_positive_button(phone):

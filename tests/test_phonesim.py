@@ -705,7 +705,7 @@ def test_instagram_search_keyword_row_full_results_and_story_ring(sim, adb):
     assert app.screen == "profile" and app.target == "carol.b"
 
 
-def test_swipe_tutorial_takes_the_tap_and_instagram_popups_close_with_back(sim, adb):
+def test_swipe_tutorial_wants_a_swipe_up_and_instagram_popups_close_with_back(sim, adb):
     from apps import InstagramApp, TikTokApp
     tt = TikTokApp("43.1.4", users={"alice": False})
     device, d = model_phone(sim, adb, tt)
@@ -714,8 +714,12 @@ def test_swipe_tutorial_takes_the_tap_and_instagram_popups_close_with_back(sim, 
     below = dump_tree(d)
     tt.show_popup("swipe_tutorial")
     assert node(dump_tree(d)[-1], text="Swipe up for more") is not None
-    tap_node(d, below, text="Follow")                 # closes the overlay, nothing else
-    assert tt.popup is None and tt.follows["alice"] is False
+    tap_node(d, below, text="Follow")                 # swallowed: the overlay stays
+    assert tt.popup is not None and tt.follows["alice"] is False
+    d.shell("input swipe 540 600 540 1800 300")       # a swipe down does nothing
+    assert tt.popup is not None
+    d.shell("input swipe 540 1800 540 600 600")       # a swipe up closes it, nothing else
+    assert tt.popup is None and tt.follows["alice"] is False and tt.screen == "profile"
     ig = InstagramApp()
     device, d = model_phone(sim, adb, ig)
     ig.show_popup("save_login")

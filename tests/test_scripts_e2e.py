@@ -586,6 +586,27 @@ def test_an_upload_over_before_the_first_look_still_completes(farm, tmp_path, ki
     assert any("ended before the first look" in line for line in task["log"])
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+def test_an_upload_the_app_still_prepares_keeps_its_media(farm, tmp_path, kind):
+    """After the publishing tap a long video is prepared (compressed) before any
+    progress shows: the feed is bare for a while. Looks at that bare feed are no proof
+    that the upload is over; the media stays on the phone until the upload has ended."""
+    device, app = farm.phone(kind, upload_seconds=1.0, upload_prepare_seconds=5.0)
+    device.slow_dumps(0.3)
+    removed = []
+    remove = device.fs.remove
+
+    def remove_and_note(path, *args, **kwargs):
+        removed.append((path, app.uploading()))
+        return remove(path, *args, **kwargs)
+    device.fs.remove = remove_and_note
+    ok(farm.run(device.address, "post", {"material_list": media(tmp_path, "v.mp4"),
+                                         "post_way": "addButton",
+                                         "platform": PLATFORM[kind]}, timeout=90)[0])
+    assert len(app.posts) == 1
+    assert removed == [("/sdcard/DCIM/Camera/v.mp4", False)], removed
+
+
 def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import _common
@@ -599,6 +620,13 @@ def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monk
     # no pace (no percent yet, or stalled): the upload back-off
     assert _common.upload_pause([], 0) == 2.0
     assert _common.upload_pause([(0.0, 0), (1.0, 40), (3.0, 40)], 9) == 8.0
+    # the look due after the moment bare looks start to count is pulled to it, never
+    # sooner than the first back-off step; once past it, the back-off again
+    soon = time.monotonic()
+    assert _common.upload_pause([], 2, proof_at=soon + 3.5) == pytest.approx(3.5, abs=0.2)
+    assert _common.upload_pause([], 2, proof_at=soon + 0.5) == 2.0
+    assert _common.upload_pause([], 2, proof_at=soon + 60) == 5.0
+    assert _common.upload_pause([], 3, proof_at=soon - 1) == 8.0
 
 
 @pytest.mark.parametrize("lost", ["the item", "Next"])
@@ -704,6 +732,40 @@ def test_account_blocked_fails_without_retry(farm, kind, block):
     task = farm.finished(reply["data"]["task_ids"][0])
     assert task["status"] == 3 and "account blocked: " in task["error"], task["error"]
     assert task["retry_count"] == 0 and app.follows["alice"] is False
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43", "instagram"])
+def test_a_follow_the_app_undoes_is_a_block_not_a_success(farm, kind):
+    """A follow the server refuses shows Following, then Follow again (TikTok: a soft
+    block, docs/research/sources_s6.md). A second look after a pause sees it: the task
+    fails "account blocked", without auto-retry, within the three dumps of a follow."""
+    device, app = farm.phone(kind, users={"alice": False}, follow_reverts_after=1.0)
+    device.clear_log()
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "follow", "auto_retry": True,
+        "script_config": {"target_users": ["alice"], "platform": PLATFORM[kind]}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    name = "TikTok" if kind.startswith("tiktok") else "Instagram"
+    assert task["status"] == 3, (task["error"], task["log"])
+    assert f"account blocked: {name} undid the follow of @alice" in task["error"]
+    assert task["retry_count"] == 0 and app.follows["alice"] is False
+    assert [a["action"] for a in app.actions] == ["follow", "follow undone"]
+    if kind != "tiktok43":                  # the home feed's video costs 43 a dump more
+        assert dumps(device) <= 3
+
+
+@pytest.mark.parametrize("kind", ["tiktok47", "tiktok43"])
+def test_the_first_feed_s_swipe_tutorial_is_swiped_away(farm, kind):
+    """TikTok's first feed wears a "Swipe up for more" overlay that takes every tap;
+    its entry in the pop-up table says it goes with a swipe up, which the phone
+    helpers do before tapping Search."""
+    device, app = farm.phone(kind, users={"alice": False}, first_feed_tutorial=True)
+    ok(farm.run(device.address, "follow", {"target_users": ["alice"],
+                                           "access_method": "search"})[0])
+    assert app.follows["alice"] is True and app.popup is None
+    assert app.actions == [{"account": "sim_user", "action": "follow", "target": "alice"}]
+    swipes = [a for a in device.commands("input") if a[1] == "swipe"]
+    assert len(swipes) == 1 and int(swipes[0][3]) > int(swipes[0][5])
 
 
 def test_locked_phone_is_woken_and_kept_awake(farm):
