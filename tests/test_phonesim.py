@@ -563,7 +563,7 @@ def test_popup_between_dump_and_tap_covers_the_target(sim, adb):
 
 @pytest.mark.parametrize("version", ["47.0.3", "43.1.4"])
 def test_tiktok_search_keeps_the_query_and_rows_have_ids(sim, adb, version):
-    from apps import TikTokApp
+    from apps import HANDLE_MARKS, TikTokApp
     app = TikTokApp(version, users={"carol": False, "carolyn": False})
     device, d = model_phone(sim, adb, app)
     tap_node(d, dump_tree(d), **{"content-desc": "Search"})
@@ -575,13 +575,14 @@ def test_tiktok_search_keeps_the_query_and_rows_have_ids(sim, adb, version):
     assert field.get("text") == "carol"                # the query stays in the field
     handles = [n.get("text") for n in tree.iter("node")
                if n.get("resource-id", "").endswith(":id/unique_id")]
-    assert handles == ["carol", "carolyn"]
+    assert handles == [HANDLE_MARKS % name for name in ("carol", "carolyn")]   # as TikTok
     tap_node(d, tree, **{"class": "android.widget.EditText"})
     assert app.screen == "search" and app.target is None      # typing again, no profile
     assert node(dump_tree(d), focused="true").get("text") == "carol"
     d.shell("input keyevent KEYCODE_ENTER")
     tap_node(d, dump_tree(d), text="Users")
-    tap_node(d, dump_tree(d), resource_id=app.package + ":id/unique_id", text="carolyn")
+    tap_node(d, dump_tree(d), resource_id=app.package + ":id/unique_id",
+             text=HANDLE_MARKS % "carolyn")
     assert app.screen == "profile" and app.target == "carolyn"
 
 
