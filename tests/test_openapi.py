@@ -112,8 +112,9 @@ def value_of(decl, name=""):
         items = decl.get("items") or "str"         # a list of anything: of text, say
         items = {"type": items} if isinstance(items, str) else items
         return st.lists(value_of(items, name), max_size=min(decl.get("max_items", 10), 4))
-    return st.dictionaries(st.text(max_size=8), st.integers(0, 5) | st.text(max_size=8),
-                           max_size=3)
+    # a free object's keys and text are strings too: no NUL (the schema's rule)
+    return st.dictionaries(st.text(TEXT, max_size=8), st.integers(0, 5) |
+                           st.text(TEXT, max_size=8), max_size=3)
 
 
 def _utf8(value):
