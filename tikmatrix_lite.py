@@ -1537,8 +1537,8 @@ class Store:
             if int(status) != RUNNING:
                 self._keep_task_json(int(task_id), int(rev), task_json)
         if inexact:
-            rows = self.query(f"SELECT * FROM tasks WHERE id IN ({','.join('?' * len(inexact))})",
-                              inexact)
+            marks = ",".join("?" * len(inexact))
+            rows = self.query(f"SELECT * FROM tasks WHERE id IN ({marks})", inexact)
             built.update((row["id"], json.dumps(task_to_json(self._with_live(row)),
                                                 ensure_ascii=False)) for row in rows)
         return built

@@ -389,8 +389,9 @@ POPUPS = {
 #: follow more people." and "Account status: locked" (screenshots of the app, BYTE);
 #: Instagram's "We limit how often you can do certain things" (the body of its "Try
 #: Again Later") and "Follow limit reached" (server replies and web bots; its "going
-#: too fast" comes inside "...temporarily blocked", and alone would match captions); TikTok's "session expired, please sign in
-#: again" banner (BYTE): the account is logged out, a person must sign in again.
+#: too fast" comes inside "...temporarily blocked", and alone would match captions);
+#: TikTok's "session expired, please sign in again" banner (BYTE): the account is
+#: logged out, a person must sign in again.
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
                   {"text": "Try Again Later"},
