@@ -897,6 +897,35 @@ class _CreateJob:
         self.turn.acquire()
 
 
+class _Transaction:
+    """Store.write()'s transaction as a context manager (a generator-based one cost each
+    write as much again in Python as all the rest of it: a task's life has four)."""
+
+    __slots__ = ("store", "one_statement", "joined", "alone", "flushed")
+
+    def __init__(self, store: "Store", one_statement: bool):
+        self.store = store
+        self.one_statement = one_statement
+
+    def __enter__(self) -> sqlite3.Connection:
+        store = self.store
+        store._write_lock.acquire()
+        self.joined = getattr(store._local, "write_depth", 0)
+        if not self.joined:
+            self.alone = self.one_statement and not store._live
+            self.flushed = store._begin(self.alone)
+        return store._writer
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
+        store = self.store
+        if self.joined:                      # the outer write commits or rolls back
+            store._write_lock.release()
+            return
+        store._end(self.alone, self.flushed, failed=kind is not None)
+        if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+            raise StorageFull() from exc
+
+
 class Store:
     """Tasks, task logs, devices and accounts in one sqlite file.
 
@@ -923,6 +952,9 @@ class Store:
         self._creates: "collections.deque[_CreateJob]" = collections.deque()
         self._creates_lock = threading.Lock()
         self._local = threading.local()
+        #: what the transaction under way changed (_note) and wrote whole (_note_written)
+        self._tx_changes: Dict[str, Dict[Any, None]] = {}
+        self._tx_written: Dict[str, Dict[Any, Any]] = {}
         #: every connection with the thread that uses it, so close() can spare live ones
         self._all_connections: List[Tuple[threading.Thread, sqlite3.Connection]] = []
         self._connections_lock = threading.Lock()
@@ -1059,8 +1091,7 @@ class Store:
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Optional[sqlite3.Row]:
         return self._conn().execute(sql, params).fetchone()
 
-    @contextlib.contextmanager
-    def write(self, one_statement: bool = False) -> Iterator[sqlite3.Connection]:
+    def write(self, one_statement: bool = False) -> "_Transaction":
         """One transaction on the writer connection: all of it is committed, or none.
 
         A write inside a write (same thread, holding the lock) joins the outer one. If
@@ -1071,47 +1102,72 @@ class Store:
         BEGIN and COMMIT: sqlite makes a lone statement atomic, and each of the two is a
         step more under the lock (a hand-off between threads under load).
         """
-        with self._write_lock:
-            conn = self._writer
-            depth = getattr(self._local, "write_depth", 0)
-            if depth:
-                yield conn
+        return _Transaction(self, one_statement)
+
+    def _begin(self, alone: bool) -> bool:
+        """Open the outer transaction (the write lock held); True if it wrote log lines."""
+        self._local.write_depth = 1
+        self._tx_changes, self._tx_written = {}, {}
+        if alone:
+            return False
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except BaseException as exc:
+            self._left_write()
+            raise _storage_error(exc)
+        try:
+            return bool(self._live) and self._flush_live(conn)
+        except BaseException as exc:
+            self._rolled_back()
+            self._left_write()
+            raise _storage_error(exc)
+
+    def _end(self, alone: bool, flushed: bool, failed: bool) -> None:
+        """Commit the outer transaction, or roll it back if its body failed (the write
+        lock held; let go of here), then tell what it changed."""
+        try:
+            if failed:
+                self._rolled_back()
                 return
-            self._local.write_depth = 1
-            self._local.changes, self._local.written = {}, {}
-            alone = one_statement and not self._live
             try:
                 if not alone:
-                    conn.execute("BEGIN IMMEDIATE")
-                try:
-                    flushed = not alone and self._flush_live(conn)
-                    yield conn
-                    if not alone:
-                        self._commit(conn, flushed)
-                    self._changed()
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    self._unflush_live()
-                    self._due_marks.clear()
-                    self._device_marks.clear()
-                    raise
+                    self._commit(self._writer, flushed)
+            except BaseException as exc:
+                self._rolled_back()
+                raise _storage_error(exc)
+            self._changed()
+            if self._ended:
                 self._close_ended()
+            if self._due_marks:
                 self._mark_due_stale()
+            if self._device_marks:
                 self._count_device_rows()
+            if self._tx_written and self.on_written is not None:
                 self._tell_written()
-            except sqlite3.OperationalError as exc:
-                if _is_disk_full(exc):
-                    raise StorageFull() from exc
-                raise
-            finally:
-                self._local.write_depth = 0
-                changes, self._local.changes = self._local.changes, {}
-        self._announce(changes)
+        finally:
+            changes = self._left_write()
+        if changes and not failed:
+            self._announce(changes)
+
+    def _rolled_back(self) -> None:
+        conn = self._writer
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        self._unflush_live()
+        self._due_marks.clear()
+        self._device_marks.clear()
+
+    def _left_write(self) -> Dict[str, Dict[Any, None]]:
+        """The outer transaction is over: what it changed, and the write lock let go."""
+        self._local.write_depth = 0
+        changes, self._tx_changes, self._tx_written = self._tx_changes, {}, {}
+        self._write_lock.release()
+        return changes
 
     def _note(self, kind: str, *keys: Any) -> None:
         """Remember what this transaction changed; announced only once it commits."""
-        bucket = self._local.changes.setdefault(kind, {})
+        bucket = self._tx_changes.setdefault(kind, {})
         for key in keys:
             bucket[key] = None
 
@@ -1119,15 +1175,15 @@ class Store:
         """Remember rows this transaction wrote whole, as written (a new task), or read
         as it leaves them (a device, None if it has no row); a key _note'd too (changed
         in the same transaction) is read back instead."""
-        self._local.written.setdefault(kind, {}).update(rows)
+        self._tx_written.setdefault(kind, {}).update(rows)
 
     def _tell_written(self) -> None:
         """The rows written whole, told while the lock is held: an event of a later commit
         (a claim of the new task) comes after theirs."""
-        written, self._local.written = self._local.written, {}
+        written, self._tx_written = self._tx_written, {}
         for kind, rows in written.items():
             rows = {k: v for k, v in rows.items()
-                    if k not in self._local.changes.get(kind, {})}
+                    if k not in self._tx_changes.get(kind, {})}
             try:
                 self.on_written(kind, rows)
             except Exception:                     # a listener must not fail a write
@@ -2525,6 +2581,15 @@ def ended_message(error: str) -> str:
 def _is_disk_full(exc: sqlite3.Error) -> bool:
     """SQLITE_FULL (13): the disk of the database or its journal ran out of space."""
     return getattr(exc, "sqlite_errorcode", None) == 13 or "disk is full" in str(exc)
+
+
+def _storage_error(exc: BaseException) -> BaseException:
+    """A disk-full error as the StorageFull the API answers 507 with; others as they are."""
+    if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
+        full = StorageFull()
+        full.__cause__ = exc
+        return full
+    return exc
 
 
 def _split_sql(script: str) -> List[str]:

@@ -840,6 +840,44 @@ def test_a_rolled_back_write_keeps_the_lines_for_the_next(st, db_path):
     assert disk_log(db_path, task_id) == ["kept"]
 
 
+def test_a_write_whose_begin_fails_lets_go_of_the_lock(st, db_path):
+    """BEGIN refused (another program holds the file's write lock): the error reaches
+    the caller, and the store's lock is free for the next write, of any thread."""
+    st._writer.execute("PRAGMA busy_timeout=0")
+    other = sqlite3.connect(db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        with st.write():
+            pass
+    other.execute("ROLLBACK")
+    other.close()
+    st._writer.execute("PRAGMA busy_timeout=30000")
+    written = []
+    writer = threading.Thread(target=lambda: written.append(st.create_tasks([new()])))
+    writer.start()
+    writer.join(10)
+    assert len(written) == 1 and st.get_task(written[0][0]) is not None
+
+
+def test_a_write_whose_waiting_lines_cannot_be_written_keeps_them(st, db_path):
+    """The log lines waiting in memory fail to go to a full disk at the start of a
+    write: StorageFull, nothing written, the lock free, and the lines kept for later."""
+    st.upsert_device("d1", state="device")
+    task_id = claimed_task(st)
+    st.add_log(task_id, "x" * 4000)
+    pages = st.query_one("PRAGMA page_count")[0]
+    st._writer.execute(f"PRAGMA max_page_count={pages}")     # a full disk
+    with pytest.raises(tml.StorageFull):
+        with st.write() as conn:
+            conn.execute("UPDATE devices SET alias='never' WHERE serial='d1'")
+    assert not st._write_lock._is_owned() and not st._writer.in_transaction
+    assert [r["line"] for r in st.task_log(task_id)] == ["x" * 4000]
+    st._writer.execute("PRAGMA max_page_count=1073741823")
+    assert st.finish(task_id, ok=True) == "completed"
+    assert disk_log(db_path, task_id) == ["x" * 4000]
+    assert on_disk(db_path, "SELECT alias FROM devices WHERE serial='d1'") == [("",)]
+
+
 def test_a_chatty_task_writes_every_hundred_lines(st, db_path):
     task_id = claimed_task(st)
     for n in range(tml.MAX_BUFFERED_LINES + 5):
