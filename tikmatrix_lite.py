@@ -1995,23 +1995,44 @@ class Store:
         row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
         if row is None or row["status"] != RUNNING:
             return None
-        self._note("task", task_id)
-        self._note("device", row["serial"])
-        conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
-                     (now, now, row["serial"]))
+        self._rested(conn, task_id, row["serial"], now)
         return row
+
+    @staticmethod
+    def _update_running(conn: sqlite3.Connection, sql: str,
+                        params: Sequence[Any]) -> Optional[str]:
+        """Run the compare-and-set ``sql`` (its last parameter the task's id, its WHERE
+        ``id=? AND status=running``); the task's phone, or None if it was not running."""
+        if SQLITE_HAS_RETURNING:
+            rows = conn.execute(sql + " RETURNING serial", params).fetchall()
+            return rows[0][0] if rows else None
+        row = conn.execute(f"SELECT serial FROM tasks WHERE id=? AND status={RUNNING}",
+                           (params[-1],)).fetchone()
+        if row is not None:
+            conn.execute(sql, params)
+        return row and row[0]
+
+    def _rested(self, conn: sqlite3.Connection, task_id: int, serial: str,
+                now: float) -> None:
+        """A task of the phone's ended now: its rest interval starts."""
+        self._note("task", task_id)
+        self._note("device", serial)
+        conn.execute("UPDATE devices SET last_task_end=?, last_seen=? WHERE serial=?",
+                     (now, now, serial))
 
     def complete(self, task_id: int, result: Any = None) -> bool:
         """running -> completed, with the script's result."""
         now = self.clock()
         with self.write() as conn:
-            if self._end_running(conn, task_id, now) is None:
+            # the compare-and-set says which phone rests: no read of the row first (as
+            # fail() needs); every task ends here or in fail(): it moves rev itself
+            serial = self._update_running(
+                conn, f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
+                " error='', result=?, message='completed', lease_until=NULL, rev=rev + 1"
+                f" WHERE id=? AND status={RUNNING}", (now, _dump_json(result), task_id))
+            if serial is None:
                 return False
-            # every task ends here or in fail(): it moves rev itself (no trigger's UPDATE)
-            conn.execute(f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
-                         " error='', result=?, message='completed', lease_until=NULL,"
-                         f" rev=rev + 1 WHERE id=? AND status={RUNNING}",
-                         (now, _dump_json(result), task_id))
+            self._rested(conn, task_id, serial, now)
             self._use_materials(conn, task_id, now)
             self._ending(conn, task_id, "completed")
             return True
@@ -2069,9 +2090,9 @@ class Store:
         """End a running task by the move that fits; returns 'completed', 'failed',
         'retrying' or 'gone' (it was not running). All in one transaction; the task-end
         hooks run once it is committed."""
+        if ok:                               # complete() is one transaction itself
+            return "completed" if self.complete(task_id, result) else "gone"
         with self.write():
-            if ok:
-                return "completed" if self.complete(task_id, result) else "gone"
             if allow_auto_retry and self.back_to_pending(task_id, error, rng, auto_retry):
                 return "retrying"
             return "failed" if self.fail(task_id, error, result) else "gone"

@@ -878,6 +878,30 @@ def test_a_write_whose_waiting_lines_cannot_be_written_keeps_them(st, db_path):
     assert on_disk(db_path, "SELECT alias FROM devices WHERE serial='d1'") == [("",)]
 
 
+@pytest.mark.parametrize("returning", [True, False])
+def test_complete_is_one_compare_and_set_with_or_without_returning(st, monkeypatch,
+                                                                   returning, clock):
+    """complete() finds the task's phone by its compare-and-set: the phone rests from
+    now, and a task that is not running (pending, or ended already) is left alone."""
+    if returning and not tml.SQLITE_HAS_RETURNING:
+        pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
+    monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
+    st.upsert_device("d1", state="device")
+    running, pending = st.create_tasks([new("d1"), new("d1")])
+    assert st.claim_next("d1", clock())["id"] == running
+    clock.advance(7)
+    assert st.complete(pending) is False
+    assert st.get_task(pending)["status"] == tml.PENDING
+    assert st.list_devices("d1")[0]["last_task_end"] is None
+    assert st.finish(running, ok=True, result={"n": 1}) == "completed"
+    task = st.get_task(running)
+    assert (task["status"], task["end_time"], tml._load_json(task["result"])) == (
+        tml.COMPLETED, clock(), {"n": 1})
+    assert st.list_devices("d1")[0]["last_task_end"] == clock()
+    assert st.finish(running, ok=True) == "gone"
+    assert_counts_match(st)
+
+
 def test_a_chatty_task_writes_every_hundred_lines(st, db_path):
     task_id = claimed_task(st)
     for n in range(tml.MAX_BUFFERED_LINES + 5):
