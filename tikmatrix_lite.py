@@ -964,8 +964,8 @@ class Store:
         #: called with (kind, {key: row as written}) right after the commit, still under
         #: the write lock, for the rows a transaction wrote whole or read as it left
         #: them (_note_written): the hub needs not read them back, and their events
-        #: precede any later commit's
-        self.on_written: Callable[[str, Dict[Any, Any]], None] = lambda kind, rows: None
+        #: precede any later commit's (None: nothing listens, nothing is read for it)
+        self.on_written: Optional[Callable[[str, Dict[Any, Any]], None]] = None
         #: task id -> LiveTask, for the tasks claimed here and still running
         self._live: Dict[int, LiveTask] = {}
         self._live_lock = threading.Lock()
@@ -1482,17 +1482,21 @@ class Store:
                     config = self._reserve_materials(conn, cur.lastrowid, tasks[start])
                     conn.execute("UPDATE tasks SET script_config=? WHERE id=?",
                                  (_dump_json(config), cur.lastrowid))
-            # the event's fields as written (the others are the columns' defaults)
-            self._note_written("task", {task_id: {
-                "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
-                "serial": t.serial, "username": t.username, "error": "",
-                "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
-            # the phones' rows as this write leaves them, read by the writer: a reader
-            # would read again the pages the commit changed (each a step of sqlite)
-            serials = dict.fromkeys(t.serial for t in tasks)
-            self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
-                                          for serial in serials})
+            if self.on_written is not None:     # nobody to tell: nothing to read
+                self._note_created(tasks, ids)
         return ids
+
+    def _note_created(self, tasks: Sequence[NewTask], ids: Sequence[int]) -> None:
+        """The new tasks' events as written (the other fields are the columns'
+        defaults), and their phones' rows as this write leaves them, read by the writer:
+        a reader would read again the pages the commit changed (each a step of sqlite)."""
+        self._note_written("task", {task_id: {
+            "id": task_id, "status": PENDING, "progress": 0, "message": t.message,
+            "serial": t.serial, "username": t.username, "error": "",
+            "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
+        serials = dict.fromkeys(t.serial for t in tasks)
+        self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
+                                      for serial in serials})
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
         return self._with_live(self.query_one("SELECT * FROM tasks WHERE id=?", (task_id,)))

@@ -902,6 +902,24 @@ def test_complete_is_one_compare_and_set_with_or_without_returning(st, monkeypat
     assert_counts_match(st)
 
 
+def test_a_create_reads_its_phones_rows_only_for_a_listener(st, monkeypatch):
+    """The rows a create tells on_written (its tasks, its phones as it leaves them) are
+    made only when something listens: a store without an events hub reads nothing."""
+    st.upsert_device("d1", state="device")
+    reads = []
+    listed = st.list_devices
+    monkeypatch.setattr(st, "list_devices", lambda *a: reads.append(a) or listed(*a))
+    st.create_tasks([new("d1")])
+    assert reads == []
+    told = []
+    st.on_written = lambda kind, rows: told.append((kind, dict(rows)))
+    [task_id] = st.create_tasks([new("d1")])
+    assert reads == [("d1",)]
+    assert [kind for kind, _ in told] == ["task", "device"]
+    assert told[0][1][task_id]["status"] == tml.PENDING
+    assert told[1][1]["d1"]["pending_count"] == 2
+
+
 def test_a_chatty_task_writes_every_hundred_lines(st, db_path):
     task_id = claimed_task(st)
     for n in range(tml.MAX_BUFFERED_LINES + 5):
