@@ -810,6 +810,8 @@ WAL_AUTOCHECKPOINT = 4000
 JOURNAL_SIZE_LIMIT = 1024 * 1024
 #: UPDATE ... RETURNING came with sqlite 3.35 (Raspberry Pi OS 11 has 3.34).
 SQLITE_HAS_RETURNING = sqlite3.sqlite_version_info >= (3, 35, 0)
+#: A phone's columns its event shows (with its running task and pending count).
+DEVICE_SUMMARY_COLUMNS = "d.serial, d.state, d.battery, d.alias, d.groups, d.last_error"
 #: A runner's log lines and progress wait in memory for the next write; this many lines
 #: of one task make a write of their own.
 MAX_BUFFERED_LINES = 100
@@ -1495,7 +1497,7 @@ class Store:
             "serial": t.serial, "username": t.username, "error": "",
             "script_name": t.script_name} for task_id, t in zip(ids, tasks)})
         serials = dict.fromkeys(t.serial for t in tasks)
-        self._note_written("device", {serial: next(iter(self.list_devices(serial)), None)
+        self._note_written("device", {serial: self.device_summary(serial)
                                       for serial in serials})
 
     def get_task(self, task_id: int) -> Optional[sqlite3.Row]:
@@ -2263,14 +2265,24 @@ class Store:
         POST /task (whose device event reads this) a walk over all of them. The running
         task is looked up in the index of running tasks, named: an index on (serial, ...)
         of all tasks looks as good to the planner and walks all the phone's tasks."""
+        return self._devices("d.*", serial)
+
+    def device_summary(self, serial: str) -> Optional[sqlite3.Row]:
+        """A phone's row as its event shows it (EventHub.device_event), None if it has
+        none: every POST /task tells its phone's, and the whole row (the apps, the
+        screen) cost sqlite as much again as these columns."""
+        return next(iter(self._devices(DEVICE_SUMMARY_COLUMNS, serial)), None)
+
+    def _devices(self, columns: str, serial: Optional[str]) -> List[sqlite3.Row]:
         return self.query(
-            "SELECT d.*, (SELECT id FROM tasks INDEXED BY tasks_one_running_per_device"
+            f"SELECT {columns}, (SELECT id FROM tasks INDEXED BY tasks_one_running_per_device"
             f" WHERE serial=d.serial AND status={RUNNING} AND external = 0)"
             " AS running_task_id, (SELECT COALESCE(SUM(n), 0) FROM"
             f" task_counts WHERE serial=d.serial AND status={PENDING}) - (SELECT COUNT(*)"
             " FROM tasks INDEXED BY tasks_due WHERE serial=d.serial AND external = 1"
-            f" AND status={PENDING}) AS pending_count FROM devices d" + (" WHERE d.serial=?" if serial is not None else "")
-            + " ORDER BY d.serial", () if serial is None else (serial,))
+            f" AND status={PENDING}) AS pending_count FROM devices d"
+            + (" WHERE d.serial=?" if serial is not None else "") + " ORDER BY d.serial",
+            () if serial is None else (serial,))
 
     def remember_connection(self, address: str, adb_server: Optional[str]) -> None:
         """A phone connected with adb connect through Lite (None: disconnected by it)."""
@@ -2809,7 +2821,7 @@ class EventHub:
             row = store.get_task(key)
             return {"id": key, "deleted": True} if row is None else self.task_event(row)
         if kind == "device":
-            return self.device_event(key, next(iter(store.list_devices(key)), None))
+            return self.device_event(key, store.device_summary(key))
         if kind == "account":
             row = store.get_account(key)
             if row is None:

@@ -559,19 +559,30 @@ def creates_in_line(st, tasks_of):
     return answers, commits + 1                 # + the commit of the write held above
 
 
-def test_a_device_s_row_reads_only_its_running_and_pending_tasks(st):
-    """list_devices (read for every create's device event) finds the running task in
-    the index of running tasks, and counts pending ones in tasks_due: never a walk over
-    all the phone's tasks, whatever other index on serial the schema has."""
+@pytest.mark.parametrize("read", ["list_devices", "device_summary"])
+def test_a_device_s_row_reads_only_its_running_and_pending_tasks(st, read):
+    """list_devices and device_summary (read for every create's device event) find the
+    running task in the index of running tasks, and count pending ones in tasks_due:
+    never a walk over all the phone's tasks, whatever other index on serial it has."""
     st.upsert_device("d1", state="device")
     said = []
     st._reader().set_trace_callback(said.append)
-    st.list_devices("d1")
+    getattr(st, read)("d1")
     st._reader().set_trace_callback(None)
     plan = [row[3] for row in st.query("EXPLAIN QUERY PLAN " + said[-1])]
     on_tasks = [step for step in plan if step.split()[1] == "tasks"]
     assert len(on_tasks) == 2, plan
     assert all("tasks_one_running_per_device" in s or "tasks_due" in s for s in on_tasks)
+
+
+def test_a_device_summary_is_the_listed_row_s_event_fields(st):
+    st.upsert_device("d1", state="device", alias="left", groups='["shelf"]', battery=80)
+    [running, _] = st.create_tasks([new("d1"), new("d1")])
+    st.claim_next("d1", T0 + 1)
+    listed, summary = st.list_devices("d1")[0], st.device_summary("d1")
+    assert tml.EventHub.device_event("d1", summary) == tml.EventHub.device_event("d1", listed)
+    assert (summary["running_task_id"], summary["pending_count"]) == (running, 1)
+    assert st.device_summary("nobody") is None
 
 
 def test_creates_in_line_are_written_together_each_with_its_own_ids(st):
@@ -907,8 +918,8 @@ def test_a_create_reads_its_phones_rows_only_for_a_listener(st, monkeypatch):
     made only when something listens: a store without an events hub reads nothing."""
     st.upsert_device("d1", state="device")
     reads = []
-    listed = st.list_devices
-    monkeypatch.setattr(st, "list_devices", lambda *a: reads.append(a) or listed(*a))
+    summary = st.device_summary
+    monkeypatch.setattr(st, "device_summary", lambda *a: reads.append(a) or summary(*a))
     st.create_tasks([new("d1")])
     assert reads == []
     told = []
