@@ -677,7 +677,7 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
     """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
     that was showing goes away. Fails after `seconds` with the last progress seen. If
     the app closes meanwhile it is started again once: the apps go on with a pending
-    upload and show its end.
+    upload and show its end. Neither failure is auto-retried: the post may be out.
 
     Where the app shows a percent (TikTok), the next look is when the upload should end
     at the pace seen since the publishing tap (`tapped_at`, monotonic), so a steady
@@ -703,6 +703,8 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                 readings.append((time.monotonic(), int(percent.group(1))))
             app.task.progress(90, f"uploading {progress.text}")
             return False
+        if not any(node.package == app.package for node in tree.nodes):
+            return False         # the launcher a crash fell back to has no progress either
         return seen["progress"] or bare_look(app, tree, seen, proof_at)
     for attempt in range(2):
         try:
@@ -712,15 +714,22 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                                                                    proof_at))
             return
         except (AccountBlocked, AppLeft) as exc:
-            if not isinstance(exc, AppLeft) or attempt:
+            if not isinstance(exc, AppLeft):
                 raise
+            if attempt:
+                raise StepFailed(app.script, f"{exc.reason} again while uploading: the "
+                                 f"post may still be published, so it is not repeated",
+                                 retry=False) from None
             app.task.log(f"{app.script}: {exc.reason}; starting the app again to see "
                          "the upload finish")
             app.launch()
         except StepFailed:
             break
+    # the publishing tap took effect: the app may still publish the post, and a retry
+    # would post it twice
     raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
-                     f"(upload_wait_time; last progress {seen['last'] or 'none seen'})")
+                     f"(upload_wait_time; last progress {seen['last'] or 'none seen'}); "
+                     "the post may still be published, so it is not repeated", retry=False)
 
 
 def bare_look(app: App, tree: Any, seen: Dict[str, Any], proof_at: float) -> bool:

@@ -607,6 +607,51 @@ def test_an_upload_the_app_still_prepares_keeps_its_media(farm, tmp_path, kind):
     assert removed == [("/sdcard/DCIM/Camera/v.mp4", False)], removed
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_an_upload_longer_than_its_wait_fails_without_a_second_post(farm, tmp_path, kind):
+    """The upload outlasts upload_wait_time: the task fails saying so, and even with
+    auto-retry on it is not tried again (the app goes on uploading: a retry would post
+    the same video twice)."""
+    device, app = farm.phone(kind, upload_seconds=30.0)
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "post", "auto_retry": True,
+        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+                          "platform": PLATFORM[kind], "upload_wait_time": 5}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and task["retry_count"] == 0, task
+    assert "did not finish within 5 s" in task["error"], task["error"]
+    assert "not repeated" in task["error"]
+    assert len(app.posts) == 1 and app.uploading()     # once, and still on its way
+
+
+def test_an_app_that_dies_twice_while_uploading_fails_without_a_second_post(farm, tmp_path):
+    """The app closes while the upload runs: the launcher it fell back to, without the
+    progress, is no upload's end; the app is started again once to see the upload end,
+    and closing again fails the task, not auto-retried (the post may be out)."""
+    device, app = farm.phone("tiktok47", upload_seconds=30.0)
+    crashes, looks = [], []
+    take_dump = device._take_dump
+
+    def crash_then_dump():          # the look that confirms the tap sees the upload
+        if app.posts:
+            looks.append(device.foreground)
+        if len(looks) > 1 and len(crashes) < 2 and device.foreground == app.package:
+            crashes.append(len(app.posts))
+            device.crash_app(dialog=False)
+        return take_dump()
+    device._take_dump = crash_then_dump
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "post", "auto_retry": True,
+        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+                          "upload_wait_time": 60}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert task["status"] == 3 and task["retry_count"] == 0, task["log"]
+    assert "again while uploading" in task["error"] and "not repeated" in task["error"]
+    assert crashes == [1, 1] and len(app.posts) == 1
+    assert any("starting the app again to see the upload finish" in line
+               for line in task["log"])
+
+
 def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import _common
