@@ -795,6 +795,25 @@ MIGRATIONS: List[str] = [
         UPDATE tasks SET rev = OLD.rev + 1 WHERE id = NEW.id;
     END;
     """,
+    # 8: a task moves between counts in one statement of two rows, -1 where it was and
+    # +1 where it is, not in an UPDATE and an INSERT: each statement of a trigger is a
+    # program sqlite runs for the row, and every task moves twice (claim, end).
+    """
+    DROP TRIGGER task_counts_update;
+    CREATE TRIGGER task_counts_update
+        AFTER UPDATE OF status, serial, script_name, source, username ON tasks
+        WHEN OLD.status IS NOT NEW.status OR OLD.serial IS NOT NEW.serial
+            OR OLD.script_name IS NOT NEW.script_name OR OLD.source IS NOT NEW.source
+            OR OLD.username IS NOT NEW.username
+    BEGIN
+        INSERT INTO task_counts VALUES
+            (OLD.serial, OLD.script_name, OLD.source, COALESCE(OLD.username, ''),
+             OLD.status, -1),
+            (NEW.serial, NEW.script_name, NEW.source, COALESCE(NEW.username, ''),
+             NEW.status, 1)
+            ON CONFLICT DO UPDATE SET n = n + excluded.n;
+    END;
+    """,
 ]
 
 #: New databases get small pages: a commit writes every page it changed to the WAL, whole,

@@ -983,6 +983,34 @@ def assert_counts_match(st):
         assert stats[name] == by_status.get(status, 0)
 
 
+def test_an_older_file_gets_the_one_statement_count_move(db_path, clock):
+    """Schema 8 replaces the trigger that moves a task between counts (an UPDATE and an
+    INSERT) with one statement of two rows; a file of schema 7 keeps its counts right."""
+    st = tml.Store(db_path, clock)
+    first, second = st.create_tasks([new("d1"), new("d1", username="alice")])
+    assert st.claim_next("d1", T0 + 1)["id"] == first
+    st.close()
+    older = next(m for m in tml.MIGRATIONS[:7] if "CREATE TRIGGER task_counts_update" in m)
+    trigger = older[older.index("CREATE TRIGGER task_counts_update"):]
+    trigger = trigger[:trigger.index("END;") + 4]
+    raw = sqlite3.connect(db_path)
+    raw.executescript(f"DROP TRIGGER task_counts_update; {trigger} PRAGMA user_version=7;")
+    raw.close()
+    st = tml.Store(db_path, clock)
+    try:
+        assert st.schema_version() == len(tml.MIGRATIONS) == 8
+        sql = st.query_one("SELECT sql FROM sqlite_master WHERE name='task_counts_update'")
+        assert "excluded.n" in sql[0]
+        assert st.finish(first, ok=True) == "completed"
+        assert st.claim_next("d1", T0 + 2)["id"] == second
+        assert st.finish(second, ok=False, error="x", allow_auto_retry=False) == "failed"
+        assert_counts_match(st)
+        assert st.stats() == {"total": 2, "pending": 0, "running": 0, "completed": 1,
+                              "failed": 1}
+    finally:
+        st.close()
+
+
 PHONES = ("d1", "d2", "d3")
 
 
