@@ -920,7 +920,7 @@ class _CreateJob:
 
 class _Transaction:
     """Store.write()'s transaction as a context manager (a generator-based one cost each
-    write as much again in Python as all the rest of it: a task's life has four)."""
+    write as much again in Python as all the rest of it: a task's life has three)."""
 
     __slots__ = ("store", "one_statement", "joined", "alone", "flushed")
 
@@ -2013,16 +2013,6 @@ class Store:
         return ended
 
     # -- tasks: how a running task ends (each move calls the task-end hooks) ------------
-    def _end_running(self, conn: sqlite3.Connection, task_id: int,
-                     now: float) -> Optional[sqlite3.Row]:
-        """The running task about to end (None if it is not running); its phone's rest
-        interval starts now."""
-        row = conn.execute("SELECT * FROM tasks WHERE id=?", (task_id,)).fetchone()
-        if row is None or row["status"] != RUNNING:
-            return None
-        self._rested(conn, task_id, row["serial"], now)
-        return row
-
     @staticmethod
     def _update_running(conn: sqlite3.Connection, sql: str,
                         params: Sequence[Any]) -> Optional[str]:
@@ -2049,8 +2039,8 @@ class Store:
         """running -> completed, with the script's result."""
         now = self.clock()
         with self.write() as conn:
-            # the compare-and-set says which phone rests: no read of the row first (as
-            # fail() needs); every task ends here or in fail(): it moves rev itself
+            # the compare-and-set says which phone rests, with no read of the row first;
+            # every task ends here or in fail(): it moves rev itself
             serial = self._update_running(
                 conn, f"UPDATE tasks SET status={COMPLETED}, end_time=?, progress=100,"
                 " error='', result=?, message='completed', lease_until=NULL, rev=rev + 1"
@@ -2067,12 +2057,14 @@ class Store:
         now = self.clock()
         error = error or "failed"
         with self.write() as conn:
-            if self._end_running(conn, task_id, now) is None:
+            serial = self._update_running(
+                conn, f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?,"
+                " message=?, lease_until=NULL, rev=rev + 1"
+                f" WHERE id=? AND status={RUNNING}",
+                (now, error, _dump_json(result), ended_message(error), task_id))
+            if serial is None:
                 return False
-            conn.execute(f"UPDATE tasks SET status={FAILED}, end_time=?, error=?, result=?,"
-                         f" message=?, lease_until=NULL, rev=rev + 1"
-                         f" WHERE id=? AND status={RUNNING}",
-                         (now, error, _dump_json(result), ended_message(error), task_id))
+            self._rested(conn, task_id, serial, now)
             self._release_materials(conn, task_id)
             self._ending(conn, task_id, "failed")
             return True
@@ -2095,8 +2087,9 @@ class Store:
             wants = row is not None and (row["auto_retry"] if auto_retry is None
                                          else auto_retry)
             if not wants or row["retry_count"] >= row["max_retry_count"] \
-                    or self._end_running(conn, task_id, now) is None:
+                    or row["status"] != RUNNING:
                 return False
+            self._rested(conn, task_id, row["serial"], now)
             delay = rng.uniform(5, 60)
             conn.execute(
                 f"UPDATE tasks SET status={PENDING}, retry_count=retry_count+1, error='',"
@@ -2640,7 +2633,7 @@ def _is_disk_full(exc: sqlite3.Error) -> bool:
 
 
 def _storage_error(exc: BaseException) -> BaseException:
-    """A disk-full error as the StorageFull the API answers 507 with; others as they are."""
+    """A disk-full error as StorageFull (the API's 50001 that says so); others as is."""
     if isinstance(exc, sqlite3.OperationalError) and _is_disk_full(exc):
         full = StorageFull()
         full.__cause__ = exc

@@ -889,27 +889,36 @@ def test_a_write_whose_waiting_lines_cannot_be_written_keeps_them(st, db_path):
     assert on_disk(db_path, "SELECT alias FROM devices WHERE serial='d1'") == [("",)]
 
 
+@pytest.mark.parametrize("ending", ["complete", "fail", "retry"])
 @pytest.mark.parametrize("returning", [True, False])
-def test_complete_is_one_compare_and_set_with_or_without_returning(st, monkeypatch,
-                                                                   returning, clock):
-    """complete() finds the task's phone by its compare-and-set: the phone rests from
-    now, and a task that is not running (pending, or ended already) is left alone."""
+def test_a_task_ends_by_one_compare_and_set_with_or_without_returning(
+        st, monkeypatch, returning, ending, clock):
+    """complete() and fail() find the task's phone by their compare-and-set (an
+    auto-retry by the row it reads): the phone rests from now, and a task that is not
+    running (pending, or ended already) is left alone."""
     if returning and not tml.SQLITE_HAS_RETURNING:
         pytest.skip(f"sqlite {sqlite3.sqlite_version} has no RETURNING")
     monkeypatch.setattr(tml, "SQLITE_HAS_RETURNING", returning)
     st.upsert_device("d1", state="device")
-    running, pending = st.create_tasks([new("d1"), new("d1")])
+    running, pending = st.create_tasks([new("d1", auto_retry=True), new("d1")])
     assert st.claim_next("d1", clock())["id"] == running
     clock.advance(7)
-    assert st.complete(pending) is False
+
+    def end(task_id):
+        return st.finish(task_id, ok=ending == "complete", error="broke", result={"n": 1},
+                         allow_auto_retry=ending == "retry", rng=random.Random(1))
+    assert end(pending) == "gone"
     assert st.get_task(pending)["status"] == tml.PENDING
     assert st.list_devices("d1")[0]["last_task_end"] is None
-    assert st.finish(running, ok=True, result={"n": 1}) == "completed"
+    assert end(running) == {"complete": "completed", "fail": "failed",
+                            "retry": "retrying"}[ending]
     task = st.get_task(running)
-    assert (task["status"], task["end_time"], tml._load_json(task["result"])) == (
-        tml.COMPLETED, clock(), {"n": 1})
+    assert task["status"] == {"complete": tml.COMPLETED, "fail": tml.FAILED,
+                              "retry": tml.PENDING}[ending]
+    if ending != "retry":
+        assert (task["end_time"], tml._load_json(task["result"])) == (clock(), {"n": 1})
     assert st.list_devices("d1")[0]["last_task_end"] == clock()
-    assert st.finish(running, ok=True) == "gone"
+    assert end(running) == "gone"
     assert_counts_match(st)
 
 
