@@ -981,7 +981,7 @@ class Store:
         self._connections_lock = threading.Lock()
         #: called with (kind, keys) after each commit that changed tasks, devices,
         #: accounts or materials: the events hub listens here
-        self.on_change: Callable[[str, List[Any]], None] = lambda kind, keys: None
+        self.on_change: Optional[Callable[[str, List[Any]], None]] = None
         #: called with (kind, {key: row as written}) right after the commit, still under
         #: the write lock, for the rows a transaction wrote whole or read as it left
         #: them (_note_written): the hub needs not read them back, and their events
@@ -1211,7 +1211,7 @@ class Store:
                 log.exception("change listener failed")
 
     def _announce(self, changes: Dict[str, Dict[Any, None]]) -> None:
-        for kind in ("task", "device", "account", "material"):
+        for kind in ("task", "device", "account", "material") if self.on_change else ():
             if changes.get(kind):
                 try:
                     self.on_change(kind, list(changes[kind]))
