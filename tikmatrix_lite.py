@@ -1422,10 +1422,18 @@ class Store:
         /task each commit, and each step of sqlite (where the server's threads hand the
         interpreter to one another), was a request's time again. Each call still gets
         its own ids or its own error, and only once they are committed. A task that
-        asks for library material, or a create inside a write, is written at once.
+        asks for library material, a create inside a write, and a create that finds
+        nobody in line and the writer free are written at once.
         """
         if getattr(self._local, "write_depth", 0) or any(t.materials for t in tasks):
             return self._insert_tasks(tasks)
+        # nobody in line and the writer free: no line to form (a create that comes
+        # meanwhile queues, and its first writes the line once this one is done)
+        if not self._creates and self._write_lock.acquire(blocking=False):
+            try:
+                return self._insert_tasks(tasks)
+            finally:
+                self._write_lock.release()
         job = _CreateJob(tasks)
         with self._creates_lock:
             self._creates.append(job)

@@ -585,6 +585,18 @@ def test_a_device_summary_is_the_listed_row_s_event_fields(st):
     assert st.device_summary("nobody") is None
 
 
+def test_a_lone_create_with_the_writer_free_forms_no_line(st, monkeypatch):
+    """No create in line and the writer free: the create writes at once (a line costs
+    a lock and a hand-over per call); one that finds the writer busy waits in line."""
+    made = []
+    job = tml._CreateJob
+    monkeypatch.setattr(tml, "_CreateJob", lambda tasks: made.append(tasks) or job(tasks))
+    [first] = st.create_tasks([new()])
+    assert made == [] and st.get_task(first) is not None
+    answers, _ = creates_in_line(st, [[new("d2")]])
+    assert len(made) == 1 and st.get_task(answers[0][0])["serial"] == "d2"
+
+
 def test_creates_in_line_are_written_together_each_with_its_own_ids(st):
     """Group commit: creates that wait while another write holds the lock are written in
     one statement by the first of them, and each gets its own ids once committed."""
