@@ -51,6 +51,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from urllib.parse import parse_qsl, urlsplit
 
 __version__ = "0.1.0"
 
@@ -195,8 +196,9 @@ class _DefaultsOnce(argparse.HelpFormatter):
                 or action.default == argparse.SUPPRESS:
             return text
         return text + " (default: %(default)s)"
+
+
 def _http_url(text: str) -> str:
-    from urllib.parse import urlsplit
     parts = urlsplit(text.strip())
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL")
@@ -5433,7 +5435,6 @@ class Webhooks(WakeLoop):
         """One POST; the HTTP status as text, or "error: why". http.client rather than
         urllib, which would rewrite the headers' case and follow redirects."""
         import http.client
-        from urllib.parse import urlsplit
         body = row["body"].encode("utf-8")
         headers = {"Content-Type": "application/json", "X-TMLite-Event": row["event"],
                    "X-TMLite-Delivery": row["delivery_id"],
@@ -5860,7 +5861,6 @@ def parse_local_time(name: str, text: str) -> float:
 
 def task_end_fields(fields: Dict[str, Any], now: float) -> Dict[str, Any]:
     """callback_url, expiry and timeout of checked POST /task fields (SPEC 8.3)."""
-    from urllib.parse import urlsplit
     url = fields.get("callback_url")
     if url is not None:
         parts = urlsplit(url)
@@ -6879,7 +6879,6 @@ class Api:
 
         A query string checked before is not parsed again: a client polling one page
         asks the same one each time, and reading it cost more than the kept page."""
-        from urllib.parse import parse_qsl
         text = self.bottle.request.environ.get("QUERY_STRING", "")
         kept = self._queries.get((id(decls), text))
         if kept is not None:
