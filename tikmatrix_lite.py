@@ -1142,8 +1142,10 @@ class Store:
         try:
             return bool(self._live) and self._flush_live(conn)
         except BaseException as exc:
-            self._rolled_back()
-            self._left_write()
+            try:
+                self._rolled_back()
+            finally:
+                self._left_write()
             raise _storage_error(exc)
 
     def _end(self, alone: bool, flushed: bool, failed: bool) -> None:

@@ -882,6 +882,29 @@ def test_a_write_whose_begin_fails_lets_go_of_the_lock(st, db_path):
     assert len(written) == 1 and st.get_task(written[0][0]) is not None
 
 
+def test_a_write_lets_go_of_the_lock_even_when_its_rollback_fails(st, monkeypatch):
+    """Writing the waiting lines fails, and so does the ROLLBACK after it: the error
+    reaches the caller, and the lock is still let go (another thread's write goes on)."""
+    task_id = claimed_task(st)
+    st.add_log(task_id, "waiting")
+
+    def fails(*args):
+        raise sqlite3.OperationalError("disk I/O error")
+    monkeypatch.setattr(st, "_flush_live", fails)
+    monkeypatch.setattr(st, "_rolled_back", fails)
+    with pytest.raises(sqlite3.OperationalError, match="I/O"):
+        with st.write():
+            pass
+    monkeypatch.undo()
+    st._writer.rollback()
+    assert not st._write_lock._is_owned() and st._local.write_depth == 0
+    written = []
+    writer = threading.Thread(target=lambda: written.append(st.create_tasks([new("d2")])))
+    writer.start()
+    writer.join(10)
+    assert len(written) == 1
+
+
 def test_a_write_whose_waiting_lines_cannot_be_written_keeps_them(st, db_path):
     """The log lines waiting in memory fail to go to a full disk at the start of a
     write: StorageFull, nothing written, the lock free, and the lines kept for later."""
