@@ -4863,20 +4863,23 @@ class Failure:
         """The one mapping of exceptions to outcomes."""
         if isinstance(exc, Stopped):            # the token's reason says why
             return cls(str(exc) or STOPPED_BY_USER, artifacts=False, retry=False)
+        # any exception may say that trying again cannot help, or would do harm
+        # (retry=False: a post's publishing tap was made, see scripts' done_once)
+        retry = getattr(exc, "retry", True) is not False
         if isinstance(exc, DeviceLost):
-            return cls(DISCONNECTED, artifacts=False)
+            return cls(DISCONNECTED, artifacts=False, retry=retry)
         if isinstance(exc, CommandTimeout):
-            return cls(f"timed out: {exc}")
+            return cls(f"timed out: {exc}", retry=retry)
         if isinstance(exc, (StepFailed, DeviceError)):    # expected: no traceback
             error = str(exc)
             if isinstance(exc, AccountBlocked):  # the account cools down instead (SPEC 8.1)
                 return cls(f"{BLOCKED_PREFIX} {exc.said} ({exc.step})", retry=False)
             if error.startswith(BLOCKED_PREFIX) or f": {BLOCKED_PREFIX}" in error:
                 return cls(error[error.index(BLOCKED_PREFIX):], retry=False)
-            return cls(error, retry=exc.retry)
+            return cls(error, retry=retry)
         if isinstance(exc, BadRequest):         # the config cannot work: no screen to keep
             return cls(exc.message, artifacts=False, retry=False)
-        return cls(f"{exc}" or type(exc).__name__, traceback=True)
+        return cls(f"{exc}" or type(exc).__name__, traceback=True, retry=retry)
 
     def log(self, task_id: int, exc: BaseException) -> None:
         """Called in the except block, so the traceback is the exception's."""
@@ -5099,7 +5102,7 @@ class Runner:
         script = self.scripts.get(row["script_name"])
         log.info("task %s (%s) started on %s", task_id, row["script_name"], serial)
         context.log(f"started on {serial}")
-        result, failure = None, None
+        result, failure, refused = None, None, False
         try:
             if script is None:
                 raise StepFailed(f"script {row['script_name']!r} is no longer loaded",
@@ -5109,13 +5112,15 @@ class Runner:
         except BaseException as exc:            # a script's SystemExit fails its task only
             failure = Failure.of(exc)
             failure.log(task_id, exc)
+            refused = getattr(exc, "retry", True) is False   # the script said: never again
             if isinstance(exc, DeviceLost) and token.reason is None:
                 self.devices.mark_unresponsive(serial)   # silent; adb may still list it
         if token.reason is not None:            # whatever the script did after the cancel
             error = CANCEL_ERRORS[token.reason]
             if token.reason == "timeout":
                 error = f"timed out after {row['timeout']} s"
-            failure = Failure(error, artifacts=False, retry=token.reason in RETRYABLE_CANCELS)
+            failure = Failure(error, artifacts=False,
+                              retry=token.reason in RETRYABLE_CANCELS and not refused)
         if token.reason != "lost":
             with contextlib.suppress(Exception):
                 phone.restore()

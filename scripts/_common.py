@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from _selectors import (BLOCKS, LAUNCH_ACTIVITIES, POPUPS, PROFILE_URLS, SELECTORS,
                         SHARE_ACTIVITIES)
@@ -150,10 +150,12 @@ class App:
         self.step(step, key, expect=typed, act=focus_and_type, attempts=3)
 
     # -- app lifecycle -------------------------------------------------------------------
-    def launch(self) -> None:
-        """Start the app afresh (stopped first, so it starts from home). No dump: the
-        first step looks for its element with a longer wait while the app starts."""
-        self.phone.stop_app(self.package)
+    def launch(self, fresh: bool = True) -> None:
+        """Start the app afresh (stopped first, so it starts from home), or with
+        ``fresh=False`` bring it back as it is (an upload under way goes on). No dump:
+        the first step looks for its element with a longer wait while the app starts."""
+        if fresh:
+            self.phone.stop_app(self.package)
         self.phone.start_app(self.package, LAUNCH_ACTIVITIES.get(self.package))
 
     def restart(self) -> None:
@@ -706,6 +708,7 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
         if not any(node.package == app.package for node in tree.nodes):
             return False         # the launcher a crash fell back to has no progress either
         return seen["progress"] or bare_look(app, tree, seen, proof_at)
+    looked: Optional[StepFailed] = None
     for attempt in range(2):
         try:
             app.phone.wait_until(finished, max(1.0, deadline - time.monotonic()),
@@ -720,16 +723,34 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                 raise StepFailed(app.script, f"{exc.reason} again while uploading: the "
                                  f"post may still be published, so it is not repeated",
                                  retry=False) from None
-            app.task.log(f"{app.script}: {exc.reason}; starting the app again to see "
+            app.task.log(f"{app.script}: {exc.reason}; bringing the app back to see "
                          "the upload finish")
-            app.launch()
-        except StepFailed:
+            app.launch(fresh=False)          # not stopped: it may still be uploading
+        except StepFailed as exc:
+            looked = exc
             break
     # the publishing tap took effect: the app may still publish the post, and a retry
     # would post it twice
-    raise StepFailed(app.script, f"the upload did not finish within {seconds:g} s "
-                     f"(upload_wait_time; last progress {seen['last'] or 'none seen'}); "
-                     "the post may still be published, so it is not repeated", retry=False)
+    why = f"did not finish within {seconds:g} s (upload_wait_time" \
+        if looked is None or time.monotonic() >= deadline \
+        else f"could not be followed ({looked.reason}"
+    raise StepFailed(app.script, f"the upload {why}; last progress "
+                     f"{seen['last'] or 'none seen'}); the post may still be published, so "
+                     "it is not repeated", retry=False)
+
+
+@contextlib.contextmanager
+def done_once(app: App, what: str) -> Iterator[None]:
+    """Past a tap that must be done once (a post's publishing): whatever fails from
+    here on is not auto-retried, a lost phone included; the task cannot tell whether
+    the tap took effect, and a retry would do it twice."""
+    try:
+        yield
+    except Exception as exc:
+        if getattr(exc, "retry", True) is not False:
+            app.task.log(f"{app.script}: not retried: {what}")
+            exc.retry = False
+        raise
 
 
 def bare_look(app: App, tree: Any, seen: Dict[str, Any], proof_at: float) -> bool:

@@ -141,7 +141,7 @@ def run(phone, task):
     if app.platform == "instagram":
         refuse_on_instagram(config)
     task.log(f"media: {', '.join(f.name for f in files)}; caption: {caption!r}")
-    remote, done = [], {}
+    remote, done, tapped, uploaded = [], {}, [], False
     try:
         task.progress(10, "pushing media")
         for path in reversed(files):        # the first file ends up newest: first in gallery
@@ -151,17 +151,24 @@ def run(phone, task):
         def edit_and_publish():
             if app.platform == "tiktok":
                 done.update(edit_tiktok(app, config, remote, title, description))
-                return publish_once(app, lambda: publish_tiktok(app))
+                return publish_once(app, lambda: publish_tiktok(app), tapped)
             edit_instagram(app, config, remote, title, description)
-            return publish_once(app, lambda: publish_instagram(app, config["placement"]))
+            return publish_once(app, lambda: publish_instagram(app, config["placement"]),
+                                tapped)
         # if the app crashes before the publishing tap the flow starts again; the tap
         # itself is done once (a second one could post twice)
         tapped_at = app.recovering("post", edit_and_publish)
         task.progress(80, "uploading")
-        _common.wait_upload(app, config["upload_wait_time"], tapped_at)
+        with _common.done_once(app, "the post may still be published"):
+            _common.wait_upload(app, config["upload_wait_time"], tapped_at)
+        uploaded = True
     finally:
-        for path in remote:
-            phone.remove(path)
+        if tapped and not uploaded:     # the app may still read them for its upload
+            task.log(f"post: {', '.join(remote)} left on the phone: the app may still be "
+                     "uploading")
+        else:
+            for path in remote:
+                phone.remove(path)
     return {"media": [f.name for f in files], "caption": caption,
             "post_way": config["post_way"], "platform": app.platform, **done}
 
@@ -368,19 +375,22 @@ def wide_at_bottom(app, key):
     return wide
 
 
-def publish_once(app, publish):
+def publish_once(app, publish, tapped):
     """The publishing tap: if the app closes before it, the flow starts again; if it
     closes after, the post may be out: never tapped twice, and no auto-retry. Returns
-    the time of the tap (monotonic), where the upload starts."""
+    the time of the tap (monotonic), where the upload starts; ``tapped`` gets it once
+    the tap is known made (the media must then stay for the app's upload)."""
     tapped_at = time.monotonic()
     try:
         publish()
     except _common.AppLeft as exc:
         if not exc.acted:
             raise
+        tapped.append(tapped_at)
         raise _common.StepFailed(f"post: {exc.step.split(': ', 1)[-1]}", f"{exc.reason} "
                                  "right after the publishing tap: the post may or may not "
                                  "be published, so it is not repeated", retry=False) from None
+    tapped.append(tapped_at)
     return tapped_at
 
 

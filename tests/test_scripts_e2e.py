@@ -5,6 +5,7 @@ simulated phone running the TikTok 43.1.4 / 47.0.3 and Instagram 410 app models
 Nothing but the phone is simulated. Waits are on conditions with deadlines, never sleeps.
 """
 
+import threading
 import time
 from pathlib import Path
 
@@ -622,6 +623,7 @@ def test_an_upload_longer_than_its_wait_fails_without_a_second_post(farm, tmp_pa
     assert "did not finish within 5 s" in task["error"], task["error"]
     assert "not repeated" in task["error"]
     assert len(app.posts) == 1 and app.uploading()     # once, and still on its way
+    assert device.fs.exists("/sdcard/DCIM/Camera/v.mp4")
 
 
 def test_an_app_that_dies_twice_while_uploading_fails_without_a_second_post(farm, tmp_path):
@@ -648,8 +650,36 @@ def test_an_app_that_dies_twice_while_uploading_fails_without_a_second_post(farm
     assert task["status"] == 3 and task["retry_count"] == 0, task["log"]
     assert "again while uploading" in task["error"] and "not repeated" in task["error"]
     assert crashes == [1, 1] and len(app.posts) == 1
-    assert any("starting the app again to see the upload finish" in line
+    assert any("bringing the app back to see the upload finish" in line
                for line in task["log"])
+    assert device.fs.exists("/sdcard/DCIM/Camera/v.mp4")   # the app may still read it
+    assert any("left on the phone" in line for line in task["log"])
+
+
+def test_a_phone_lost_while_uploading_is_not_retried(farm, tmp_path):
+    """adb loses the phone during the wait for the upload: the task fails as any lost
+    phone's does, but is not auto-retried (the phone may be uploading the post)."""
+    device, app = farm.phone("tiktok47", upload_seconds=30.0)
+    looks = []
+    take_dump = device._take_dump
+
+    def unplug_then_dump():
+        if app.posts:
+            looks.append(1)
+            if len(looks) == 2:                  # the look after the tap's confirmation
+                threading.Thread(target=device.unplug).start()
+        return take_dump()
+    device._take_dump = unplug_then_dump
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "post", "auto_retry": True,
+        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+                          "upload_wait_time": 60}}).json
+    task = farm.finished(reply["data"]["task_ids"][0])
+    assert (task["status"], task["error"], task["retry_count"]) == (
+        3, "device disconnected", 0), task["log"]
+    assert any("not retried: the post may still be published" in line
+               for line in task["log"])
+    assert len(app.posts) == 1
 
 
 def test_upload_pause_follows_the_pace_and_never_looks_more_than_15_s_ahead(monkeypatch):
