@@ -608,17 +608,22 @@ def test_an_upload_the_app_still_prepares_keeps_its_media(farm, tmp_path, kind):
     assert removed == [("/sdcard/DCIM/Camera/v.mp4", False)], removed
 
 
+def post_with_auto_retry(farm, device, tmp_path, upload_wait_time, **config):
+    """A post task with auto-retry on, run to its end: the task."""
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "post", "auto_retry": True,
+        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
+                          "upload_wait_time": upload_wait_time, **config}}).json
+    return farm.finished(reply["data"]["task_ids"][0])
+
+
 @pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
 def test_an_upload_longer_than_its_wait_fails_without_a_second_post(farm, tmp_path, kind):
     """The upload outlasts upload_wait_time: the task fails saying so, and even with
     auto-retry on it is not tried again (the app goes on uploading: a retry would post
     the same video twice)."""
     device, app = farm.phone(kind, upload_seconds=30.0)
-    reply = farm.http.post_json("/api/v1/task", {
-        "serials": [device.address], "script_name": "post", "auto_retry": True,
-        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
-                          "platform": PLATFORM[kind], "upload_wait_time": 5}}).json
-    task = farm.finished(reply["data"]["task_ids"][0])
+    task = post_with_auto_retry(farm, device, tmp_path, 5, platform=PLATFORM[kind])
     assert task["status"] == 3 and task["retry_count"] == 0, task
     assert "did not finish within 5 s" in task["error"], task["error"]
     assert "not repeated" in task["error"]
@@ -642,11 +647,7 @@ def test_an_app_that_dies_twice_while_uploading_fails_without_a_second_post(farm
             device.crash_app(dialog=False)
         return take_dump()
     device._take_dump = crash_then_dump
-    reply = farm.http.post_json("/api/v1/task", {
-        "serials": [device.address], "script_name": "post", "auto_retry": True,
-        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
-                          "upload_wait_time": 60}}).json
-    task = farm.finished(reply["data"]["task_ids"][0])
+    task = post_with_auto_retry(farm, device, tmp_path, 60)
     assert task["status"] == 3 and task["retry_count"] == 0, task["log"]
     assert "again while uploading" in task["error"] and "not repeated" in task["error"]
     assert crashes == [1, 1] and len(app.posts) == 1
@@ -670,11 +671,7 @@ def test_a_phone_lost_while_uploading_is_not_retried(farm, tmp_path):
                 threading.Thread(target=device.unplug).start()
         return take_dump()
     device._take_dump = unplug_then_dump
-    reply = farm.http.post_json("/api/v1/task", {
-        "serials": [device.address], "script_name": "post", "auto_retry": True,
-        "script_config": {"material_list": media(tmp_path, "v.mp4"), "post_way": "addButton",
-                          "upload_wait_time": 60}}).json
-    task = farm.finished(reply["data"]["task_ids"][0])
+    task = post_with_auto_retry(farm, device, tmp_path, 60)
     assert (task["status"], task["error"], task["retry_count"]) == (
         3, "device disconnected", 0), task["log"]
     assert any("not retried: the post may still be published" in line
