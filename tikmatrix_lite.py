@@ -505,7 +505,8 @@ INTERRUPTED = "interrupted by restart"
 DISCONNECTED = "device disconnected"
 LEASE_EXPIRED = "worker lease expired"
 
-#: Forward migrations; PRAGMA user_version counts how many have been applied.
+#: Forward migrations; PRAGMA user_version counts how many have been applied. Every
+#: upsert names its conflict target: sqlite before 3.35 (Raspberry Pi OS 11) needs it.
 MIGRATIONS: List[str] = [
     """
     CREATE TABLE tasks (
@@ -648,7 +649,8 @@ MIGRATIONS: List[str] = [
     CREATE TRIGGER task_counts_insert AFTER INSERT ON tasks BEGIN
         INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
                                         COALESCE(NEW.username, ''), NEW.status, 1)
-            ON CONFLICT DO UPDATE SET n = n + 1;
+            ON CONFLICT (serial, script_name, source, username, status)
+            DO UPDATE SET n = n + 1;
     END;
     CREATE TRIGGER task_counts_delete AFTER DELETE ON tasks BEGIN
         UPDATE task_counts SET n = n - 1
@@ -668,7 +670,8 @@ MIGRATIONS: List[str] = [
             AND status = OLD.status;
         INSERT INTO task_counts VALUES (NEW.serial, NEW.script_name, NEW.source,
                                         COALESCE(NEW.username, ''), NEW.status, 1)
-            ON CONFLICT DO UPDATE SET n = n + 1;
+            ON CONFLICT (serial, script_name, source, username, status)
+            DO UPDATE SET n = n + 1;
     END;
     """,
     # 5: operations (SPEC 8): callbacks, expiry, timeouts, schedules, external workers,
@@ -780,7 +783,7 @@ MIGRATIONS: List[str] = [
     CREATE TRIGGER task_hours_insert AFTER INSERT ON tasks BEGIN
         INSERT INTO task_hours VALUES (CAST(NEW.created_at / 3600 AS INTEGER), 1, NEW.id,
                                        NEW.id)
-            ON CONFLICT DO UPDATE SET n = n + 1, first_id = MIN(first_id, NEW.id),
+            ON CONFLICT (hour) DO UPDATE SET n = n + 1, first_id = MIN(first_id, NEW.id),
                                       last_id = MAX(last_id, NEW.id);
     END;
     CREATE TRIGGER task_hours_delete AFTER DELETE ON tasks BEGIN
@@ -813,7 +816,8 @@ MIGRATIONS: List[str] = [
              OLD.status, -1),
             (NEW.serial, NEW.script_name, NEW.source, COALESCE(NEW.username, ''),
              NEW.status, 1)
-            ON CONFLICT DO UPDATE SET n = n + excluded.n;
+            ON CONFLICT (serial, script_name, source, username, status)
+            DO UPDATE SET n = n + excluded.n;
     END;
     """,
 ]

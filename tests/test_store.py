@@ -1027,6 +1027,13 @@ def assert_counts_match(st):
         assert stats[name] == by_status.get(status, 0)
 
 
+def test_every_upsert_of_the_schema_names_its_conflict_target():
+    """sqlite before 3.35 (Raspberry Pi OS 11 has 3.34) refuses ON CONFLICT DO UPDATE
+    without a conflict target: a new file there would stop at the first such trigger."""
+    for number, migration in enumerate(tml.MIGRATIONS, 1):
+        assert "ON CONFLICT DO UPDATE" not in " ".join(migration.split()), number
+
+
 def test_an_older_file_gets_the_one_statement_count_move(db_path, clock):
     """Schema 8 replaces the trigger that moves a task between counts (an UPDATE and an
     INSERT) with one statement of two rows; a file of schema 7 keeps its counts right."""
