@@ -677,9 +677,10 @@ UPLOAD_SHOWS_WITHIN = 12.0
 
 def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> None:
     """Wait until the upload finishes: "posted"/"successfully" shows, or the progress
-    that was showing goes away. Fails after `seconds` with the last progress seen. If
-    the app closes meanwhile it is started again once: the apps go on with a pending
-    upload and show its end. Neither failure is auto-retried: the post may be out.
+    that was showing goes away, on a screen of the app. Fails after `seconds` with the
+    last progress seen. If the app leaves the screen meanwhile it is brought back once,
+    not stopped: the apps go on with a pending upload and show its end. No failure
+    here is auto-retried: the post may be out.
 
     Where the app shows a percent (TikTok), the next look is when the upload should end
     at the pace seen since the publishing tap (`tapped_at`, monotonic), so a steady
