@@ -4024,6 +4024,11 @@ MEDIA_DIR = "/sdcard/DCIM/Camera"
 #: Seconds between two dumps of a wait that sees nothing new: a dump costs 1-2 s on a
 #: phone, so waits back off instead of dumping back to back.
 BACKOFF = (0.25, 0.5, 1.0, 2.0)
+#: A step done ``once`` acts again only when the screen stayed unchanged, to the byte,
+#: since its tap through this many looks after the first: about 8 s of dumps and
+#: pauses on a real phone, while an app that took the tap shows it within a dump (a
+#: disabled button, a spinner, another screen).
+UNCHANGED_LOOKS = 3
 #: The file form of the dump, for phones whose uiautomator cannot write to /dev/tty.
 #: One round trip still: the old file is removed first, so a failed dump prints no
 #: stale screen.
@@ -4524,7 +4529,7 @@ class Phone:
     # -- closed-loop steps ----------------------------------------------------------
     def step(self, name: str, target: Any, *, expect: Expectation = None,
              act: Optional[Callable[[Node], None]] = None, timeout: float = 15,
-             attempts: int = 4) -> Node:
+             attempts: int = 4, once: bool = False) -> Node:
         """One step of a flow: find what it acts on, act, and see the effect.
 
         ``target`` is a selector (or a function of the screen giving a node or None);
@@ -4537,10 +4542,31 @@ class Phone:
         confirms is kept for the next step (a tap a pop-up took does not count; at most
         5 pop-ups a step). Returns the node acted on, or the expected node when
         ``expect`` is a selector.
+
+        ``once``: an act that must never happen twice (publishing a post, sending a
+        comment). It is repeated only where it plainly went nowhere: a pop-up took it,
+        or every look since showed the screen exactly as it was, to the byte, for
+        UNCHANGED_LOOKS looks after the first (a tap the app took changes something:
+        the button, a spinner, the screen). Whatever fails once it was done is not
+        auto-retried.
         """
+        done: List[Node] = []
+        try:
+            return self._step(name, target, expect, act, timeout, attempts, once, done)
+        except Exception as exc:
+            if once and done and getattr(exc, "retry", True) is not False:
+                self._log(f"{name}: not retried: done once, and doing it again could "
+                          "do it twice")
+                exc.retry = False
+            raise
+
+    def _step(self, name: str, target: Any, expect: Expectation,
+              act: Optional[Callable[[Node], None]], timeout: float, attempts: int,
+              once: bool, done: List[Node]) -> Node:
         deadline = time.monotonic() + timeout
         keep = None if callable(target) else target
         acted, node, swallowed, looks, popups = 0, None, False, 0, 0
+        before, moved = "", False       # the screen acted on; whether it changed since
         while True:
             tree = self.screen(name)
             try:
@@ -4555,18 +4581,21 @@ class Phone:
                 node = self._locate(tree, target)
                 if node is not None:
                     (act or self.tap)(node)
+                    done.append(node)
                     self.changed()
-                    acted, looks = 1, 0
+                    acted, looks, before, moved = 1, 0, tree.xml, False
                     if expect is None:
                         return node
                     continue
             else:
                 # an effect counts on the app's screen only, not on a crash's launcher
-                done = self._expected(tree, expect, target) if self._absent == 0 else None
-                if done is not None:
-                    return node if done is True else done
+                effect = self._expected(tree, expect, target) if self._absent == 0 else None
+                if effect is not None:
+                    return node if effect is True else effect
+                moved = moved or tree.xml != before
                 again = self._locate(tree, target)
-                if again is not None and (swallowed or looks):
+                if again is not None and (swallowed or looks) and (
+                        swallowed or not once or (not moved and looks >= UNCHANGED_LOOKS)):
                     if acted >= attempts and not swallowed:
                         raise StepFailed(name, f"{self._wanted(expect, target)} did not "
                                          f"show after {acted} attempts; the screen showed "
@@ -4576,7 +4605,7 @@ class Phone:
                     self.changed()
                     # a tap a pop-up took is not an attempt that had no effect
                     acted += 0 if swallowed else 1
-                    node, swallowed, looks = again, False, 0
+                    node, swallowed, looks, before, moved = again, False, 0, tree.xml, False
                     continue
             if time.monotonic() >= deadline:
                 self._fail(name, tree, None if acted else target, expect, timeout)

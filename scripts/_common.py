@@ -102,12 +102,13 @@ class App:
 
     # -- steps -------------------------------------------------------------------------
     def step(self, name: str, target: Any, expect: Any = None, timeout: float = 15,
-             act: Any = None, attempts: int = 4) -> Any:
-        """A closed-loop step (the phone's): act on `target`, confirm `expect`."""
+             act: Any = None, attempts: int = 4, once: bool = False) -> Any:
+        """A closed-loop step (the phone's): act on `target`, confirm `expect`; `once`
+        for a tap that must never be made twice (publishing, sending)."""
         with english_rule():
             return self.phone.step(f"{self.script}: {name}", self.sel(target),
                                    expect=self.sel(expect), act=act, timeout=timeout,
-                                   attempts=attempts)
+                                   attempts=attempts, once=once)
 
     def tap(self, key: str, step: str, timeout: float = 15, expect: Any = None) -> Any:
         return self.step(step, key, expect, timeout)
@@ -537,9 +538,11 @@ def type_comment(app: App, text: str) -> None:
 
 
 def send_comment(app: App, text: str) -> None:
-    """Send the typed comment, once, and see it in the list."""
+    """Send the typed comment, once, and see it in the list: the send is tapped again
+    only where it plainly went nowhere, and a failure after it is not auto-retried (a
+    retry could comment twice)."""
     shown = as_dumped(text)
-    app.step("send the comment", "comment_send",
+    app.step("send the comment", "comment_send", once=True,
              expect=[{"text": shown, "editable": False},
                      {"text_contains": shown[:60], "editable": False}])
 
@@ -706,7 +709,7 @@ def wait_upload(app: App, seconds: float, tapped_at: Optional[float] = None) -> 
                 readings.append((time.monotonic(), int(percent.group(1))))
             app.task.progress(90, f"uploading {progress.text}")
             return False
-        if not any(node.package == app.package for node in tree.nodes):
+        if tree.find(package=app.package) is None:
             return False         # the launcher a crash fell back to has no progress either
         return seen["progress"] or bare_look(app, tree, seen, proof_at)
     looked: Optional[StepFailed] = None

@@ -395,9 +395,10 @@ def publish_once(app, publish, tapped):
 
 
 def publish_tiktok(app):
-    app.step("tap Post", "post", expect=left_for_the_upload(app, "publish_now"))
+    app.step("tap Post", "post", expect=left_for_the_upload(app, "publish_now"), once=True)
     if app.find("publish_now") is not None:
-        app.step("confirm Publish now", "publish_now", expect=left_for_the_upload(app))
+        app.step("confirm Publish now", "publish_now", expect=left_for_the_upload(app),
+                 once=True)
 
 
 def left_for_the_upload(app, *also):
@@ -443,12 +444,12 @@ def edit_instagram(app, config, remote, title, description):
 
 def publish_instagram(app, placement):
     if placement == "story":
-        app.step("share to Your story", "story_share", timeout=30,
+        app.step("share to Your story", "story_share", timeout=30, once=True,
                  expect=app.any_of("upload_progress", "posted", "home_tab"))
     else:
-        app.step("tap Share", "share", expect=app.any_of("reels_nux_share",
-                                                          "upload_progress", "posted",
-                                                          "home_tab"))
+        app.step("tap Share", "share", once=True,
+                 expect=app.any_of("reels_nux_share", "upload_progress", "posted",
+                                   "home_tab"))
         if app.find("reels_nux_share") is not None:     # the first reel: About Reels
-            app.step("share from About Reels", "reels_nux_share",
+            app.step("share from About Reels", "reels_nux_share", once=True,
                      expect=app.any_of("upload_progress", "posted", "home_tab"))

@@ -414,6 +414,9 @@ class ModelApp(App):
         self.focus = None
         self.playing = False
         self.posts, self.comments = [], collections.defaultdict(list)
+        #: the next this many comments sent are taken but not listed (held for review, as
+        #: the apps do with some); `held` gets them
+        self.hold_comments, self.held = 0, []
         self.likes = self.collects = self.feed_follows = 0
         self.selected, self.media_mode = [], "video"
         #: an upload takes this long from the publishing tap, by `clock`: on a phone it
@@ -456,6 +459,16 @@ class ModelApp(App):
 
     def record(self, action, target=None):
         self.actions.append({"account": self.current, "action": action, "target": target})
+
+    def send_comment(self):
+        """The typed comment is sent: listed, or held (``hold_comments``); the field
+        empties either way."""
+        text, where = self.fields.pop("comment"), self.target or "feed"
+        if self.hold_comments:
+            self.hold_comments -= 1
+            self.held.append((where, text))
+        else:
+            self.comments[where].append(text)
 
     # -- the phonesim App interface ------------------------------------------------------
     def on_start(self, activity):
@@ -935,7 +948,7 @@ class TikTokApp(ModelApp):
         if hit(h, desc="Post comment"):
             if self.blocked("comment"):
                 return
-            self.comments[self.target or "feed"].append(self.fields.pop("comment"))
+            self.send_comment()
             if self.comment_image:
                 self.image_comments.append((self.target or "feed", self.comment_image))
                 self.comment_image = None
@@ -1957,7 +1970,7 @@ class InstagramApp(ModelApp):
         if hit(h, rid="layout_comment_thread_post_button_click_area") and self.fields["comment"]:
             if self.blocked("comment"):
                 return
-            self.comments[self.target or "feed"].append(self.fields.pop("comment"))
+            self.send_comment()
             self.record("comment", self.target or "feed")
         elif hit(h, rid="layout_comment_thread_edittext"):
             self.focus = "comment"

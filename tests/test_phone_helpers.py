@@ -28,12 +28,15 @@ class StepsApp(App):
         self.screen, self.dialog, self.taps_on_go = "start", None, 0
         self.ignore_taps = 0
         self.tutorial = False
+        self.busy = None        # "tapped": Go took a tap and shows a spinner, not Done
 
     def dump(self):
         label = "Go" if self.screen == "start" else "Done!"
+        spinner = [ui_node("android.widget.ProgressBar", (250, 400, 350, 500))] \
+            if self.busy == "tapped" else []
         xml = hierarchy_xml(ui_node(children=[
             ui_node("android.widget.Button", (100, 100, 500, 300), text=label,
-                    resource_id=f"{PKG}:id/go", clickable=True)]), package=PKG)
+                    resource_id=f"{PKG}:id/go", clickable=True), *spinner]), package=PKG)
         windows = [self.dialog] if self.dialog is not None else []
         if self.tutorial:
             windows.append(ui_node("android.widget.FrameLayout", (0, 0, 1080, 2400),
@@ -58,7 +61,10 @@ class StepsApp(App):
             return
         if 100 <= x < 500 and 100 <= y < 300 and self.screen == "start":
             self.taps_on_go += 1
-            self.screen = "done"
+            if self.busy is None:
+                self.screen = "done"
+            else:
+                self.busy = "tapped"
 
     def show_dialog(self, button="OK"):
         self.dialog = alert_window(PKG, "Terms", "We updated our terms.",
@@ -197,6 +203,41 @@ def test_tap_without_effect_is_tried_again(phone):
     app.ignore_taps = 2
     p.step("tap Go", GO, expect=DONE)
     assert app.screen == "done" and sum("acting again" in l for l in app.log) == 2
+
+
+def test_once_step_taps_again_only_where_the_screen_stayed_as_it_was(phone):
+    """A lost tap leaves the screen unchanged to the byte: a step done once taps again,
+    but only after UNCHANGED_LOOKS looks at it."""
+    p, _, app = phone
+    app.ignore_taps = 1
+    p.step("publish", GO, expect=DONE, once=True)
+    assert app.screen == "done" and app.taps_on_go == 1
+    assert sum("acting again" in line for line in app.log) == 1
+
+
+def test_once_step_never_taps_twice_a_tap_the_app_took(phone):
+    """The app took the tap (a spinner shows) but the expected screen never comes: a
+    step done once waits it out and fails, not auto-retried, with one tap made; an
+    ordinary step would have tapped again (and posted twice)."""
+    p, _, app = phone
+    app.busy = "idle"
+    with pytest.raises(lite.StepFailed) as failure:
+        p.step("publish", GO, expect=DONE, once=True, timeout=4)
+    assert app.taps_on_go == 1 and failure.value.retry is False
+    assert "did not show within 4 s" in str(failure.value)
+    assert any("not retried" in line for line in app.log)
+    app.busy, app.taps_on_go = "idle", 0
+    with pytest.raises(lite.StepFailed) as failure:
+        p.step("tap Go", GO, expect=DONE, timeout=4)
+    assert app.taps_on_go >= 2 and failure.value.retry is not False
+
+
+def test_once_step_that_never_acted_is_retried(phone):
+    """Nothing was done: a missing target fails as usual, free to be auto-retried."""
+    p, _, _ = phone
+    with pytest.raises(lite.ElementNotFound) as failure:
+        p.step("publish", {"text": "Rocket"}, expect=DONE, once=True, timeout=0.5)
+    assert failure.value.retry is not False
 
 
 def test_step_fails_naming_step_expected_and_screen(phone):

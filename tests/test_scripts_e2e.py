@@ -346,6 +346,25 @@ def test_a_comment_that_quotes_a_block_text_is_no_block(farm, kind, text):
     assert ok(task)["comment"] == text
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_a_sent_comment_that_never_shows_is_not_sent_again(farm, kind):
+    """The app took the comment but does not list it (held for review): the send is
+    not tapped again and the task, auto_retry on, is not retried: one comment, not two."""
+    device, app = farm.phone(kind)
+    app.hold_comments = 5
+    reply = farm.http.post_json("/api/v1/task", {
+        "serials": [device.address], "script_name": "comment", "auto_retry": True,
+        "script_config": {"target_post_urls": ["https://www.instagram.com/p/AbC/"
+                                               if kind == "instagram" else
+                                               "https://www.tiktok.com/@a/video/1"],
+                          "comment_content": "only once", "platform": PLATFORM[kind]}}).json
+    task = farm.finished(reply["data"]["task_ids"][0], timeout=60)
+    assert task["status"] == 3 and "send the comment" in task["error"], task["error"]
+    assert task["retry_count"] == 0
+    assert [text for _, text in app.held] == ["only once"] and not any(app.comments.values())
+    assert sum(a["action"] == "comment" for a in app.actions) == 1
+
+
 def test_comment_emoji_and_validation(farm):
     device, app = farm.phone("tiktok47")
     task, = farm.run(device.address, "comment", {
