@@ -391,7 +391,10 @@ POPUPS = {
 #: Again Later") and "Follow limit reached" (server replies and web bots; its "going
 #: too fast" comes inside "...temporarily blocked", and alone would match captions);
 #: TikTok's "session expired, please sign in again" banner (BYTE): the account is
-#: logged out, a person must sign in again.
+#: logged out, a person must sign in again. Session 8: Instagram's warning "We suspect
+#: automated behavior on your account" (HYD automation/profile.py detect_challenge, on
+#: the Android app; web bots meet the same words and dismiss them, docs/research/
+#: sources_s7.md): dismissing it and going on is what gets an account restricted.
 BLOCKS = {
     "instagram": [{"text": "Action Blocked"}, {"text": "Action blocked"},
                   {"text": "Try Again Later"},
@@ -401,7 +404,8 @@ BLOCKS = {
                   {"text_contains": "Too many requests"},
                   {"text_contains": "limit the number of profiles you can view"},
                   {"text_contains": "We limit how often"},
-                  {"text_contains": "Follow limit reached"}],
+                  {"text_contains": "Follow limit reached"},
+                  {"text_contains": "We suspect automated behavior"}],
     "tiktok": [{"text_contains": "tapping too fast"},
                {"text_contains": "following too fast"},
                {"text_contains": "Your account was permanently banned"},

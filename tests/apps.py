@@ -209,7 +209,9 @@ POPUP_KINDS = {
 #: frequently" (LBH; drawn as a toast: INVENTED) and the follow cap's top banner (BYTE's
 #: screenshots, also the lost session's banner); Instagram's "Try Again Later" body
 #: "We limit how often..." under a "Follow limit reached" title (web bots; the
-#: dialog's frame is the other blocks').
+#: dialog's frame is the other blocks'). Instagram's warning "We suspect automated
+#: behavior on your account" with its body and Dismiss button as web bots meet it
+#: (a puppeteer bot's handleAutomatedBehaviorWarning; the frame is the other blocks').
 BLOCKS = {
     "instagram": {
         "try_again_later": dict(title="Try Again Later",
@@ -228,6 +230,11 @@ BLOCKS = {
                              message="We limit how often you can do certain things on "
                                      "Instagram to protect our community.",
                              buttons=[("OK", "android:id/button1")]),
+        "suspect_automated": dict(title="We suspect automated behavior on your account",
+                                  message="To prevent your account from being temporarily "
+                                          "restricted, you can let us know that this was "
+                                          "you.",
+                                  buttons=[("Dismiss", "android:id/button1")]),
     },
     "tiktok": {
         "tapping_too_fast": dict(toast="You're tapping too fast. Take a break."),

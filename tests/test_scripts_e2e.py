@@ -813,7 +813,7 @@ def test_account_not_logged_in_is_named_and_not_retried(farm, kind):
     ("tiktok47", "visiting_too_frequently"), ("tiktok47", "follow_cap"),
     ("tiktok47", "session_expired"),
     ("instagram", "try_again_later"), ("instagram", "action_blocked"),
-    ("instagram", "follow_limit")])
+    ("instagram", "follow_limit"), ("instagram", "suspect_automated")])
 def test_account_blocked_fails_without_retry(farm, kind, block):
     device, app = farm.phone(kind, users={"alice": False})
     app.block_next("follow", block)
