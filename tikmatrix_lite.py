@@ -4009,6 +4009,14 @@ POPUP_PACKAGES = ("com.android.permissioncontroller", "com.google.android.permis
                   "com.android.packageinstaller")
 #: The ids of an Android AlertDialog: a window with these is a dialog over the screen.
 DIALOG_IDS = ("android:id/alertTitle", "android:id/message", "android:id/parentPanel")
+#: Lists of what people wrote (comments, captions, search results): a block text in a
+#: row of one is somebody's words, not the app speaking, unless the list is in a dialog.
+CONTENT_LISTS = ("RecyclerView", "ListView")
+#: Ids (their last part) of the containers the apps' own dialogs and sheets sit in:
+#: Instagram's dialog_container / dialog_root_view (GramAddict core/views.py
+#: detect_block calls a block "the dialog shows"), bottom sheets, Android's AlertDialog.
+DIALOG_CONTAINERS = ("dialog_container", "dialog_root_view", "bottom_sheet_container",
+                     "parentPanel", "contentPanel")
 FAST_INPUT_IME = "com.github.tikmatrix/.FastInputIME"
 ADB_KEYBOARD_IME = "com.android.adbkeyboard/.AdbIME"
 KEYS = {"back": "KEYCODE_BACK", "home": "KEYCODE_HOME", "enter": "KEYCODE_ENTER",
@@ -4115,6 +4123,19 @@ def _id_matches(node: Node, want: str) -> bool:
 
 def _class_matches(node: Node, want: str) -> bool:
     return node.class_name == want or node.class_name.endswith("." + want)
+
+
+def _in_content_list(tree: "UiTree", node: Node) -> bool:
+    """Whether the node is in a row of a list (CONTENT_LISTS) that no dialog or sheet
+    (DIALOG_CONTAINERS) holds."""
+    in_list, index = False, node.parent
+    while index is not None:
+        above = tree.nodes[index]
+        if above.resource_id.rpartition("/")[2] in DIALOG_CONTAINERS:
+            return False
+        in_list = in_list or any(_class_matches(above, c) for c in CONTENT_LISTS)
+        index = above.parent
+    return in_list
 
 
 _MATCHERS: Dict[str, Callable[[Node, Any], bool]] = {
@@ -4472,9 +4493,11 @@ class Phone:
     def check_blocked(self, tree: UiTree, step: str) -> None:
         """A block text counts where the app says it: not in a field, not in another
         app's window (a notification's text is in the dump), not in what this task
-        typed (its comment or caption showing in a list)."""
+        typed (its comment or caption showing in a list), not in a row of a list of
+        what people wrote (another user's comment quoting "Too many attempts")."""
         for sel in self._blocks:
-            node = next((n for n in tree.find_all(**sel) if self._says_blocked(n, sel)),
+            node = next((n for n in tree.find_all(**sel)
+                         if self._says_blocked(n, sel) and not _in_content_list(tree, n)),
                         None)
             if node is not None:
                 said = " ".join(n.label for n in tree.nodes if n.label and (

@@ -945,6 +945,8 @@ class TikTokApp(ModelApp):
             bar.append(ui_node("android.widget.ImageView", (40, 2040, 200, 2190)))
         send = [ui_node("android.widget.ImageView", (1025, 2200, 1075, 2320),
                         desc="Post comment", clickable=True)] if typed else []
+        rows = [ui_node("androidx.recyclerview.widget.RecyclerView", (40, 1000, 1040, 1800),
+                        scrollable=True, children=rows)]     # the comments: a list
         overlay(root, ui_node("android.widget.FrameLayout", (0, 900, W, H), clickable=True,
                               children=[text_node("Comments", (40, 920, 600, 990))] + rows
                               + bar + send), package=self.package)
@@ -1970,7 +1972,9 @@ class InstagramApp(ModelApp):
                         focused=self.focus == "comment")
         post = text_node("Post", (860, 2200, 1040, 2320), clickable=True, rid=(
             f"{self.package}:id/layout_comment_thread_post_button_click_area"))
-        return hierarchy(text_node("Comments", (40, 100, 600, 200)), *rows, field, post,
+        rows = ui_node("androidx.recyclerview.widget.RecyclerView", (40, 400, 1040, 2100),
+                       scrollable=True, children=rows)
+        return hierarchy(text_node("Comments", (40, 100, 600, 200)), rows, field, post,
                          package=self.package)
 
     def tap_comments(self, h, x, y):

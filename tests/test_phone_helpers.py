@@ -289,6 +289,27 @@ def test_block_text_counts_only_where_the_app_says_it(phone):
     assert failure.value.said == "Too many attempts. Try again later."
 
 
+def test_block_text_in_a_list_of_what_people_wrote_is_no_block(phone):
+    """Another user's comment quoting a block text is a row of the comments list; the
+    same words in a dialog, even one holding a list, are the app's (GramAddict calls a
+    block the dialog showing)."""
+    p, _, _ = phone
+    p.watch(blocks=[{"text_contains": "Too many attempts"}], package=PKG)
+    recycler = "androidx.recyclerview.widget.RecyclerView"
+
+    def look(*nodes):
+        p.check_blocked(lite.UiTree(hierarchy_xml(ui_node(children=nodes), package=PKG)),
+                        "look")
+    look(ui_node(recycler, children=[ui_node(children=[
+        ui_node(text="sam_k"), ui_node(text="Too many attempts to land this, respect")])]))
+    with pytest.raises(lite.AccountBlocked):
+        look(ui_node(resource_id=f"{PKG}:id/dialog_container", children=[
+            ui_node(recycler, children=[ui_node(text="Too many attempts. Try later.")])]))
+    with pytest.raises(lite.AccountBlocked):
+        look(ui_node(recycler, children=[ui_node(text="sam_k")]),
+             ui_node(text="Too many attempts. Try again later."))
+
+
 def test_app_that_left_the_screen_raises_app_left(phone):
     p, device, _ = phone
     device.stop_app(PKG)

@@ -365,6 +365,24 @@ def test_a_sent_comment_that_never_shows_is_not_sent_again(farm, kind):
     assert sum(a["action"] == "comment" for a in app.actions) == 1
 
 
+@pytest.mark.parametrize("kind", ["tiktok47", "instagram"])
+def test_other_users_comments_quoting_a_block_text_are_no_block(farm, kind):
+    """The comments list shows what others wrote: a comment quoting the apps' block
+    words ("Too many attempts", "Follow limit reached") is a row of that list, not the
+    app speaking, and the task comments."""
+    device, app = farm.phone(kind)
+    url = "https://www.instagram.com/p/AbC/" if kind == "instagram" \
+        else "https://www.tiktok.com/@a/video/1"
+    where = "p/AbC" if kind == "instagram" else "@a/video/1"
+    app.comments[where] += ["Too many attempts to land this, respect",
+                            "Follow limit reached lol", "Try again later."]
+    task, = farm.run(device.address, "comment", {
+        "target_post_urls": [url], "comment_content": "nice one",
+        "insert_emoji": False, "platform": PLATFORM[kind]})
+    assert ok(task)["comment"] == "nice one"
+    assert app.comments[where][-1] == "nice one"
+
+
 def test_comment_emoji_and_validation(farm):
     device, app = farm.phone("tiktok47")
     task, = farm.run(device.address, "comment", {
