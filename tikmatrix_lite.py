@@ -4603,8 +4603,8 @@ class Phone:
             if not acted:
                 node = self._locate(tree, target)
                 if node is not None:
+                    done.append(node)       # before: a tap cut short may have landed
                     (act or self.tap)(node)
-                    done.append(node)
                     self.changed()
                     acted, looks, before, moved = 1, 0, tree.xml, False
                     if expect is None:

@@ -232,6 +232,17 @@ def test_once_step_never_taps_twice_a_tap_the_app_took(phone):
     assert app.taps_on_go >= 2 and failure.value.retry is not False
 
 
+def test_once_step_whose_tap_was_cut_short_is_not_retried(phone):
+    """The phone went away during the tap: it may have landed, so no auto-retry."""
+    p, _, _ = phone
+
+    def cut_short(node):
+        raise lite.CommandTimeout("input tap did not finish within 10 s")
+    with pytest.raises(lite.CommandTimeout) as failure:
+        p.step("publish", GO, expect=DONE, once=True, act=cut_short)
+    assert failure.value.retry is False
+
+
 def test_once_step_that_never_acted_is_retried(phone):
     """Nothing was done: a missing target fails as usual, free to be auto-retried."""
     p, _, _ = phone
