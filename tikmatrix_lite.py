@@ -4567,10 +4567,11 @@ class Phone:
         ``expect`` is a selector.
 
         ``once``: an act that must never happen twice (publishing a post, sending a
-        comment). It is repeated only where it plainly went nowhere: a pop-up took it,
-        or every look since showed the screen exactly as it was, to the byte, for
-        UNCHANGED_LOOKS looks after the first (a tap the app took changes something:
-        the button, a spinner, the screen). Whatever fails once it was done is not
+        comment). It is repeated only where it plainly went nowhere: every look since
+        showed the screen exactly as it was, to the byte, for UNCHANGED_LOOKS looks
+        after the first, a pop-up closed meanwhile or not (a tap the app took changes
+        something: the button, a spinner, the screen; a pop-up that follows it may be
+        its own confirmation, "Post anyway"). Whatever fails once it was done is not
         auto-retried.
         """
         done: List[Node] = []
@@ -4617,8 +4618,11 @@ class Phone:
                     return node if effect is True else effect
                 moved = moved or tree.xml != before
                 again = self._locate(tree, target)
-                if again is not None and (swallowed or looks) and (
-                        swallowed or not once or (not moved and looks >= UNCHANGED_LOOKS)):
+                # once: a pop-up after the tap may be its effect (a confirmation that
+                # goes on publishing), so only an unchanged screen says it went nowhere
+                if again is not None and (
+                        (not once and (swallowed or looks)) or
+                        (once and not moved and looks >= UNCHANGED_LOOKS)):
                     if acted >= attempts and not swallowed:
                         raise StepFailed(name, f"{self._wanted(expect, target)} did not "
                                          f"show after {acted} attempts; the screen showed "

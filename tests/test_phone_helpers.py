@@ -29,6 +29,7 @@ class StepsApp(App):
         self.ignore_taps = 0
         self.tutorial = False
         self.busy = None        # "tapped": Go took a tap and shows a spinner, not Done
+        self.confirms = False   # a tap on Go asks "Post anyway?" first, then goes busy
 
     def dump(self):
         label = "Go" if self.screen == "start" else "Done!"
@@ -55,13 +56,17 @@ class StepsApp(App):
         if self.dialog is not None:
             if 700 <= y < 1500 and x >= 600:      # the dialog's positive button
                 self.dialog = None
+                if self.confirms:
+                    self.busy = "tapped"
             return
         if self.ignore_taps:
             self.ignore_taps -= 1
             return
         if 100 <= x < 500 and 100 <= y < 300 and self.screen == "start":
             self.taps_on_go += 1
-            if self.busy is None:
+            if self.confirms:
+                self.show_dialog("Post anyway")
+            elif self.busy is None:
                 self.screen = "done"
             else:
                 self.busy = "tapped"
@@ -230,6 +235,18 @@ def test_once_step_never_taps_twice_a_tap_the_app_took(phone):
     with pytest.raises(lite.StepFailed) as failure:
         p.step("tap Go", GO, expect=DONE, timeout=4)
     assert app.taps_on_go >= 2 and failure.value.retry is not False
+
+
+def test_once_step_is_not_tapped_again_after_its_own_confirmation(phone):
+    """The tap brings a confirmation ("Post anyway"), closed as a pop-up, and the app
+    goes on (a spinner): that pop-up was the tap's effect, not a pop-up that took it,
+    and the button under it is not tapped again."""
+    p, _, app = phone
+    app.confirms = True
+    p.watch(popups=[{"text": "Post anyway"}], package=PKG)
+    with pytest.raises(lite.StepFailed) as failure:
+        p.step("publish", GO, expect=DONE, once=True, timeout=4)
+    assert app.taps_on_go == 1 and app.busy == "tapped" and failure.value.retry is False
 
 
 def test_once_step_whose_tap_was_cut_short_is_not_retried(phone):
